@@ -1,0 +1,1 @@
+"""fsaudit's built-in checkers, one module each; installed as the `fsaudit_checks` package."""

@@ -1,0 +1,3 @@
+from fsaudit.cli import main
+
+main()

@@ -1,0 +1,182 @@
+"""The Checker base class: what every checker declares and the helpers it gets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+from fsaudit.model import Finding, Severity
+from fsaudit.progress import Progress
+from fsaudit.window import Window
+
+
+class Skip(Exception):
+    """Raised by `applies()` or early in `run()`: the checker does not apply here, and why."""
+
+
+class OptionError(ValueError):
+    """An option value that cannot be used; raised before any checker runs."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise OptionError(f"expected true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a checker, from `--set CHECK.KEY=VALUE` or `[checks.CHECK]` in the config.
+
+    `kind` is str, int, float or bool. `multiple` options collect a list: repeated `--set`, a
+    comma-separated value, or a TOML array.
+    """
+
+    name: str
+    help: str
+    kind: Callable = str
+    default: Any = None
+    multiple: bool = False
+    choices: Tuple[str, ...] = ()
+
+    def parse_one(self, raw: Any) -> Any:
+        if isinstance(raw, (list, tuple, dict)):
+            raise OptionError(f"expected one {self.kind.__name__}, got {raw!r}")
+        if self.kind is bool:
+            value = _parse_bool(raw)
+        else:
+            try:
+                value = self.kind(raw)
+            except (TypeError, ValueError) as error:
+                raise OptionError(f"expected {self.kind.__name__}, got {raw!r}") from error
+        if self.choices and value not in self.choices:
+            raise OptionError(f"expected one of {', '.join(self.choices)}, got {raw!r}")
+        return value
+
+    def parse(self, raws: Sequence[Any]) -> Any:
+        """The value from every raw value given for this option, in order (later wins)."""
+        if not self.multiple:
+            return self.parse_one(raws[-1])
+        values = []
+        for raw in raws:
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            values.extend(self.parse_one(item.strip() if isinstance(item, str) else item) for item in items)
+        return [v for v in values if v != ""]
+
+    def default_value(self) -> Any:
+        if self.multiple:
+            return list(self.default or ())
+        return self.default
+
+
+@dataclass
+class Context:
+    """What the audit as a whole tells each checker: the window, parallelism, progress."""
+
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    window: Optional[Window] = None
+    progress: Progress = field(default_factory=Progress)
+    # Results of the checkers that already ran, by name: lets e.g. `window` say which at-risk files
+    # another checker verified.
+    results: Dict[str, Any] = field(default_factory=dict)
+
+
+class Checker:
+    """Base class of every checker. Subclasses set the class attributes and write `run()`.
+
+    - `name`: the short name used by `--check`, `--set NAME.KEY=...` and the report.
+    - The docstring's first line: what the checker is for (shown by `fsaudit checks`).
+    - `options`: the `Option`s it accepts.
+    - `codes`: every finding code it may yield, each with its meaning (the README lists them all).
+    - `requires`: importable modules it needs; when one is missing the check is skipped with
+      `pip install fsaudit[<extra>]` as the hint.
+    """
+
+    name: str = ""
+    options: Tuple[Option, ...] = ()
+    codes: Dict[str, str] = {}
+    requires: Tuple[str, ...] = ()
+    extra: str = ""
+
+    def __init__(self, options: Optional[Dict[str, Any]] = None, context: Optional[Context] = None):
+        self.settings = self.validate_options(options or {})
+        self.context = context or Context()
+        self.stats: Dict[str, Any] = {}
+        self.incomplete_reasons: list = []
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def validate_options(cls, raw: Dict[str, Any]) -> Dict[str, Any]:
+        """Settings for every option from `raw`: option name -> the raw values given, in order
+        (strings from `--set`, typed values from TOML; a lone value counts as a list of one)."""
+        known = {option.name: option for option in cls.options}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            choices = ", ".join(sorted(known)) or "none"
+            raise OptionError(f"{cls.name}: unknown option {unknown[0]!r} (options: {choices})")
+        settings = {}
+        for name, option in known.items():
+            values = raw.get(name)
+            if values is None or values == []:
+                settings[name] = option.default_value()
+                continue
+            try:
+                settings[name] = option.parse(values if isinstance(values, list) else [values])
+            except OptionError as error:
+                raise OptionError(f"{cls.name}.{name}: {error}") from None
+        return settings
+
+    def applies(self, target) -> bool:
+        """Cheap test: does this checker have anything to check on `target`? Raise Skip for a reason."""
+        return True
+
+    def run(self, target) -> Iterator[Finding]:
+        """Check `target`, yielding Findings as they are found."""
+        raise NotImplementedError
+
+    def finding(
+        self,
+        code: str,
+        severity: Union[Severity, str],
+        message: str,
+        path: Union[str, bytes, None] = None,
+        subject: Optional[str] = None,
+        details: Optional[Dict[str, Any]] = None,
+        advice: str = "",
+    ) -> Finding:
+        """A Finding of this checker; `code` must be one it declares in `codes`."""
+        if code not in self.codes:
+            raise ValueError(f"checker {self.name} yielded undeclared finding code {code!r}")
+        return Finding(
+            check=self.name,
+            code=code,
+            severity=Severity(severity),
+            message=message,
+            path=path,
+            subject=subject,
+            details=dict(details or {}),
+            advice=advice,
+        )
+
+    def count(self, key: str, amount: int = 1) -> None:
+        """Add to one of the counters reported in the check's `stats`."""
+        self.stats[key] = self.stats.get(key, 0) + amount
+
+    def incomplete(self, reason: str) -> None:
+        """Say the check could not verify everything; the check's status becomes unknown
+        (critical still wins) and the reason is reported."""
+        if reason not in self.incomplete_reasons:
+            self.incomplete_reasons.append(reason)

@@ -1,0 +1,217 @@
+"""The `fsaudit` command: parses, calls, and maps outcomes to the monitoring exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+
+from fsaudit import __version__
+from fsaudit.checker import Context, OptionError
+from fsaudit.config import load_config, merge_options, parse_sets
+from fsaudit.errors import FsauditError, UsageError
+from fsaudit.model import Report
+from fsaudit.progress import Progress
+from fsaudit.registry import Entry, load_checkers
+from fsaudit.report import RENDERERS, render
+from fsaudit.runner import missing_module, install_hint, run_audit
+from fsaudit.target import Target
+from fsaudit.window import Window, WindowError, parse_window, target_timezone
+
+LOG = logging.getLogger("fsaudit")
+EXIT_UNKNOWN = 3
+
+
+def _colour_wanted(stream) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def write_output(text: str, output: Optional[str]) -> None:
+    """Write the rendered report to `output` (atomically) or to stdout."""
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+        return
+    temporary = f"{output}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, output)
+    except OSError as error:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise FsauditError(f"cannot write the report to {output}: {error.strerror}") from None
+
+
+def select_checkers(
+    entries: Dict[str, Entry], only: List[str], skip: List[str], raw_options: Dict[str, Dict[str, list]]
+) -> List[Tuple[Entry, Dict[str, Any]]]:
+    """The checkers to run with their validated settings; every problem is raised before any runs."""
+    for name in list(only) + list(skip) + list(raw_options):
+        if name not in entries:
+            known = ", ".join(entries) or "none"
+            raise UsageError(f"unknown checker {name!r} (checkers: {known})")
+    names = [n for n in (only or entries) if n not in skip]
+    selected = []
+    for name in names:
+        entry = entries[name]
+        settings: Dict[str, Any] = {}
+        if entry.checker is not None:
+            try:
+                settings = entry.checker.validate_options(raw_options.get(name, {}))
+            except OptionError as error:
+                raise UsageError(str(error)) from None
+        selected.append((entry, settings))
+    return selected
+
+
+def _window(text: Optional[str], root: str) -> Optional[Window]:
+    if text is None:
+        return None
+    try:
+        return parse_window(text, target_timezone(root))
+    except WindowError as error:
+        raise UsageError(f"--window: {error}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fsaudit")
+@click.option("--debug", is_flag=True, help="Log what happens, with tracebacks, on stderr.")
+def cli(debug: bool) -> None:
+    """Find the data a storage incident damaged, and say what to do about it."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if debug:
+        LOG.setLevel(logging.DEBUG)
+
+
+@cli.command()
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False, exists=True),
+              help="The root of the system to audit (a mounted image or snapshot).")
+@click.option("--check", "only", multiple=True, metavar="NAME", help="Run only this checker (repeatable).")
+@click.option("--skip", multiple=True, metavar="NAME", help="Do not run this checker (repeatable).")
+@click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
+@click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config file (default: /etc/fsaudit/fsaudit.toml when present).")
+@click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers per checker (default: all cores).")
+@click.option("--drop-cache/--no-drop-cache", default=None,
+              help="Drop each file's cached pages before reading it, so the disk is read "
+                   "(default: on for /, off under --root).")
+def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_cache) -> int:
+    """Audit ROOT and report what is damaged; the exit code says how bad (0 ok .. 3 unknown)."""
+    config = load_config(config_path)
+    settings = config.get("audit", {})
+    window_text = window if window is not None else settings.get("window")
+    only = list(only) or list(settings.get("check", []))
+    skip = list(skip) or list(settings.get("skip", []))
+    if drop_cache is None:
+        drop_cache = settings.get("drop_cache")
+    selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
+    context = Context(
+        jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,
+        window=_window(window_text, root),
+        progress=Progress.for_terminal(),
+    )
+    report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
+    colour = fmt == "text" and output is None and _colour_wanted(sys.stdout)
+    write_output(render(report, fmt, colour=colour), output)
+    if interrupted:
+        click.echo("fsaudit: interrupted; the report covers what was checked before", err=True)
+        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
+    return report.exit_code
+
+
+@cli.command()
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False, exists=True))
+def checks(root) -> int:
+    """List the checkers, whether each applies to ROOT, and why not."""
+    target = Target(root)
+    rows = []
+    for name, entry in load_checkers().items():
+        rows.append((name, *_applicability(entry, target), entry.origin))
+    width = max((len(r[0]) for r in rows), default=4)
+    for name, applies, why, summary, origin in rows:
+        click.echo(f"{name:<{width}}  {'yes' if applies else 'no ':<3}  {summary}")
+        if why:
+            click.echo(f"{'':<{width}}       {why}")
+        click.echo(f"{'':<{width}}       from {origin}")
+    return 0
+
+
+def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
+    from fsaudit.checker import Skip
+
+    if entry.checker is None:
+        return False, entry.error, ""
+    summary = entry.checker.summary()
+    module = missing_module(entry.checker)
+    if module:
+        return False, install_hint(entry.checker, module), summary
+    try:
+        applies = entry.checker(None, Context()).applies(target)
+    except Skip as skip:
+        return False, str(skip), summary
+    except Exception as error:  # a checker's own bug: report it, list the rest
+        LOG.debug("applies() of %s failed", entry.name, exc_info=True)
+        return False, f"cannot tell: {type(error).__name__}: {error}", summary
+    return applies is not False, "" if applies is not False else "does not apply to this system", summary
+
+
+@cli.command()
+@click.argument("report_file", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
+@click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False))
+def report(report_file, fmt, output) -> int:
+    """Render a JSON report saved earlier; the exit code is the report's."""
+    loaded = read_report(report_file)
+    colour = fmt == "text" and output is None and _colour_wanted(sys.stdout)
+    write_output(render(loaded, fmt, colour=colour), output)
+    return loaded.exit_code
+
+
+def read_report(path: str) -> Report:
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        return Report.from_json(text)
+    except OSError as error:
+        raise FsauditError(f"cannot read {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise FsauditError(f"{path} is not a valid fsaudit report: {error}") from None
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: runs the CLI and exits with the monitoring exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="fsaudit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("fsaudit: interrupted", err=True)
+        code = EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        click.echo("\nfsaudit: interrupted", err=True)
+        code = EXIT_UNKNOWN
+    except click.exceptions.ClickException as error:
+        error.show()
+        code = EXIT_UNKNOWN
+    except FsauditError as error:
+        click.echo(f"fsaudit: {error}", err=True)
+        code = EXIT_UNKNOWN
+    except BrokenPipeError:
+        code = EXIT_UNKNOWN
+    except Exception as error:
+        LOG.debug("internal error", exc_info=True)
+        click.echo(f"fsaudit: internal error: {type(error).__name__}: {error} (run with --debug for details)", err=True)
+        code = EXIT_UNKNOWN
+    sys.exit(code if isinstance(code, int) else 0)

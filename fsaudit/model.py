@@ -1,0 +1,241 @@
+"""The one result type that crosses from checkers to renderers and from a VM to the fleet."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional, Union
+
+REPORT_FORMAT = "fsaudit-report/1"
+
+
+class Severity(str, Enum):
+    """How bad one finding is: critical = damaged or gone, warning = at risk, info = context."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Status(str, Enum):
+    """The verdict of one check, or of the whole audit."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "skipped": 0, "warning": 1, "critical": 2, "unknown": 3}[self.value]
+
+
+# Critical wins over unknown; unknown wins over warning (DESIGN.md, exit codes).
+_RANK = {Status.SKIPPED: 0, Status.OK: 1, Status.WARNING: 2, Status.UNKNOWN: 3, Status.CRITICAL: 4}
+
+
+def worst(statuses) -> Status:
+    """The status that wins among `statuses` (ok when there are none)."""
+    result = Status.OK
+    for status in statuses:
+        status = Status(status)
+        if status is not Status.SKIPPED and _RANK[status] > _RANK[result]:
+            result = status
+    return result
+
+
+def display_path(path: Union[str, bytes]) -> tuple[str, Optional[str]]:
+    """A path as report text, plus its raw bytes in base64 when they are not valid UTF-8."""
+    if isinstance(path, str):
+        raw = path.encode("utf-8", "surrogateescape")
+    else:
+        raw = bytes(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode("ascii")
+
+
+def _clean(value: Any) -> Any:
+    """Make `value` JSON-safe: bytes and undecodable text become escaped text."""
+    if isinstance(value, bytes):
+        return display_path(value)[0]
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(_clean(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass
+class Finding:
+    """One thing a checker found: damage, risk, or context, with what to do about it."""
+
+    check: str
+    code: str
+    severity: Severity
+    message: str
+    path: Optional[str] = None
+    subject: Optional[str] = None
+    details: Dict[str, Any] = field(default_factory=dict)
+    advice: str = ""
+
+    def __post_init__(self):
+        self.severity = Severity(self.severity)
+        if self.path is not None:
+            text, b64 = display_path(self.path)
+            self.path = text
+            if b64:
+                self.details = {**self.details, "path_b64": b64}
+        self.details = _clean(self.details)
+        self.message = _clean(self.message)
+        if self.subject is not None:
+            self.subject = _clean(self.subject)
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.check,
+            "code": self.code,
+            "severity": self.severity.value,
+            "path": self.path,
+            "subject": self.subject,
+            "message": self.message,
+            "details": self.details,
+            "advice": self.advice,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Finding:
+        return cls(
+            check=data["check"],
+            code=data["code"],
+            severity=Severity(data["severity"]),
+            message=data.get("message", ""),
+            path=data.get("path"),
+            subject=data.get("subject"),
+            details=dict(data.get("details") or {}),
+            advice=data.get("advice") or "",
+        )
+
+
+@dataclass
+class CheckResult:
+    """What one checker did: its status, why, how long, its counters and its findings."""
+
+    name: str
+    status: Status
+    reason: str = ""
+    seconds: float = 0.0
+    stats: Dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False
+    findings: List[Finding] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+
+    def counts(self) -> Dict[str, int]:
+        """Findings per severity (the full count even when the list was truncated)."""
+        counted = self.stats.get("findings_by_severity")
+        if self.truncated and isinstance(counted, dict):
+            return {s.value: int(counted.get(s.value, 0)) for s in Severity}
+        result = {s.value: 0 for s in Severity}
+        for finding in self.findings:
+            result[finding.severity.value] += 1
+        return result
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "stats": _clean(self.stats),
+            "truncated": self.truncated,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CheckResult:
+        return cls(
+            name=data["name"],
+            status=Status(data["status"]),
+            reason=data.get("reason") or "",
+            seconds=float(data.get("seconds") or 0.0),
+            stats=dict(data.get("stats") or {}),
+            truncated=bool(data.get("truncated")),
+            findings=[Finding.from_dict(f) for f in data.get("findings") or []],
+        )
+
+
+@dataclass
+class Report:
+    """The audit of one root: what every check found. Crosses from a VM to renderers as JSON."""
+
+    host: Dict[str, str]
+    root: str
+    started: str
+    finished: str
+    checks: List[CheckResult] = field(default_factory=list)
+    window: Optional[Dict[str, Optional[str]]] = None
+    fsaudit_version: str = ""
+    format: str = REPORT_FORMAT
+
+    @property
+    def status(self) -> Status:
+        return worst(check.status for check in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return self.status.exit_code
+
+    def findings(self):
+        for check in self.checks:
+            yield from check.findings
+
+    def check(self, name: str) -> Optional[CheckResult]:
+        for check in self.checks:
+            if check.name == name:
+                return check
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "fsaudit_version": self.fsaudit_version,
+            "host": dict(self.host),
+            "root": self.root,
+            "window": self.window,
+            "started": self.started,
+            "finished": self.finished,
+            "status": self.status.value,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+            raise ValueError(f"not an fsaudit report (expected format {REPORT_FORMAT!r})")
+        return cls(
+            format=data["format"],
+            fsaudit_version=data.get("fsaudit_version") or "",
+            host=dict(data.get("host") or {}),
+            root=data.get("root") or "/",
+            window=data.get("window"),
+            started=data.get("started") or "",
+            finished=data.get("finished") or "",
+            checks=[CheckResult.from_dict(c) for c in data.get("checks") or []],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))

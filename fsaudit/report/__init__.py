@@ -1,0 +1,22 @@
+"""Renderers: each takes a Report and returns text; none knows about any checker."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from fsaudit.model import Report
+from fsaudit.report.text import render_text
+
+
+def render_json(report: Report, colour: bool = False) -> str:
+    return report.to_json()
+
+
+RENDERERS: Dict[str, Callable[..., str]] = {
+    "text": render_text,
+    "json": render_json,
+}
+
+
+def render(report: Report, fmt: str, colour: bool = False) -> str:
+    return RENDERERS[fmt](report, colour=colour)

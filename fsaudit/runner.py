@@ -1,0 +1,174 @@
+"""Runs the selected checkers one after the other, each in isolation, and builds the Report."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Tuple
+
+from fsaudit import __version__
+from fsaudit.checker import Checker, Context, Skip
+from fsaudit.model import CheckResult, Report, Severity, Status
+from fsaudit.registry import Entry
+from fsaudit.target import Target
+
+LOG = logging.getLogger(__name__)
+
+# A check that finds more than this keeps counting but stops listing (the report says `truncated`).
+MAX_FINDINGS = 200_000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def host_info(target: Target) -> Dict[str, str]:
+    """Hostname and OS name of the audited system, read from its files under `--root`."""
+    hostname = ""
+    if not target.live:
+        try:
+            hostname = target.read_text("/etc/hostname", limit=256).strip().splitlines()[0]
+        except (OSError, IndexError):
+            hostname = ""
+    if not hostname:
+        hostname = socket.gethostname() if target.live else os.path.basename(target.root_text)
+    os_name = ""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            text = target.read_text(path, limit=16384)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip().strip("\"'")
+        if os_name:
+            break
+    if not os_name and target.live:
+        os_name = f"{platform.system()} {platform.release()}"
+    return {"hostname": hostname, "os": os_name}
+
+
+def missing_module(checker: type) -> Optional[str]:
+    """The first module in `checker.requires` that cannot be imported here, if any."""
+    for module in checker.requires:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    return None
+
+
+def install_hint(checker: type, module: str) -> str:
+    extra = f"'fsaudit[{checker.extra}]'" if checker.extra else module
+    return f"needs the Python module {module}: pip install {extra}"
+
+
+def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS) -> CheckResult:
+    """Run one checker to the end, whatever it does: a crash becomes status `unknown`."""
+    result = CheckResult(name=checker.name, status=Status.OK)
+    started = time.monotonic()
+    drops_before = target.cache_drop_failures
+    by_severity = {s.value: 0 for s in Severity}
+    interrupted = False
+    try:
+        module = missing_module(type(checker))
+        if module:
+            raise Skip(install_hint(type(checker), module))
+        if checker.applies(target) is False:
+            raise Skip("does not apply to this system")
+        for finding in checker.run(target):
+            by_severity[finding.severity.value] += 1
+            if len(result.findings) < max_findings:
+                result.findings.append(finding)
+            else:
+                result.truncated = True
+    except Skip as skip:
+        result.status = Status.SKIPPED
+        result.reason = str(skip) or "does not apply"
+    except KeyboardInterrupt:
+        checker.incomplete("interrupted before the check finished")
+        interrupted = True
+    except ImportError as error:
+        name = getattr(error, "name", None) or ""
+        if name and name.split(".")[0] in checker.requires:
+            result.status = Status.SKIPPED
+            result.reason = install_hint(type(checker), name)
+        else:
+            LOG.debug("checker %s failed", checker.name, exc_info=True)
+            checker.incomplete(f"the check failed: {type(error).__name__}: {error}")
+    except Exception as error:
+        LOG.debug("checker %s failed", checker.name, exc_info=True)
+        checker.incomplete(f"the check failed: {type(error).__name__}: {error}")
+    if result.status is not Status.SKIPPED:
+        result.status = _status(by_severity, checker.incomplete_reasons)
+        result.reason = "; ".join(checker.incomplete_reasons)
+    result.seconds = time.monotonic() - started
+    result.stats = dict(checker.stats)
+    if result.truncated:
+        result.stats["findings_by_severity"] = by_severity
+    if target.cache_drop_failures > drops_before:
+        result.stats["page_cache_not_dropped"] = target.cache_drop_failures - drops_before
+    if interrupted:
+        raise _Interrupted(result)
+    return result
+
+
+class _Interrupted(Exception):
+    def __init__(self, result: CheckResult):
+        super().__init__("interrupted")
+        self.result = result
+
+
+def _status(by_severity: Dict[str, int], incomplete: List[str]) -> Status:
+    if by_severity["critical"]:
+        return Status.CRITICAL
+    if incomplete:
+        return Status.UNKNOWN
+    if by_severity["warning"]:
+        return Status.WARNING
+    return Status.OK
+
+
+def run_audit(
+    target: Target,
+    selected: List[Tuple[Entry, Dict[str, Any]]],
+    context: Optional[Context] = None,
+) -> Tuple[Report, bool]:
+    """Run every selected checker (entry + validated settings); return the Report and whether the
+    user interrupted it (the checks not reached are then `unknown`)."""
+    context = context or Context()
+    report = Report(
+        host=host_info(target),
+        root=target.root_text,
+        started=_now(),
+        finished="",
+        window=context.window.to_dict() if context.window else None,
+        fsaudit_version=__version__,
+    )
+    interrupted = False
+    for entry, settings in selected:
+        if interrupted:
+            report.checks.append(CheckResult(entry.name, Status.UNKNOWN, reason="not run: the audit was interrupted"))
+            continue
+        if entry.checker is None:
+            report.checks.append(CheckResult(entry.name, Status.UNKNOWN, reason=entry.error))
+            continue
+        checker = entry.checker(settings, context)
+        context.progress.start(f"{entry.name}: checking")
+        try:
+            result = run_check(checker, target)
+        except _Interrupted as stop:
+            result = stop.result
+            interrupted = True
+        finally:
+            context.progress.stop()
+        context.results[entry.name] = result
+        report.checks.append(result)
+    report.finished = _now()
+    return report, interrupted

@@ -1,0 +1,66 @@
+"""Shared test helpers: run the real `fsaudit` command and read its JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+class Run:
+    """The outcome of one `fsaudit` command."""
+
+    def __init__(self, completed: subprocess.CompletedProcess):
+        self.code = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.stdout)
+
+    def check(self, name: str) -> dict:
+        for check in self.report["checks"]:
+            if check["name"] == name:
+                return check
+        raise AssertionError(f"no check {name} in the report: {self.stdout[:2000]}")
+
+    def codes(self, name: str) -> set:
+        return {f["code"] for f in self.check(name)["findings"]}
+
+    def findings(self, name: str, code: str = None) -> list:
+        return [f for f in self.check(name)["findings"] if code is None or f["code"] == code]
+
+
+def fsaudit(*args, env=None, timeout=600, user=None) -> Run:
+    """Run `python -m fsaudit ARGS` and capture everything."""
+    command = [sys.executable, "-m", "fsaudit", *map(str, args)]
+    if user:
+        command = ["runuser", "-u", user, "--", *command]
+    full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    completed = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return Run(completed)
+
+
+def require_program(name: str, package: str) -> str:
+    """The path of a system program the test needs; fail with the install hint when it is missing."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if not path:
+        pytest.fail(f"{name} is missing: apt-get install {package} (tests/run installs it)")
+    return path
+
+
+@pytest.fixture
+def run_fsaudit():
+    return fsaudit
