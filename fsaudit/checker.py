@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set, Tuple, Union
 
 from fsaudit.model import Finding, Severity
 from fsaudit.progress import Progress
@@ -86,9 +86,12 @@ class Context:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     window: Optional[Window] = None
     progress: Progress = field(default_factory=Progress)
-    # Results of the checkers that already ran, by name: lets e.g. `window` say which at-risk files
-    # another checker verified.
+    # Results of the checkers that already ran, by name.
     results: Dict[str, Any] = field(default_factory=dict)
+    # Paths (bytes, inside the target) that a checker verified against an independent expectation
+    # (a package manifest, a RECORD file, a baseline), so `window` can say which at-risk files no
+    # checker could verify.
+    verified: Set[bytes] = field(default_factory=set)
 
 
 class Checker:
@@ -100,6 +103,8 @@ class Checker:
     - `codes`: every finding code it may yield, each with its meaning (the README lists them all).
     - `requires`: importable modules it needs; when one is missing the check is skipped with
       `pip install fsaudit[<extra>]` as the hint.
+    - `order`: checkers run by ascending order, then name; a checker that uses what others found
+      (e.g. `window`, which reads `context.verified`) sets a higher one.
     """
 
     name: str = ""
@@ -107,6 +112,7 @@ class Checker:
     codes: Dict[str, str] = {}
     requires: Tuple[str, ...] = ()
     extra: str = ""
+    order: int = 50
 
     def __init__(self, options: Optional[Dict[str, Any]] = None, context: Optional[Context] = None):
         self.settings = self.validate_options(options or {})

@@ -56,6 +56,7 @@ def select_checkers(
             known = ", ".join(entries) or "none"
             raise UsageError(f"unknown checker {name!r} (checkers: {known})")
     names = [n for n in (only or entries) if n not in skip]
+    names.sort(key=lambda n: (entries[n].checker.order if entries[n].checker else 50, n))
     selected = []
     for name in names:
         entry = entries[name]
