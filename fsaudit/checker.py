@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Sequence, Set, Tuple, Union
 
 from fsaudit.model import Finding, Severity
 from fsaudit.progress import Progress
@@ -84,7 +84,7 @@ class Context:
     """What the audit as a whole tells each checker: the window, parallelism, progress."""
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    window: Optional[Window] = None
+    window: Window | None = None
     progress: Progress = field(default_factory=Progress)
     # Results of the checkers that already ran, by name.
     results: Dict[str, Any] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class Checker:
     extra: str = ""
     order: int = 50
 
-    def __init__(self, options: Optional[Dict[str, Any]] = None, context: Optional[Context] = None):
+    def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
         self.settings = self.validate_options(options or {})
         self.context = context or Context()
         self.stats: Dict[str, Any] = {}
@@ -159,8 +159,8 @@ class Checker:
         severity: Union[Severity, str],
         message: str,
         path: Union[str, bytes, None] = None,
-        subject: Optional[str] = None,
-        details: Optional[Dict[str, Any]] = None,
+        subject: str | None = None,
+        details: Dict[str, Any] | None = None,
         advice: str = "",
     ) -> Finding:
         """A Finding of this checker; `code` must be one it declares in `codes`."""

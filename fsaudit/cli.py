@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import click
 
@@ -17,7 +17,7 @@ from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
 from fsaudit.report import RENDERERS, render
-from fsaudit.runner import missing_module, install_hint, run_audit
+from fsaudit.runner import install_hint, missing_module, run_audit
 from fsaudit.target import Target
 from fsaudit.window import Window, WindowError, parse_window, target_timezone
 
@@ -29,7 +29,7 @@ def _colour_wanted(stream) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ
 
 
-def write_output(text: str, output: Optional[str]) -> None:
+def write_output(text: str, output: str | None) -> None:
     """Write the rendered report to `output` (atomically) or to stdout."""
     if output is None or output == "-":
         click.echo(text, nl=False)
@@ -70,7 +70,7 @@ def select_checkers(
     return selected
 
 
-def _window(text: Optional[str], root: str) -> Optional[Window]:
+def _window(text: str | None, root: str) -> Window | None:
     if text is None:
         return None
     try:
@@ -93,20 +93,32 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False, exists=True),
-              help="The root of the system to audit (a mounted image or snapshot).")
+@click.option(
+    "--root",
+    default="/",
+    show_default=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="The root of the system to audit (a mounted image or snapshot).",
+)
 @click.option("--check", "only", multiple=True, metavar="NAME", help="Run only this checker (repeatable).")
 @click.option("--skip", multiple=True, metavar="NAME", help="Do not run this checker (repeatable).")
 @click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
 @click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML config file (default: /etc/fsaudit/fsaudit.toml when present).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: /etc/fsaudit/fsaudit.toml when present).",
+)
 @click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers per checker (default: all cores).")
-@click.option("--drop-cache/--no-drop-cache", default=None,
-              help="Drop each file's cached pages before reading it, so the disk is read "
-                   "(default: on for /, off under --root).")
+@click.option(
+    "--drop-cache/--no-drop-cache",
+    default=None,
+    help="Drop each file's cached pages before reading it, so the disk is read "
+    "(default: on for /, off under --root).",
+)
 def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_cache) -> int:
     """Audit ROOT and report what is damaged; the exit code says how bad (0 ok .. 3 unknown)."""
     config = load_config(config_path)
@@ -193,7 +205,7 @@ def read_report(path: str) -> Report:
         raise FsauditError(f"{path} is not a valid fsaudit report: {error}") from None
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: List[str] | None = None) -> None:
     """Entry point: runs the CLI and exits with the monitoring exit code."""
     try:
         code = cli.main(args=argv, prog_name="fsaudit", standalone_mode=False)
@@ -213,6 +225,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         code = EXIT_UNKNOWN
     except Exception as error:
         LOG.debug("internal error", exc_info=True)
-        click.echo(f"fsaudit: internal error: {type(error).__name__}: {error} (run with --debug for details)", err=True)
+        click.echo(
+            f"fsaudit: internal error: {type(error).__name__}: {error} (run with --debug for details)",
+            err=True,
+        )
         code = EXIT_UNKNOWN
     sys.exit(code if isinstance(code, int) else 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from fsaudit.errors import UsageError
 
@@ -20,7 +20,7 @@ AUDIT_KEYS = {"window", "check", "skip", "jobs", "drop_cache"}
 RawOptions = Dict[str, Dict[str, List[Any]]]
 
 
-def load_config(path: Optional[str]) -> Dict[str, Any]:
+def load_config(path: str | None) -> Dict[str, Any]:
     """The config file's content: `path`, else the system-wide file when it exists, else nothing."""
     if path is None:
         if not os.path.exists(DEFAULT_CONFIG):

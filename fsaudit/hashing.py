@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 from fsaudit.target import Target
 
@@ -24,7 +24,7 @@ class HashRequest:
 
     path: bytes
     algorithm: str = "md5"
-    expected_size: Optional[int] = None
+    expected_size: int | None = None
     key: Any = None
     follow: bool = True
 
@@ -38,10 +38,10 @@ class HashResult:
     """
 
     request: HashRequest
-    digest: Optional[str] = None
-    size: Optional[int] = None
-    mtime: Optional[float] = None
-    error: Optional[OSError] = None
+    digest: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    error: OSError | None = None
 
     @property
     def size_differs(self) -> bool:

@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 REPORT_FORMAT = "fsaudit-report/1"
 
@@ -47,7 +47,7 @@ def worst(statuses) -> Status:
     return result
 
 
-def display_path(path: Union[str, bytes]) -> tuple[str, Optional[str]]:
+def display_path(path: Union[str, bytes]) -> tuple[str, str | None]:
     """A path as report text, plus its raw bytes in base64 when they are not valid UTF-8."""
     if isinstance(path, str):
         raw = path.encode("utf-8", "surrogateescape")
@@ -82,8 +82,8 @@ class Finding:
     code: str
     severity: Severity
     message: str
-    path: Optional[str] = None
-    subject: Optional[str] = None
+    path: str | None = None
+    subject: str | None = None
     details: Dict[str, Any] = field(default_factory=dict)
     advice: str = ""
 
@@ -183,7 +183,7 @@ class Report:
     started: str
     finished: str
     checks: List[CheckResult] = field(default_factory=list)
-    window: Optional[Dict[str, Optional[str]]] = None
+    window: Dict[str, str | None] | None = None
     fsaudit_version: str = ""
     format: str = REPORT_FORMAT
 
@@ -199,7 +199,7 @@ class Report:
         for check in self.checks:
             yield from check.findings
 
-    def check(self, name: str) -> Optional[CheckResult]:
+    def check(self, name: str) -> CheckResult | None:
         for check in self.checks:
             if check.name == name:
                 return check
@@ -218,7 +218,7 @@ class Report:
             "checks": [c.to_dict() for c in self.checks],
         }
 
-    def to_json(self, indent: Optional[int] = 2) -> str:
+    def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False) + "\n"
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 
 class Progress:
@@ -22,13 +21,13 @@ class Progress:
     def for_terminal(cls) -> Progress:
         return cls(enabled=sys.stderr.isatty())
 
-    def start(self, label: str, total: Optional[float] = None) -> None:
+    def start(self, label: str, total: float | None = None) -> None:
         if not self.enabled:
             return
         self.stop()
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-        from rich.progress import TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
             TextColumn("{task.description}"),
@@ -41,7 +40,7 @@ class Progress:
         self._bar.start()
         self._task = self._bar.add_task(label, total=total)
 
-    def update(self, total: Optional[float] = None, description: Optional[str] = None) -> None:
+    def update(self, total: float | None = None, description: str | None = None) -> None:
         if self._bar is not None:
             self._bar.update(self._task, total=total, description=description)
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, Optional, Type
+from typing import Dict, Type
 
 from fsaudit.checker import Checker
 
@@ -20,7 +20,7 @@ class Entry:
 
     name: str
     origin: str
-    checker: Optional[Type[Checker]] = None
+    checker: Type[Checker] | None = None
     error: str = ""
 
 

@@ -9,7 +9,7 @@ import platform
 import socket
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from fsaudit import __version__
 from fsaudit.checker import Checker, Context, Skip
@@ -53,7 +53,7 @@ def host_info(target: Target) -> Dict[str, str]:
     return {"hostname": hostname, "os": os_name}
 
 
-def missing_module(checker: type) -> Optional[str]:
+def missing_module(checker: type) -> str | None:
     """The first module in `checker.requires` that cannot be imported here, if any."""
     for module in checker.requires:
         try:
@@ -138,7 +138,7 @@ def _status(by_severity: Dict[str, int], incomplete: List[str]) -> Status:
 def run_audit(
     target: Target,
     selected: List[Tuple[Entry, Dict[str, Any]]],
-    context: Optional[Context] = None,
+    context: Context | None = None,
 ) -> Tuple[Report, bool]:
     """Run every selected checker (entry + validated settings); return the Report and whether the
     user interrupted it (the checks not reached are then `unknown`)."""
@@ -154,7 +154,9 @@ def run_audit(
     interrupted = False
     for entry, settings in selected:
         if interrupted:
-            report.checks.append(CheckResult(entry.name, Status.UNKNOWN, reason="not run: the audit was interrupted"))
+            report.checks.append(
+                CheckResult(entry.name, Status.UNKNOWN, reason="not run: the audit was interrupted")
+            )
             continue
         if entry.checker is None:
             report.checks.append(CheckResult(entry.name, Status.UNKNOWN, reason=entry.error))

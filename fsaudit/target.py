@@ -13,7 +13,7 @@ import errno
 import io
 import os
 import stat
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Tuple, Union
 
 from fsaudit.model import display_path
 
@@ -21,7 +21,9 @@ PathLike = Union[str, bytes]
 MAX_SYMLINKS = 40
 _DIR_CACHE_LIMIT = 65536
 _NOATIME = getattr(os, "O_NOATIME", 0)
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 _KINDS = (
     (stat.S_ISREG, "regular file"),
@@ -68,7 +70,7 @@ def _components(path: bytes) -> List[bytes]:
 class Target:
     """The root being audited."""
 
-    def __init__(self, root: PathLike = "/", drop_cache: Optional[bool] = None):
+    def __init__(self, root: PathLike = "/", drop_cache: bool | None = None):
         root_bytes = os.path.abspath(_fsencode(root))
         self.root: bytes = b"" if root_bytes == b"/" else root_bytes.rstrip(b"/")
         self.live = self.root == b""
@@ -223,8 +225,8 @@ class Target:
     def walk(
         self,
         top: PathLike = b"/",
-        onerror: Optional[Callable[[bytes, OSError], None]] = None,
-        prune: Optional[Callable[[bytes, os.DirEntry], bool]] = None,
+        onerror: Callable[[bytes, OSError], None] | None = None,
+        prune: Callable[[bytes, os.DirEntry], bool] | None = None,
         max_depth: int = 256,
     ) -> Iterator[Tuple[bytes, List[os.DirEntry]]]:
         """Walk a tree below `top` without following symlinks: yields (inner dir path, entries).
@@ -258,7 +260,9 @@ class Target:
                 child = (inner.rstrip(b"/") + b"/" + entry.name) if inner != b"/" else b"/" + entry.name
                 if prune and prune(child, entry):
                     continue
-                stack.append((entry.path if isinstance(entry.path, bytes) else os.fsencode(entry.path), depth + 1))
+                stack.append(
+                    (entry.path if isinstance(entry.path, bytes) else os.fsencode(entry.path), depth + 1)
+                )
 
 
 def _open_noatime(host: bytes) -> int:

@@ -6,7 +6,6 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Optional
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -19,8 +18,8 @@ class WindowError(ValueError):
 class Window:
     """A half-open time range [start, end); either end may be open (None)."""
 
-    start: Optional[datetime]
-    end: Optional[datetime]
+    start: datetime | None
+    end: datetime | None
 
     @property
     def start_ts(self) -> float:
@@ -59,7 +58,10 @@ def target_timezone(root: str = "/") -> tzinfo:
 def _parse_end(text: str, tz: tzinfo, is_end: bool) -> datetime:
     text = text.strip()
     if _DATE.match(text):
-        day = date.fromisoformat(text)
+        try:
+            day = date.fromisoformat(text)
+        except ValueError as error:
+            raise WindowError(f"{text!r}: {error}") from None
         if is_end:
             day += timedelta(days=1)
         return datetime.combine(day, time(0, 0), tzinfo=tz)
@@ -77,7 +79,7 @@ def _parse_end(text: str, tz: tzinfo, is_end: bool) -> datetime:
     return moment
 
 
-def parse_window(text: str, tz: Optional[tzinfo] = None, now: Optional[datetime] = None) -> Window:
+def parse_window(text: str, tz: tzinfo | None = None, now: datetime | None = None) -> Window:
     """Read `START..END`; a lone date or date-time covers that day or that moment's day.
 
     An end without a zone is in `tz` (the audited system's local time); a date alone covers the whole

@@ -68,9 +68,9 @@ def _finding_line(finding: Finding) -> str:
     return f"{lead}{finding.message}"
 
 
-def _grouped(findings: List[Finding]) -> "OrderedDict[tuple, List[Finding]]":
+def _grouped(findings: List[Finding]) -> OrderedDict[tuple, List[Finding]]:
     order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
-    groups: "OrderedDict[tuple, List[Finding]]" = OrderedDict()
+    groups: OrderedDict[tuple, List[Finding]] = OrderedDict()
     for finding in sorted(findings, key=lambda f: order[f.severity]):
         groups.setdefault((finding.severity, finding.code), []).append(finding)
     return groups
@@ -78,7 +78,9 @@ def _grouped(findings: List[Finding]) -> "OrderedDict[tuple, List[Finding]]":
 
 def _stats_line(check: CheckResult) -> str:
     shown = [
-        f"{key.replace('_', ' ')}: {value:,}" if isinstance(value, int) else f"{key.replace('_', ' ')}: {value}"
+        f"{key.replace('_', ' ')}: {value:,}"
+        if isinstance(value, int)
+        else f"{key.replace('_', ' ')}: {value}"
         for key, value in check.stats.items()
         if isinstance(value, (int, float, str)) and not isinstance(value, bool)
     ]
@@ -86,7 +88,9 @@ def _stats_line(check: CheckResult) -> str:
 
 
 def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
-    lines = [f"{paint(check.status.value, check.status.value.upper()):<10} {check.name}  ({check.seconds:.1f} s)"]
+    lines = [
+        f"{paint(check.status.value, check.status.value.upper()):<10} {check.name}  ({check.seconds:.1f} s)"
+    ]
     if check.reason:
         lines.append(f"    {check.reason}")
     stats = _stats_line(check)
@@ -132,7 +136,9 @@ def render_text(report: Report, colour: bool = False) -> str:
         header += f", {report.host['os']}"
     header += f"; audited {report.started}"
     if report.window:
-        header += f"; suspect window {report.window.get('start') or '...'} .. {report.window.get('end') or 'now'}"
+        header += (
+            f"; suspect window {report.window.get('start') or '...'} .. {report.window.get('end') or 'now'}"
+        )
     lines.append(header)
     lines.extend(_advice_lines(report))
     lines.append("")

@@ -1,0 +1,91 @@
+"""Report JSON: round trip, schema, untrusted names, status precedence."""
+
+import base64
+import json
+
+import jsonschema
+import pytest
+
+from fsaudit.model import CheckResult, Finding, Report, Severity, Status, worst
+from tests.conftest import REPO
+
+SCHEMA = json.loads((REPO / "fsaudit" / "schema" / "report.schema.json").read_text())
+
+
+def _report() -> Report:
+    raw = b"/srv/caf\xe9.txt"
+    return Report(
+        host={"hostname": "web42", "os": "Debian GNU/Linux 12 (bookworm)"},
+        root="/",
+        started="2026-11-21T10:00:00+00:00",
+        finished="2026-11-21T10:01:00+00:00",
+        window={"start": "2014-06-02T00:00:00+00:00", "end": "2014-06-08T00:00:00+00:00"},
+        fsaudit_version="0.1.0",
+        checks=[
+            CheckResult(
+                "debian",
+                Status.CRITICAL,
+                seconds=1.5,
+                stats={"files_verified": 3},
+                findings=[
+                    Finding(
+                        "debian",
+                        "content-differs",
+                        Severity.CRITICAL,
+                        "content differs",
+                        path="/usr/bin/sed",
+                        subject="sed 4.9-1",
+                        details={"expected_md5": "00"},
+                        advice="reinstall the package sed",
+                    ),
+                    Finding("debian", "missing", "critical", "file is missing", path=raw),
+                ],
+            ),
+            CheckResult("window", Status.SKIPPED, reason="no window given"),
+        ],
+    )
+
+
+def test_report_round_trips_through_json():
+    report = _report()
+    assert Report.from_json(report.to_json()) == report
+
+
+def test_report_json_matches_the_shipped_schema():
+    jsonschema.validate(json.loads(_report().to_json()), SCHEMA)
+
+
+def test_non_utf8_path_is_escaped_and_kept_in_base64():
+    finding = _report().checks[0].findings[1]
+    assert finding.path == "/srv/caf\\xe9.txt"
+    assert base64.b64decode(finding.details["path_b64"]) == b"/srv/caf\xe9.txt"
+    json.dumps(finding.to_dict())  # must be JSON-safe
+
+
+def test_surrogate_escaped_str_path_is_treated_like_bytes():
+    finding = Finding("x", "y", "info", "m", path="/srv/caf\udce9.txt")
+    assert finding.path == "/srv/caf\\xe9.txt"
+    assert "path_b64" in finding.details
+
+
+@pytest.mark.parametrize(
+    "statuses, expected",
+    [
+        ([], Status.OK),
+        ([Status.SKIPPED], Status.OK),
+        ([Status.OK, Status.WARNING], Status.WARNING),
+        ([Status.WARNING, Status.UNKNOWN], Status.UNKNOWN),
+        ([Status.UNKNOWN, Status.CRITICAL, Status.WARNING], Status.CRITICAL),
+    ],
+)
+def test_critical_wins_over_unknown_which_wins_over_warning(statuses, expected):
+    assert worst(statuses) is expected
+
+
+def test_exit_codes_follow_the_monitoring_convention():
+    assert [Status(s).exit_code for s in ("ok", "warning", "critical", "unknown")] == [0, 1, 2, 3]
+
+
+def test_from_json_rejects_what_is_not_a_report():
+    with pytest.raises(ValueError):
+        Report.from_json('{"format": "something-else"}')
