@@ -103,6 +103,8 @@ class Checker:
     - `codes`: every finding code it may yield, each with its meaning (the README lists them all).
     - `requires`: importable modules it needs; when one is missing the check is skipped with
       `pip install fsaudit[<extra>]` as the hint.
+    - `self_check`: fits a customer's unprivileged `fsaudit self-check PATH...`; such a checker has
+      a `paths` option, which self-check sets to the customer's paths.
     - `order`: checkers run by ascending order, then name; a checker that uses what others found
       (e.g. `window`, which reads `context.verified`) sets a higher one.
     """
@@ -113,6 +115,7 @@ class Checker:
     requires: Tuple[str, ...] = ()
     extra: str = ""
     order: int = 50
+    self_check: bool = False
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
         self.settings = self.validate_options(options or {})

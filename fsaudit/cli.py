@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Tuple
 import click
 
 from fsaudit import __version__
+from fsaudit.baseline import create_baseline
 from fsaudit.checker import Context, OptionError
 from fsaudit.config import load_config, merge_options, parse_sets
 from fsaudit.errors import FsauditError, UsageError
@@ -17,7 +18,9 @@ from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
 from fsaudit.report import RENDERERS, render
+from fsaudit.report.text import verdict
 from fsaudit.runner import install_hint, missing_module, run_audit
+from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_options
 from fsaudit.target import Target
 from fsaudit.window import Window, WindowError, parse_window, target_timezone
 
@@ -40,10 +43,7 @@ def write_output(text: str, output: str | None) -> None:
             handle.write(text)
         os.replace(temporary, output)
     except OSError as error:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+        _remove_quietly(temporary)
         raise FsauditError(f"cannot write the report to {output}: {error.strerror}") from None
 
 
@@ -141,6 +141,96 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
         click.echo("fsaudit: interrupted; the report covers what was checked before", err=True)
         return 2 if report.exit_code == 2 else EXIT_UNKNOWN
     return report.exit_code
+
+
+@cli.command("self-check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
+@click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A baseline recorded earlier with `fsaudit baseline create`.",
+)
+@click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(RENDERERS)),
+    help="Report format (default: html, written to fsaudit-self-check.html).",
+)
+@click.option("--output", type=click.Path(dir_okay=False), help="Where to write the report.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers (default: all cores).")
+def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
+    """Check your own files under PATHS (no root needed): Python environments, git checkouts,
+    file formats, and a baseline if you recorded one."""
+    raw = parse_sets(list(sets))
+    if baseline_file:
+        raw.setdefault("baseline", {})["file"] = [os.path.abspath(baseline_file)]
+    entries = load_checkers()
+    names, options = self_check_options(entries, list(paths), raw)
+    selected = select_checkers(entries, names, [], options)
+    if fmt is None:
+        fmt = next(f for f in DEFAULT_FORMATS if f in RENDERERS)
+        output = output or DEFAULT_REPORT.format(extension="html" if fmt == "html" else "txt")
+    context = Context(
+        jobs=jobs or os.cpu_count() or 1, window=_window(window, "/"), progress=Progress.for_terminal()
+    )
+    report, interrupted = run_audit(Target("/"), selected, context)
+    write_output(
+        render(report, fmt, colour=fmt == "text" and output is None and _colour_wanted(sys.stdout)), output
+    )
+    if output:
+        click.echo(verdict(report))
+        click.echo(f"The full report is in {output}")
+    if interrupted:
+        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
+    return report.exit_code
+
+
+@cli.group()
+def baseline() -> None:
+    """Record what your files look like now, to find silent damage later."""
+
+
+@baseline.command("create")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="The baseline file to write.")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers (default: all cores).")
+def baseline_create(paths, output, root, jobs) -> int:
+    """Record size, mode, owner, mtime and SHA-256 of every file under PATHS (inside --root)."""
+    target = Target(root, drop_cache=False)
+    for path in paths:
+        if not target.exists(path, follow=True):
+            raise UsageError(f"{path} does not exist under {target.root_text}")
+    temporary = f"{output}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb") as handle:
+            counts = create_baseline(
+                target, list(paths), handle, jobs or os.cpu_count() or 1, Progress.for_terminal()
+            )
+        os.replace(temporary, output)
+    except OSError as error:
+        _remove_quietly(temporary)
+        raise FsauditError(f"cannot write the baseline {output}: {error.strerror}") from None
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    recorded = f"{counts['entries']:,} entries ({counts['files']:,} files, {counts['bytes']:,} bytes)"
+    click.echo(f"recorded {recorded} in {output}")
+    for problem in counts["errors"][:20]:
+        click.echo(f"  not recorded: {problem}", err=True)
+    if len(counts["errors"]) > 20:
+        click.echo(f"  ... and {len(counts['errors']) - 20:,} more not recorded", err=True)
+    return 1 if counts["errors"] else 0
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from fsaudit.target import Target
 
@@ -27,6 +27,8 @@ class HashRequest:
     expected_size: int | None = None
     key: Any = None
     follow: bool = True
+    # Bytes hashed before the content, given the file's size (git hashes b"blob <size>\0" first).
+    prefix: Optional[Callable[[int], bytes]] = None
 
 
 @dataclass
@@ -64,11 +66,14 @@ def hash_one(target: Target, request: HashRequest) -> HashResult:
     result = HashResult(request)
     try:
         with target.open(request.path, follow=request.follow) as handle:
+            result.st = handle.st
             result.size = handle.st.st_size
             result.mtime = handle.st.st_mtime
             if request.expected_size is not None and result.size != request.expected_size:
                 return result
             digest = hashlib.new(request.algorithm)
+            if request.prefix is not None:
+                digest.update(request.prefix(result.size))
             buffer = _buffer()
             while True:
                 count = handle.readinto(buffer)

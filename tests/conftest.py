@@ -41,13 +41,15 @@ class Run:
         return [f for f in self.check(name)["findings"] if code is None or f["code"] == code]
 
 
-def fsaudit(*args, env=None, timeout=600, user=None) -> Run:
+def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
     """Run `python -m fsaudit ARGS` and capture everything."""
     command = [sys.executable, "-m", "fsaudit", *map(str, args)]
     if user:
         command = ["runuser", "-u", user, "--", *command]
     full_env = {**os.environ, "NO_COLOR": "1", **(env or {})}
-    completed = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd
+    )
     return Run(completed)
 
 

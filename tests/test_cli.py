@@ -15,6 +15,7 @@ from tests.conftest import REPO, fsaudit
 
 PLUGIN = textwrap.dedent(
     '''
+    import os
     import time
     from fsaudit.checker import Checker, Option, Skip
 
@@ -61,6 +62,9 @@ PLUGIN = textwrap.dedent(
         name = "slow"
 
         def run(self, target):
+            marker = os.environ.get("FSAUDIT_TEST_MARKER")
+            if marker:
+                open(marker, "w").close()
             time.sleep(60)
             yield from ()
     '''
@@ -213,8 +217,9 @@ def test_long_lists_are_summarised_in_text(plugin_env):
     assert "... and 15 more" in run.stdout
 
 
-def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env):
-    env = {**os.environ, **plugin_env, "NO_COLOR": "1"}
+def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env, tmp_path):
+    marker = tmp_path / "slow-started"
+    env = {**os.environ, **plugin_env, "NO_COLOR": "1", "FSAUDIT_TEST_MARKER": str(marker)}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -233,7 +238,9 @@ def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env):
         text=True,
         env=env,
     )
-    time.sleep(2)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 2  # damage was found before the interrupt: critical wins
