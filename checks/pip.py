@@ -34,6 +34,7 @@ class Distribution:
     site: bytes
     dist_info: bytes
     environment: bytes
+    system: bool = False
 
     @property
     def name_version(self) -> Tuple[str, str]:
@@ -47,11 +48,15 @@ def parse_record_hash(text: str) -> Optional[Tuple[str, str]]:
     algorithm, sep, encoded = text.partition("=")
     if not sep or algorithm not in hashlib.algorithms_guaranteed:
         return None
+    size = hashlib.new(algorithm).digest_size
+    # The wheel spec says urlsafe base64; some distributors write hex digests instead.
+    if len(encoded) == 2 * size and all(c in "0123456789abcdefABCDEF" for c in encoded):
+        return algorithm, encoded.lower()
     try:
         raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != hashlib.new(algorithm).digest_size:
+    if len(raw) != size:
         return None
     return algorithm, raw.hex()
 
@@ -80,16 +85,16 @@ class PipChecker(Checker):
     def _search_roots(self) -> List[str]:
         return self.settings["paths"] or list(DEFAULT_PATHS)
 
-    def _sites(self, target: Target) -> Iterator[Tuple[bytes, bytes]]:
-        """(environment, site-packages) pairs: system sites and every virtualenv found."""
+    def _sites(self, target: Target) -> Iterator[Tuple[bytes, bytes, bool]]:
+        """(environment, site-packages, is a system site) for system sites and every virtualenv."""
         seen = set()
-        candidates = [] if self.settings["paths"] else self._system_sites(target)
-        candidates += list(self._virtualenv_sites(target))
-        for environment, site in candidates:
+        candidates = [] if self.settings["paths"] else [(*pair, True) for pair in self._system_sites(target)]
+        candidates += [(*pair, False) for pair in self._virtualenv_sites(target)]
+        for environment, site, system in candidates:
             key = target.resolve(site)
             if key not in seen:
                 seen.add(key)
-                yield environment, site
+                yield environment, site, system
 
     def _system_sites(self, target: Target) -> List[Tuple[bytes, bytes]]:
         found = []
@@ -130,19 +135,28 @@ class PipChecker(Checker):
                         if version.startswith(b"python") and target.exists(site, follow=True):
                             yield directory, site
 
-    def _distributions(self, target: Target, environment: bytes, site: bytes) -> Iterator[Distribution]:
+    def _distributions(self, target: Target, environment: bytes, site: bytes, system: bool) -> Iterator:
         try:
             names = sorted(target.listdir(site))
         except OSError:
             return
         for name in names:
             if name.endswith(b".dist-info"):
-                yield Distribution(site, site + b"/" + name, environment)
+                yield Distribution(site, site + b"/" + name, environment, system)
+
+    def _os_managed(self, target: Target, dist: Distribution) -> bool:
+        """Installed into a system site by the OS package manager (no INSTALLER file): its files are
+        the package manager's, verified by `debian` or `rpm`, and may be legitimately changed from
+        the wheel (stripped libraries, system certificates)."""
+        return dist.system and not target.exists(dist.dist_info + b"/INSTALLER")
 
     def run(self, target: Target) -> Iterator:
-        for environment, site in self._sites(target):
+        for environment, site, system in self._sites(target):
             self.count("environments")
-            for dist in self._distributions(target, environment, site):
+            for dist in self._distributions(target, environment, site, system):
+                if self._os_managed(target, dist):
+                    self.count("distributions_os_managed")
+                    continue
                 yield from self._verify(target, dist)
 
     def _records(self, target: Target, dist: Distribution, problems: list) -> Iterator[HashRequest]:

@@ -82,3 +82,21 @@ def test_nothing_is_written_into_the_environment(venv):
     before = sorted(str(p) for p in site.rglob("*"))
     fsaudit("audit", "--check", "pip", "--set", f"pip.paths={paths}")
     assert sorted(str(p) for p in site.rglob("*")) == before  # no __pycache__, no .pyc
+
+
+def test_os_packaged_distributions_are_left_to_the_package_checker(tmp_path):
+    """Debian ships dist-info with RECORD but no INSTALLER, and changes files (stripped libraries);
+    those are dpkg's to verify. A pip-installed distribution in the same site is verified."""
+    site = tmp_path / "usr" / "lib" / "python3" / "dist-packages"
+    for name, installer in (("osmod", None), ("pipmod", b"pip\n")):
+        dist = site / f"{name}-1.0.dist-info"
+        dist.mkdir(parents=True)
+        (site / f"{name}.py").write_bytes(b"changed after packaging\n")
+        digest = "0" * 64  # hex digests, as Debian writes them
+        (dist / "RECORD").write_text(f"{name}.py,sha256={digest},5\n")
+        if installer:
+            (dist / "INSTALLER").write_bytes(installer)
+    run = fsaudit("audit", "--root", tmp_path, "--check", "pip", "--format", "json")
+    assert run.code == 2
+    assert [f["subject"] for f in run.findings("pip")] == ["pipmod 1.0"]
+    assert run.check("pip")["stats"]["distributions_os_managed"] == 1
