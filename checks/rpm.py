@@ -213,7 +213,7 @@ class RpmChecker(Checker):
         return self.finding(
             code,
             severity,
-            f"{message} ({flags} {marker})",
+            f"{message} ({flags}{' ' + marker if marker.strip() else ''})",
             path=entry.path,
             subject=package.subject,
             details=details,
