@@ -139,33 +139,41 @@ class RpmChecker(Checker):
                 continue
             if database.kind == "bdb" and item.key == 0:
                 continue  # rpm keeps its next record number under key 0
-            header = self._header(database, item, ready)
-            if header is None:
+            loaded = self._load(database, item, ready)
+            if loaded is None:
                 continue
-            package = Package(header)
+            header, package = loaded
             if wanted and package.name not in wanted:
                 continue
             self.count("packages")
             self.context.progress.advance()
-            yield from self._package_requests(target, header, package, accounts, ready)
+            yield from self._package_requests(target, database, header, package, accounts, ready)
 
-    def _header(self, database: Database, item, ready: List[Finding]) -> hdr.Header | None:
+    def _load(self, database: Database, item, ready: List[Finding]):
+        """(header, package) of a record whose header is intact; a finding in `ready` otherwise."""
         try:
             header = hdr.Header(item.blob)
-            verdict, algorithm = header.check_digest()
-            if verdict == "mismatch":
-                raise hdr.HeaderError(f"its {algorithm} header digest does not match: the header was altered")
-            return header
+            package = Package(header)
         except hdr.HeaderError as error:
-            ready.append(self._header_finding(database, item.key, str(error), header=None))
+            ready.append(self._header_finding(database, item.key, str(error)))
             return None
+        try:
+            verdict, algorithm = header.check_digest()
+            problem = f"its {algorithm} header digest does not match" if verdict == "mismatch" else None
+        except hdr.HeaderError as error:
+            problem = str(error)
+        if problem:
+            # The name may itself be damaged, but it is the best lead the admin has.
+            ready.append(self._header_finding(database, item.key, problem, package=package))
+            return None
+        return header, package
 
-    def _package_requests(self, target, header, package: Package, accounts: Accounts, ready: List[Finding]):
+    def _package_requests(self, target, database, header, package: Package, accounts, ready: List[Finding]):
         try:
             entries = hdr.file_entries(header)
             algorithm = hdr.digest_algorithm(header) if entries else None
         except hdr.HeaderError as error:
-            ready.append(self._header_finding(None, None, str(error), package=package))
+            ready.append(self._header_finding(database, None, str(error), package=package))
             return
         if entries and algorithm is None:
             self.incomplete(f"{package.name}: unknown file digest algorithm, file contents not verified")
@@ -275,7 +283,7 @@ class RpmChecker(Checker):
             "and run `rpmdb --rebuilddb`, then audit again; reinstall packages `rpm -qa` no longer lists",
         )
 
-    def _header_finding(self, database, key, message: str, header=None, package: Package | None = None):
+    def _header_finding(self, database: Database, key, message: str, package: Package | None = None):
         self.count("packages_unverified")
         self.incomplete("some package headers are damaged: their files were not verified")
         details = package.details() if package else {}
@@ -286,7 +294,7 @@ class RpmChecker(Checker):
             "header-damaged",
             "critical",
             f"the RPM database entry of {name} is damaged ({message}): its files were not verified",
-            path=database.path if database else None,
+            path=database.path,
             subject=package.subject if package else None,
             details=details,
             advice="restore the RPM database from backup or reinstall the package, then `rpmdb --rebuilddb`",

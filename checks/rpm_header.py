@@ -118,10 +118,8 @@ class Header:
             self.entries[tag] = entry
 
     def _check_entry(self, entry: Entry, index: int) -> None:
-        if entry.type > I18NSTRING or entry.type == NULL and entry.tag != REGION_IMMUTABLE:
+        if entry.type > I18NSTRING or entry.type == NULL:
             raise HeaderError(f"entry {index} (tag {entry.tag}) has unknown type {entry.type}")
-        if entry.tag == REGION_IMMUTABLE and index == 0:
-            return
         if entry.offset < 0 or entry.offset > self.dl:
             raise HeaderError(f"entry {index} (tag {entry.tag}) points outside the data")
         if entry.count == 0 or entry.count > self.dl:
