@@ -1,0 +1,147 @@
+"""fsaudit's rpm checker beside `rpm --root R -Va` on the same root: wall times and their ratio.
+
+Builds PACKAGES noarch RPMs holding SIZE_MB of incompressible data in all (uncompressed payloads, so
+building stays quick), installs them into a throwaway root with `rpm --root`, then times both tools
+with a warm page cache (both read the same cached files: like with like). Goal: fsaudit at most 0.8x
+rpm's wall time on 30 packages / 600 MB.
+
+    python benchmarks/rpm.py                  # 30 packages, 600 MB
+    python benchmarks/rpm.py --size-mb 60     # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPEC = """\
+Name: {name}
+Version: 1.0
+Release: 1
+Summary: fsaudit benchmark package
+License: MIT
+BuildArch: noarch
+AutoReqProv: no
+%global debug_package %{{nil}}
+%global __os_install_post %{{nil}}
+%define _binary_payload w0.ufdio
+%define _build_id_links none
+%description
+benchmark data
+%install
+mkdir -p %{{buildroot}}/usr/share/{name} %{{buildroot}}/etc
+{commands}
+echo "setting = 1" > %{{buildroot}}/etc/{name}.conf
+%files
+/usr/share/{name}
+%config(noreplace) /etc/{name}.conf
+"""
+
+
+def build_packages(work: Path, packages: int, size_mb: int) -> list:
+    top = work / "rpmbuild"
+    (top / "SPECS").mkdir(parents=True)
+    per_package = size_mb * (1 << 20) // packages
+    rpms = []
+    for index in range(packages):
+        name = f"bench{index:02d}"
+        commands = []
+        remaining, number = per_package, 0
+        while remaining > 0:
+            # A realistic mix: a few large files and a tail of small ones.
+            size = min(remaining, 4 << 20 if number < 4 else 64 << 10)
+            commands.append(f"head -c {size} /dev/urandom > %{{buildroot}}/usr/share/{name}/file{number:03d}")
+            remaining -= size
+            number += 1
+        spec = top / "SPECS" / f"{name}.spec"
+        spec.write_text(SPEC.format(name=name, commands="\n".join(commands)))
+        subprocess.run(
+            ["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], check=True, capture_output=True
+        )
+        rpms.append(top / "RPMS" / "noarch" / f"{name}-1.0-1.noarch.rpm")
+    return rpms
+
+
+def timed(command: list) -> tuple:
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    return time.perf_counter() - started, completed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", type=int, default=30)
+    parser.add_argument("--size-mb", type=int, default=600)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fsaudit-bench-rpm-"))
+    try:
+        started = time.perf_counter()
+        rpms = build_packages(work, args.packages, args.size_mb)
+        root = work / "root"
+        root.mkdir()
+        subprocess.run(
+            [
+                "rpm",
+                "--root",
+                str(root),
+                "--dbpath",
+                "/var/lib/rpm",
+                "-i",
+                "--nodeps",
+                "--noscripts",
+                *map(str, rpms),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        shutil.rmtree(work / "rpmbuild")
+        took = time.perf_counter() - started
+        print(f"built and installed {args.packages} packages, {args.size_mb} MB in {took:.1f} s")
+        rpm_cmd = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-Va", "--nodeps", "--noscripts"]
+        fsaudit_cmd = [
+            sys.executable,
+            "-m",
+            "fsaudit",
+            "audit",
+            "--root",
+            str(root),
+            "--check",
+            "rpm",
+            "--format",
+            "json",
+        ]
+        timed(rpm_cmd)  # warm the page cache for both
+        rpm_times, fsaudit_times = [], []
+        for _ in range(args.repeat):
+            seconds, completed = timed(rpm_cmd)
+            assert completed.stdout == "", f"rpm -Va found differences: {completed.stdout[:500]}"
+            rpm_times.append(seconds)
+            seconds, completed = timed(fsaudit_cmd)
+            assert completed.returncode == 0, completed.stdout[:2000] + completed.stderr[-2000:]
+            fsaudit_times.append(seconds)
+        rpm_s, fsaudit_s = statistics.median(rpm_times), statistics.median(fsaudit_times)
+        for label, median, times in (
+            ("rpm -Va", rpm_s, rpm_times),
+            ("fsaudit rpm", fsaudit_s, fsaudit_times),
+        ):
+            runs = ", ".join(f"{t:.2f}" for t in times)
+            print(f"{label:<12}: {median:.2f} s wall (median of {args.repeat}: {runs})")
+        print(f"ratio fsaudit/rpm: {fsaudit_s / rpm_s:.2f} (goal: at most 0.80)")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
