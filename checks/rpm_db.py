@@ -152,39 +152,65 @@ class SqliteReader:
                 shutil.rmtree(self.private_copy, ignore_errors=True)
 
     def _rows(self, connection: sqlite3.Connection) -> Iterator[Union[Record, Damage]]:
-        try:
-            row = connection.execute("SELECT max(hnum) FROM Packages").fetchone()
-            highest = int(row[0] or 0)
-        except sqlite3.Error as error:
-            highest = None
-            first_error = error
+        highest = self._highest(connection)
         if highest is None:
-            yield Damage("database", f"cannot read the Packages table: {first_error}")
-            try:
-                row = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'Packages'").fetchone()
-                highest = int(row[0]) if row else 0
-            except (sqlite3.Error, TypeError, ValueError):
-                return
+            yield Damage("Packages table", "neither the table nor its sequence can be read")
+            return
         last = 0
-        step = 1
-        while last < highest:
+        try:
+            for hnum, blob in connection.execute("SELECT hnum, blob FROM Packages ORDER BY hnum"):
+                last = hnum
+                yield self._record(hnum, blob)
+            return
+        except sqlite3.Error as error:
+            failure = error
+        # A damaged b-tree page hides the rows it held. Read the rest one record at a time, so every
+        # row the damage spared is still verified, and report each unreadable run once.
+        gap_start = None
+        reported = False
+        for hnum in range(last + 1, highest + 1):
             try:
-                cursor = connection.execute(
-                    "SELECT hnum, blob FROM Packages WHERE hnum > ? ORDER BY hnum", (last,)
-                )
-                for hnum, blob in cursor:
-                    last = hnum
-                    step = 1
-                    if not isinstance(blob, bytes):
-                        yield Damage(f"package record {hnum}", "the header is not a blob", key=hnum)
-                        continue
-                    yield Record(hnum, blob)
-                return
+                row = connection.execute("SELECT blob FROM Packages WHERE hnum = ?", (hnum,)).fetchone()
             except sqlite3.Error as error:
-                # A damaged b-tree page hides the rows it held: skip ahead, further each time.
-                yield Damage(f"Packages table after record {last}", f"cannot read on: {error}", key=last + 1)
-                last += step
-                step *= 2
+                failure = error
+                gap_start = hnum if gap_start is None else gap_start
+                continue
+            if gap_start is not None:
+                yield self._gap(gap_start, hnum - 1, failure)
+                gap_start, reported = None, True
+            if row is not None:
+                yield self._record(hnum, row[0])
+        if gap_start is not None:
+            yield self._gap(gap_start, highest, failure)
+        elif not reported:
+            yield Damage(
+                "Packages table", f"the table cannot be scanned ({failure}); its records were read one by one"
+            )
+
+    @staticmethod
+    def _highest(connection: sqlite3.Connection) -> int | None:
+        """The highest record number: from the table, else from its AUTOINCREMENT sequence."""
+        for query in (
+            "SELECT max(hnum) FROM Packages",
+            "SELECT seq FROM sqlite_sequence WHERE name = 'Packages'",
+        ):
+            try:
+                row = connection.execute(query).fetchone()
+                return int(row[0] or 0) if row else 0
+            except (sqlite3.Error, TypeError, ValueError):
+                continue
+        return None
+
+    @staticmethod
+    def _record(hnum: int, blob) -> Union[Record, Damage]:
+        if not isinstance(blob, bytes):
+            return Damage(f"package record {hnum}", "the header is not a blob", key=hnum)
+        return Record(hnum, blob)
+
+    @staticmethod
+    def _gap(first: int, last: int, error: Exception) -> Damage:
+        where = f"package record {first}" if first == last else f"package records {first} to {last}"
+        return Damage(where, f"cannot be read: {error}", key=first)
 
 
 # -- Berkeley DB hash ----------------------------------------------------------------------------------

@@ -272,3 +272,21 @@ def test_fedora_layout_and_skip_without_database(root, tmp_path):
     run = audit(empty)
     assert run.check("rpm")["status"] == "skipped"
     assert "no RPM database" in run.check("rpm")["reason"]
+
+
+def test_damaged_sqlite_page_is_reported_and_the_other_records_verified(root):
+    db = root / "var/lib/rpm/rpmdb.sqlite"
+    (page_size,) = (
+        sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True).execute("PRAGMA page_size").fetchone()
+    )
+    data = bytearray(db.read_bytes())
+    page = data.index(b"demo-tool\0") // page_size  # the b-tree leaf holding demo's header
+    data[page * page_size : (page + 1) * page_size] = bytes(page_size)  # a lost write: zeros
+    db.write_bytes(bytes(data))
+    flip_byte(root / "usr/bin/other", 0)
+    run = audit(root)
+    assert run.code == 2
+    (damaged,) = run.findings("rpm", "database-damaged")
+    assert damaged["details"]["format"] == "sqlite" and "malformed" in damaged["message"]
+    assert [f["path"] for f in run.findings("rpm", "content-differs")] == ["/usr/bin/other"]
+    assert run.check("rpm")["stats"]["packages"] == 2
