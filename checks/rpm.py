@@ -10,6 +10,7 @@ from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.model import Finding
 from fsaudit.target import file_kind
 from fsaudit_checks import rpm_header as hdr
+from fsaudit_checks.rpm_cache import PackageCache
 from fsaudit_checks.rpm_db import DEFAULT_DBPATHS, Damage, Database, find_databases, reader_for
 from fsaudit_checks.rpm_verify import Accounts, Outcome, attribute_marker, finish, flag_string, plan
 
@@ -78,6 +79,7 @@ class RpmChecker(Checker):
             return
         self.stats["database"] = f"{database.kind} {database.display}"
         accounts = self._accounts(target)
+        self._cache = PackageCache(target)
         ready: List[Finding] = []
         requests = self._requests(target, database, accounts, ready)
         for result in hash_files(target, requests, self.context.jobs):
@@ -142,15 +144,17 @@ class RpmChecker(Checker):
             loaded = self._load(database, item, ready)
             if loaded is None:
                 continue
-            header, package = loaded
+            header, package, installed = loaded
             if wanted and package.name not in wanted:
                 continue
             self.count("packages")
             self.context.progress.advance()
-            yield from self._package_requests(target, database, header, package, accounts, ready)
+            yield from self._package_requests(target, database, header, installed, package, accounts, ready)
 
     def _load(self, database: Database, item, ready: List[Finding]):
-        """(header, package) of a record whose header is intact; a finding in `ready` otherwise."""
+        """(header, package, installed header) of a record whose manifest can be trusted: its own
+        header when intact, else a cached package file with the recorded header digest; a finding
+        in `ready` when the header is damaged."""
         try:
             header = hdr.Header(item.blob)
             package = Package(header)
@@ -162,15 +166,25 @@ class RpmChecker(Checker):
             problem = f"its {algorithm} header digest does not match" if verdict == "mismatch" else None
         except hdr.HeaderError as error:
             problem = str(error)
-        if problem:
-            # The name may itself be damaged, but it is the best lead the admin has.
-            ready.append(self._header_finding(database, item.key, problem, package=package))
+        if not problem:
+            return header, package, None
+        # The name may itself be damaged, but it is the best lead the admin has.
+        cached = self._cached_manifest(header)
+        ready.append(self._header_finding(database, item.key, problem, package=package, cached=cached))
+        if cached is None:
             return None
-        return header, package
+        return cached[1], Package(cached[1]), header
 
-    def _package_requests(self, target, database, header, package: Package, accounts, ready: List[Finding]):
+    def _cached_manifest(self, header: hdr.Header):
         try:
-            entries = hdr.file_entries(header)
+            stored = header.stored_digest()
+        except hdr.HeaderError:
+            return None
+        return self._cache.find(*stored) if stored else None
+
+    def _package_requests(self, target, database, header, installed, package: Package, accounts, ready):
+        try:
+            entries = hdr.file_entries(header, installed)
             algorithm = hdr.digest_algorithm(header) if entries else None
         except hdr.HeaderError as error:
             ready.append(self._header_finding(database, None, str(error), package=package))
@@ -283,21 +297,28 @@ class RpmChecker(Checker):
             "and run `rpmdb --rebuilddb`, then audit again; reinstall packages `rpm -qa` no longer lists",
         )
 
-    def _header_finding(self, database: Database, key, message: str, package: Package | None = None):
-        self.count("packages_unverified")
-        self.incomplete("some package headers are damaged: their files were not verified")
+    def _header_finding(self, database: Database, key, message: str, package=None, cached=None) -> Finding:
         details = package.details() if package else {}
         if key is not None:
             details["record"] = key
         name = package.name if package else f"record {key}"
+        advice = "restore the RPM database from a backup or reinstall the package, then `rpmdb --rebuilddb`"
+        if cached is None:
+            self.count("packages_unverified")
+            self.incomplete("some package headers are damaged: their files were not verified")
+            outcome = "its files were not verified"
+        else:
+            self.count("packages_from_cache")
+            details["manifest"] = os.fsdecode(cached[0])
+            outcome = f"its files were verified against the cached package {os.fsdecode(cached[0])}"
         return self.finding(
             "header-damaged",
             "critical",
-            f"the RPM database entry of {name} is damaged ({message}): its files were not verified",
+            f"the RPM database entry of {name} is damaged ({message}): {outcome}",
             path=database.path,
             subject=package.subject if package else None,
             details=details,
-            advice="restore the RPM database from backup or reinstall the package, then `rpmdb --rebuilddb`",
+            advice=advice,
         )
 
 

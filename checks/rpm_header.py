@@ -221,19 +221,25 @@ class Header:
             + self.blob[self._data_start : self._data_start + region_data]
         )
 
+    def stored_digest(self) -> Tuple[str, str] | None:
+        """(algorithm, hex digest) of the package file's header, as rpm recorded it at install time."""
+        for tag, algorithm in ((SHA256HEADER, "sha256"), (SHA1HEADER, "sha1")):
+            stored = self.strings(tag) if tag in self else None
+            if stored:
+                return algorithm, stored[0].decode("ascii", "replace").lower()
+        return None
+
     def check_digest(self) -> Tuple[str, str | None]:
         """("ok", algorithm) when the package's header digest matches, ("none", None) when the header
         carries none, ("mismatch", algorithm) when the immutable region was altered."""
-        for tag, algorithm in ((SHA256HEADER, "sha256"), (SHA1HEADER, "sha1")):
-            stored = self.strings(tag) if tag in self else None
-            if not stored:
-                continue
-            region = self.immutable_region()
-            if region is None:
-                return "none", None
-            actual = hashlib.new(algorithm, region).hexdigest()
-            return ("ok" if actual == stored[0].decode("ascii", "replace") else "mismatch"), algorithm
-        return "none", None
+        stored = self.stored_digest()
+        if stored is None:
+            return "none", None
+        algorithm, expected = stored
+        region = self.immutable_region()
+        if region is None:
+            return "none", None
+        return ("ok" if hashlib.new(algorithm, region).hexdigest() == expected else "mismatch"), algorithm
 
 
 def version_string(header: Header) -> str:
@@ -261,8 +267,12 @@ class FileEntry:
     rdev: int
 
 
-def file_entries(header: Header) -> List[FileEntry]:
-    """The package's files; raises HeaderError when the file tags disagree with each other."""
+def file_entries(header: Header, installed: Header | None = None) -> List[FileEntry]:
+    """The package's files; raises HeaderError when the file tags disagree with each other.
+
+    `installed`: the installed header whose file states to use when `header` comes from a package
+    file (which has none), when they still fit.
+    """
     names = _file_paths(header)
     count = len(names)
     if not count:
@@ -276,7 +286,7 @@ def file_entries(header: Header) -> List[FileEntry]:
     rdevs = header.ints(FILERDEVS, count) or zeros
     flags = header.ints(FILEFLAGS, count) or zeros
     verify = header.ints(FILEVERIFYFLAGS, count) or [VERIFY_ALL] * count
-    states = header.ints(FILESTATES, count, signed8=True) or zeros
+    states = header.ints(FILESTATES, count, signed8=True) or _installed_states(installed, count) or zeros
     empty = [b""] * count
     digests = header.strings(FILEDIGESTS, count) or empty
     links = header.strings(FILELINKTOS, count) or empty
@@ -299,6 +309,15 @@ def file_entries(header: Header) -> List[FileEntry]:
         )
         for i in range(count)
     ]
+
+
+def _installed_states(installed: Header | None, count: int) -> List[int] | None:
+    if installed is None:
+        return None
+    try:
+        return installed.ints(FILESTATES, count, signed8=True)
+    except HeaderError:
+        return None
 
 
 def _file_paths(header: Header) -> List[bytes]:

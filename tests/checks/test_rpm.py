@@ -267,6 +267,9 @@ def test_fedora_layout_and_skip_without_database(root, tmp_path):
     run = audit(root)
     assert run.code == 0, run.stdout
     assert run.check("rpm")["stats"]["database"].endswith("rpmdb.sqlite")
+    os.unlink(root / "usr/bin/demo")
+    run = audit(root, "--set", "rpm.packages=other,docs")
+    assert run.code == 0 and run.check("rpm")["stats"]["packages"] == 2
     empty = tmp_path / "empty"
     empty.mkdir()
     run = audit(empty)
@@ -290,3 +293,33 @@ def test_damaged_sqlite_page_is_reported_and_the_other_records_verified(root):
     assert damaged["details"]["format"] == "sqlite" and "malformed" in damaged["message"]
     assert [f["path"] for f in run.findings("rpm", "content-differs")] == ["/usr/bin/other"]
     assert run.check("rpm")["stats"]["packages"] == 2
+
+
+def test_damaged_header_is_verified_from_the_package_cache(root, packages):
+    cache = root / "var/cache/dnf/fedora-0123456789abcdef/packages"
+    cache.mkdir(parents=True)
+    for name in ("demo", "docs"):
+        (cache / packages[name].name).write_bytes(packages[name].read_bytes())
+    db = root / "var/lib/rpm/rpmdb.sqlite"
+    with closing(sqlite3.connect(db)) as connection:
+        for name, needle in (("demo", b"demo-tool"), ("docs", b"MANUAL")):
+            (hnum, blob) = connection.execute(
+                "SELECT Packages.hnum, blob FROM Packages JOIN Name USING (hnum) WHERE key = ?", (name,)
+            ).fetchone()
+            damaged = bytearray(blob)
+            damaged[blob.index(needle)] ^= 0x20
+            connection.execute("UPDATE Packages SET blob = ? WHERE hnum = ?", (bytes(damaged), hnum))
+        connection.commit()
+    flip_byte(root / "usr/lib/demo/data.bin", 10)
+    run = audit(root)
+    assert run.code == 2, run.stdout
+    headers = {f["details"]["package"]: f for f in run.findings("rpm", "header-damaged")}
+    assert set(headers) == {"demo", "docs"}
+    assert headers["demo"]["details"]["manifest"].endswith("/packages/demo-1.0-1.noarch.rpm")
+    # demo's files were still verified from the cached package; docs' excluded %doc stays excluded
+    # because the installed header's file states were still readable.
+    assert [f["path"] for f in run.findings("rpm", "content-differs")] == ["/usr/lib/demo/data.bin"]
+    assert run.codes("rpm") == {"header-damaged", "content-differs"}
+    check = run.check("rpm")
+    assert check["stats"]["packages"] == 3 and check["stats"]["packages_from_cache"] == 2
+    assert "packages_unverified" not in check["stats"]

@@ -11,7 +11,14 @@ import struct
 import pytest
 
 from fsaudit_checks import rpm_header as hdr
-from fsaudit_checks.rpm_verify import Accounts, Outcome, attribute_marker, effective_flags, flag_string
+from fsaudit_checks.rpm_verify import (
+    Accounts,
+    Outcome,
+    attribute_marker,
+    effective_flags,
+    finish,
+    flag_string,
+)
 
 ALIGN = {hdr.INT16: 2, hdr.INT32: 4, hdr.INT64: 8}
 
@@ -188,6 +195,15 @@ def test_flag_string_and_markers():
     assert attribute_marker(hdr.RPMFILE_DOC) == "d"
     assert attribute_marker(hdr.RPMFILE_GHOST) == "g"
     assert attribute_marker(0) == " "
+
+
+def test_a_read_error_is_a_question_mark_in_the_digest_column():
+    outcome = Outcome(_entry(digest=b"00"))
+    finish(outcome, None, OSError(5, "Input/output error"))
+    assert flag_string(outcome) == "..?......" and outcome.error == "Input/output error"
+    outcome = Outcome(_entry(digest=b"AB"))
+    finish(outcome, "ab", None)
+    assert flag_string(outcome) == "........."
 
 
 def test_owners_match_by_name_or_by_id_like_rpm():
