@@ -323,3 +323,25 @@ def test_damaged_header_is_verified_from_the_package_cache(root, packages):
     check = run.check("rpm")
     assert check["stats"]["packages"] == 3 and check["stats"]["packages_from_cache"] == 2
     assert "packages_unverified" not in check["stats"]
+
+
+def test_device_numbers_are_compared_like_rpm(packages, tmp_path):
+    devices = {"/dev/demo-null": ("dev", "", "%dev(c, 1, 3) %attr(0666, root, root)")}
+    rpm = rpmfix.build_rpm(tmp_path / "top", "devs", "1", devices)
+    root = tmp_path / "root"
+    rpmfix.make_root(root)
+    rpmfix.install(root, [rpm])
+    node = root / "dev/demo-null"
+    with kept_times(node):
+        node.unlink()
+        os.mknod(node, 0o20666, os.makedev(1, 5))
+        os.chmod(node, 0o666)
+    run = audit(root)
+    assert run.code == 1, run.stdout
+    (finding,) = run.findings("rpm")
+    assert finding["code"] == "metadata-differs"
+    assert (
+        {finding["path"]: finding["details"]["flags"]}
+        == rpmfix.rpm_verify(root)
+        == {"/dev/demo-null": "...D....."}
+    )
