@@ -345,3 +345,16 @@ def test_device_numbers_are_compared_like_rpm(packages, tmp_path):
         == rpmfix.rpm_verify(root)
         == {"/dev/demo-null": "...D....."}
     )
+
+
+def test_a_database_file_whose_header_is_gone_is_damage_not_absence(root):
+    db = root / "var/lib/rpm/rpmdb.sqlite"
+    data = bytearray(db.read_bytes())
+    data[:4096] = bytes(4096)
+    db.write_bytes(bytes(data))
+    run = audit(root)
+    assert run.code == 2
+    (finding,) = run.findings("rpm", "database-damaged")
+    assert (
+        finding["path"] == "/var/lib/rpm/rpmdb.sqlite" and finding["details"]["expected_format"] == "sqlite"
+    )
