@@ -102,7 +102,8 @@ def read_line():
 def run_installed(command, args):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     hello("installed")
-    child = subprocess.Popen(command + ["audit", "--format", "json"] + args, stdin=subprocess.DEVNULL, env=env)
+    argv = command + ["audit", "--format", "json"] + args
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
     watch_stdin(child)
     code = child.wait()
     os._exit(code if code >= 0 else 128 - code)
@@ -212,8 +213,11 @@ def build_zipapp() -> bytes:
                 with open(local, "rb") as handle:
                     _add(archive, inner, handle.read())
         dist_info = f"fsaudit-{__version__}.dist-info"
-        _add(archive, f"{dist_info}/METADATA",
-             f"Metadata-Version: 2.1\nName: fsaudit\nVersion: {__version__}\n".encode())
+        _add(
+            archive,
+            f"{dist_info}/METADATA",
+            f"Metadata-Version: 2.1\nName: fsaudit\nVersion: {__version__}\n".encode(),
+        )
         _add(archive, f"{dist_info}/entry_points.txt", _entry_points_text().encode())
         _add(archive, "__main__.py", b"from fsaudit.cli import main\n\nmain()\n")
     return buffer.getvalue()
@@ -221,7 +225,12 @@ def build_zipapp() -> bytes:
 
 def loader_config(command: Optional[List[str]], args: List[str], bootstrap: bool, sha256: str) -> str:
     """The loader's argv[1]: its settings as base64 JSON (shell-safe)."""
-    config: Dict[str, object] = {"command": command, "args": list(args), "bootstrap": bootstrap, "sha256": sha256}
+    config: Dict[str, object] = {
+        "command": command,
+        "args": list(args),
+        "bootstrap": bootstrap,
+        "sha256": sha256,
+    }
     return base64.b64encode(json.dumps(config).encode("utf-8")).decode("ascii")
 
 

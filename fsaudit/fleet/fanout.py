@@ -9,12 +9,12 @@ import os
 import signal
 import sys
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, TextIO, Tuple
 
-from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.errors import UsageError
+from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.fleet.inventory import Host, limit, load_inventory, parse_shard, shard
 from fsaudit.fleet.remote import HostAudit, HostResult
 from fsaudit.fleet.results import ResultDir

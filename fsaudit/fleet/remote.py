@@ -43,7 +43,8 @@ _SSH_ERRORS = (
     ("host-key-unknown", r"No \S+ host key is known|Host key verification failed"),
     ("auth-refused", r"Permission denied|Too many authentication failures"),
     ("unreachable", r"Connection refused|Connection timed out|No route to host|Could not resolve|"
-                    r"Network is unreachable|Connection closed by|Connection reset|kex_exchange_identification"),
+                    r"Network is unreachable|Connection closed by|Connection reset|"
+                    r"kex_exchange_identification"),
 )  # fmt: skip
 
 
@@ -300,4 +301,6 @@ def _summary(report: Report) -> str:
         for severity, count in check.counts().items():
             if severity in counts:
                 counts[severity] += count
-    return f"{counts['critical']} critical, {counts['warning']} warning findings in {len(report.checks)} checks"
+    return (
+        f"{counts['critical']} critical, {counts['warning']} warning findings in {len(report.checks)} checks"
+    )

@@ -62,7 +62,9 @@ class ResultDir:
         self.reports_dir = os.path.join(path, "reports")
         index = os.path.join(path, "index.json")
         if os.path.exists(index) and not resume:
-            raise UsageError(f"{path} already holds a fleet run: give --resume to finish it, or another --out")
+            raise UsageError(
+                f"{path} already holds a fleet run: give --resume to finish it, or another --out"
+            )
         if resume and not os.path.exists(index):
             raise UsageError(f"--resume: {path} holds no fleet run (no index.json)")
         try:

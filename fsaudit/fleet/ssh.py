@@ -50,7 +50,9 @@ def host_audit_args(host: Host, settings: SshSettings) -> List[str]:
 
 def remote_command(host: Host, settings: SshSettings, zip_sha256: str) -> str:
     """The command line the VM's login shell runs: the loader, with `sudo -n` for --become."""
-    config = loader_config(host.fsaudit_command, host_audit_args(host, settings), settings.bootstrap, zip_sha256)
+    config = loader_config(
+        host.fsaudit_command, host_audit_args(host, settings), settings.bootstrap, zip_sha256
+    )
     words = shlex.split(host.python)
     if settings.become:
         words = ["sudo", "-n", "--", *words]

@@ -139,10 +139,14 @@ def fleet_data(views: List[HostView], links: Optional[Dict[str, str]] = None) ->
             "report_json": os.path.join(view.directory, record.report) if view.report else None,
             "report_html": links.get(record.name),
         })  # fmt: skip
-    code_list = sorted(codes.values(), key=lambda c: (_RANK.get(c["severity"], 5), -len(c["hosts"]), c["check"], c["code"]))
+    code_list = sorted(
+        codes.values(), key=lambda c: (_RANK.get(c["severity"], 5), -len(c["hosts"]), c["check"], c["code"])
+    )
     for entry in code_list:
         entry["hosts"] = sorted(entry["hosts"])
-        entry["subjects"] = {s: sorted(h) for s, h in sorted(entry["subjects"].items(), key=lambda i: -len(i[1]))}
+        entry["subjects"] = {
+            s: sorted(h) for s, h in sorted(entry["subjects"].items(), key=lambda i: -len(i[1]))
+        }
     return {
         "format": FLEET_FORMAT,
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -224,14 +228,18 @@ def _totals_line(totals: Dict[str, Any]) -> str:
 def render_fleet_text(data: Dict[str, Any]) -> str:
     lines = [f"fsaudit fleet report: {data['status'].upper()}", _totals_line(data["totals"])]
     if data["totals"]["no_report"]:
-        lines.append("no report: " + ", ".join(f"{n} {k}" for k, n in sorted(data["totals"]["no_report"].items())))
+        lines.append(
+            "no report: " + ", ".join(f"{n} {k}" for k, n in sorted(data["totals"]["no_report"].items()))
+        )
     if data.get("note"):
         lines.append(f"note: {data['note']}")
     lines.append("")
     checks = data["checks"]
     width = max([4] + [len(h["name"]) for h in data["hosts"]])
     columns = [max(len(c), 7) for c in checks]
-    lines.append("  ".join([f"{'host':<{width}}", f"{'status':<8}"] + [f"{c:<{w}}" for c, w in zip(checks, columns)]))
+    lines.append(
+        "  ".join([f"{'host':<{width}}", f"{'status':<8}"] + [f"{c:<{w}}" for c, w in zip(checks, columns)])
+    )
     for host in data["hosts"]:
         row = [f"{host['name']:<{width}}", f"{host['status']:<8}"]
         if host["outcome"] != "report" or not host["checks"]:
@@ -243,8 +251,12 @@ def render_fleet_text(data: Dict[str, Any]) -> str:
         lines += ["", "hosts per finding code:"]
         for entry in data["codes"]:
             names = entry["hosts"]
-            shown = ", ".join(names[:_LISTED]) + (f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else "")
-            lines.append(f"  {entry['check']} {entry['code']} ({entry['severity']}, {len(names)} hosts): {shown}")
+            shown = ", ".join(names[:_LISTED]) + (
+                f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else ""
+            )
+            lines.append(
+                f"  {entry['check']} {entry['code']} ({entry['severity']}, {len(names)} hosts): {shown}"
+            )
             for subject, hosts in list(entry["subjects"].items())[:_LISTED]:
                 if len(hosts) > 1:
                     lines.append(f"      {subject}: {len(hosts)} hosts: {', '.join(hosts[:_LISTED])}")
@@ -271,27 +283,34 @@ def render_fleet_html(data: Dict[str, Any]) -> str:
     out.append("<table><tr><th>host</th><th>status</th>" + "".join(f"<th>{e(c)}</th>" for c in checks)
                + "<th>report</th></tr>")  # fmt: skip
     for host in data["hosts"]:
-        row = [f"<td>{e(host['name'])}</td>", f"<td class=\"{e(host['status'])}\">{e(host['status'])}</td>"]
+        row = [f"<td>{e(host['name'])}</td>", f'<td class="{e(host["status"])}">{e(host["status"])}</td>']
         if host["outcome"] != "report" or not host["checks"]:
-            row.append(f"<td colspan=\"{max(len(checks), 1)}\">{e(host['outcome'])}: {e(host['message'])}</td>")
+            row.append(f'<td colspan="{max(len(checks), 1)}">{e(host["outcome"])}: {e(host["message"])}</td>')
         else:
             for name in checks:
                 cell = host["checks"].get(name)
                 css = e(cell["status"]) if cell else ""
                 title = e(cell["reason"]) if cell and cell["reason"] else ""
-                row.append(f"<td class=\"{css}\" title=\"{title}\">{e(_cell_text(cell))}</td>")
+                row.append(f'<td class="{css}" title="{title}">{e(_cell_text(cell))}</td>')
         link = host.get("report_html") or host.get("report_json")
-        row.append(f"<td><a href=\"{e(link)}\">{'HTML' if host.get('report_html') else 'JSON'}</a></td>" if link else "<td></td>")
+        row.append(
+            f'<td><a href="{e(link)}">{"HTML" if host.get("report_html") else "JSON"}</a></td>'
+            if link
+            else "<td></td>"
+        )
         out.append("<tr>" + "".join(row) + "</tr>")
     out.append("</table>")
     if data["codes"]:
         out.append("<h2>Hosts per finding code</h2><table><tr><th>check</th><th>code</th><th>severity</th>"
                    "<th>hosts</th><th>shared subjects</th></tr>")  # fmt: skip
         for entry in data["codes"]:
-            shared = "<br>".join(f"{e(s)}: {e(', '.join(h))}" for s, h in entry["subjects"].items() if len(h) > 1)
+            shared = "<br>".join(
+                f"{e(s)}: {e(', '.join(h))}" for s, h in entry["subjects"].items() if len(h) > 1
+            )
             out.append(f"<tr><td>{e(entry['check'])}</td><td>{e(entry['code'])}</td>"
                        f"<td class=\"{e(entry['severity'])}\">{e(entry['severity'])}</td>"
-                       f"<td>{len(entry['hosts'])}: {e(', '.join(entry['hosts']))}</td><td>{shared}</td></tr>")  # fmt: skip
+                       f"<td>{len(entry['hosts'])}: {e(', '.join(entry['hosts']))}</td>"
+                       f"<td>{shared}</td></tr>")  # fmt: skip
         out.append("</table>")
     out.append("</body></html>\n")
     return "\n".join(out)

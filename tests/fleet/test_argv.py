@@ -35,9 +35,18 @@ def test_argv_is_batch_mode_strict_and_ends_with_host_and_command():
 
 
 def test_become_new_keys_config_and_installed_command():
-    host = Host("vm", "vm", vars={"fsaudit_command": "/opt/fsaudit/bin/fsaudit", "ansible_python_interpreter": "/usr/bin/python3.9"})
-    settings = SshSettings(become=True, accept_new_host_keys=True, bootstrap=False, ssh_config="/etc/fleet/ssh_config",
-                           options=("ProxyJump=bastion",))  # fmt: skip
+    host = Host(
+        "vm",
+        "vm",
+        vars={
+            "fsaudit_command": "/opt/fsaudit/bin/fsaudit",
+            "ansible_python_interpreter": "/usr/bin/python3.9",
+        },
+    )
+    settings = SshSettings(
+        become=True, accept_new_host_keys=True, bootstrap=False, ssh_config="/etc/fleet/ssh_config",
+        options=("ProxyJump=bastion",),
+    )  # fmt: skip
     argv = ssh_argv(host, settings, "abc")
     assert argv[1:3] == ["-F", "/etc/fleet/ssh_config"]
     assert "StrictHostKeyChecking=accept-new" in argv and "ProxyJump=bastion" in argv

@@ -21,7 +21,7 @@ INI = """
 # web servers
 web[01:03].example.com
 [db]
-db1 ansible_host=10.0.0.5 ansible_port=2222 ansible_user=admin fsaudit_args="--check debian --window 2014-06-02.."
+db1 ansible_host=10.0.0.5 ansible_port=2222 ansible_user=admin fsaudit_args="--check debian --jobs 2"
 db2:2200
 [db:vars]
 fsaudit_python=/usr/bin/python3.11
@@ -73,7 +73,7 @@ def test_ini_groups_children_vars_and_ranges():
     assert (db1.address, db1.port, db1.user) == ("10.0.0.5", 2222, "admin")  # host vars win over groups
     assert db1.groups == ["db", "prod"]
     assert db1.python == "/usr/bin/python3.11"
-    assert db1.vars["fsaudit_args"] == "--check debian --window 2014-06-02.."
+    assert db1.vars["fsaudit_args"] == "--check debian --jobs 2"
     assert (hosts["db2"].port, hosts["db2"].user) == (2200, "ops")
     assert hosts["web01.example.com"].user is None and hosts["web01.example.com"].python == "python3"
 
