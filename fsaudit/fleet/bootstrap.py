@@ -22,7 +22,7 @@ import json
 import os
 import zipfile
 from importlib import metadata
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from fsaudit import __version__
 
@@ -223,7 +223,7 @@ def build_zipapp() -> bytes:
     return buffer.getvalue()
 
 
-def loader_config(command: Optional[List[str]], args: List[str], bootstrap: bool, sha256: str) -> str:
+def loader_config(command: List[str] | None, args: List[str], bootstrap: bool, sha256: str) -> str:
     """The loader's argv[1]: its settings as base64 JSON (shell-safe)."""
     config: Dict[str, object] = {
         "command": command,

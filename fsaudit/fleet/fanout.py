@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, TextIO, Tuple
 
 from fsaudit.errors import UsageError
 from fsaudit.fleet.bootstrap import build_zipapp, digest
@@ -182,12 +182,12 @@ def summary_line(results: List[HostResult], total: int, out: str, interrupted: b
 def audit_fleet(
     inventory: str,
     settings: SshSettings,
-    out: Optional[str],
+    out: str | None,
     concurrency: int,
     timeout: float,
     resume: bool,
-    shard_text: Optional[str],
-    pattern: Optional[str],
+    shard_text: str | None,
+    pattern: str | None,
     stream: TextIO = sys.stderr,
 ) -> int:
     """`fsaudit fleet`: load and select the hosts, audit them, print the summary; the exit code is the

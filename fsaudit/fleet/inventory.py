@@ -13,7 +13,7 @@ import logging
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from fsaudit.errors import UsageError
 
@@ -28,8 +28,8 @@ class Host:
 
     name: str
     address: str
-    user: Optional[str] = None
-    port: Optional[int] = None
+    user: str | None = None
+    port: int | None = None
     groups: List[str] = field(default_factory=list)
     vars: Dict[str, Any] = field(default_factory=dict)
 
@@ -41,7 +41,7 @@ class Host:
         return "python3" if not chosen or chosen.startswith("auto") else chosen
 
     @property
-    def fsaudit_command(self) -> Optional[List[str]]:
+    def fsaudit_command(self) -> List[str] | None:
         """The installed fsaudit on the VM when it is not `fsaudit` on the PATH, as argv."""
         value = self.vars.get("fsaudit_command")
         if not value:
@@ -65,7 +65,7 @@ def _check_address(address: str, where: str) -> str:
     return address
 
 
-def parse_target(text: str, where: str) -> Tuple[Optional[str], str, Optional[int]]:
+def parse_target(text: str, where: str) -> Tuple[str | None, str, int | None]:
     """`[user@]host[:port]` (IPv6 as `[addr]:port`) -> (user, host, port)."""
     user, _, rest = text.rpartition("@")
     port = None
@@ -328,7 +328,7 @@ def unique(hosts: Iterable[Host]) -> List[Host]:
     return list(seen.values())
 
 
-def limit(hosts: List[Host], pattern: Optional[str]) -> List[Host]:
+def limit(hosts: List[Host], pattern: str | None) -> List[Host]:
     """The hosts matching an Ansible-style `--limit`: globs on host or group names separated by `,` or
     `:`; a `!` prefix excludes; `&` requires."""
     if not pattern:
@@ -350,7 +350,7 @@ def limit(hosts: List[Host], pattern: Optional[str]) -> List[Host]:
     ]
 
 
-def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:
+def parse_shard(text: str | None) -> Tuple[int, int] | None:
     """`I/N` (1 <= I <= N) -> (I, N)."""
     if not text:
         return None

@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from fsaudit.fleet.bootstrap import MAGIC
 from fsaudit.model import Report, Status
@@ -59,12 +59,12 @@ class HostResult:
     message: str = ""
     mode: str = ""  # "installed" or "bootstrap": how the audit ran on the host
     python: str = ""
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     seconds: float = 0.0
     started: str = ""
     finished: str = ""
     stderr: str = ""
-    report: Optional[str] = None  # the report's file, relative to the result directory
+    report: str | None = None  # the report's file, relative to the result directory
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +79,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def classify_failure(exit_code: Optional[int], stderr: str) -> Tuple[str, str]:
+def classify_failure(exit_code: int | None, stderr: str) -> Tuple[str, str]:
     """The outcome and a one-line message for a host that sent no report."""
     marker = re.search(r"^fsaudit-fleet: ([a-z-]+): (.*)$", stderr, re.M)
     if marker:
@@ -166,7 +166,7 @@ class ReportTooLarge(Exception):
 class HostAudit:
     """Audits one host: `await HostAudit(...).run()` returns the HostResult and the report's text."""
 
-    def __init__(self, name: str, address: str, argv: List[str], zipapp: Optional[bytes], timeout: float,
+    def __init__(self, name: str, address: str, argv: List[str], zipapp: bytes | None, timeout: float,
                  spool: str):  # fmt: skip
         self.result = HostResult(name=name, address=address, outcome="", status=Status.UNKNOWN.value)
         self.argv = argv
@@ -176,7 +176,7 @@ class HostAudit:
         self.stderr: List[bytes] = []
         self.started = 0.0
 
-    async def run(self) -> Tuple[HostResult, Optional[Report]]:
+    async def run(self) -> Tuple[HostResult, Report | None]:
         self.started = time.monotonic()
         self.result.started = _now()
         report = None
@@ -256,7 +256,7 @@ class HostAudit:
         except (BrokenPipeError, ConnectionResetError):
             LOG.debug("%s: the zipapp could not be sent", self.result.name)
 
-    def _read_report(self) -> Optional[Report]:
+    def _read_report(self) -> Report | None:
         stderr = self.result.stderr
         try:
             size = os.path.getsize(self.spool)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 from fsaudit.errors import FsauditError, UsageError
 from fsaudit.fleet.remote import HostResult
@@ -137,7 +137,7 @@ def read_records(path: str) -> Iterator[HostResult]:
             continue
 
 
-def load_report_text(path: str, record: HostResult) -> Optional[str]:
+def load_report_text(path: str, record: HostResult) -> str | None:
     if not record.report:
         return None
     try:

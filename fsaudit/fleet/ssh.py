@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from fsaudit.errors import UsageError
 from fsaudit.fleet.bootstrap import loader_config, loader_inline
@@ -27,7 +27,7 @@ class SshSettings:
     accept_new_host_keys: bool = False
     become: bool = False
     bootstrap: bool = True
-    ssh_config: Optional[str] = None
+    ssh_config: str | None = None
     options: Tuple[str, ...] = ()  # extra `-o KEY=VALUE`
     program: str = "ssh"
     audit_args: List[str] = field(default_factory=list)

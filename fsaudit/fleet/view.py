@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from fsaudit.fleet.remote import HostResult, validate_report
 from fsaudit.fleet.results import load_report_text, read_records, write_atomic
@@ -32,7 +32,7 @@ _LISTED = 20  # hosts named per finding code in the text view
 @dataclass
 class HostView:
     record: HostResult
-    report: Optional[Report]
+    report: Report | None
     directory: str
     problem: str = ""  # why a report file listed in the record could not be used
 
@@ -102,7 +102,7 @@ def _order(view: HostView) -> Tuple[int, int, str]:
     return _RANK.get(view.record.status, 5), -_criticals(view), view.record.name
 
 
-def fleet_data(views: List[HostView], links: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+def fleet_data(views: List[HostView], links: Dict[str, str] | None = None) -> Dict[str, Any]:
     """The fleet view as plain data (the JSON output; text and HTML render it)."""
     links = links or {}
     checks: List[str] = sorted({c.name for v in views if v.report for c in v.report.checks})
@@ -188,7 +188,7 @@ def write_vm_reports(views: List[HostView], start: str) -> Tuple[Dict[str, str],
     return links, ""
 
 
-def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, output: Optional[str] = None
+def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, output: str | None = None
                  ) -> Tuple[str, int]:  # fmt: skip
     """The fleet report of `directories` in `fmt` (text, html, json) and its exit code (the worst host's)."""
     views = collect(directories)
@@ -207,7 +207,7 @@ def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, outp
     return render_fleet_text(data), code
 
 
-def _cell_text(cell: Optional[Dict[str, Any]]) -> str:
+def _cell_text(cell: Dict[str, Any] | None) -> str:
     if not cell:
         return "-"
     status = cell["status"]

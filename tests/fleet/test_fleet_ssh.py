@@ -42,20 +42,24 @@ def lab(tmp_path_factory):
         healthy = probe_root(directory / "healthy", "fine\n")
         damaged = probe_root(directory / "damaged", "damaged\n")
         (directory / "empty").mkdir()
-        installed = installed_command(plugin)
+        command = installed_command(plugin)
         ports = lab.ports
         probe = "--check probe --root"
         lab.hosts = {
-            "healthy1": dict(ansible_port=ports[0], fsaudit_command=installed, fsaudit_args=f"{probe} {healthy}"),
-            "healthy2": dict(ansible_port=ports[1], fsaudit_command=installed, fsaudit_args=f"{probe} {healthy}"),
-            "damaged": dict(ansible_port=ports[2], fsaudit_command=installed, fsaudit_args=f"{probe} {damaged}"),
+            "healthy1": dict(ansible_port=ports[0], fsaudit_command=command,
+                             fsaudit_args=f"{probe} {healthy}"),
+            "healthy2": dict(ansible_port=ports[1], fsaudit_command=command,
+                             fsaudit_args=f"{probe} {healthy}"),
+            "damaged": dict(ansible_port=ports[2], fsaudit_command=command,
+                            fsaudit_args=f"{probe} {damaged}"),
             "hangs": dict(ansible_port=ports[3], fsaudit_command=f"sh -c '{HANG}' hang"),
             "bootstrap": dict(ansible_port=ports[3], fsaudit_python="/usr/bin/python3",
                               fsaudit_args=f"--root {directory / 'empty'}"),
             "nopython": dict(ansible_port=ports[3], fsaudit_python="/nonexistent/python3"),
             "down": dict(ansible_port=free_port()),
             "changedkey": dict(ansible_port=lab.changed),
-            "newkey": dict(ansible_port=lab.unknown, fsaudit_command=installed, fsaudit_args=f"{probe} {healthy}"),
+            "newkey": dict(ansible_port=lab.unknown, fsaudit_command=command,
+                             fsaudit_args=f"{probe} {healthy}"),
         }  # fmt: skip
         for variables in lab.hosts.values():
             variables["ansible_host"] = "127.0.0.1"
