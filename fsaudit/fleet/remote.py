@@ -4,6 +4,7 @@ every way it can go wrong into a clear outcome. Never raises for what happens on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -117,15 +118,25 @@ def validate_report(text: str) -> Report:
     return report
 
 
-def _check_schema(data: dict) -> None:
+@functools.lru_cache(maxsize=1)
+def _schema_validator():
+    """The report schema's validator, or None when jsonschema is not installed (the format check of
+    Report.from_dict still applies)."""
     try:
         import jsonschema
     except ImportError:
-        return
+        return None
     from importlib import resources
 
     schema = json.loads(resources.files("fsaudit").joinpath("schema/report.schema.json").read_text("utf-8"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check_schema(data: dict) -> None:
+    validator = _schema_validator()
+    if validator is None:
+        return
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].path) or "top level"
         raise ValueError(f"does not match the report schema at {where}: {errors[0].message}")
