@@ -77,3 +77,17 @@ def test_progress_line_names_the_slowest_hosts():
     line.started("vm2")
     line.finished("vm2", failed=True)
     assert line.text().startswith("fleet: 1/3 done, 1 running, 1 failed; slowest: vm1 ")
+
+
+def test_the_ansible_playbook_saves_reports_where_fleet_report_reads_them():
+    import yaml
+
+    from tests.conftest import REPO
+
+    plays = yaml.safe_load((REPO / "contrib" / "ansible" / "fsaudit-audit.yml").read_text())
+    audit = plays[1]
+    assert audit["vars"]["ansible_pipelining"] is True  # Ansible writes no module files on the hosts
+    run, save = audit["tasks"]
+    assert "audit --format json" in run["ansible.builtin.shell"]
+    assert save["delegate_to"] == "localhost"
+    assert save["ansible.builtin.copy"]["dest"] == "{{ out }}/reports/{{ inventory_hostname }}.json"
