@@ -5,6 +5,7 @@ so `--resume` audits them again)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from fsaudit.fleet.results import ResultDir
 from fsaudit.fleet.ssh import SshSettings, host_audit_args, ssh_argv
 from fsaudit.model import Status, worst
 
+LOG = logging.getLogger(__name__)
 INDEX_EVERY = 2.0  # seconds between rewrites of index.json while hosts finish
 
 
@@ -114,7 +116,13 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
                 host.name, host.address, ssh_argv(host, run.settings, sha), zipapp, run.timeout,
                 run.results.spool_path(host.name),
             )  # fmt: skip
-            result, _ = await audit.run()
+            try:
+                result, _ = await audit.run()
+            except Exception as error:  # our own bug must cost one host, not the run
+                LOG.debug("auditing %s failed", host.name, exc_info=True)
+                result = audit.result
+                result.outcome, result.status = "internal-error", Status.UNKNOWN.value
+                result.message = f"{type(error).__name__}: {error}"
             run.results.save(result, audit.spool)
             finished[host.name] = result
             progress.finished(host.name, failed=result.outcome != "report")

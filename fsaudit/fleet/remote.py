@@ -20,6 +20,7 @@ from fsaudit.model import Report, Status
 
 LOG = logging.getLogger(__name__)
 STDERR_KEPT = 16384
+HELLO_WITHIN = 65536  # bytes of stdout in which the loader's hello must appear
 MAX_REPORT_BYTES = 1 << 30
 KILL_GRACE = 3.0
 
@@ -36,7 +37,9 @@ OUTCOMES = {
     "not-installed": "fsaudit is not installed on the host and --no-bootstrap was given",
     "become-failed": "sudo -n refused to run the audit as root (--become)",
     "bootstrap-failed": "the zipapp could not be sent to or started on the host",
+    "audit-failed": "fsaudit ran on the host but wrote no report (see its stderr)",
     "bad-output": "the host answered something that is not a valid fsaudit report",
+    "internal-error": "fsaudit fleet itself failed on this host (run with --debug for details)",
     "ssh-failed": "ssh failed for another reason (see stderr)",
 }
 _SSH_ERRORS = (
@@ -95,6 +98,8 @@ def classify_failure(exit_code: int | None, stderr: str) -> Tuple[str, str]:
         return "ssh-failed", _last_line(stderr) or "ssh exited with status 255"
     if exit_code == 127 and re.search(r"python\S*: (command )?not found|No such file", stderr):
         return "no-python", _last_line(stderr)
+    if exit_code in (1, 2, 3):
+        return "audit-failed", _last_line(stderr) or f"fsaudit exited with status {exit_code} and no report"
     return "bad-output", _last_line(stderr) or f"no report came back (exit status {exit_code})"
 
 
@@ -234,17 +239,31 @@ class HostAudit:
             task.cancel()
         self.result.stderr = b"".join(self.stderr)[-STDERR_KEPT:].decode("utf-8", "replace")
 
+    async def _hello(self, process: asyncio.subprocess.Process) -> Tuple[bytes | None, bytes]:
+        """The loader's hello line and what followed it; (None, everything read) when it never came.
+        Lines before it (a shell start-up file that prints) are dropped."""
+        buffer = b""
+        while len(buffer) < HELLO_WITHIN:
+            start = buffer.find(MAGIC.encode())
+            if start >= 0 and b"\n" in buffer[start:]:
+                line, _, rest = buffer[start:].partition(b"\n")
+                return line, rest
+            chunk = await process.stdout.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+        return None, buffer
+
     async def _converse(self, process: asyncio.subprocess.Process) -> None:
-        first = await process.stdout.readline()
+        hello, first = await self._hello(process)
         with open(self.spool, "wb") as spool:
-            if first.startswith(MAGIC.encode()):
-                words = first.decode("ascii", "replace").split()
+            if hello is not None:
+                words = hello.decode("ascii", "replace").split()
                 self.result.mode = "bootstrap" if "need-zip" in words else "installed"
                 self.result.python = next((w[7:] for w in words if w.startswith("python=")), "")
                 if "need-zip" in words:
                     await self._send_zipapp(process)
-            else:
-                spool.write(first)
+            spool.write(first)
             written = len(first)
             while True:
                 chunk = await process.stdout.read(1 << 20)
@@ -284,8 +303,8 @@ class HostAudit:
         except ValueError as error:
             self._discard_spool()
             outcome, message = classify_failure(self.result.exit_code, stderr)
-            if outcome == "bad-output":
-                message = f"{error}; output began with {text[:120]!r}"
+            if outcome in ("bad-output", "audit-failed"):
+                outcome, message = "bad-output", f"{error}; output began with {text[:120]!r}"
             self._finish(outcome, message)
             return None
         self._finish("report", f"{report.status.value}: {_summary(report)}")

@@ -26,6 +26,8 @@ from tests.conftest import fsaudit, require_program
 
 HANG = "sleep 617"
 TEST_USER = "fsaudit-fleet-test"
+# a shell start-up file that prints before the loader runs
+NOISY_PYTHON = """/bin/sh -c 'echo Welcome to this VM; exec /usr/bin/python3 "$@"' sh"""
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,10 @@ def lab(tmp_path_factory):
             "nopython": dict(ansible_port=ports[3], fsaudit_python="/nonexistent/python3"),
             "down": dict(ansible_port=free_port()),
             "changedkey": dict(ansible_port=lab.changed),
+            "noisy": dict(ansible_port=ports[0], fsaudit_command=command, fsaudit_args=f"{probe} {healthy}",
+                          fsaudit_python=NOISY_PYTHON),
+            "refuses": dict(ansible_port=ports[0], fsaudit_command=command,
+                            fsaudit_args="--check nosuchcheck"),
             "newkey": dict(ansible_port=lab.unknown, fsaudit_command=command,
                              fsaudit_args=f"{probe} {healthy}"),
         }  # fmt: skip
@@ -102,7 +108,10 @@ def test_each_host_gets_its_own_clear_outcome(first_run):
         "down": ("unreachable", "unknown"),
         "changedkey": ("host-key-changed", "unknown"),
         "newkey": ("host-key-unknown", "unknown"),
+        "noisy": ("report", "ok"),
+        "refuses": ("audit-failed", "unknown"),
     }
+    assert "unknown checker 'nosuchcheck'" in hosts["refuses"]["message"]
     assert hosts["healthy1"]["mode"] == "installed" and hosts["bootstrap"]["mode"] == "bootstrap"
     assert "Connection refused" in hosts["down"]["stderr"]
     assert "fleet:" in run.stderr and "results in" in run.stderr
@@ -115,7 +124,7 @@ def test_reports_land_as_plain_fsaudit_reports_with_an_index(first_run):
     boot = json.loads((out / "reports" / "bootstrap.json").read_text())
     assert boot["root"].endswith("empty")
     index = json.loads((out / "index.json").read_text())
-    assert index["format"] == "fsaudit-fleet-index/1" and len(index["hosts"]) == 9
+    assert index["format"] == "fsaudit-fleet-index/1" and len(index["hosts"]) == 11
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")]
     # the rendered report of one VM works with the ordinary `fsaudit report`
     assert fsaudit("report", out / "reports" / "damaged.json").code == 2
