@@ -5,7 +5,9 @@ needs (`FSAUDIT-FLEET/1 installed` or `FSAUDIT-FLEET/1 need-zip`). When fsaudit 
 it runs it; otherwise the control host sends the zipapp on the same ssh stream and the loader keeps it
 in an anonymous memory file (`memfd_create`), imports fsaudit from there with the standard zipimport
 machinery (so `importlib.metadata` sees the checkers' entry points in the zip's dist-info) and runs
-the audit. Nothing is written to the VM's disk: no file, no `.pyc`.
+the audit; where memfd_create or /proc is missing, a small importer and distribution finder on
+`sys.meta_path` serve the same zip straight from memory. Nothing is written to the VM's disk: no file,
+no `.pyc`.
 
 Either way the loader then watches its stdin: the control host keeps it open until the audit ends, so
 end-of-file means the control host gave up (timeout, Ctrl-C, lost connection) and the loader kills
@@ -109,11 +111,105 @@ def run_installed(command, args):
     os._exit(code if code >= 0 else 128 - code)
 
 
+def import_from_memfd(data):
+    """Put the zip in an anonymous memory file and let the standard zipimport and importlib.metadata
+    machinery read it through /proc/self/fd (resources and entry points work as from any zip)."""
+    fd = os.memfd_create("fsaudit.pyz", getattr(os, "MFD_CLOEXEC", 0))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    path = "/proc/self/fd/%d" % fd
+    if not os.path.isfile(path):
+        raise OSError("/proc is not mounted")
+    sys.path.insert(0, path)
+
+
+class MemoryZip:
+    """Fallback importer (no memfd_create, no /proc): modules, resources and the dist-info's entry
+    points served straight from the zip in memory, through sys.meta_path."""
+
+    prefix = "<fsaudit.pyz>/"
+
+    def __init__(self, data):
+        import io, zipfile
+
+        self.zip = zipfile.ZipFile(io.BytesIO(data))
+        self.names = set(self.zip.namelist())
+
+    def _locate(self, fullname):
+        base = fullname.replace(".", "/")
+        if base + "/__init__.py" in self.names:
+            return base + "/__init__.py", True
+        if base + ".py" in self.names:
+            return base + ".py", False
+        return None, False
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+
+        inner, package = self._locate(fullname)
+        if inner is None:
+            return None
+        spec = importlib.util.spec_from_loader(fullname, self, origin=self.prefix + inner, is_package=package)
+        if package:
+            spec.submodule_search_locations = [self.prefix + inner.rsplit("/", 1)[0]]
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        inner = self._locate(module.__name__)[0]
+        module.__file__ = self.prefix + inner
+        exec(compile(self.zip.read(inner), module.__file__, "exec", dont_inherit=True), module.__dict__)
+
+    def get_source(self, fullname):
+        inner = self._locate(fullname)[0]
+        return self.zip.read(inner).decode("utf-8") if inner else None
+
+    def get_data(self, path):
+        return self.zip.read(path[len(self.prefix):] if path.startswith(self.prefix) else path)
+
+    def get_resource_reader(self, fullname):
+        import zipfile
+
+        archive, inner = self.zip, self._locate(fullname)[0]
+
+        class Reader:
+            def files(self):
+                return zipfile.Path(archive, inner.rsplit("/", 1)[0] + "/")
+
+        return Reader() if inner and inner.endswith("/__init__.py") else None
+
+    def find_distributions(self, context=None):
+        import importlib.metadata as md, zipfile
+
+        archive = self.zip
+        wanted = getattr(context, "name", None)
+
+        class ZipDistribution(md.Distribution):
+            def __init__(self, directory):
+                self.directory = directory
+
+            def read_text(self, filename):
+                try:
+                    return archive.read(self.directory + filename).decode("utf-8")
+                except KeyError:
+                    return None
+
+            def locate_file(self, path):
+                return zipfile.Path(archive, str(path))
+
+        for directory in sorted({n.split("/")[0] + "/" for n in self.names if ".dist-info/" in n}):
+            dist = ZipDistribution(directory)
+            name = (dist.metadata["Name"] or "").lower().replace("-", "_")
+            if wanted is None or name == wanted.lower().replace("-", "_"):
+                yield dist
+
+
 def run_zip(config):
     if sys.version_info < (3, 9):
         fail("python-too-old", "python %d.%d is too old for fsaudit (3.9 or later)" % sys.version_info[:2])
-    if not hasattr(os, "memfd_create"):
-        fail("bootstrap", "this python has no os.memfd_create (Linux 3.17+, glibc 2.27+ needed)")
     hello("need-zip")
     header = read_line()
     try:
@@ -123,14 +219,15 @@ def run_zip(config):
     data = read_exactly(size)
     if hashlib.sha256(data).hexdigest() != config["sha256"]:
         fail("bootstrap", "the zipapp arrived damaged (sha256 differs)")
-    fd = os.memfd_create("fsaudit.pyz", getattr(os, "MFD_CLOEXEC", 0))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    del data, view
     watch_stdin()
     sys.dont_write_bytecode = True
-    sys.path.insert(0, "/proc/self/fd/%d" % fd)
+    try:
+        if config.get("importer") == "memory":
+            raise OSError("the in-memory importer was asked for")
+        import_from_memfd(data)
+    except (AttributeError, OSError):
+        sys.meta_path.insert(0, MemoryZip(data))
+    del data
     sys.argv = ["fsaudit", "audit", "--format", "json"] + config["args"]
     from fsaudit.cli import main
 
@@ -223,14 +320,19 @@ def build_zipapp() -> bytes:
     return buffer.getvalue()
 
 
-def loader_config(command: List[str] | None, args: List[str], bootstrap: bool, sha256: str) -> str:
-    """The loader's argv[1]: its settings as base64 JSON (shell-safe)."""
+def loader_config(
+    command: List[str] | None, args: List[str], bootstrap: bool, sha256: str, importer: str = "memfd"
+) -> str:
+    """The loader's argv[1]: its settings as base64 JSON (shell-safe). `importer="memory"` forces the
+    fallback importer that the loader otherwise uses only where memfd_create or /proc is missing."""
     config: Dict[str, object] = {
         "command": command,
         "args": list(args),
         "bootstrap": bootstrap,
         "sha256": sha256,
     }
+    if importer != "memfd":
+        config["importer"] = importer
     return base64.b64encode(json.dumps(config).encode("utf-8")).decode("ascii")
 
 

@@ -51,10 +51,11 @@ def test_zipapp_is_deterministic_and_registers_the_builtin_checkers(zipapp):
         assert f"{point.name} = {point.value}" in entry_points
 
 
-def test_loader_runs_fsaudit_from_memory_with_a_bare_python(zipapp, tmp_path):
+@pytest.mark.parametrize("importer", ["memfd", "memory"])
+def test_loader_runs_fsaudit_from_memory_with_a_bare_python(zipapp, tmp_path, importer):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    process = _loader(loader_config(None, ["--root", str(root)], True, digest(zipapp)), tmp_path)
+    process = _loader(loader_config(None, ["--root", str(root)], True, digest(zipapp), importer), tmp_path)
     hello = process.stdout.readline().decode()
     assert hello.startswith(f"{MAGIC} need-zip python=3.")
     process.stdin.write(b"%d\n" % len(zipapp) + zipapp)
