@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import zipfile
 from importlib import metadata
 from typing import Dict, Iterator, List, Tuple
@@ -32,7 +33,9 @@ MAGIC = "FSAUDIT-FLEET/1"
 # fsaudit itself, plus the pure-Python dependencies a VM is unlikely to have. Packages absent on the
 # control host are left out (tomli only matters on Python < 3.11; the `fleet` extra installs it).
 PACKAGES = ("fsaudit", "fsaudit_checks")
-BUNDLED = ("click", "debian", "tomli")
+BUNDLED = {"click": "click", "debian": "python-debian", "tomli": "tomli"}  # module -> distribution
+OWN_PYTHON = (3, 9)  # fsaudit's own python_requires
+MANIFEST = "fsaudit-bootstrap.json"
 ENTRY_POINT_GROUPS = ("fsaudit.checks",)
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -207,6 +210,16 @@ class MemoryZip:
                 yield dist
 
 
+def check_python(data):
+    import io, zipfile
+
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("fsaudit-bootstrap.json").decode("utf-8"))
+    needed = tuple(manifest["requires_python"])
+    if sys.version_info[:2] < needed:
+        fail("python-too-old", "python %d.%d is too old for %s (%d.%d or later)"
+             % (sys.version_info[:2] + (manifest["why"],) + needed))
+
+
 def run_zip(config):
     if sys.version_info < (3, 9):
         fail("python-too-old", "python %d.%d is too old for fsaudit (3.9 or later)" % sys.version_info[:2])
@@ -219,6 +232,7 @@ def run_zip(config):
     data = read_exactly(size)
     if hashlib.sha256(data).hexdigest() != config["sha256"]:
         fail("bootstrap", "the zipapp arrived damaged (sha256 differs)")
+    check_python(data)
     watch_stdin()
     sys.dont_write_bytecode = True
     try:
@@ -305,7 +319,7 @@ def build_zipapp() -> bytes:
     whose entry points register the checkers. Deterministic: the same sources give the same bytes."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name in PACKAGES + BUNDLED:
+        for name in PACKAGES + tuple(BUNDLED):
             for local, inner in _package_files(name):
                 with open(local, "rb") as handle:
                     _add(archive, inner, handle.read())
@@ -317,7 +331,25 @@ def build_zipapp() -> bytes:
         )
         _add(archive, f"{dist_info}/entry_points.txt", _entry_points_text().encode())
         _add(archive, "__main__.py", b"from fsaudit.cli import main\n\nmain()\n")
+        _add(archive, MANIFEST, json.dumps(dict(zip(("requires_python", "why"), requires_python()))).encode())
     return buffer.getvalue()
+
+
+def requires_python() -> Tuple[List[int], str]:
+    """The oldest Python the zipapp runs on: fsaudit's own floor, raised by any bundled distribution's
+    Requires-Python (the `fleet` extra keeps click below 8.2 so that Python 3.9 VMs can be audited)."""
+    lowest, why = list(OWN_PYTHON), "fsaudit"
+    for distribution in BUNDLED.values():
+        try:
+            spec = metadata.metadata(distribution).get("Requires-Python") or ""
+            version = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+        for match in re.finditer(r">=\s*(\d+)\.(\d+)", spec):
+            found = [int(match.group(1)), int(match.group(2))]
+            if found > lowest:
+                lowest, why = found, f"{distribution} {version} (bundled from the control host)"
+    return lowest, why
 
 
 def loader_config(

@@ -103,3 +103,21 @@ def test_end_of_stdin_kills_the_remote_audit(tmp_path):
     while sleeping(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not sleeping(marker)
+
+
+def test_a_vm_python_older_than_a_bundled_dependency_needs_is_said(tmp_path, monkeypatch):
+    import fsaudit.fleet.bootstrap as bootstrap
+
+    assert bootstrap.requires_python()[0] == [3, 9]  # the fleet extra keeps click usable on Python 3.9
+    monkeypatch.setattr(
+        bootstrap, "requires_python", lambda: ([99, 0], "click 99 (bundled from the control host)")
+    )
+    zipapp = bootstrap.build_zipapp()
+    process = _loader(loader_config(None, [], True, digest(zipapp)), tmp_path)
+    process.stdout.readline()
+    process.stdin.write(b"%d\n" % len(zipapp) + zipapp)
+    process.stdin.flush()
+    out = process.stdout.read()
+    process.stdin.close()
+    assert process.wait(timeout=60) == 125 and out == b""
+    assert b"fsaudit-fleet: python-too-old: python 3." in process.stderr.read()
