@@ -214,12 +214,19 @@ def test_become_runs_the_audit_through_sudo(lab, tmp_path):
     subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--no-create-home", TEST_USER],
                    stderr=subprocess.DEVNULL)  # fmt: skip
     subprocess.run(["usermod", "-p", "*", TEST_USER], check=True)  # "*": no password, but not locked for sshd
+    hang = "sleep 618"
     hosts = {
         "asroot": lab.hosts["healthy1"],
         "nosudo": {**lab.hosts["bootstrap"], "ansible_user": TEST_USER},
+        "hangs": {**lab.hosts["hangs"], "fsaudit_command": f"sh -c '{hang}' hang"},
     }
     inventory = ini_inventory(tmp_path / "inventory.ini", hosts)
-    run = fsaudit("fleet", inventory, "--ssh-config", lab.config, "--out", tmp_path / "out", "--become")
-    outcomes = {name: r["outcome"] for name, r in records(tmp_path / "out").items()}
-    assert outcomes == {"asroot": "report", "nosudo": "become-failed"}, run.stderr
+    out = tmp_path / "out"
+    run = fsaudit("fleet", inventory, "--ssh-config", lab.config, "--out", out, "--become", "--timeout", "15")
+    outcomes = {name: r["outcome"] for name, r in records(out).items()}
+    assert outcomes == {"asroot": "report", "nosudo": "become-failed", "hangs": "timeout"}, run.stderr
     assert run.code == 3
+    deadline = time.monotonic() + 10  # the audit under sudo is stopped too
+    while sleeping(hang) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sleeping(hang)
