@@ -193,8 +193,9 @@ def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, outp
     """The fleet report of `directories` in `fmt` (text, html, json) and its exit code (the worst host's)."""
     views = collect(directories)
     links, note = {}, ""
+    # links in the page are relative to where the page is written, so the directory can be moved whole
+    start = os.path.dirname(os.path.abspath(output)) if output and output != "-" else os.getcwd()
     if fmt == "html" and vm_reports:
-        start = os.path.dirname(os.path.abspath(output)) if output and output != "-" else os.getcwd()
         links, note = write_vm_reports(views, start)
     data = fleet_data(views, links)
     if note:
@@ -203,6 +204,9 @@ def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, outp
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n", code
     if fmt == "html":
+        for host in data["hosts"]:
+            if not host["report_html"] and host["report_json"]:
+                host["report_json"] = os.path.relpath(host["report_json"], start)
         return render_fleet_html(data), code
     return render_fleet_text(data), code
 
