@@ -96,9 +96,10 @@ def main() -> None:
             command = f"sh -c 'sleep {options.audit_seconds:g}; cat {canned}' simulated-audit"
             variables = {"fsaudit_command": command}
             what = f"a simulated {options.audit_seconds:g} s audit on every host"
+        # --real runs as root: this venv's python lives under /root, which the test user cannot read
         common = {
             "ansible_host": "127.0.0.1",
-            "ansible_user": USER,
+            "ansible_user": "root" if options.real else USER,
             "fsaudit_python": "/usr/bin/python3",
             **variables,
         }
