@@ -367,7 +367,7 @@ def fleet_report(directories, fmt, output, vm_reports) -> int:
     """The fleet view of one or more result directories (shards merge): hosts x checks, worst first."""
     from fsaudit.fleet.view import render_fleet
 
-    text, code = render_fleet(list(directories), fmt, vm_reports=vm_reports)
+    text, code = render_fleet(list(directories), fmt, vm_reports=vm_reports, output=output)
     write_output(text, output)
     return code
 

@@ -54,6 +54,18 @@ def test_vm_html_reports_are_written_beside_the_json_and_linked(tmp_path, monkey
     assert 'href="run/reports/vm1.html"' in page
 
 
+def test_links_in_the_page_are_relative_to_where_it_is_written(tmp_path):
+    _bare(tmp_path / "run", "vm1", "sed 4.9-1")
+    (tmp_path / "pages").mkdir()
+    run = fsaudit(
+        "fleet-report", tmp_path / "run", "--format", "html", "--output", tmp_path / "pages" / "fleet.html"
+    )
+    page = (tmp_path / "pages" / "fleet.html").read_text()
+    assert run.code == 2 and (
+        'href="../run/reports/vm1.html"' in page or 'href="../run/reports/vm1.json"' in page
+    )
+
+
 def test_a_damaged_report_file_is_a_host_without_report(tmp_path):
     (tmp_path / "hosts").mkdir()
     (tmp_path / "reports").mkdir()
