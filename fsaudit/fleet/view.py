@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Tuple
 
+from fsaudit.errors import FsauditError
 from fsaudit.fleet.remote import HostResult, validate_report
 from fsaudit.fleet.results import load_report_text, read_records, write_atomic
 from fsaudit.model import Report, Status, worst
@@ -183,7 +184,11 @@ def write_vm_reports(views: List[HostView], start: str) -> Tuple[Dict[str, str],
         if view.report is None or not view.record.report:
             continue
         path = os.path.join(view.directory, view.record.report[: -len(".json")] + ".html")
-        write_atomic(path, render(view.report, "html").encode("utf-8"))
+        try:
+            page = render(view.report, "html")
+        except (FsauditError, ImportError) as error:  # e.g. the html renderer's module is not installed
+            return {}, f"per-VM HTML reports were not written: {error}"
+        write_atomic(path, page.encode("utf-8"))
         links[view.record.name] = os.path.relpath(path, start)
     return links, ""
 

@@ -59,6 +59,8 @@ def lab(tmp_path_factory):
                               fsaudit_args=f"--root {directory / 'empty'}"),
             "nopython": dict(ansible_port=ports[3], fsaudit_python="/nonexistent/python3"),
             "down": dict(ansible_port=free_port()),
+            "wronguser": dict(ansible_port=ports[0], ansible_user="fsaudit-no-such-user"),
+            "garbage": dict(ansible_port=ports[0], fsaudit_command="sh -c 'echo {not a report' garbage"),
             "changedkey": dict(ansible_port=lab.changed),
             "noisy": dict(ansible_port=ports[0], fsaudit_command=command, fsaudit_args=f"{probe} {healthy}",
                           fsaudit_python=NOISY_PYTHON),
@@ -110,7 +112,10 @@ def test_each_host_gets_its_own_clear_outcome(first_run):
         "newkey": ("host-key-unknown", "unknown"),
         "noisy": ("report", "ok"),
         "refuses": ("audit-failed", "unknown"),
+        "wronguser": ("auth-refused", "unknown"),
+        "garbage": ("bad-output", "unknown"),
     }
+    assert "{not a report" in hosts["garbage"]["message"]
     assert "unknown checker 'nosuchcheck'" in hosts["refuses"]["message"]
     assert hosts["healthy1"]["mode"] == "installed" and hosts["bootstrap"]["mode"] == "bootstrap"
     assert "Connection refused" in hosts["down"]["stderr"]
@@ -124,7 +129,7 @@ def test_reports_land_as_plain_fsaudit_reports_with_an_index(first_run):
     boot = json.loads((out / "reports" / "bootstrap.json").read_text())
     assert boot["root"].endswith("empty")
     index = json.loads((out / "index.json").read_text())
-    assert index["format"] == "fsaudit-fleet-index/1" and len(index["hosts"]) == 11
+    assert index["format"] == "fsaudit-fleet-index/1" and len(index["hosts"]) == 13
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")]
     # the rendered report of one VM works with the ordinary `fsaudit report`
     assert fsaudit("report", out / "reports" / "damaged.json").code == 2
