@@ -1,0 +1,336 @@
+"""One host's audit over ssh: start `ssh`, feed the loader, collect and validate the report, and turn
+every way it can go wrong into a clear outcome. Never raises for what happens on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import List, Tuple
+
+from fsaudit.fleet.bootstrap import MAGIC
+from fsaudit.model import Report, Status
+
+LOG = logging.getLogger(__name__)
+STDERR_KEPT = 16384
+HELLO_WITHIN = 65536  # bytes of stdout in which the loader's hello must appear
+MAX_REPORT_BYTES = 1 << 30
+KILL_GRACE = 3.0
+
+# Outcomes other than "report" (the host sent a valid report), each with what it means.
+OUTCOMES = {
+    "report": "the audit ran and its report came back",
+    "unreachable": "ssh could not connect (host down, refused, no route, name unknown)",
+    "auth-refused": "the host refused our key or user",
+    "host-key-unknown": "the host key is not known (give --accept-new-host-keys to accept new keys)",
+    "host-key-changed": "the host key differs from the known one",
+    "timeout": "the audit did not finish within --timeout; it was stopped on the host",
+    "no-python": "the host has no python3 to run fsaudit or its bootstrap",
+    "python-too-old": "the host's python is older than fsaudit needs (3.9)",
+    "not-installed": "fsaudit is not installed on the host and --no-bootstrap was given",
+    "become-failed": "sudo -n refused to run the audit as root (--become)",
+    "bootstrap-failed": "the zipapp could not be sent to or started on the host",
+    "audit-failed": "fsaudit ran on the host but wrote no report (see its stderr)",
+    "bad-output": "the host answered something that is not a valid fsaudit report",
+    "internal-error": "fsaudit fleet itself failed on this host (run with --debug for details)",
+    "ssh-failed": "ssh failed for another reason (see stderr)",
+}
+_SSH_ERRORS = (
+    ("host-key-changed", r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed"),
+    ("host-key-unknown", r"No \S+ host key is known|Host key verification failed"),
+    ("auth-refused", r"Permission denied|Too many authentication failures"),
+    ("unreachable", r"Connection refused|Connection timed out|No route to host|Could not resolve|"
+                    r"Network is unreachable|Connection closed by|Connection reset|"
+                    r"kex_exchange_identification"),
+)  # fmt: skip
+
+
+@dataclass
+class HostResult:
+    """What happened to one host; saved as `hosts/NAME.json` in the result directory."""
+
+    name: str
+    address: str
+    outcome: str
+    status: str
+    message: str = ""
+    mode: str = ""  # "installed" or "bootstrap": how the audit ran on the host
+    python: str = ""
+    exit_code: int | None = None
+    seconds: float = 0.0
+    started: str = ""
+    finished: str = ""
+    stderr: str = ""
+    report: str | None = None  # the report's file, relative to the result directory
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HostResult:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def classify_failure(exit_code: int | None, stderr: str) -> Tuple[str, str]:
+    """The outcome and a one-line message for a host that sent no report."""
+    marker = re.search(r"^fsaudit-fleet: ([a-z-]+): (.*)$", stderr, re.M)
+    if marker:
+        kind = marker.group(1)
+        return (kind if kind in OUTCOMES else "bootstrap-failed"), marker.group(2)
+    if re.search(r"^sudo: ", stderr, re.M):
+        return "become-failed", _last_line(stderr, r"^sudo: .*")
+    if exit_code == 255:
+        for outcome, pattern in _SSH_ERRORS:
+            if re.search(pattern, stderr):
+                return outcome, _last_line(stderr, pattern)
+        return "ssh-failed", _last_line(stderr) or "ssh exited with status 255"
+    if exit_code == 127 and re.search(r"python\S*: (command )?not found|No such file", stderr):
+        return "no-python", _last_line(stderr)
+    if exit_code in (1, 2, 3):
+        return "audit-failed", _last_line(stderr) or f"fsaudit exited with status {exit_code} and no report"
+    return "bad-output", _last_line(stderr) or f"no report came back (exit status {exit_code})"
+
+
+def _last_line(text: str, pattern: str = r".+") -> str:
+    lines = [line for line in text.splitlines() if re.search(pattern, line)]
+    return lines[-1].strip() if lines else ""
+
+
+def validate_report(text: str) -> Report:
+    """The report the host sent, checked against the format (and its JSON Schema when jsonschema is
+    installed); ValueError says what is wrong."""
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    try:
+        report = Report.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"not an fsaudit report: {error}") from None
+    _check_schema(data)
+    return report
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_validator():
+    """The report schema's validator, or None when jsonschema is not installed (the format check of
+    Report.from_dict still applies)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return None
+    from importlib import resources
+
+    schema = json.loads(resources.files("fsaudit").joinpath("schema/report.schema.json").read_text("utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check_schema(data: dict) -> None:
+    validator = _schema_validator()
+    if validator is None:
+        return
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].path) or "top level"
+        raise ValueError(f"does not match the report schema at {where}: {errors[0].message}")
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """End `ssh` and anything it started (ProxyCommand...): it runs in its own process group."""
+    if process.returncode is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), KILL_GRACE)
+            return
+        except asyncio.TimeoutError:
+            continue
+
+
+async def _keep_tail(stream: asyncio.StreamReader, kept: List[bytes]) -> None:
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return
+        kept.append(chunk)
+        size += len(chunk)
+        while size > STDERR_KEPT and len(kept) > 1:
+            size -= len(kept.pop(0))
+
+
+class ReportTooLarge(Exception):
+    """The host sent more than MAX_REPORT_BYTES."""
+
+
+class HostAudit:
+    """Audits one host: `await HostAudit(...).run()` returns the HostResult and the report's text."""
+
+    def __init__(self, name: str, address: str, argv: List[str], zipapp: bytes | None, timeout: float,
+                 spool: str):  # fmt: skip
+        self.result = HostResult(name=name, address=address, outcome="", status=Status.UNKNOWN.value)
+        self.argv = argv
+        self.zipapp = zipapp
+        self.timeout = timeout
+        self.spool = spool  # where stdout is streamed, so memory stays flat with many large reports
+        self.stderr: List[bytes] = []
+        self.started = 0.0
+
+    async def run(self) -> Tuple[HostResult, Report | None]:
+        self.started = time.monotonic()
+        self.result.started = _now()
+        report = None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C reaches us, not ssh: we stop it in order
+            )
+        except OSError as error:
+            self._finish("ssh-failed", f"cannot run {self.argv[0]}: {error.strerror}")
+            return self.result, None
+        stderr_task = asyncio.ensure_future(_keep_tail(process.stderr, self.stderr))
+        try:
+            await asyncio.wait_for(self._converse(process), self.timeout)
+        except asyncio.TimeoutError:
+            await _kill(process)
+            await self._drain(stderr_task)
+            self._discard_spool()
+            self._finish("timeout", f"no report after {self.timeout:g} s; the audit was stopped")
+            return self.result, None
+        except ReportTooLarge:
+            await _kill(process)
+            await self._drain(stderr_task)
+            self._discard_spool()
+            self._finish("bad-output", f"the output exceeded {MAX_REPORT_BYTES} bytes; the audit was stopped")
+            return self.result, None
+        except BaseException:
+            await _kill(process)
+            stderr_task.cancel()
+            self._discard_spool()
+            raise
+        await self._drain(stderr_task)
+        self.result.exit_code = process.returncode
+        report = self._read_report()
+        return self.result, report
+
+    async def _drain(self, task: asyncio.Future) -> None:
+        try:
+            await asyncio.wait_for(task, KILL_GRACE)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        self.result.stderr = b"".join(self.stderr)[-STDERR_KEPT:].decode("utf-8", "replace")
+
+    async def _hello(self, process: asyncio.subprocess.Process) -> Tuple[bytes | None, bytes]:
+        """The loader's hello line and what followed it; (None, everything read) when it never came.
+        Lines before it (a shell start-up file that prints) are dropped."""
+        buffer = b""
+        while len(buffer) < HELLO_WITHIN:
+            start = buffer.find(MAGIC.encode())
+            if start >= 0 and b"\n" in buffer[start:]:
+                line, _, rest = buffer[start:].partition(b"\n")
+                return line, rest
+            chunk = await process.stdout.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+        return None, buffer
+
+    async def _converse(self, process: asyncio.subprocess.Process) -> None:
+        hello, first = await self._hello(process)
+        with open(self.spool, "wb") as spool:
+            if hello is not None:
+                words = hello.decode("ascii", "replace").split()
+                self.result.mode = "bootstrap" if "need-zip" in words else "installed"
+                self.result.python = next((w[7:] for w in words if w.startswith("python=")), "")
+                if "need-zip" in words:
+                    await self._send_zipapp(process)
+            spool.write(first)
+            written = len(first)
+            while True:
+                chunk = await process.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > MAX_REPORT_BYTES:
+                    raise ReportTooLarge()
+                spool.write(chunk)
+        await process.wait()
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+
+    async def _send_zipapp(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdin is not None
+        try:
+            process.stdin.write(b"%d\n" % len(self.zipapp or b""))
+            process.stdin.write(self.zipapp or b"")
+            await process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            LOG.debug("%s: the zipapp could not be sent", self.result.name)
+
+    def _read_report(self) -> Report | None:
+        stderr = self.result.stderr
+        try:
+            size = os.path.getsize(self.spool)
+        except OSError:
+            size = 0
+        if size == 0:
+            self._discard_spool()
+            self._finish(*classify_failure(self.result.exit_code, stderr))
+            return None
+        with open(self.spool, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        try:
+            report = validate_report(text)
+        except ValueError as error:
+            self._discard_spool()
+            outcome, message = classify_failure(self.result.exit_code, stderr)
+            if outcome in ("bad-output", "audit-failed"):
+                outcome, message = "bad-output", f"{error}; output began with {text[:120]!r}"
+            self._finish(outcome, message)
+            return None
+        self._finish("report", f"{report.status.value}: {_summary(report)}")
+        self.result.status = report.status.value
+        return report
+
+    def _discard_spool(self) -> None:
+        try:
+            os.unlink(self.spool)
+        except OSError:
+            pass
+
+    def _finish(self, outcome: str, message: str) -> None:
+        self.result.outcome = outcome
+        self.result.message = message
+        self.result.status = Status.UNKNOWN.value
+        self.result.seconds = round(time.monotonic() - self.started, 3) if self.started else 0.0
+        self.result.finished = _now()
+
+
+def _summary(report: Report) -> str:
+    counts = {"critical": 0, "warning": 0}
+    for check in report.checks:
+        for severity, count in check.counts().items():
+            if severity in counts:
+                counts[severity] += count
+    return (
+        f"{counts['critical']} critical, {counts['warning']} warning findings in {len(report.checks)} checks"
+    )

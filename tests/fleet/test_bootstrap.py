@@ -1,0 +1,123 @@
+"""The zipapp and its loader, run locally with the system python3 (which lacks click and the rest):
+fsaudit imports from memory, importlib.metadata finds the checkers in the zip, nothing is written."""
+
+import io
+import json
+import os
+import subprocess
+import time
+import zipfile
+from importlib import metadata
+
+import pytest
+
+from fixtures.fleet import sleeping
+from fsaudit.fleet.bootstrap import MAGIC, build_zipapp, digest, loader_config, loader_inline
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def zipapp():
+    return build_zipapp()
+
+
+def _loader(config: str, cwd) -> subprocess.Popen:
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.fail("the system python3 is missing: apt-get install python3")
+    return subprocess.Popen(
+        [SYSTEM_PYTHON, "-I", "-c", loader_inline(), config],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, cwd=cwd, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+def test_zipapp_is_deterministic_and_registers_the_builtin_checkers(zipapp):
+    assert build_zipapp() == zipapp
+    archive = zipfile.ZipFile(io.BytesIO(zipapp))
+    names = set(archive.namelist())
+    assert {
+        "fsaudit/cli.py",
+        "fsaudit/schema/report.schema.json",
+        "click/__init__.py",
+        "debian/deb822.py",
+    } <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    builtin = [
+        p for p in metadata.entry_points(group="fsaudit.checks") if p.value.startswith("fsaudit_checks.")
+    ]
+    for point in builtin:
+        assert f"{point.name} = {point.value}" in entry_points
+
+
+@pytest.mark.parametrize("importer", ["memfd", "memory"])
+def test_loader_runs_fsaudit_from_memory_with_a_bare_python(zipapp, tmp_path, importer):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    process = _loader(loader_config(None, ["--root", str(root)], True, digest(zipapp), importer), tmp_path)
+    hello = process.stdout.readline().decode()
+    assert hello.startswith(f"{MAGIC} need-zip python=3.")
+    process.stdin.write(b"%d\n" % len(zipapp) + zipapp)
+    process.stdin.flush()
+    output = process.stdout.read()
+    process.stdin.close()
+    assert process.wait(timeout=60) in (0, 1, 2, 3), process.stderr.read()
+    report = json.loads(output)
+    assert report["root"] == str(root)
+    # importlib.metadata found the checkers through the zip's dist-info, in memory:
+    expected = {
+        p.name for p in metadata.entry_points(group="fsaudit.checks") if p.value.startswith("fsaudit_checks.")
+    }
+    assert {c["name"] for c in report["checks"]} == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing written (no .pyc, no zip)
+
+
+def test_a_damaged_zipapp_is_refused(zipapp, tmp_path):
+    process = _loader(loader_config(None, [], True, digest(zipapp)), tmp_path)
+    process.stdout.readline()
+    damaged = bytearray(zipapp)
+    damaged[100] ^= 0xFF
+    out, err = process.communicate(b"%d\n" % len(damaged) + bytes(damaged), timeout=60)
+    assert process.returncode == 125 and out == b""
+    assert b"fsaudit-fleet: bootstrap: the zipapp arrived damaged" in err
+
+
+def test_without_bootstrap_a_missing_fsaudit_is_said(tmp_path):
+    process = _loader(loader_config(["/nonexistent/fsaudit"], [], False, ""), tmp_path)
+    out, err = process.communicate(b"", timeout=60)
+    assert process.returncode == 127 and b"fsaudit-fleet: not-installed:" in err
+
+
+def test_end_of_stdin_kills_the_remote_audit(tmp_path):
+    marker = "sleep 619"
+    process = _loader(loader_config(["sh", "-c", marker, "hang"], [], True, ""), tmp_path)
+    assert process.stdout.readline().decode().startswith(f"{MAGIC} installed")
+    deadline = time.monotonic() + 10
+    while not sleeping(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleeping(marker)
+    process.stdin.close()  # what the remote sees when the control host goes away
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while sleeping(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sleeping(marker)
+
+
+def test_a_vm_python_older_than_a_bundled_dependency_needs_is_said(tmp_path, monkeypatch):
+    import fsaudit.fleet.bootstrap as bootstrap
+
+    assert bootstrap.requires_python()[0] == [3, 9]  # the fleet extra keeps click usable on Python 3.9
+    monkeypatch.setattr(
+        bootstrap, "requires_python", lambda: ([99, 0], "click 99 (bundled from the control host)")
+    )
+    zipapp = bootstrap.build_zipapp()
+    process = _loader(loader_config(None, [], True, digest(zipapp)), tmp_path)
+    process.stdout.readline()
+    process.stdin.write(b"%d\n" % len(zipapp) + zipapp)
+    process.stdin.flush()
+    out = process.stdout.read()
+    process.stdin.close()
+    assert process.wait(timeout=60) == 125 and out == b""
+    assert b"fsaudit-fleet: python-too-old: python 3." in process.stderr.read()
