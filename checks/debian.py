@@ -195,7 +195,8 @@ class _Audit:
                 "database-damaged",
                 "critical",
                 f"info/{package.name}.list exists but the status file has no installed package "
-                f"{package.name}: the status file may have lost its entry (its files are verified with an unknown version)",
+                f"{package.name}: the status file may have lost its entry (its files are verified "
+                "with an unknown version)",
                 path=dpkg_db.INFO + b"/" + os.fsencode(package.name) + b".list",
                 details={"package": package.name, "version": "", "architecture": package.architecture},
                 advice="restore /var/lib/dpkg/status from /var/backups/dpkg.status.0, then reinstall "
