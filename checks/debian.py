@@ -30,7 +30,7 @@ class _Owner:
     has_md5sums: bool
     install_time: float | None
     unverified: List[bytes] = field(default_factory=list)
-    damaged: List[Tuple[bytes, bytes, dict, Finding]] = field(default_factory=list)
+    damaged: List[Tuple[bytes, bytes, dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -404,19 +404,27 @@ class _Audit:
         if item.kind == "conffile":
             yield self._conffile_changed(item, result, details)
             return
-        finding = self.finding(
-            "content-differs",
-            "critical",
-            "content differs from the packaged file",
-            owner=owner,
-            path=item.location,
-            details=details,
-        )
-        if self.settings["classify"] and self.classified < MAX_CLASSIFIED and owner.package.version:
+        if not self.settings["classify"]:
+            yield self._differs(owner, item.location, details)
+        elif self.classified < MAX_CLASSIFIED and owner.package.version:
+            # Classified when the package is done, with its .deb files read once.
             self.classified += 1
-            owner.damaged.append((item.path, item.location, details, finding))
-            return
-        yield finding
+            owner.damaged.append((item.path, item.location, details))
+        else:
+            details.update(self._evidence(item.location))
+            yield self._differs(owner, item.location, details)
+
+    def _differs(self, owner: _Owner, location: bytes, details: dict) -> Finding:
+        classification = details.get("classification")
+        if classification == "older-version":
+            message = f"content matches the older version {details['matches_version']}: a lost update"
+        elif classification in ("truncated", "zero-filled", "empty"):
+            message = f"content differs from the packaged file ({classification})"
+        else:
+            message = "content differs from the packaged file"
+        return self.finding(
+            "content-differs", "critical", message, owner=owner, path=location, details=details
+        )
 
     def _file_error(self, item: _Item, error: OSError, details: dict) -> Iterator[Finding]:
         owner = item.owner
@@ -656,26 +664,19 @@ class _Audit:
         return sorted(older, key=lambda pair: Version(pair[0]), reverse=True)
 
     def _classify(self, owner: _Owner) -> Iterator[Finding]:
-        wanted = {path: (location, details, finding) for path, location, details, finding in owner.damaged}
+        wanted = {path: (location, details) for path, location, details in owner.damaged}
         self._match_older(owner.package, wanted)
         deb = self._cached_deb(owner.package)
         if deb is not None:
             self._compare_with_deb(deb, wanted)
-        for _path, (location, details, finding) in wanted.items():
+        for location, details in wanted.values():
             if "classification" not in details:
                 details.update(self._evidence(location))
-            finding.details.update(details)
-            if details.get("classification") == "older-version":
-                finding.message = (
-                    f"content matches the older version {details['matches_version']}: a lost update"
-                )
-            elif details.get("classification") in ("truncated", "zero-filled"):
-                finding.message = f"content differs from the packaged file ({details['classification']})"
-            yield finding
+            yield self._differs(owner, location, details)
 
     def _match_older(self, package: Package, wanted: dict) -> None:
         for version, deb in self._older_debs(package):
-            open_paths = {p for p, (_, d, _) in wanted.items() if "classification" not in d}
+            open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
             if not open_paths:
                 return
             try:
@@ -683,19 +684,19 @@ class _Audit:
             except (debfile.DebError, OSError):
                 continue
             for path in open_paths:
-                _, details, _ = wanted[path]
+                _, details = wanted[path]
                 if sums.get(path, ("", None))[1] == details.get("actual_md5"):
                     details.update(classification="older-version", matches_version=version)
 
     def _compare_with_deb(self, deb: bytes, wanted: dict) -> None:
-        open_paths = {p for p, (_, d, _) in wanted.items() if "classification" not in d}
+        open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
         if not open_paths:
             return
         try:
             for member in debfile.members(self.target, deb):
                 if member.path not in open_paths or member.fileobj is None:
                     continue
-                location, details, _ = wanted[member.path]
+                location, details = wanted[member.path]
                 try:
                     with self.target.open(location, follow=False) as actual:
                         details.update(
