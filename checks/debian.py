@@ -517,7 +517,17 @@ class _Audit:
                 return
             st = os.lstat(host)
         except OSError as error:
-            if isinstance(error, (FileNotFoundError, NotADirectoryError)) or error.errno == errno.ELOOP:
+            if error.errno == errno.ELOOP:
+                yield self.finding(
+                    "wrong-type",
+                    "critical",
+                    "a symbolic link loop stands where the package installed this path",
+                    owner=owner,
+                    path=item.location,
+                    details={"found": "symlink loop", "expected": "directory" if item.parent else "symlink"},
+                )
+                return
+            if isinstance(error, (FileNotFoundError, NotADirectoryError)):
                 if self.filter.excluded(item.path):
                     self.count("excluded")
                     return

@@ -189,7 +189,7 @@ def test_symlink_loops_end_as_findings(tmp_path):
     os.symlink("data", root / "usr/lib/sample/data")
     run = audit(root, timeout=60)
     assert run.code == 2
-    assert paths(run, "wrong-type") == {"/usr/bin/sample"}
+    assert paths(run, "wrong-type") == {"/usr/bin/sample", "/usr/lib/sample/data"}
     assert "/usr/lib/sample/data/table" in paths(run, "missing")
 
 
