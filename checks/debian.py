@@ -290,6 +290,8 @@ class _Audit:
         owner.has_md5sums = sums is not None
         sums = sums or {}
         conffiles = {c.path: c for c in package.conffiles if not c.obsolete and c.md5 != "newconffile"}
+        # Obsolete conffiles and ones dpkg has not configured yet have no hash to compare with.
+        unchecked_conffiles = {c.path for c in package.conffiles} - set(conffiles)
         listed_set = set(listed)
         parents = {path.rsplit(b"/", 1)[0] or b"/" for path in listed}
         extra = [p for p in sums if p not in listed_set and p not in conffiles]
@@ -302,6 +304,8 @@ class _Audit:
                 yield self._file_item(owner, "conffile", path, conffiles[path].md5)
             elif path in sums:
                 yield self._file_item(owner, "file", path, sums[path])
+            elif path in unchecked_conffiles:
+                continue
             else:
                 location = dpkg_db.diverted_location(path, package.name, self.diversions)
                 yield _Item(owner, "other", path, location, parent=path in parents)
