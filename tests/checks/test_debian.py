@@ -467,3 +467,24 @@ def test_unreadable_file_as_non_root_user():
         assert run.check("debian")["stats"]["unreadable"] == 1
     finally:
         shutil.rmtree(base)
+
+
+def test_finds_what_dpkg_verify_finds(tmp_path):
+    root = sample_root(tmp_path)
+    flip_byte(root / "usr/bin/sample", 100)
+    truncate(root / "usr/lib/sample/data/table", 2)
+    os.unlink(root / "usr/share/doc/sample/README")
+    (root / "etc/sample.conf").write_text("edited\n")
+    run = audit(root)
+    assert run.code == 2
+    ours = {f["path"] for f in run.findings("debian")}
+    assert (
+        ours
+        == set(dpkg_says(root))
+        == {
+            "/usr/bin/sample",
+            "/usr/lib/sample/data/table",
+            "/usr/share/doc/sample/README",
+            "/etc/sample.conf",
+        }
+    )
