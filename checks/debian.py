@@ -388,21 +388,21 @@ class _Audit:
 
     def _file(self, item: _Item, result: HashResult) -> Iterator[Finding]:
         owner = item.owner
+        if result.error is None:
+            stats = self.checker.stats
+            if item.request is not None:
+                stats["bytes_hashed"] = stats.get("bytes_hashed", 0) + (result.size or 0)
+                stats["files_hashed"] = stats.get("files_hashed", 0) + 1
+            self.checker.context.verified.add(item.location)
+            key = "conffiles_verified" if item.kind == "conffile" else "files_verified"
+            stats[key] = stats.get(key, 0) + 1
+            if result.digest == item.expected:
+                return
         details = {"expected_md5": item.expected}
         if item.location != item.path:
             details["diverted_to"] = item.location
         if result.error is not None:
             yield from self._file_error(item, result.error, details)
-            return
-        if item.request is not None:
-            self.count("bytes_hashed", result.size or 0)
-            self.count("files_hashed")
-        self.checker.context.verified.add(item.location)
-        if item.kind == "conffile":
-            self.count("conffiles_verified")
-        else:
-            self.count("files_verified")
-        if result.digest == item.expected:
             return
         details.update(actual_md5=result.digest, size=result.size, mtime=_iso(result.mtime))
         if item.kind == "conffile":
