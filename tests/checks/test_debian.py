@@ -174,11 +174,16 @@ def test_fifo_in_place_of_a_file_does_not_hang(tmp_path):
 
 def test_directory_in_place_of_a_file(tmp_path):
     root = sample_root(tmp_path)
-    replace_with_directory(root / "usr/share/doc/sample/README")
+    replace_with_directory(root / "usr/bin/sample")
+    flip_byte(root / "usr/share/doc/sample/README")
     run = audit(root)
     assert run.code == 2
     (finding,) = run.findings("debian", "wrong-type")
     assert finding["details"]["found"] == "directory"
+    # The audit goes on past the directory; dpkg --verify stops there with an error.
+    assert paths(run, "content-differs") == {"/usr/share/doc/sample/README"}
+    peer = verify_with_dpkg(root)
+    assert peer.returncode != 0 and "/usr/share/doc/sample/README" not in peer.stdout
 
 
 def test_symlink_loops_end_as_findings(tmp_path):
