@@ -115,7 +115,7 @@ class _Audit:
         self.hashed: Dict[bytes, tuple] = {}
         self.directories_ok: Set[bytes] = set()
         self.classified = 0
-        self._cache_names: List[bytes] | None = None
+        self.cache = deb_classify.AptCache(target)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -350,7 +350,7 @@ class _Audit:
         return None, False
 
     def _sums_from_cache(self, package: Package):
-        deb = self._cached_deb(package)
+        deb = self.cache.deb(package)
         if deb is None:
             return None, "no .deb of this version in /var/cache/apt/archives"
         try:
@@ -415,7 +415,7 @@ class _Audit:
             self.classified += 1
             owner.damaged.append((item.path, item.location, details))
         else:
-            details.update(self._evidence(item.location))
+            details.update(self.cache.evidence(item.location))
             yield self._differs(owner, item.location, details)
 
     def _differs(self, owner: _Owner, location: bytes, details: dict) -> Finding:
@@ -647,87 +647,11 @@ class _Audit:
 
     # -- classification of content differences -----------------------------------------------
 
-    def _cached_deb(self, package: Package, version: str | None = None) -> bytes | None:
-        name = debfile.cache_name(package.name, version or package.version, package.architecture)
-        path = debfile.ARCHIVES + b"/" + name
-        try:
-            if stat.S_ISREG(self.target.stat(path).st_mode):
-                return path
-        except OSError:
-            pass
-        return None
-
-    def _older_debs(self, package: Package) -> List[Tuple[str, bytes]]:
-        from debian.debian_support import Version
-
-        if self._cache_names is None:
-            try:
-                self._cache_names = sorted(self.target.listdir(debfile.ARCHIVES))
-            except OSError:
-                self._cache_names = []
-        older = []
-        for filename in self._cache_names:
-            parsed = debfile.parse_cache_name(filename)
-            if not parsed or parsed[0] != package.name or parsed[2] != package.architecture:
-                continue
-            try:
-                if Version(parsed[1]) < Version(package.version):
-                    older.append((parsed[1], debfile.ARCHIVES + b"/" + filename))
-            except ValueError:
-                continue
-        return sorted(older, key=lambda pair: Version(pair[0]), reverse=True)
-
     def _classify(self, owner: _Owner) -> Iterator[Finding]:
         wanted = {path: (location, details) for path, location, details in owner.damaged}
-        self._match_older(owner.package, wanted)
-        deb = self._cached_deb(owner.package)
-        if deb is not None:
-            self._compare_with_deb(deb, wanted)
+        self.cache.classify(owner.package, wanted)
         for location, details in wanted.values():
-            if "classification" not in details:
-                details.update(self._evidence(location))
             yield self._differs(owner, location, details)
-
-    def _match_older(self, package: Package, wanted: dict) -> None:
-        for version, deb in self._older_debs(package):
-            open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
-            if not open_paths:
-                return
-            try:
-                sums = debfile.md5sums(self.target, deb, open_paths)
-            except (debfile.DebError, OSError):
-                continue
-            for path in open_paths:
-                _, details = wanted[path]
-                if sums.get(path, ("", None))[1] == details.get("actual_md5"):
-                    details.update(classification="older-version", matches_version=version)
-
-    def _compare_with_deb(self, deb: bytes, wanted: dict) -> None:
-        open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
-        if not open_paths:
-            return
-        try:
-            for member in debfile.members(self.target, deb):
-                if member.path not in open_paths or member.fileobj is None:
-                    continue
-                location, details = wanted[member.path]
-                try:
-                    with self.target.open(location, follow=False) as actual:
-                        details.update(
-                            deb_classify.compare(actual, member.fileobj, actual.st.st_size, member.size)
-                        )
-                        details["compared_with"] = deb
-                except OSError:
-                    continue
-        except (debfile.DebError, OSError):
-            return
-
-    def _evidence(self, location: bytes) -> dict:
-        try:
-            with self.target.open(location, follow=False) as actual:
-                return deb_classify.evidence(actual, actual.st.st_size)
-        except OSError:
-            return {"classification": "unknown"}
 
 
 def _iso(timestamp: float | None) -> str | None:
