@@ -20,6 +20,21 @@ from fsaudit_checks.dpkg_db import Damage, Package
 # costs a decompression); the rest are still reported, without a classification.
 MAX_CLASSIFIED = 2000
 SAMPLE = 20
+_COUNTERS = (
+    "packages",
+    "packages_verified",
+    "files_verified",
+    "conffiles_verified",
+    "files_unverified",
+    "unreadable",
+    "excluded",
+    "bytes_hashed",
+    "files_hashed",
+    "shared_files",
+    "directories_verified",
+    "symlinks_verified",
+    "journal_entries",
+)
 
 
 @dataclass
@@ -177,6 +192,9 @@ class _Audit:
             )
             self.checker.incomplete("the dpkg status file could not be read: no package was verified")
             return
+        # Every counter is shown, zeros too: "0 unreadable" is a statement, a missing key is not.
+        for key in _COUNTERS:
+            self.count(key, 0)
         self.count("journal_entries", applied)
         for item in damage:
             yield self.damage_finding(item)
@@ -203,7 +221,6 @@ class _Audit:
                 f"the package {package.name}",
             )
         everything = installed + orphans
-        self.count("packages_verified", 0)
         self.checker.context.progress.start("debian: verifying packages", total=len(everything))
         try:
             yield from self._verify(everything)
