@@ -316,6 +316,12 @@ def test_multi_arch_shared_file_is_verified_for_each_owner(tmp_path):
     assert {f["details"]["architecture"] for f in findings} == {"amd64", "i386"}
     assert {f["path"] for f in findings} == {"/usr/share/doc/libshared/README"}
     assert any("libshared:i386=1.0-1" in f["advice"] for f in findings)
+    # debsums looks for libshared.md5sums, not libshared:amd64.md5sums: it sees nothing wrong.
+    debsums = subprocess.run(
+        [require_program("debsums", "debsums"), "-a", "-s", f"--root={root}"], capture_output=True, text=True
+    )
+    assert (debsums.returncode, debsums.stdout) == (0, "")
+    assert "/usr/share/doc/libshared/README" in dpkg_says(root)
 
 
 def test_path_exclude_rules_of_the_root_are_honoured(tmp_path):
