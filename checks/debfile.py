@@ -1,0 +1,226 @@
+"""Reading `.deb` files (an ar archive holding data.tar.{gz,xz,bz2,zst,}) by streaming, in pure Python.
+
+The `.deb` files come from the audited system's apt cache, so they are read through the Target and
+may be damaged like anything else there: every problem is a `DebError`, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Dict, Iterator, Set, Tuple
+from urllib.parse import unquote
+
+from fsaudit.target import Target
+
+ARCHIVES = b"/var/cache/apt/archives"
+_AR_MAGIC = b"!<arch>\n"
+_MAX_MEMBERS = 16
+_CHUNK = 1 << 20
+
+
+class DebError(Exception):
+    """A .deb that cannot be read (damaged, unknown compression, missing decompressor)."""
+
+
+@dataclass
+class Member:
+    """One entry of a .deb's data archive; `fileobj` reads a regular file's bytes (else None)."""
+
+    path: bytes
+    kind: str  # "file", "directory", "symlink", "hardlink", "other"
+    size: int
+    linkname: bytes
+    fileobj: IO[bytes] | None
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window of `length` bytes of a file, starting where it stands."""
+
+    def __init__(self, handle, length: int):
+        self.handle = handle
+        self.left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.left <= 0:
+            return 0
+        count = self.handle.readinto(memoryview(buffer)[: min(len(buffer), self.left)])
+        if not count:
+            raise DebError("the .deb ends in the middle of its data archive")
+        self.left -= count
+        return count
+
+
+def _ar_members(handle) -> Iterator[Tuple[str, int]]:
+    """(name, size) of each ar member, leaving `handle` at the start of its content."""
+    if handle.read(8) != _AR_MAGIC:
+        raise DebError("not a .deb (no ar archive header)")
+    offset = 8
+    for _ in range(_MAX_MEMBERS):
+        header = handle.read(60)
+        if not header:
+            return
+        if len(header) != 60 or header[58:60] != b"`\n":
+            raise DebError("damaged ar member header")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError as error:
+            raise DebError("damaged ar member size") from error
+        start = offset + 60
+        yield name, size
+        offset = start + size + (size & 1)
+        handle.seek(offset)
+
+
+def _zstd_stream(raw: IO[bytes]):
+    """A reader of the decompressed zstd stream `raw`: the zstandard module, else the zstd program."""
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    if zstandard is not None:
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), None
+    program = shutil.which("zstd")
+    if not program:
+        raise DebError("data.tar.zst needs the zstd program (apt-get install zstd) or the zstandard module")
+    process = subprocess.Popen(
+        [program, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+
+    def feed():
+        try:
+            while True:
+                chunk = raw.read(_CHUNK)
+                if not chunk:
+                    break
+                process.stdin.write(chunk)
+        except (OSError, DebError):
+            pass
+        finally:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return process.stdout, process
+
+
+@contextmanager
+def _data_tar(target: Target, path: bytes):
+    with target.open(path) as handle:
+        for name, size in _ar_members(handle):
+            if not name.startswith("data.tar"):
+                continue
+            raw = io.BufferedReader(_Slice(handle, size), _CHUNK)
+            compression = name[len("data.tar") :].lstrip(".")
+            process = None
+            if compression in ("gz", "xz", "bz2", ""):
+                mode = f"r|{compression}" if compression else "r|"
+                stream = raw
+            elif compression == "zst":
+                stream, process = _zstd_stream(raw)
+                mode = "r|"
+            else:
+                raise DebError(f"unknown data archive compression {compression!r}")
+            try:
+                with tarfile.open(
+                    fileobj=stream, mode=mode, encoding="utf-8", errors="surrogateescape"
+                ) as tar:
+                    yield tar
+            except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+                if isinstance(error, OSError) and not _from_archive(error):
+                    raise
+                raise DebError(f"damaged data archive: {error}") from error
+            finally:
+                if process is not None:
+                    process.stdout.close()
+                    process.kill()
+                    process.wait()
+            return
+    raise DebError("the .deb has no data archive")
+
+
+def _from_archive(error: OSError) -> bool:
+    # Decompressors raise OSError subclasses (gzip.BadGzipFile, lzma.LZMAError is not one) for
+    # damaged data; a plain read error of the file itself is an OSError with an errno.
+    return error.errno is None
+
+
+def members(target: Target, path: bytes) -> Iterator[Member]:
+    """Every entry of the .deb's data archive, in archive order. Raises DebError, OSError."""
+    with _data_tar(target, path) as tar:
+        for info in tar:
+            name = os.fsencode(info.name)
+            name = b"/" + name.lstrip(b".").lstrip(b"/") if name not in (b".", b"./") else b"/"
+            name = name.rstrip(b"/") or b"/"
+            kind = (
+                "file"
+                if info.isreg()
+                else "directory"
+                if info.isdir()
+                else "symlink"
+                if info.issym()
+                else "hardlink"
+                if info.islnk()
+                else "other"
+            )
+            link = os.fsencode(info.linkname) if info.linkname else b""
+            if kind == "hardlink":
+                link = b"/" + link.lstrip(b".").lstrip(b"/")
+            fileobj = tar.extractfile(info) if kind == "file" else None
+            yield Member(name, kind, info.size, link, fileobj)
+
+
+def md5sums(
+    target: Target, path: bytes, wanted: Set[bytes] | None = None
+) -> Dict[bytes, Tuple[str, str | None]]:
+    """Path -> (kind, md5 of a regular file or None) for the .deb's data archive, hashing only the
+    `wanted` paths when given. A hard link counts as a regular file with its target's md5 (None
+    when its target was not hashed)."""
+    result: Dict[bytes, Tuple[str, str | None]] = {}
+    for member in members(target, path):
+        if member.kind == "file":
+            digest = _md5(member.fileobj) if wanted is None or member.path in wanted else None
+            result[member.path] = ("file", digest)
+        elif member.kind == "hardlink":
+            result[member.path] = ("file", result.get(member.linkname, ("file", None))[1])
+        else:
+            result[member.path] = (member.kind, None)
+    return result
+
+
+def _md5(fileobj: IO[bytes]) -> str:
+    digest = hashlib.md5()
+    while True:
+        chunk = fileobj.read(_CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+
+
+def cache_name(name: str, version: str, architecture: str) -> bytes:
+    """The file name apt gives a downloaded package: `name_version_arch.deb`, with `:` as `%3a`."""
+    return f"{name}_{version.replace(':', '%3a')}_{architecture}.deb".encode("utf-8", "surrogateescape")
+
+
+def parse_cache_name(filename: bytes) -> Tuple[str, str, str] | None:
+    """(name, version, architecture) from an apt cache file name, or None."""
+    if not filename.endswith(b".deb"):
+        return None
+    parts = filename[: -len(b".deb")].decode("utf-8", "surrogateescape").split("_")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], unquote(parts[1]), parts[2]
