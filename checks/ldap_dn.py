@@ -1,0 +1,169 @@
+"""Distinguished names for the ldap checker: one normal form to compare them, and a compact set of
+their 64-bit hashes, so a directory of millions of entries is checked in a few bytes per entry."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from array import array
+from bisect import bisect_left
+from typing import Dict, Iterable, List
+
+_HEX = set("0123456789abcdefABCDEF")
+_SPACES = re.compile(r"\s+")
+# uniqueMember (Name and Optional UID syntax) may end with "#'0101'B" after the DN.
+_OPTIONAL_UID = re.compile(r"#'[01]*'B$")
+
+
+class BadDn(ValueError):
+    """A value that should be a DN and is not one."""
+
+
+def _split(dn: str) -> List[List[tuple]]:
+    """RDNs as lists of (type, unescaped value) pairs; multi-valued RDNs hold several."""
+    rdns: List[List[tuple]] = []
+    avas: List[tuple] = []
+    kind: str | None = None
+    chunk = bytearray()
+    i = 0
+    while i <= len(dn):
+        char = dn[i] if i < len(dn) else ","
+        if char == "\\" and i + 1 < len(dn):
+            pair = dn[i + 1 : i + 3]
+            if len(pair) == 2 and set(pair) <= _HEX:
+                chunk.append(int(pair, 16))
+                i += 3
+                continue
+            chunk += dn[i + 1].encode("utf-8", "surrogateescape")
+            i += 2
+            continue
+        if char == "=" and kind is None:
+            kind = chunk.decode("utf-8", "replace").strip()
+            chunk = bytearray()
+        elif char in ",;+":
+            if kind is None or not kind:
+                raise BadDn(f"not a DN: {dn!r}")
+            avas.append((kind, chunk.decode("utf-8", "replace")))
+            kind, chunk = None, bytearray()
+            if char != "+":
+                rdns.append(avas)
+                avas = []
+        else:
+            chunk += char.encode("utf-8", "surrogateescape")
+        i += 1
+    return rdns
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\5c").replace(",", "\\2c").replace("+", "\\2b").replace("=", "\\3d")
+
+
+def normalize_dn(dn: str, aliases: Dict[str, str] | None = None) -> str:
+    """The form two DNs share when the server would take them for the same entry: attribute
+    names by their primary name, values without escapes, case and extra spaces (the matching
+    rules of naming attributes are nearly all case-insensitive).
+
+    The root DSE ("") normalizes to "". Raises BadDn for text that is not a DN.
+    """
+    if not dn.strip():
+        return ""
+    aliases = aliases or {}
+    parts = []
+    for rdn in _split(dn):
+        avas = []
+        for kind, value in rdn:
+            kind = kind.lower()
+            kind = aliases.get(kind, kind)
+            value = _SPACES.sub(" ", value.strip()).lower()
+            avas.append(f"{_escape(kind)}={_escape(value)}")
+        parts.append("+".join(sorted(avas)))
+    return ",".join(parts)
+
+
+def reference_dn(value: str) -> str:
+    """The DN inside a DN-valued attribute value (strips uniqueMember's optional UID)."""
+    return _OPTIONAL_UID.sub("", value)
+
+
+def parent_of(normalized: str) -> str:
+    """The parent of a normalized DN ("" for a top-level entry)."""
+    head, _, rest = normalized.partition(",")
+    return rest
+
+
+def within(normalized: str, base: str) -> bool:
+    """Is the normalized DN `base` itself or below it?"""
+    return not base or normalized == base or normalized.endswith("," + base)
+
+
+def dn_hash(normalized: str) -> int:
+    return int.from_bytes(hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class HashSet:
+    """A set of 64-bit hashes in 8 bytes each: append while streaming, then `freeze()` to look up.
+
+    With n entries the chance of any two distinct DNs sharing a hash is about n²/2⁶⁵ (3e-8 for a
+    million entries): a rare false "present" is the price of flat memory."""
+
+    def __init__(self):
+        self._items = array("Q")
+        self._frozen = False
+
+    def add(self, value: int) -> None:
+        self._items.append(value)
+        self._frozen = False
+
+    def update(self, values: Iterable[int]) -> None:
+        self._items.extend(values)
+        self._frozen = False
+
+    def freeze(self) -> HashSet:
+        if not self._frozen:
+            self._items = array("Q", sorted(self._items))
+            self._frozen = True
+        return self
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, value: int) -> bool:
+        self.freeze()
+        index = bisect_left(self._items, value)
+        return index < len(self._items) and self._items[index] == value
+
+    def index(self, value: int) -> int:
+        """The position of `value` in the frozen order, or -1."""
+        self.freeze()
+        index = bisect_left(self._items, value)
+        return index if index < len(self._items) and self._items[index] == value else -1
+
+    def duplicates(self) -> set:
+        """The values added more than once."""
+        self.freeze()
+        items = self._items
+        return {items[i] for i in range(1, len(items)) if items[i] == items[i - 1]}
+
+    def missing_from(self, other: HashSet) -> set:
+        """The distinct values of this set that `other` does not hold."""
+        self.freeze()
+        result = set()
+        previous = None
+        for value in self._items:
+            if value != previous and value not in other:
+                result.add(value)
+            previous = value
+        return result
+
+
+def parent_text(dn: str) -> str:
+    """The parent of a DN as the server wrote it: everything after the first unescaped comma."""
+    i = 0
+    while i < len(dn):
+        if dn[i] == "\\":
+            i += 2
+            continue
+        if dn[i] in ",;":
+            return dn[i + 1 :].strip()
+        i += 1
+    return ""
