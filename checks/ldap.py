@@ -214,7 +214,7 @@ class LdapChecker(Checker):
             yield self.finding(
                 "slapcat-failed",
                 "critical",
-                f"slapcat stopped with status {slapcat.returncode} reading {suffix}"
+                f"slapcat {_ended(slapcat.returncode)} reading {suffix}"
                 + (f": {slapcat.errors.splitlines()[-1]}" if slapcat.errors else ""),
                 subject=suffix,
                 details={
@@ -254,6 +254,10 @@ class LdapChecker(Checker):
                         self.incomplete(f"replica {url} not fully compared under {base}: {error}")
             finally:
                 replica.close()
+
+
+def _ended(returncode: int) -> str:
+    return f"was killed by signal {-returncode}" if returncode < 0 else f"stopped with status {returncode}"
 
 
 def _normal(dn: str, aliases) -> str | None:

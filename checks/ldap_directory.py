@@ -107,7 +107,7 @@ class Directory:
                 user=credentials.bind_dn, password=credentials.password or "", authentication=ldap3.SIMPLE
             )
         elif urlsplit(url).scheme.lower() == "ldapi":
-            options = dict(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL)
+            options = dict(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
         else:
             options = dict(authentication=ldap3.ANONYMOUS)
         self.connection = ldap3.Connection(

@@ -9,6 +9,8 @@ import pytest
 
 from fixtures.corrupt import zero_block
 from fixtures.ldap import (
+    P_LEAF,
+    P_OVERFLOW,
     PASSWORD,
     ROOTDN,
     SUFFIX,
@@ -16,7 +18,7 @@ from fixtures.ldap import (
     directory_ldif,
     entry,
     free_port,
-    overflow_pages,
+    lmdb_pages,
     person,
     write_password,
 )
@@ -138,7 +140,7 @@ def test_damaged_lmdb_page_the_server_skips_is_found_by_slapcat(servers):
     server = servers()
     # Groups with many members are stored on LMDB overflow pages.
     server.slapadd(directory_ldif(people=300, groups=3))
-    pages = overflow_pages(server.data / "data.mdb")
+    pages = lmdb_pages(server.data / "data.mdb", P_OVERFLOW)
     assert pages, "no overflow page to damage"
     zero_block(server.data / "data.mdb", pages[0] * 4096, 4096)
     server.start()
@@ -153,6 +155,49 @@ def test_damaged_lmdb_page_the_server_skips_is_found_by_slapcat(servers):
         f"cn=group{g},ou=groups,{SUFFIX}" for g in range(3)
     }
     assert run.findings("ldap", "entry-not-served")
+
+
+def test_damaged_lmdb_page_the_server_fails_on_is_a_search_failure(servers):
+    server = servers()
+    server.slapadd(directory_ldif(people=30, groups=3))
+    pages = lmdb_pages(server.data / "data.mdb", P_LEAF, b"inetOrgPerson")
+    assert len(pages) > 2, "no id2entry page to damage"
+    zero_block(server.data / "data.mdb", pages[1] * 4096, 4096)
+    server.start()
+    run = audit(server)
+    assert run.code == 2, run.stdout
+    [failed] = run.findings("ldap", "search-failed")
+    assert failed["details"]["result"] == 80
+    assert 0 < failed["details"]["entries_read"] < 36
+    # What was read is not proof of anything: the check says it could not see everything.
+    assert "not checked" in run.check("ldap")["reason"]
+
+
+def test_ldapi_with_sasl_external_as_root(servers):
+    server = servers(ldapi=True)
+    server.slapadd(directory_ldif())
+    server.start()
+    run = fsaudit(
+        "audit",
+        "--check",
+        "ldap",
+        "--format",
+        "json",
+        "--set",
+        f"ldap.url={server.ldapi_url}",
+        "--set",
+        f"ldap.slapd_config={server.config}",
+    )
+    check = run.check("ldap")
+    assert run.code == 0, run.stdout
+    assert check["stats"]["entries_read"] == check["stats"]["slapcat_entries"] == 10
+
+
+def test_without_url_under_root_it_says_how_to_point_it_at_a_server(tmp_path):
+    run = fsaudit("audit", "--root", tmp_path, "--check", "ldap", "--format", "json")
+    check = run.check("ldap")
+    assert check["status"] == "skipped"
+    assert "ldap.url" in check["reason"]
 
 
 def test_wrong_password_is_unknown_not_damage(servers):
@@ -206,6 +251,9 @@ def test_provider_restored_from_an_old_copy_is_found_by_its_replica(servers):
     consumer = servers("consumer", provider_url=provider.url, server_id=2)
     consumer.start()
     _wait_for(lambda: consumer.count() == 12)
+    run = audit(provider, f"ldap.replica_urls={consumer.url}", slapcat=False)
+    assert run.code == 0, run.stdout
+    assert run.check("ldap")["stats"]["replica_entries_compared"] == 12
     # The provider's disk goes back to the old copy: its last writes are lost; the replica keeps them.
     provider.stop()
     shutil.rmtree(provider.data)
