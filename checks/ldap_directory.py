@@ -141,11 +141,15 @@ class Directory:
         except Exception:  # closing a broken connection is best effort
             pass
 
-    def read(self, dn: str, attributes: List[str]) -> Dict[str, list] | None:
+    def read(self, dn: str, attributes: List[str], where: str = "(objectClass=*)") -> Dict[str, list] | None:
         """The raw attributes of one entry, or None when it does not exist."""
         import ldap3
+        from ldap3.core.exceptions import LDAPException
 
-        self.connection.search(dn, "(objectClass=*)", ldap3.BASE, attributes=attributes)
+        try:
+            self.connection.search(dn, where, ldap3.BASE, attributes=attributes)
+        except LDAPException as error:
+            raise SearchFailed(-1, type(error).__name__, str(error), 0) from None
         result = self.connection.result or {}
         if result.get("result") == 32:
             return None
@@ -167,24 +171,12 @@ class Directory:
 
     def schema(self) -> Schema:
         """The server's own schema, from its subschema subentry."""
-        where = self.root_dse().get("subschemaSubentry") or [b"cn=Subschema"]
-        import ldap3
-
-        self.connection.search(
-            text(where[0]),
-            "(objectClass=subschema)",
-            ldap3.BASE,
-            attributes=["attributeTypes", "objectClasses"],
-        )
-        for item in self.connection.response or []:
-            if item.get("type") == "searchResEntry":
-                raw = item.get("raw_attributes") or {}
-                schema = Schema.from_definitions(
-                    _values(raw, "attributeTypes"), _values(raw, "objectClasses")
-                )
-                if schema.attributes and schema.classes:
-                    return schema
-        raise Unreachable(f"cannot read the schema of {self.url} from {text(where[0])}")
+        where = text((self.root_dse().get("subschemaSubentry") or [b"cn=Subschema"])[0])
+        raw = self.read(where, ["attributeTypes", "objectClasses"], "(objectClass=subschema)") or {}
+        schema = Schema.from_definitions(_values(raw, "attributeTypes"), _values(raw, "objectClasses"))
+        if not (schema.attributes and schema.classes):
+            raise Unreachable(f"cannot read the schema of {self.url} from {where}")
+        return schema
 
     def entries(self, base: str, attributes: List[str], page_size: int = 500) -> Iterator[dict]:
         """Every entry at and below `base`, page by page; raises SearchFailed when the server ends

@@ -12,11 +12,22 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator, List
 
-from fsaudit_checks.ldap_directory import text
+from fsaudit_checks.ldap_directory import is_local, text
+from fsaudit_checks.ldap_dn import HashSet, dn_hash, within
+from fsaudit_checks.ldap_entries import normal
 
 CONFIGS = ("/etc/ldap/slapd.d", "/etc/openldap/slapd.d", "/etc/ldap/slapd.conf", "/etc/openldap/slapd.conf")
 MAX_CONFIG = 4 << 20
 STDERR_KEPT = 4096
+REIMPORT = (
+    "the server's indexes no longer reach this entry: stop slapd, export with slapcat, check the export "
+    "and re-import it with slapadd into a fresh database, or restore from backup; if the bind DN may not "
+    "read every entry, audit as the rootdn or as root over ldapi first"
+)
+DAMAGED_DATABASE = (
+    "the database is damaged: stop slapd, keep a copy of its files, export what slapcat can read, and "
+    "restore the directory from a backup (or re-import the export into a fresh database)"
+)
 
 
 @dataclass
@@ -156,3 +167,86 @@ def _dn_value(line: bytes) -> str:
         except ValueError:
             return text(value[1:].strip())
     return text(value.strip())
+
+
+def _ended(returncode: int) -> str:
+    return f"was killed by signal {-returncode}" if returncode < 0 else f"stopped with status {returncode}"
+
+
+def _databases(config: SlapdConfig, base_key: str, aliases) -> List[str]:
+    """The suffixes whose databases hold entries under `base`: the one that contains it and any
+    database mounted below it (a search of the base spans them all; slapcat reads one at a time)."""
+    result = []
+    for suffix in config.suffixes:
+        key = normal(suffix, aliases)
+        if key and (within(base_key, key) or within(key, base_key)):
+            result.append(suffix)
+    return result
+
+
+def compare(checker, target, url: str, base: str, served: HashSet, aliases) -> Iterator:
+    """Findings for the entries slapcat reads under `base` that the server did not return (their
+    hashes are in `served`), slapcat's own errors, and the two counts."""
+    explicit = checker.settings["slapd_config"] or ""
+    if not target.live or os.geteuid() != 0 or not (explicit or is_local(url)):
+        checker.stats["slapcat"] = "not run: needs root on the machine that runs slapd (no --root)"
+        return
+    config = find_config(target, explicit)
+    program = slapcat_program()
+    if not config or not program:
+        checker.stats["slapcat"] = "not run: " + (
+            "slapcat is missing" if config else "no slapd configuration"
+        )
+        return
+    base_key = normal(base, aliases)
+    suffixes = _databases(config, base_key, aliases) if base_key is not None else []
+    if not suffixes:
+        checker.stats["slapcat"] = f"not run: {config.path} holds no database for {base}"
+        return
+    found = 0
+    commands = []
+    for suffix in suffixes:
+        slapcat = Slapcat(program, config, suffix)
+        commands.append(" ".join(slapcat.command))
+        read = 0
+        for dn in slapcat.dns():
+            key = normal(dn, aliases)
+            if key is None or not within(key, base_key):
+                continue
+            read += 1
+            if dn_hash(key) not in served:
+                yield checker.finding(
+                    "entry-not-served",
+                    "critical",
+                    f"{dn} is in the database (slapcat) but the server does not return it",
+                    subject=dn,
+                    details={"dn": dn, "url": url, "config": config.path},
+                    advice=REIMPORT,
+                )
+        found += read
+        if slapcat.returncode:
+            last = slapcat.errors.splitlines()[-1] if slapcat.errors else ""
+            yield checker.finding(
+                "slapcat-failed",
+                "critical",
+                f"slapcat {_ended(slapcat.returncode)} reading {suffix}" + (f": {last}" if last else ""),
+                subject=suffix,
+                details={
+                    "command": slapcat.command,
+                    "status": slapcat.returncode,
+                    "stderr": slapcat.errors,
+                    "entries_read": read,
+                },
+                advice=DAMAGED_DATABASE,
+            )
+    checker.count("slapcat_entries", found)
+    checker.stats["slapcat"] = "compared with " + "; ".join(commands)
+    if found != len(served):
+        yield checker.finding(
+            "entry-count-differs",
+            "critical",
+            f"the server returns {len(served)} entries under {base}, slapcat finds {found} in its database",
+            subject=base,
+            details={"base": base, "served": len(served), "slapcat": found, "url": url},
+            advice=REIMPORT.replace("this entry", "every entry"),
+        )

@@ -1,0 +1,210 @@
+"""The entries of one naming context, read once while streaming: each against the schema, and
+the DNs they name (parents, references) and their entryUUIDs kept as 64-bit hashes, so checking
+references and duplicates costs a few bytes per entry. A second read names the culprits, only
+when something is missing or duplicated."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List
+
+from fsaudit_checks.ldap_directory import Directory, SearchFailed, text
+from fsaudit_checks.ldap_dn import (
+    BadDn,
+    HashSet,
+    dn_hash,
+    normalize_dn,
+    parent_of,
+    parent_text,
+    reference_dn,
+    within,
+)
+from fsaudit_checks.ldap_schema import Schema
+
+REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
+MAX_DUPLICATES_LISTED = 100
+RESTORE = "restore the entry from a backup (or an LDIF export) with ldapmodify, or fix it by hand"
+
+
+def normal(dn: str, aliases) -> str | None:
+    """The normal form of `dn`, or None when it is not a DN."""
+    try:
+        return normalize_dn(dn, aliases)
+    except BadDn:
+        return None
+
+
+class EntriesAudit:
+    """One naming context: schema per entry while streaming, then references, parents and
+    entryUUIDs from hashes (a second pass names the culprits only when something is missing)."""
+
+    def __init__(self, checker, directory: Directory, schema: Schema | None, base: str, key: str):
+        self.checker = checker
+        self.directory = directory
+        self.schema = schema
+        self.base = base
+        self.key = key
+        self.aliases = schema.aliases if schema else {}
+        self.dns = HashSet()
+        self.wanted = HashSet()
+        self.uuids = HashSet()
+        self.references = self._reference_keys(checker.settings["reference_attributes"])
+
+    def _reference_keys(self, names: List[str]) -> set:
+        keys = {self.aliases.get(n.lower(), n.lower()) for n in names}
+        if self.schema:
+            keys |= self.schema.dn_valued()
+        return keys
+
+    def _attribute_key(self, name: str) -> str:
+        attribute = self.schema.attribute(name) if self.schema else None
+        return attribute.key if attribute else name.split(";", 1)[0].lower()
+
+    def _read(self, attributes: List[str]):
+        return self.directory.entries(self.base, attributes, self.checker.settings["page_size"])
+
+    def run(self) -> Iterator:
+        checker = self.checker
+        try:
+            for item in self._read(["*", "entryUUID"]):
+                yield from self._first_pass(item)
+        except SearchFailed as error:
+            yield from self._search_failed(error)
+            return
+        missing = self.wanted.missing_from(self.dns.freeze())
+        duplicates = self.uuids.duplicates()
+        if not missing and not duplicates:
+            return
+        try:
+            yield from self._second_pass(missing, duplicates)
+        except SearchFailed as error:
+            checker.incomplete(
+                f"second read of {self.base} failed ({error}): some damage is not listed by name"
+            )
+
+    def _search_failed(self, error: SearchFailed) -> Iterator:
+        reason = f"the server stopped returning {self.base} after {error.entries} entries: {error}"
+        if error.damage:
+            yield self.checker.finding(
+                "search-failed",
+                "critical",
+                reason,
+                subject=self.base,
+                details={
+                    "base": self.base,
+                    "url": self.directory.url,
+                    "result": error.code,
+                    "description": error.description,
+                    "entries_read": error.entries,
+                },
+                advice="the server cannot read part of its database: stop slapd, keep a copy of its files, "
+                "export what slapcat can read and restore the directory from a backup",
+            )
+        self.checker.incomplete(reason + "; references and parents were not checked")
+
+    def _first_pass(self, item: dict) -> Iterator:
+        checker = self.checker
+        dn = item["dn"]
+        raw: Dict[str, list] = item.get("raw_attributes") or {}
+        checker.count("entries_read")
+        key = normal(dn, self.aliases)
+        if key is None:
+            checker.count("entries_with_unreadable_dn")
+            return
+        self.dns.add(dn_hash(key))
+        if key != self.key:
+            self.wanted.add(dn_hash(parent_of(key)))
+        if self.schema:
+            for problem in self.schema.check({k: v for k, v in raw.items() if k.lower() != "entryuuid"}):
+                yield checker.finding(
+                    problem.code,
+                    "critical",
+                    f"{dn}: {problem.message}",
+                    subject=dn,
+                    details={"dn": dn, "attribute": problem.attribute},
+                    advice=RESTORE,
+                )
+        for name, values in raw.items():
+            attribute = self._attribute_key(name)
+            if attribute == "entryuuid":
+                for value in values:
+                    self.uuids.add(dn_hash(text(value).strip().lower()))
+            elif attribute in self.references:
+                yield from self._note_references(dn, name, values)
+
+    def _note_references(self, dn: str, name: str, values: list) -> Iterator:
+        checker = self.checker
+        for value in values:
+            target = reference_dn(text(value))
+            key = normal(target, self.aliases)
+            if key is None:
+                yield checker.finding(
+                    "dangling-reference",
+                    "critical",
+                    f"{dn}: {name} holds {target!r}, which is not a DN",
+                    subject=dn,
+                    details={"dn": dn, "attribute": name, "target": target},
+                    advice=f"restore the value from a backup, or remove it from {name}",
+                )
+            elif within(key, self.key):
+                checker.count("references_checked")
+                self.wanted.add(dn_hash(key))
+            else:
+                checker.count("references_outside_base")
+
+    def _second_pass(self, missing: set, duplicates: set) -> Iterator:
+        checker = self.checker
+        names = sorted(self.references) + ["entryUUID"]
+        holders: Dict[int, List[str]] = {}
+        uuid_text: Dict[int, str] = {}
+        for item in self._read(names):
+            dn = item["dn"]
+            key = normal(dn, self.aliases)
+            if key is None:
+                continue
+            if key != self.key and dn_hash(parent_of(key)) in missing:
+                parent = parent_text(dn)
+                yield checker.finding(
+                    "orphan-entry",
+                    "critical",
+                    f"{dn}: its parent {parent} does not exist",
+                    subject=dn,
+                    details={"dn": dn, "parent": parent},
+                    advice=f"restore {parent} from a backup; until then searches below it miss this entry",
+                )
+            for name, values in (item.get("raw_attributes") or {}).items():
+                attribute = self._attribute_key(name)
+                if attribute == "entryuuid":
+                    for value in values:
+                        hashed = dn_hash(text(value).strip().lower())
+                        if (
+                            hashed in duplicates
+                            and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED
+                        ):
+                            holders[hashed].append(dn)
+                            uuid_text[hashed] = text(value)
+                elif attribute in self.references:
+                    yield from self._dangling(dn, name, values, missing)
+        for hashed, dns in holders.items():
+            yield checker.finding(
+                "duplicate-entry-uuid",
+                "critical",
+                f"{len(dns)} entries share the entryUUID {uuid_text[hashed]}: {'; '.join(dns)}",
+                subject=uuid_text[hashed],
+                details={"entry_uuid": uuid_text[hashed], "dns": dns},
+                advice="entries lost their own identity (an old copy of one came back?): keep the right one, "
+                "restore the others from a backup; replication cannot tell them apart until then",
+            )
+
+    def _dangling(self, dn: str, name: str, values: list, missing: set) -> Iterator:
+        for value in values:
+            target = reference_dn(text(value))
+            key = normal(target, self.aliases)
+            if key is not None and within(key, self.key) and dn_hash(key) in missing:
+                yield self.checker.finding(
+                    "dangling-reference",
+                    "critical",
+                    f"{dn}: {name} points at {target}, which does not exist",
+                    subject=dn,
+                    details={"dn": dn, "attribute": name, "target": target},
+                    advice=f"restore {target} from a backup, or remove the reference from {name} of {dn}",
+                )
