@@ -10,7 +10,7 @@ from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.ldap_directory import Credentials, Directory, SearchFailed, Unreachable, ldapi_socket
-from fsaudit_checks.ldap_dn import BadDn, normalize_dn
+from fsaudit_checks.ldap_dn import DnNames
 from fsaudit_checks.ldap_entries import REFERENCES, EntriesAudit
 from fsaudit_checks.ldap_replica import compare as replica_compare
 from fsaudit_checks.ldap_schema import Schema
@@ -131,7 +131,7 @@ class LdapChecker(Checker):
         except (Unreachable, SearchFailed) as error:
             schema = None
             self.incomplete(f"{error}: entries were not checked against the schema")
-        aliases = schema.aliases if schema else {}
+        names = DnNames(schema.aliases if schema else {})
         try:
             bases = self.settings["base"] or directory.naming_contexts()
         except (Unreachable, SearchFailed) as error:
@@ -141,18 +141,19 @@ class LdapChecker(Checker):
             self.incomplete(f"{directory.url} lists no naming contexts: set ldap.base")
             return
         for base in bases:
-            try:
-                base_key = normalize_dn(base, aliases)
-            except BadDn:
+            base_key = names.key(base)
+            if base_key is None:
                 self.incomplete(f"ldap.base {base!r} is not a DN")
                 continue
-            audit = EntriesAudit(self, directory, schema, base, base_key)
+            audit = EntriesAudit(self, directory, schema, names, base, base_key)
             yield from audit.run()
             if self.settings["slapcat"]:
-                yield from slapcat_compare(self, target, directory.url, base, audit.dns, aliases)
-        yield from self._replicas(directory, credentials, bases, aliases)
+                yield from slapcat_compare(self, target, directory.url, base, audit.dns, names)
+        yield from self._replicas(directory, credentials, bases, names)
 
-    def _replicas(self, provider: Directory, credentials: Credentials, bases: List[str], aliases) -> Iterator:
+    def _replicas(
+        self, provider: Directory, credentials: Credentials, bases: List[str], names: DnNames
+    ) -> Iterator:
         for url in self.settings["replica_urls"]:
             try:
                 replica = Directory(url, credentials)
@@ -163,7 +164,7 @@ class LdapChecker(Checker):
                 for base in bases:
                     try:
                         yield from replica_compare(
-                            self, provider, replica, base, aliases, self.settings["page_size"]
+                            self, provider, replica, base, names, self.settings["page_size"]
                         )
                     except SearchFailed as error:
                         self.incomplete(f"replica {url} not fully compared under {base}: {error}")

@@ -58,26 +58,63 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\5c").replace(",", "\\2c").replace("+", "\\2b").replace("=", "\\3d")
 
 
-def normalize_dn(dn: str, aliases: Dict[str, str] | None = None) -> str:
-    """The form two DNs share when the server would take them for the same entry: attribute
-    names by their primary name, values without escapes, case and extra spaces (the matching
-    rules of naming attributes are nearly all case-insensitive).
+_FAST_UNSAFE = set('\\+;"')
+MAX_CACHED_RDNS = 1 << 16
 
-    The root DSE ("") normalizes to "". Raises BadDn for text that is not a DN.
-    """
-    if not dn.strip():
-        return ""
-    aliases = aliases or {}
-    parts = []
-    for rdn in _split(dn):
-        avas = []
-        for kind, value in rdn:
-            kind = kind.lower()
-            kind = aliases.get(kind, kind)
+
+class DnNames:
+    """Normal forms of DNs: attribute names by their primary name in one schema (`aliases`: lower
+    case name or OID -> primary name), values without escapes, case and extra spaces (the matching
+    rules of naming attributes are nearly all case-insensitive). Repeated RDNs (`ou=people`,
+    `dc=com`) are normalized once."""
+
+    def __init__(self, aliases: Dict[str, str] | None = None):
+        self.aliases = aliases or {}
+        self._rdns: Dict[str, str] = {}
+
+    def attribute(self, name: str) -> str:
+        name = name.lower()
+        return self.aliases.get(name, name)
+
+    def normal(self, dn: str) -> str:
+        """The normal form of `dn` ("" for the root DSE); raises BadDn for text that is not a DN."""
+        if not dn.strip():
+            return ""
+        if _FAST_UNSAFE.isdisjoint(dn):
+            return ",".join(self._fast_rdn(rdn, dn) for rdn in dn.split(","))
+        return ",".join(self._rdn(rdn) for rdn in _split(dn))
+
+    def key(self, dn: str) -> str | None:
+        """The normal form of `dn`, or None when it is not a DN."""
+        try:
+            return self.normal(dn)
+        except BadDn:
+            return None
+
+    def _fast_rdn(self, rdn: str, dn: str) -> str:
+        # Single-valued RDN without escapes: the common case, cached.
+        cached = self._rdns.get(rdn)
+        if cached is None:
+            kind, equals, value = rdn.partition("=")
+            if not equals or not kind.strip():
+                raise BadDn(f"not a DN: {dn!r}")
+            cached = self._rdn([(kind.strip(), value)])
+            if len(self._rdns) >= MAX_CACHED_RDNS:
+                self._rdns.clear()
+            self._rdns[rdn] = cached
+        return cached
+
+    def _rdn(self, avas: List[tuple]) -> str:
+        parts = []
+        for kind, value in avas:
             value = _SPACES.sub(" ", value.strip()).lower()
-            avas.append(f"{_escape(kind)}={_escape(value)}")
-        parts.append("+".join(sorted(avas)))
-    return ",".join(parts)
+            parts.append(f"{_escape(self.attribute(kind))}={_escape(value)}")
+        return "+".join(sorted(parts))
+
+
+def normalize_dn(dn: str, aliases: Dict[str, str] | None = None) -> str:
+    """The normal form of one DN (see DnNames); raises BadDn for text that is not a DN."""
+    return DnNames(aliases).normal(dn)
 
 
 def reference_dn(value: str) -> str:

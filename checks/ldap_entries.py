@@ -9,10 +9,9 @@ from typing import Dict, Iterator, List
 
 from fsaudit_checks.ldap_directory import Directory, SearchFailed, text
 from fsaudit_checks.ldap_dn import (
-    BadDn,
+    DnNames,
     HashSet,
     dn_hash,
-    normalize_dn,
     parent_of,
     parent_text,
     reference_dn,
@@ -25,32 +24,26 @@ MAX_DUPLICATES_LISTED = 100
 RESTORE = "restore the entry from a backup (or an LDIF export) with ldapmodify, or fix it by hand"
 
 
-def normal(dn: str, aliases) -> str | None:
-    """The normal form of `dn`, or None when it is not a DN."""
-    try:
-        return normalize_dn(dn, aliases)
-    except BadDn:
-        return None
-
-
 class EntriesAudit:
     """One naming context: schema per entry while streaming, then references, parents and
     entryUUIDs from hashes (a second pass names the culprits only when something is missing)."""
 
-    def __init__(self, checker, directory: Directory, schema: Schema | None, base: str, key: str):
+    def __init__(
+        self, checker, directory: Directory, schema: Schema | None, names: DnNames, base: str, key: str
+    ):
         self.checker = checker
         self.directory = directory
         self.schema = schema
         self.base = base
         self.key = key
-        self.aliases = schema.aliases if schema else {}
+        self.names = names
         self.dns = HashSet()
         self.wanted = HashSet()
         self.uuids = HashSet()
         self.references = self._reference_keys(checker.settings["reference_attributes"])
 
     def _reference_keys(self, names: List[str]) -> set:
-        keys = {self.aliases.get(n.lower(), n.lower()) for n in names}
+        keys = {self.names.attribute(n) for n in names}
         if self.schema:
             keys |= self.schema.dn_valued()
         return keys
@@ -106,7 +99,7 @@ class EntriesAudit:
         dn = item["dn"]
         raw: Dict[str, list] = item.get("raw_attributes") or {}
         checker.count("entries_read")
-        key = normal(dn, self.aliases)
+        key = self.names.key(dn)
         if key is None:
             checker.count("entries_with_unreadable_dn")
             return
@@ -135,7 +128,7 @@ class EntriesAudit:
         checker = self.checker
         for value in values:
             target = reference_dn(text(value))
-            key = normal(target, self.aliases)
+            key = self.names.key(target)
             if key is None:
                 yield checker.finding(
                     "dangling-reference",
@@ -158,7 +151,7 @@ class EntriesAudit:
         uuid_text: Dict[int, str] = {}
         for item in self._read(names):
             dn = item["dn"]
-            key = normal(dn, self.aliases)
+            key = self.names.key(dn)
             if key is None:
                 continue
             if key != self.key and dn_hash(parent_of(key)) in missing:
@@ -198,7 +191,7 @@ class EntriesAudit:
     def _dangling(self, dn: str, name: str, values: list, missing: set) -> Iterator:
         for value in values:
             target = reference_dn(text(value))
-            key = normal(target, self.aliases)
+            key = self.names.key(target)
             if key is not None and within(key, self.key) and dn_hash(key) in missing:
                 yield self.checker.finding(
                     "dangling-reference",

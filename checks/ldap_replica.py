@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Dict, Iterator, Tuple
 
 from fsaudit_checks.ldap_directory import Directory, text
-from fsaudit_checks.ldap_dn import BadDn, dn_hash, normalize_dn
+from fsaudit_checks.ldap_dn import DnNames, dn_hash
 
 # 20261121195301.591814Z#000000#000#000000: time, change count, server id, modification count
 _CSN = re.compile(r"^(\d{14})(?:\.(\d{1,6}))?Z#([0-9a-fA-F]+)#([0-9a-fA-F]+)#([0-9a-fA-F]+)$")
@@ -95,20 +95,21 @@ def _csn_of(item: dict) -> str:
     return ""
 
 
-def compare(checker, provider: Directory, replica: Directory, base: str, aliases, page_size: int) -> Iterator:
+def compare(
+    checker, provider: Directory, replica: Directory, base: str, names: DnNames, page_size: int
+) -> Iterator:
     """Findings for `replica` against `provider` under `base`."""
     yield from _compare_context(checker, provider, replica, base)
     index = CsnIndex()
     for item in provider.entries(base, ["entryCSN"], page_size):
-        hashed = _hash(item["dn"], aliases)
+        hashed = _hash(item["dn"], names)
         if hashed is not None:
             index.add(hashed, csn_key(_csn_of(item)))
     index.freeze()
-    subject = f"{replica.url} {base}"
     for item in replica.entries(base, ["entryCSN"], page_size):
         checker.count("replica_entries_compared")
         dn = item["dn"]
-        hashed = _hash(dn, aliases)
+        hashed = _hash(dn, names)
         if hashed is None:
             continue
         position = index.find(hashed)
@@ -158,13 +159,13 @@ def compare(checker, provider: Directory, replica: Directory, base: str, aliases
                 advice=RESYNC,
             )
     if index.seen.count(0):
-        yield from _missing_on_replica(checker, provider, replica, base, aliases, page_size, index, subject)
+        yield from _missing_on_replica(checker, provider, replica, base, names, page_size, index)
 
 
-def _missing_on_replica(checker, provider, replica, base, aliases, page_size, index, subject) -> Iterator:
+def _missing_on_replica(checker, provider, replica, base, names, page_size, index) -> Iterator:
     # A second pass over the provider names the entries the replica lacks: only their hashes were kept.
     for item in provider.entries(base, ["1.1"], page_size):
-        hashed = _hash(item["dn"], aliases)
+        hashed = _hash(item["dn"], names)
         position = index.find(hashed) if hashed is not None else -1
         if position >= 0 and not index.seen[position]:
             index.seen[position] = 1
@@ -208,8 +209,6 @@ def _compare_context(checker, provider: Directory, replica: Directory, base: str
             )
 
 
-def _hash(dn: str, aliases) -> int | None:
-    try:
-        return dn_hash(normalize_dn(dn, aliases))
-    except BadDn:
-        return None
+def _hash(dn: str, names: DnNames) -> int | None:
+    key = names.key(dn)
+    return None if key is None else dn_hash(key)

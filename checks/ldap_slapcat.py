@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -13,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List
 
 from fsaudit_checks.ldap_directory import is_local, text
-from fsaudit_checks.ldap_dn import HashSet, dn_hash, within
-from fsaudit_checks.ldap_entries import normal
+from fsaudit_checks.ldap_dn import DnNames, HashSet, dn_hash, within
 
 CONFIGS = ("/etc/ldap/slapd.d", "/etc/openldap/slapd.d", "/etc/ldap/slapd.conf", "/etc/openldap/slapd.conf")
 MAX_CONFIG = 4 << 20
@@ -142,30 +142,33 @@ class Slapcat:
             self.errors = tail.decode("utf-8", "replace").strip()
 
 
-def _dns(stream) -> Iterator[str]:
-    """The DNs of the records in an LDIF stream, one line at a time (folded lines joined)."""
-    pending: bytes | None = None
-    for line in stream:
-        line = line.rstrip(b"\r\n")
-        if pending is not None:
-            if line.startswith(b" "):
-                pending += line[1:]
-                continue
-            yield _dn_value(pending)
-            pending = None
-        if line[:3].lower() == b"dn:":
-            pending = line
-    if pending is not None:
-        yield _dn_value(pending)
+_DN_LINE = re.compile(rb"^dn:(:?)[ ]*(.*(?:\n .*)*)", re.M | re.I)
 
 
-def _dn_value(line: bytes) -> str:
-    value = line[3:]
-    if value.startswith(b":"):
+def _dns(stream, chunk_size: int = 1 << 20) -> Iterator[str]:
+    """The DNs of the records in an LDIF stream, read in large chunks (folded lines joined)."""
+    pending = b""
+    while True:
+        chunk = stream.read(chunk_size)
+        data = pending + chunk if chunk else pending
+        # Only whole records: cut after the last blank line unless this is the end.
+        cut = data.rfind(b"\n\n") + 2 if chunk else len(data)
+        if chunk and cut < 2:
+            pending = data
+            continue
+        for match in _DN_LINE.finditer(data, 0, cut):
+            yield _dn_value(match.group(1), match.group(2).replace(b"\r", b"").replace(b"\n ", b""))
+        pending = data[cut:]
+        if not chunk:
+            return
+
+
+def _dn_value(encoded: bytes, value: bytes) -> str:
+    if encoded:
         try:
-            return base64.b64decode(value[1:].strip()).decode("utf-8", "replace")
+            return base64.b64decode(value.strip()).decode("utf-8", "replace")
         except ValueError:
-            return text(value[1:].strip())
+            return text(value.strip())
     return text(value.strip())
 
 
@@ -173,18 +176,18 @@ def _ended(returncode: int) -> str:
     return f"was killed by signal {-returncode}" if returncode < 0 else f"stopped with status {returncode}"
 
 
-def _databases(config: SlapdConfig, base_key: str, aliases) -> List[str]:
+def _databases(config: SlapdConfig, base_key: str, names: DnNames) -> List[str]:
     """The suffixes whose databases hold entries under `base`: the one that contains it and any
     database mounted below it (a search of the base spans them all; slapcat reads one at a time)."""
     result = []
     for suffix in config.suffixes:
-        key = normal(suffix, aliases)
+        key = names.key(suffix)
         if key and (within(base_key, key) or within(key, base_key)):
             result.append(suffix)
     return result
 
 
-def compare(checker, target, url: str, base: str, served: HashSet, aliases) -> Iterator:
+def compare(checker, target, url: str, base: str, served: HashSet, names: DnNames) -> Iterator:
     """Findings for the entries slapcat reads under `base` that the server did not return (their
     hashes are in `served`), slapcat's own errors, and the two counts."""
     explicit = checker.settings["slapd_config"] or ""
@@ -198,8 +201,8 @@ def compare(checker, target, url: str, base: str, served: HashSet, aliases) -> I
             "slapcat is missing" if config else "no slapd configuration"
         )
         return
-    base_key = normal(base, aliases)
-    suffixes = _databases(config, base_key, aliases) if base_key is not None else []
+    base_key = names.key(base)
+    suffixes = _databases(config, base_key, names) if base_key is not None else []
     if not suffixes:
         checker.stats["slapcat"] = f"not run: {config.path} holds no database for {base}"
         return
@@ -210,7 +213,7 @@ def compare(checker, target, url: str, base: str, served: HashSet, aliases) -> I
         commands.append(" ".join(slapcat.command))
         read = 0
         for dn in slapcat.dns():
-            key = normal(dn, aliases)
+            key = names.key(dn)
             if key is None or not within(key, base_key):
                 continue
             read += 1

@@ -150,11 +150,14 @@ def test_slapcat_ldif_dns_folded_and_base64():
         b"dn: cn=a very long name that slapcat folded,ou=peo\n ple,dc=example,dc=com\ncn: x\n\n"
         b"dn:: Y249Q2Fmw6ksZGM9ZXhhbXBsZSxkYz1jb20=\ncn: y\n"
     )
-    assert list(_dns(io.BytesIO(ldif))) == [
+    expected = [
         "dc=example,dc=com",
         "cn=a very long name that slapcat folded,ou=people,dc=example,dc=com",
         "cn=Café,dc=example,dc=com",
     ]
+    assert list(_dns(io.BytesIO(ldif))) == expected
+    for size in (1, 7, 40):
+        assert list(_dns(io.BytesIO(ldif), chunk_size=size)) == expected
 
 
 def test_suffixes_from_slapd_conf_and_slapd_d(tmp_path):
