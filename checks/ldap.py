@@ -5,7 +5,9 @@ and replicas that disagree with their provider."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
@@ -16,6 +18,16 @@ from fsaudit_checks.ldap_replica import compare as replica_compare
 from fsaudit_checks.ldap_schema import Schema
 from fsaudit_checks.ldap_slapcat import compare as slapcat_compare
 from fsaudit_checks.ldap_slapcat import find_config
+
+
+def read_secret(path: str) -> str:
+    """The first line of a secret file; a FIFO or device there is refused rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        line = handle.read(65536).split(b"\n", 1)[0]
+    return line.rstrip(b"\r").decode("utf-8")
 
 
 class LdapChecker(Checker):
@@ -49,6 +61,7 @@ class LdapChecker(Checker):
             kind=bool,
             default=True,
         ),
+        Option("slapcat_timeout", "seconds after which slapcat is stopped", kind=float, default=3600.0),
         Option("page_size", "entries per page of the paged searches", kind=int, default=500),
         Option("timeout", "seconds to wait for a server", kind=float, default=30.0),
     )
@@ -115,10 +128,10 @@ class LdapChecker(Checker):
         path = self.settings["password_file"]
         if path:
             try:
-                with open(path, encoding="utf-8") as handle:
-                    credentials.password = handle.readline().rstrip("\r\n")
+                credentials.password = read_secret(path)
             except (OSError, UnicodeDecodeError) as error:
-                self.incomplete(f"cannot read ldap.password_file {path}: {error.__class__.__name__}")
+                reason = getattr(error, "strerror", None) or type(error).__name__
+                self.incomplete(f"cannot read ldap.password_file {path}: {reason}")
                 return None
         if credentials.bind_dn and credentials.password is None:
             self.incomplete("ldap.bind_dn is set but ldap.password_file is not")

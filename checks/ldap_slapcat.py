@@ -113,12 +113,15 @@ def slapcat_program() -> str | None:
 
 
 class Slapcat:
-    """One `slapcat -b SUFFIX` run: iterate `dns()`, then read `returncode` and `errors`."""
+    """One `slapcat -b SUFFIX` run: iterate `dns()`, then read `returncode`, `errors` and whether
+    it was stopped for taking longer than `limit` seconds (`timed_out`)."""
 
-    def __init__(self, program: str, config: SlapdConfig, suffix: str):
+    def __init__(self, program: str, config: SlapdConfig, suffix: str, limit: float = 3600):
         self.command = [program, *config.slapcat_arguments(), "-b", suffix, "-o", "ldif_wrap=no"]
+        self.limit = limit
         self.returncode: int | None = None
         self.errors = ""
+        self.timed_out = False
 
     def dns(self) -> Iterator[str]:
         process = subprocess.Popen(
@@ -131,13 +134,21 @@ class Slapcat:
                 tail.extend(chunk)
                 del tail[:-STDERR_KEPT]
 
+        def stop():
+            self.timed_out = True
+            process.kill()
+
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
+        timer = threading.Timer(self.limit, stop)
+        timer.daemon = True
+        timer.start()
         try:
             yield from _dns(process.stdout)
         finally:
             process.stdout.close()
             self.returncode = process.wait()
+            timer.cancel()
             reader.join(10)
             self.errors = tail.decode("utf-8", "replace").strip()
 
@@ -176,15 +187,15 @@ def _ended(returncode: int) -> str:
     return f"was killed by signal {-returncode}" if returncode < 0 else f"stopped with status {returncode}"
 
 
-def _databases(config: SlapdConfig, base_key: str, names: DnNames) -> List[str]:
-    """The suffixes whose databases hold entries under `base`: the one that contains it and any
-    database mounted below it (a search of the base spans them all; slapcat reads one at a time)."""
-    result = []
+def _database(config: SlapdConfig, base_key: str, names: DnNames) -> str | None:
+    """The suffix of the database that holds `base`: the most specific one containing it. slapcat
+    reads the databases glued below it too, as a search of the server does."""
+    best, best_key = None, None
     for suffix in config.suffixes:
         key = names.key(suffix)
-        if key and (within(base_key, key) or within(key, base_key)):
-            result.append(suffix)
-    return result
+        if key is not None and within(base_key, key) and (best_key is None or len(key) > len(best_key)):
+            best, best_key = suffix, key
+    return best
 
 
 def compare(checker, target, url: str, base: str, served: HashSet, names: DnNames) -> Iterator:
@@ -202,48 +213,46 @@ def compare(checker, target, url: str, base: str, served: HashSet, names: DnName
         )
         return
     base_key = names.key(base)
-    suffixes = _databases(config, base_key, names) if base_key is not None else []
-    if not suffixes:
+    suffix = _database(config, base_key, names) if base_key is not None else None
+    if suffix is None:
         checker.stats["slapcat"] = f"not run: {config.path} holds no database for {base}"
         return
+    slapcat = Slapcat(program, config, suffix, checker.settings["slapcat_timeout"])
     found = 0
-    commands = []
-    for suffix in suffixes:
-        slapcat = Slapcat(program, config, suffix)
-        commands.append(" ".join(slapcat.command))
-        read = 0
-        for dn in slapcat.dns():
-            key = names.key(dn)
-            if key is None or not within(key, base_key):
-                continue
-            read += 1
-            if dn_hash(key) not in served:
-                yield checker.finding(
-                    "entry-not-served",
-                    "critical",
-                    f"{dn} is in the database (slapcat) but the server does not return it",
-                    subject=dn,
-                    details={"dn": dn, "url": url, "config": config.path},
-                    advice=REIMPORT,
-                )
-        found += read
-        if slapcat.returncode:
-            last = slapcat.errors.splitlines()[-1] if slapcat.errors else ""
+    for dn in slapcat.dns():
+        key = names.key(dn)
+        if key is None or not within(key, base_key):
+            continue
+        found += 1
+        if dn_hash(key) not in served:
             yield checker.finding(
-                "slapcat-failed",
+                "entry-not-served",
                 "critical",
-                f"slapcat {_ended(slapcat.returncode)} reading {suffix}" + (f": {last}" if last else ""),
-                subject=suffix,
-                details={
-                    "command": slapcat.command,
-                    "status": slapcat.returncode,
-                    "stderr": slapcat.errors,
-                    "entries_read": read,
-                },
-                advice=DAMAGED_DATABASE,
+                f"{dn} is in the database (slapcat) but the server does not return it",
+                subject=dn,
+                details={"dn": dn, "url": url, "config": config.path},
+                advice=REIMPORT,
             )
     checker.count("slapcat_entries", found)
-    checker.stats["slapcat"] = "compared with " + "; ".join(commands)
+    checker.stats["slapcat"] = "compared with " + " ".join(slapcat.command)
+    if slapcat.timed_out:
+        checker.incomplete(f"slapcat did not finish reading {suffix} in {slapcat.limit:g} s")
+        return
+    if slapcat.returncode:
+        last = slapcat.errors.splitlines()[-1] if slapcat.errors else ""
+        yield checker.finding(
+            "slapcat-failed",
+            "critical",
+            f"slapcat {_ended(slapcat.returncode)} reading {suffix}" + (f": {last}" if last else ""),
+            subject=suffix,
+            details={
+                "command": slapcat.command,
+                "status": slapcat.returncode,
+                "stderr": slapcat.errors,
+                "entries_read": found,
+            },
+            advice=DAMAGED_DATABASE,
+        )
     if found != len(served):
         yield checker.finding(
             "entry-count-differs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -65,6 +66,28 @@ def test_clean_directory_is_ok(servers):
     assert check["stats"]["entries_read"] == 10
     assert check["stats"]["slapcat_entries"] == 10
     assert check["stats"]["references_checked"] == 9
+
+
+def test_a_database_mounted_below_the_suffix_is_counted_with_it(servers):
+    sub = f"ou=sub,{SUFFIX}"
+    server = servers(subordinate=sub)
+    server.slapadd(directory_ldif())
+    server.slapadd(
+        entry(sub, "objectClass: organizationalUnit", "ou: sub")
+        + entry(
+            f"cn=role,{sub}",
+            "objectClass: organizationalRole",
+            "cn: role",
+            f"roleOccupant: uid=user1,ou=people,{SUFFIX}",
+        ),
+        suffix=sub,
+    )
+    server.start()
+    run = audit(server)
+    check = run.check("ldap")
+    assert run.code == 0, run.stdout
+    assert check["stats"]["entries_read"] == check["stats"]["slapcat_entries"] == 12
+    assert check["stats"]["references_checked"] == 10
 
 
 def test_schema_violations_from_slapadd_without_checks(servers):
@@ -236,6 +259,30 @@ def test_unreachable_server_is_unknown_not_damage(tmp_path):
     assert check["findings"] == []
     assert "cannot connect" in check["reason"]
     assert PASSWORD not in run.stdout
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo"])
+def test_unreadable_password_file_is_unknown(tmp_path, kind):
+    path = tmp_path / "password"
+    if kind == "fifo":
+        os.mkfifo(path)
+    run = fsaudit(
+        "audit",
+        "--check",
+        "ldap",
+        "--format",
+        "json",
+        "--set",
+        f"ldap.url=ldap://127.0.0.1:{free_port()}",
+        "--set",
+        f"ldap.bind_dn={ROOTDN}",
+        "--set",
+        f"ldap.password_file={path}",
+        timeout=60,
+    )
+    check = run.check("ldap")
+    assert run.code == 3, run.stdout
+    assert "cannot read ldap.password_file" in check["reason"]
 
 
 def test_provider_restored_from_an_old_copy_is_found_by_its_replica(servers):
