@@ -21,7 +21,6 @@ from fsaudit_checks.ldap_schema import Schema
 
 REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
 MAX_DUPLICATES_LISTED = 100
-RESTORE = "restore the entry from a backup (or an LDIF export) with ldapmodify, or fix it by hand"
 
 
 class EntriesAudit:
@@ -111,10 +110,10 @@ class EntriesAudit:
                 yield checker.finding(
                     problem.code,
                     "critical",
-                    f"{dn}: {problem.message}",
+                    problem.message,
                     subject=dn,
                     details={"dn": dn, "attribute": problem.attribute},
-                    advice=RESTORE,
+                    advice=f"restore {dn} from a backup or an LDIF export, or fix its {problem.attribute} by hand",
                 )
         for name, values in raw.items():
             attribute = self._attribute_key(name)
@@ -133,7 +132,7 @@ class EntriesAudit:
                 yield checker.finding(
                     "dangling-reference",
                     "critical",
-                    f"{dn}: {name} holds {target!r}, which is not a DN",
+                    f"{name} holds {target!r}, which is not a DN",
                     subject=dn,
                     details={"dn": dn, "attribute": name, "target": target},
                     advice=f"restore the value from a backup, or remove it from {name}",
@@ -159,7 +158,7 @@ class EntriesAudit:
                 yield checker.finding(
                     "orphan-entry",
                     "critical",
-                    f"{dn}: its parent {parent} does not exist",
+                    f"its parent {parent} does not exist",
                     subject=dn,
                     details={"dn": dn, "parent": parent},
                     advice=f"restore {parent} from a backup; until then searches below it miss this entry",
@@ -196,7 +195,7 @@ class EntriesAudit:
                 yield self.checker.finding(
                     "dangling-reference",
                     "critical",
-                    f"{dn}: {name} points at {target}, which does not exist",
+                    f"{name} points at {target}, which does not exist",
                     subject=dn,
                     details={"dn": dn, "attribute": name, "target": target},
                     advice=f"restore {target} from a backup, or remove the reference from {name} of {dn}",

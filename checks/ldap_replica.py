@@ -117,7 +117,7 @@ def compare(
             yield checker.finding(
                 "entry-missing-on-provider",
                 "critical",
-                f"{dn} is on the replica {replica.url} but not on the provider",
+                f"on the replica {replica.url} but not on the provider",
                 subject=dn,
                 details={
                     "replica": replica.url,
@@ -134,7 +134,7 @@ def compare(
             yield checker.finding(
                 "entry-newer-on-replica",
                 "critical",
-                f"{dn} is newer on the replica {replica.url} than on the provider",
+                f"newer on the replica {replica.url} than on the provider",
                 subject=dn,
                 details={
                     "replica": replica.url,
@@ -148,7 +148,7 @@ def compare(
             yield checker.finding(
                 "entry-older-on-replica",
                 "warning",
-                f"{dn} is older on the replica {replica.url} than on the provider",
+                f"older on the replica {replica.url} than on the provider",
                 subject=dn,
                 details={
                     "replica": replica.url,
@@ -173,7 +173,7 @@ def _missing_on_replica(checker, provider, replica, base, names, page_size, inde
             yield checker.finding(
                 "entry-missing-on-replica",
                 "warning",
-                f"{dn} is on the provider but not on the replica {replica.url}",
+                f"on the provider but not on the replica {replica.url}",
                 subject=dn,
                 details={"replica": replica.url, "provider": provider.url, "dn": dn},
                 advice=RESYNC,

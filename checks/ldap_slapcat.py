@@ -228,7 +228,7 @@ def compare(checker, target, url: str, base: str, served: HashSet, names: DnName
             yield checker.finding(
                 "entry-not-served",
                 "critical",
-                f"{dn} is in the database (slapcat) but the server does not return it",
+                "in the database (slapcat) but the server does not return it",
                 subject=dn,
                 details={"dn": dn, "url": url, "config": config.path},
                 advice=REIMPORT,
