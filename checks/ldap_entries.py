@@ -113,7 +113,7 @@ class EntriesAudit:
                     problem.message,
                     subject=dn,
                     details={"dn": dn, "attribute": problem.attribute},
-                    advice=f"restore {dn} from a backup or an LDIF export, or fix its {problem.attribute} by hand",
+                    advice=f"restore {dn} from a backup (or an LDIF export), or fix {problem.attribute}",
                 )
         for name, values in raw.items():
             attribute = self._attribute_key(name)
