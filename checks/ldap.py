@@ -11,13 +11,13 @@ import stat
 from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
-from fsaudit_checks.ldap_directory import Credentials, Directory, SearchFailed, Unreachable, ldapi_socket
+from fsaudit_checks.ldap_directory import Credentials, Directory, SearchFailed, Unreachable
 from fsaudit_checks.ldap_dn import DnNames
 from fsaudit_checks.ldap_entries import REFERENCES, EntriesAudit
 from fsaudit_checks.ldap_replica import compare as replica_compare
 from fsaudit_checks.ldap_schema import Schema
 from fsaudit_checks.ldap_slapcat import compare as slapcat_compare
-from fsaudit_checks.ldap_slapcat import find_config
+from fsaudit_checks.ldap_slapcat import discover_ldapi, find_config
 
 
 def read_secret(path: str) -> str:
@@ -95,7 +95,7 @@ class LdapChecker(Checker):
             raise Skip("set ldap.url: slapd is found by itself only on the running system")
         if os.geteuid() != 0:
             raise Skip("set ldap.url: finding slapd by itself needs root (ldapi with SASL EXTERNAL)")
-        if ldapi_socket():
+        if discover_ldapi(target):
             return True
         config = find_config(target, self.settings["slapd_config"] or "")
         if config:
@@ -108,7 +108,7 @@ class LdapChecker(Checker):
         credentials = self._credentials()
         if credentials is None:
             return
-        url = self.settings["url"] or "ldapi:///"
+        url = self.settings["url"] or discover_ldapi(target) or "ldapi:///"
         try:
             directory = Directory(url, credentials)
         except Unreachable as error:

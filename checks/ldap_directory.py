@@ -10,7 +10,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 from fsaudit_checks.ldap_schema import Schema
 
-LDAPI_SOCKETS = ("/run/slapd/ldapi", "/var/run/slapd/ldapi", "/run/openldap/ldapi", "/var/run/openldap/ldapi")
+LDAPI_SOCKETS = (
+    "/run/slapd/ldapi",
+    "/var/run/slapd/ldapi",
+    "/run/openldap/ldapi",
+    "/var/run/openldap/ldapi",
+    "/run/ldapi",
+    "/var/run/ldapi",
+)
 # Result codes with which a server reports trouble in its own storage rather than a limit or a refusal.
 DAMAGE_RESULTS = {1: "operationsError", 80: "other"}
 

@@ -1,5 +1,6 @@
-"""What slapd's own database holds, read offline with `slapcat` (read-only), to compare with what
-the server answers over the wire: finds the slapd configuration and its suffixes, runs slapcat."""
+"""The slapd of the audited machine: where its ldapi socket is, its configuration and suffixes,
+and what its own database holds, read offline with `slapcat` (read-only) to compare with what the
+server answers over the wire."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, List
+from urllib.parse import quote, unquote
 
-from fsaudit_checks.ldap_directory import is_local, text
+from fsaudit_checks.ldap_directory import is_local, ldapi_socket, text
 from fsaudit_checks.ldap_dn import DnNames, HashSet, dn_hash, within
 
+# Where slapd's service settings name the URLs it listens on (SLAPD_SERVICES, SLAPD_URLS).
+SERVICE_FILES = ("/etc/default/slapd", "/etc/sysconfig/slapd")
+_LDAPI_URL = re.compile(r"ldapi://([^\s\"'/]*)")
 CONFIGS = ("/etc/ldap/slapd.d", "/etc/openldap/slapd.d", "/etc/ldap/slapd.conf", "/etc/openldap/slapd.conf")
 MAX_CONFIG = 4 << 20
 STDERR_KEPT = 4096
@@ -40,6 +45,25 @@ class SlapdConfig:
 
     def slapcat_arguments(self) -> List[str]:
         return ["-F" if self.directory else "-f", self.path]
+
+
+def discover_ldapi(target) -> str | None:
+    """The ldapi URL of the slapd running on this machine: a socket its service settings name, else
+    the first default socket that exists."""
+    for path in SERVICE_FILES:
+        try:
+            settings = target.read_text(path, limit=MAX_CONFIG)
+        except OSError:
+            continue
+        for line in settings.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for match in _LDAPI_URL.finditer(line):
+                socket_path = unquote(match.group(1))
+                if socket_path and target.exists(socket_path):
+                    return "ldapi://" + quote(socket_path, safe="")
+    socket_path = ldapi_socket()
+    return "ldapi://" + quote(socket_path, safe="") if socket_path else None
 
 
 def find_config(target, explicit: str = "") -> SlapdConfig | None:

@@ -316,12 +316,17 @@ def test_provider_restored_from_an_old_copy_is_found_by_its_replica(servers):
     # New writes on the rolled-back provider hide it in contextCSN, not in the entries; the replica
     # has not fetched them yet (lag, a warning).
     provider.ldap("ldapadd", person(30))
+    provider.ldap(
+        "ldapmodify", f"dn: uid=user2,ou=people,{SUFFIX}\nchangetype: modify\nreplace: sn\nsn: newer\n"
+    )
     run = audit(provider, f"ldap.replica_urls={consumer.url}", slapcat=False)
     assert run.code == 2, run.stdout
-    assert {"entry-missing-on-provider", "entry-newer-on-replica"} <= run.codes("ldap")
+    assert {"entry-missing-on-provider", "entry-newer-on-replica", "replica-behind"} <= run.codes("ldap")
     [lagging] = run.findings("ldap", "entry-missing-on-replica")
     assert lagging["subject"] == f"uid=user30,ou=people,{SUFFIX}"
-    assert lagging["severity"] == "warning"
+    [older] = run.findings("ldap", "entry-older-on-replica")
+    assert older["subject"] == f"uid=user2,ou=people,{SUFFIX}"
+    assert {lagging["severity"], older["severity"]} == {"warning"}
 
 
 def _wait_for(condition, seconds: float = 30) -> None:

@@ -7,10 +7,11 @@ import io
 import pytest
 
 from fsaudit.target import Target
+from fsaudit_checks import ldap_slapcat
 from fsaudit_checks.ldap_dn import BadDn, HashSet, normalize_dn, parent_of, parent_text, reference_dn, within
 from fsaudit_checks.ldap_replica import context_csns, csn_key, parse_csn
 from fsaudit_checks.ldap_schema import Schema
-from fsaudit_checks.ldap_slapcat import _dns, find_config
+from fsaudit_checks.ldap_slapcat import _dns, discover_ldapi, find_config
 
 DN = "1.3.6.1.4.1.1466.115.121.1.12"
 TEXT = "1.3.6.1.4.1.1466.115.121.1.15"
@@ -176,3 +177,13 @@ def test_suffixes_from_slapd_conf_and_slapd_d(tmp_path):
     config = find_config(target)
     assert config.directory and config.path == "/etc/ldap/slapd.d"
     assert config.suffixes == ["dc=example,dc=com", "dc=base64"]
+
+
+def test_ldapi_socket_named_by_the_service_settings(tmp_path, monkeypatch):
+    socket_path = tmp_path / "slapd.sock"
+    socket_path.write_text("")  # stands for the socket: only its existence is tested
+    settings = tmp_path / "default-slapd"
+    quoted = str(socket_path).replace("/", "%2F")
+    settings.write_text(f'# SLAPD_SERVICES="ldapi:///"\nSLAPD_SERVICES="ldap:/// ldapi://{quoted}/"\n')
+    monkeypatch.setattr(ldap_slapcat, "SERVICE_FILES", (str(settings),))
+    assert discover_ldapi(Target("/")) == f"ldapi://{quoted}"
