@@ -161,7 +161,7 @@ class LdapChecker(Checker):
             audit = EntriesAudit(self, directory, schema, names, base, base_key)
             yield from audit.run()
             if self.settings["slapcat"]:
-                yield from slapcat_compare(self, target, directory.url, base, audit.dns, names)
+                yield from slapcat_compare(self, target, directory, base, audit.dns, names)
         yield from self._replicas(directory, credentials, bases, names)
 
     def _replicas(

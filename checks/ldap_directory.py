@@ -18,6 +18,7 @@ LDAPI_SOCKETS = (
     "/run/ldapi",
     "/var/run/ldapi",
 )
+MANAGE_DSA_IT = "2.16.840.1.113730.3.4.2"
 # Result codes with which a server reports trouble in its own storage rather than a limit or a refusal.
 DAMAGE_RESULTS = {1: "operationsError", 80: "other"}
 
@@ -148,13 +149,17 @@ class Directory:
         except Exception:  # closing a broken connection is best effort
             pass
 
-    def read(self, dn: str, attributes: List[str], where: str = "(objectClass=*)") -> Dict[str, list] | None:
-        """The raw attributes of one entry, or None when it does not exist."""
+    def read(
+        self, dn: str, attributes: List[str], where: str = "(objectClass=*)", as_stored: bool = False
+    ) -> Dict[str, list] | None:
+        """The raw attributes of one entry, or None when it does not exist. `as_stored` reads
+        referral objects and glue entries as entries (ManageDsaIT) rather than following them."""
         import ldap3
         from ldap3.core.exceptions import LDAPException
 
+        controls = [(MANAGE_DSA_IT, True, None)] if as_stored else None
         try:
-            self.connection.search(dn, where, ldap3.BASE, attributes=attributes)
+            self.connection.search(dn, where, ldap3.BASE, attributes=attributes, controls=controls)
         except LDAPException as error:
             raise SearchFailed(-1, type(error).__name__, str(error), 0) from None
         result = self.connection.result or {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, List
 from urllib.parse import quote, unquote
 
-from fsaudit_checks.ldap_directory import is_local, ldapi_socket, text
+from fsaudit_checks.ldap_directory import Directory, SearchFailed, is_local, ldapi_socket, text
 from fsaudit_checks.ldap_dn import DnNames, HashSet, dn_hash, within
 
 # Where slapd's service settings name the URLs it listens on (SLAPD_SERVICES, SLAPD_URLS).
@@ -207,6 +207,17 @@ def _dn_value(encoded: bytes, value: bytes) -> str:
     return text(value.strip())
 
 
+def _not_served(directory: Directory, dn: str) -> str | None:
+    """Why the server does not return `dn` when asked for it by name, or None when it does: subentries,
+    referral objects and glue entries are left out of subtree searches but are not damage."""
+    try:
+        if directory.read(dn, ["1.1"], as_stored=True) is not None:
+            return None
+        return "no such object"
+    except SearchFailed as error:
+        return str(error)
+
+
 def _ended(returncode: int) -> str:
     return f"was killed by signal {-returncode}" if returncode < 0 else f"stopped with status {returncode}"
 
@@ -222,9 +233,10 @@ def _database(config: SlapdConfig, base_key: str, names: DnNames) -> str | None:
     return best
 
 
-def compare(checker, target, url: str, base: str, served: HashSet, names: DnNames) -> Iterator:
+def compare(checker, target, directory: Directory, base: str, served: HashSet, names: DnNames) -> Iterator:
     """Findings for the entries slapcat reads under `base` that the server did not return (their
     hashes are in `served`), slapcat's own errors, and the two counts."""
+    url = directory.url
     explicit = checker.settings["slapd_config"] or ""
     if not target.live or os.geteuid() != 0 or not (explicit or is_local(url)):
         checker.stats["slapcat"] = "not run: needs root on the machine that runs slapd (no --root)"
@@ -242,22 +254,29 @@ def compare(checker, target, url: str, base: str, served: HashSet, names: DnName
         checker.stats["slapcat"] = f"not run: {config.path} holds no database for {base}"
         return
     slapcat = Slapcat(program, config, suffix, checker.settings["slapcat_timeout"])
-    found = 0
+    found = hidden = 0
     for dn in slapcat.dns():
         key = names.key(dn)
         if key is None or not within(key, base_key):
             continue
         found += 1
-        if dn_hash(key) not in served:
-            yield checker.finding(
-                "entry-not-served",
-                "critical",
-                "in the database (slapcat) but the server does not return it",
-                subject=dn,
-                details={"dn": dn, "url": url, "config": config.path},
-                advice=REIMPORT,
-            )
+        if dn_hash(key) in served:
+            continue
+        problem = _not_served(directory, dn)
+        if problem is None:
+            hidden += 1
+            continue
+        yield checker.finding(
+            "entry-not-served",
+            "critical",
+            "in the database (slapcat) but the server does not return it",
+            subject=dn,
+            details={"dn": dn, "url": url, "config": config.path, "read_by_name": problem},
+            advice=REIMPORT,
+        )
     checker.count("slapcat_entries", found)
+    if hidden:
+        checker.count("entries_hidden_from_searches", hidden)
     checker.stats["slapcat"] = "compared with " + " ".join(slapcat.command)
     if slapcat.timed_out:
         checker.incomplete(f"slapcat did not finish reading {suffix} in {slapcat.limit:g} s")
@@ -277,12 +296,13 @@ def compare(checker, target, url: str, base: str, served: HashSet, names: DnName
             },
             advice=DAMAGED_DATABASE,
         )
-    if found != len(served):
+    returned = len(served) + hidden
+    if found != returned:
         yield checker.finding(
             "entry-count-differs",
             "critical",
-            f"the server returns {len(served)} entries under {base}, slapcat finds {found} in its database",
+            f"the server returns {returned} entries under {base}, slapcat finds {found} in its database",
             subject=base,
-            details={"base": base, "served": len(served), "slapcat": found, "url": url},
+            details={"base": base, "served": len(served), "hidden": hidden, "slapcat": found, "url": url},
             advice=REIMPORT.replace("this entry", "every entry"),
         )

@@ -68,6 +68,25 @@ def test_clean_directory_is_ok(servers):
     assert check["stats"]["references_checked"] == 9
 
 
+def test_referrals_and_subentries_left_out_of_searches_are_not_damage(servers):
+    server = servers()
+    extra = entry(
+        f"ou=elsewhere,{SUFFIX}",
+        "objectClass: referral",
+        "objectClass: extensibleObject",
+        "ou: elsewhere",
+        "ref: ldap://ldap.example.org/ou=elsewhere,dc=example,dc=org",
+    ) + entry(f"cn=policy,{SUFFIX}", "objectClass: subentry", "cn: policy", "subtreeSpecification: {}")
+    server.slapadd(directory_ldif() + extra)
+    server.start()
+    run = audit(server)
+    check = run.check("ldap")
+    assert run.code == 0, run.stdout
+    assert check["stats"]["entries_read"] == 10
+    assert check["stats"]["slapcat_entries"] == 12
+    assert check["stats"]["entries_hidden_from_searches"] == 2
+
+
 def test_a_database_mounted_below_the_suffix_is_counted_with_it(servers):
     sub = f"ou=sub,{SUFFIX}"
     server = servers(subordinate=sub)
