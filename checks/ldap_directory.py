@@ -18,6 +18,15 @@ LDAPI_SOCKETS = (
     "/run/ldapi",
     "/var/run/ldapi",
 )
+_RAISE_LIMITS = (
+    " (raise the bind DN's limits in slapd, e.g. `limits dn.exact=... size=unlimited`, or bind as the rootdn)"
+)
+LIMIT_HINTS = {
+    3: _RAISE_LIMITS,
+    4: _RAISE_LIMITS,
+    11: _RAISE_LIMITS,
+    50: " (the bind DN may not read the whole directory)",
+}
 MANAGE_DSA_IT = "2.16.840.1.113730.3.4.2"
 # Result codes with which a server reports trouble in its own storage rather than a limit or a refusal.
 DAMAGE_RESULTS = {1: "operationsError", 80: "other"}
@@ -31,7 +40,8 @@ class SearchFailed(Exception):
     """A search ended with an error result after `entries` entries."""
 
     def __init__(self, code: int, description: str, message: str, entries: int):
-        super().__init__(f"{description} ({code}){': ' + message if message else ''}")
+        hint = LIMIT_HINTS.get(code, "")
+        super().__init__(f"{description} ({code}){': ' + message if message else ''}{hint}")
         self.code = code
         self.description = description
         self.entries = entries

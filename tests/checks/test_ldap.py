@@ -242,6 +242,18 @@ def test_without_url_under_root_it_says_how_to_point_it_at_a_server(tmp_path):
     assert "ldap.url" in check["reason"]
 
 
+def test_a_size_limit_is_unknown_not_damage(servers):
+    server = servers(size_limit=4)
+    reader = f"uid=user1,ou=people,{SUFFIX}"
+    server.slapadd(directory_ldif().replace("cn: User 1\n", f"cn: User 1\nuserPassword: {PASSWORD}\n"))
+    server.start()
+    run = audit(server, f"ldap.bind_dn={reader}", slapcat=False)
+    check = run.check("ldap")
+    assert run.code == 3, run.stdout
+    assert check["findings"] == []
+    assert "sizeLimitExceeded" in check["reason"] and "limits" in check["reason"]
+
+
 def test_wrong_password_is_unknown_not_damage(servers):
     server = servers()
     server.slapadd(directory_ldif())
