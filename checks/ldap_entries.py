@@ -62,7 +62,8 @@ class EntriesAudit:
         except SearchFailed as error:
             yield from self._search_failed(error)
             return
-        missing = self.wanted.missing_from(self.dns.freeze())
+        # hash -> whether the server cannot read it by name either (None: not asked yet)
+        missing: Dict[int, bool | None] = dict.fromkeys(self.wanted.missing_from(self.dns.freeze()))
         duplicates = self.uuids.duplicates()
         if not missing and not duplicates:
             return
@@ -106,7 +107,7 @@ class EntriesAudit:
         if key != self.key:
             self.wanted.add(dn_hash(parent_of(key)))
         if self.schema:
-            for problem in self.schema.check({k: v for k, v in raw.items() if k.lower() != "entryuuid"}):
+            for problem in self.schema.check(raw):
                 yield checker.finding(
                     problem.code,
                     "critical",
@@ -143,18 +144,17 @@ class EntriesAudit:
             else:
                 checker.count("references_outside_base")
 
-    def _second_pass(self, missing: set, duplicates: set) -> Iterator:
+    def _second_pass(self, missing: Dict[int, bool | None], duplicates: set) -> Iterator:
         checker = self.checker
-        names = sorted(self.references) + ["entryUUID"]
         holders: Dict[int, List[str]] = {}
         uuid_text: Dict[int, str] = {}
-        for item in self._read(names):
+        for item in self._read(sorted(self.references) + ["entryUUID"]):
             dn = item["dn"]
             key = self.names.key(dn)
             if key is None:
                 continue
-            if key != self.key and dn_hash(parent_of(key)) in missing:
-                parent = parent_text(dn)
+            parent = parent_text(dn)
+            if key != self.key and self._missing(parent_of(key), parent, missing):
                 yield checker.finding(
                     "orphan-entry",
                     "critical",
@@ -187,11 +187,26 @@ class EntriesAudit:
                 "restore the others from a backup; replication cannot tell them apart until then",
             )
 
-    def _dangling(self, dn: str, name: str, values: list, missing: set) -> Iterator:
+    def _missing(self, key: str, dn: str, missing: Dict[int, bool | None]) -> bool:
+        """Is the entry `dn` (normal form `key`) missing? Searches leave out subentries, referral
+        objects and glue entries: one read by name (per DN) tells those from lost entries."""
+        hashed = dn_hash(key)
+        if hashed not in missing:
+            return False
+        if missing[hashed] is None:
+            try:
+                missing[hashed] = self.directory.read(dn, ["1.1"], as_stored=True) is None
+            except SearchFailed:
+                missing[hashed] = True
+            if not missing[hashed]:
+                self.checker.count("hidden_entries_referenced")
+        return bool(missing[hashed])
+
+    def _dangling(self, dn: str, name: str, values: list, missing: Dict[int, bool | None]) -> Iterator:
         for value in values:
             target = reference_dn(text(value))
             key = self.names.key(target)
-            if key is not None and within(key, self.key) and dn_hash(key) in missing:
+            if key is not None and within(key, self.key) and self._missing(key, target, missing):
                 yield self.checker.finding(
                     "dangling-reference",
                     "critical",

@@ -77,14 +77,17 @@ def test_referrals_and_subentries_left_out_of_searches_are_not_damage(servers):
         "ou: elsewhere",
         "ref: ldap://ldap.example.org/ou=elsewhere,dc=example,dc=org",
     ) + entry(f"cn=policy,{SUFFIX}", "objectClass: subentry", "cn: policy", "subtreeSpecification: {}")
+    # A reference to the referral object: the entry exists though searches do not return it.
+    extra += person(5, f"seeAlso: ou=elsewhere,{SUFFIX}")
     server.slapadd(directory_ldif() + extra)
     server.start()
     run = audit(server)
     check = run.check("ldap")
     assert run.code == 0, run.stdout
-    assert check["stats"]["entries_read"] == 10
-    assert check["stats"]["slapcat_entries"] == 12
+    assert check["stats"]["entries_read"] == 11
+    assert check["stats"]["slapcat_entries"] == 13
     assert check["stats"]["entries_hidden_from_searches"] == 2
+    assert check["stats"]["hidden_entries_referenced"] == 1
 
 
 def test_a_database_mounted_below_the_suffix_is_counted_with_it(servers):
