@@ -10,7 +10,7 @@ from bisect import bisect_left
 from datetime import datetime, timezone
 from typing import Dict, Iterator, Tuple
 
-from fsaudit_checks.ldap_directory import Directory, text
+from fsaudit_checks.ldap_directory import Directory, SearchFailed, text
 from fsaudit_checks.ldap_dn import DnNames, dn_hash
 
 # 20261121195301.591814Z#000000#000#000000: time, change count, server id, modification count
@@ -113,7 +113,8 @@ def compare(
         if hashed is None:
             continue
         position = index.find(hashed)
-        if position < 0:
+        theirs = csn_key(_csn_of(item))
+        if position < 0 and not _caught_up(provider, dn, theirs):
             yield checker.finding(
                 "entry-missing-on-provider",
                 "critical",
@@ -127,10 +128,11 @@ def compare(
                 },
                 advice=PROVIDER_LOST_ENTRY,
             )
+        if position < 0:
             continue
         index.seen[position] = 1
-        theirs, ours = csn_key(_csn_of(item)), index.csns[position]
-        if theirs > ours:
+        ours = index.csns[position]
+        if theirs > ours and not _caught_up(provider, dn, theirs):
             yield checker.finding(
                 "entry-newer-on-replica",
                 "critical",
@@ -162,6 +164,20 @@ def compare(
         yield from _missing_on_replica(checker, provider, replica, base, names, page_size, index)
 
 
+def _caught_up(provider: Directory, dn: str, replica_csn: int) -> bool:
+    """Does the provider now hold `dn` at least as new as the replica? The provider is read first and
+    the replica after, so a change made meanwhile reaches the replica but not the provider's index:
+    asking the provider again tells that from a provider that lost it."""
+    try:
+        entry = provider.read(dn, ["entryCSN"])
+    except SearchFailed:
+        return False
+    if entry is None:
+        return False
+    values = entry.get("entryCSN") or [b""]
+    return csn_key(text(values[0])) >= replica_csn
+
+
 def _missing_on_replica(checker, provider, replica, base, names, page_size, index) -> Iterator:
     # A second pass over the provider names the entries the replica lacks: only their hashes were kept.
     for item in provider.entries(base, ["1.1"], page_size):
@@ -181,8 +197,9 @@ def _missing_on_replica(checker, provider, replica, base, names, page_size, inde
 
 
 def _compare_context(checker, provider: Directory, replica: Directory, base: str) -> Iterator:
-    ours = context_csns((provider.read(base, ["contextCSN"]) or {}).get("contextCSN", []))
+    # The replica first: what it holds then, the provider (unless rolled back) holds by the time it is asked.
     theirs = context_csns((replica.read(base, ["contextCSN"]) or {}).get("contextCSN", []))
+    ours = context_csns((provider.read(base, ["contextCSN"]) or {}).get("contextCSN", []))
     for sid in sorted(set(ours) | set(theirs)):
         mine, other = ours.get(sid), theirs.get(sid)
         details = {"replica": replica.url, "provider": provider.url, "server_id": sid}
