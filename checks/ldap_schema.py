@@ -66,12 +66,17 @@ class Schema:
     """Attribute types and object classes by every name and OID they are known by."""
 
     def __init__(
-        self, attribute_types: Iterable[AttributeType], object_classes: Iterable[ObjectClass], aliases
+        self,
+        attribute_types: Iterable[AttributeType],
+        object_classes: Iterable[ObjectClass],
+        aliases: Dict[str, str],
+        class_aliases: Dict[str, str],
     ):
         self.attributes: Dict[str, AttributeType] = {a.key: a for a in attribute_types}
         self.classes: Dict[str, ObjectClass] = {c.key: c for c in object_classes}
-        # lower-case name or OID -> primary key, for attribute types and object classes alike
+        # lower-case name or OID -> primary key, of attribute types and of object classes
         self.aliases: Dict[str, str] = dict(aliases)
+        self.class_aliases: Dict[str, str] = dict(class_aliases)
         self._cache: Dict[FrozenSet[str], _Classes] = {}
 
     @classmethod
@@ -113,8 +118,7 @@ class Schema:
                     may=tuple(a.lower() for a in _listed(info.may_contain)),
                 )
             )
-        schema = cls(attributes, classes, aliases)
-        schema.class_aliases = class_aliases
+        schema = cls(attributes, classes, aliases, class_aliases)
         # MUST/MAY/SUP name their targets by any alias: resolve them once.
         for attribute in schema.attributes.values():
             if attribute.superior:
@@ -125,15 +129,13 @@ class Schema:
             oc.may = tuple(aliases.get(a, a) for a in oc.may)
         return schema
 
-    class_aliases: Dict[str, str] = {}
-
     def attribute(self, name: str) -> AttributeType | None:
         """The attribute type of an attribute description (options like `;lang-en` ignored)."""
         key = self.aliases.get(name.split(";", 1)[0].lower())
         return self.attributes.get(key) if key else None
 
     def _inherited(self, key: str, what: str):
-        """`what` (syntax or single_value) of an attribute type, following SUP when it has none."""
+        """`what` (the syntax) of an attribute type, following SUP when it has none."""
         seen = set()
         attribute = self.attributes.get(key)
         while attribute is not None and attribute.key not in seen:
@@ -152,10 +154,6 @@ class Schema:
             if not attribute.operational
             and self._inherited(key, "syntax") in (DN_SYNTAX, NAME_AND_OPTIONAL_UID_SYNTAX)
         }
-
-    def single_valued(self, key: str) -> bool:
-        attribute = self.attributes.get(key)
-        return bool(attribute and attribute.single_value)
 
     def _superclasses(self, key: str) -> Set[str]:
         result: Set[str] = set()
@@ -233,7 +231,7 @@ class Schema:
             present.setdefault(attribute.key, name)
             if attribute.key == "objectclass":
                 object_classes.update(_text(v).strip().lower() for v in values)
-            if len(values) > 1 and self._inherited(attribute.key, "single_value"):
+            if len(values) > 1 and attribute.single_value:
                 problems.append(
                     Problem(
                         "single-value-violated",
