@@ -4,6 +4,7 @@ schema, and stream a subtree with paged searches."""
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List
 from urllib.parse import quote, unquote, urlsplit
@@ -75,9 +76,9 @@ def is_local(url: str) -> bool:
     host = (parts.hostname or "").lower()
     if host in ("", "localhost", "::1") or host.startswith("127."):
         return True
-    import socket
-
-    return host in (socket.gethostname().lower(), socket.getfqdn().lower())
+    # This host's own name, without a DNS lookup (which can hang on a damaged VM).
+    hostname = socket.gethostname().lower()
+    return host == hostname or host.split(".", 1)[0] == hostname
 
 
 def _server(url: str, credentials: Credentials):
