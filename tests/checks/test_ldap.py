@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 
 import pytest
@@ -238,6 +239,22 @@ def test_ldapi_with_sasl_external_as_root(servers):
     assert check["stats"]["entries_read"] == check["stats"]["slapcat_entries"] == 10
 
 
+def test_ldaps_verifies_the_server_certificate(servers):
+    require_program("openssl", "openssl")
+    server = servers(tls=True)
+    server.slapadd(directory_ldif())
+    server.start()
+    _wait_for(lambda: _listening(server.ldaps_url))
+    run = audit(server, f"ldap.url={server.ldaps_url}", f"ldap.ca_file={server.certificate}", slapcat=False)
+    assert run.code == 0, run.stdout
+    assert run.check("ldap")["stats"]["entries_read"] == 10
+    # Without its CA the self-signed certificate is not trusted: unknown, not damage.
+    run = audit(server, f"ldap.url={server.ldaps_url}", slapcat=False)
+    check = run.check("ldap")
+    assert run.code == 3, run.stdout
+    assert check["findings"] == [] and "cannot connect" in check["reason"]
+
+
 def test_without_url_under_root_it_says_how_to_point_it_at_a_server(tmp_path):
     run = fsaudit("audit", "--root", tmp_path, "--check", "ldap", "--format", "json")
     check = run.check("ldap")
@@ -361,6 +378,12 @@ def test_provider_restored_from_an_old_copy_is_found_by_its_replica(servers):
     [older] = run.findings("ldap", "entry-older-on-replica")
     assert older["subject"] == f"uid=user2,ou=people,{SUFFIX}"
     assert {lagging["severity"], older["severity"]} == {"warning"}
+
+
+def _listening(url: str) -> bool:
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
 
 
 def _wait_for(condition, seconds: float = 30) -> None:
