@@ -76,7 +76,7 @@ class LdapChecker(Checker):
         "dangling-reference": "a DN-valued attribute points at an entry that does not exist",
         "orphan-entry": "an entry's parent does not exist",
         "duplicate-entry-uuid": "several entries share one entryUUID",
-        "search-failed": "the server reported an internal error while returning the directory",
+        "search-failed": "the server failed while returning the directory, or lacks a naming context's entry",
         "entry-not-served": "slapcat finds an entry in the database that the server does not return",
         "entry-count-differs": "the server returns a different number of entries than slapcat finds",
         "slapcat-failed": "slapcat could not read the whole database",
@@ -158,7 +158,9 @@ class LdapChecker(Checker):
             if base_key is None:
                 self.incomplete(f"ldap.base {base!r} is not a DN")
                 continue
-            audit = EntriesAudit(self, directory, schema, names, base, base_key)
+            audit = EntriesAudit(
+                self, directory, schema, names, base, base_key, listed=not self.settings["base"]
+            )
             yield from audit.run()
             if self.settings["slapcat"]:
                 yield from slapcat_compare(self, target, directory, base, audit.dns, names)

@@ -21,6 +21,7 @@ from fsaudit_checks.ldap_schema import Schema
 
 REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
 MAX_DUPLICATES_LISTED = 100
+NO_SUCH_OBJECT = 32
 
 
 class EntriesAudit:
@@ -28,7 +29,14 @@ class EntriesAudit:
     entryUUIDs from hashes (a second pass names the culprits only when something is missing)."""
 
     def __init__(
-        self, checker, directory: Directory, schema: Schema | None, names: DnNames, base: str, key: str
+        self,
+        checker,
+        directory: Directory,
+        schema: Schema | None,
+        names: DnNames,
+        base: str,
+        key: str,
+        listed: bool = False,
     ):
         self.checker = checker
         self.directory = directory
@@ -40,6 +48,8 @@ class EntriesAudit:
         self.wanted = HashSet()
         self.uuids = HashSet()
         self.references = self._reference_keys(checker.settings["reference_attributes"])
+        # The base is a naming context the server itself lists (not one the user named).
+        self.listed = listed
 
     def _reference_keys(self, names: List[str]) -> set:
         keys = {self.names.attribute(n) for n in names}
@@ -76,7 +86,12 @@ class EntriesAudit:
 
     def _search_failed(self, error: SearchFailed) -> Iterator:
         reason = f"the server stopped returning {self.base} after {error.entries} entries: {error}"
-        if error.damage:
+        if error.code == NO_SUCH_OBJECT and not error.entries:
+            if not self.listed:
+                self.checker.incomplete(f"ldap.base {self.base} does not exist on {self.directory.url}")
+                return
+            reason = f"the server lists {self.base} as a naming context but has no entry there"
+        if error.damage or error.code == NO_SUCH_OBJECT:
             yield self.checker.finding(
                 "search-failed",
                 "critical",

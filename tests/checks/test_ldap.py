@@ -182,6 +182,21 @@ def test_deleted_entries_leave_dangling_references_and_orphans(servers):
     assert orphans[0]["details"]["parent"] == f"ou=gone,{SUFFIX}"
 
 
+def test_a_lost_naming_context_entry_is_damage_a_wrong_base_is_not(servers):
+    server = servers()
+    # Everything but the suffix entry itself.
+    server.slapadd(directory_ldif().split("\n\n", 1)[1], orphans=True)
+    server.start()
+    run = audit(server)
+    assert run.code == 2, run.stdout
+    [lost] = run.findings("ldap", "search-failed")
+    assert lost["subject"] == SUFFIX and "no entry there" in lost["message"]
+    run = audit(server, f"ldap.base=ou=nowhere,{SUFFIX}", slapcat=False)
+    check = run.check("ldap")
+    assert run.code == 3, run.stdout
+    assert check["findings"] == [] and "does not exist" in check["reason"]
+
+
 def test_damaged_lmdb_page_the_server_skips_is_found_by_slapcat(servers):
     server = servers()
     # Groups with many members are stored on LMDB overflow pages.
