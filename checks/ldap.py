@@ -8,12 +8,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator, List
+from typing import Iterator
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.ldap_directory import Credentials, Directory, SearchFailed, Unreachable
 from fsaudit_checks.ldap_dn import DnNames
 from fsaudit_checks.ldap_entries import REFERENCES, EntriesAudit
+from fsaudit_checks.ldap_replica import CsnIndex
 from fsaudit_checks.ldap_replica import compare as replica_compare
 from fsaudit_checks.ldap_schema import Schema
 from fsaudit_checks.ldap_slapcat import compare as slapcat_compare
@@ -158,30 +159,37 @@ class LdapChecker(Checker):
             if base_key is None:
                 self.incomplete(f"ldap.base {base!r} is not a DN")
                 continue
+            csns = CsnIndex() if self.settings["replica_urls"] else None
             audit = EntriesAudit(
-                self, directory, schema, names, base, base_key, listed=not self.settings["base"]
+                self, directory, schema, names, base, base_key, listed=not self.settings["base"], csns=csns
             )
             yield from audit.run()
             if self.settings["slapcat"]:
                 yield from slapcat_compare(self, target, directory, base, audit.dns, names)
-        yield from self._replicas(directory, credentials, bases, names)
+            if csns is not None:
+                yield from self._replicas(
+                    directory, credentials, base, names, csns if audit.complete else None
+                )
 
     def _replicas(
-        self, provider: Directory, credentials: Credentials, bases: List[str], names: DnNames
+        self, provider: Directory, credentials: Credentials, base: str, names: DnNames, csns: CsnIndex | None
     ) -> Iterator:
         for url in self.settings["replica_urls"]:
+            if csns is None:
+                self.incomplete(
+                    f"replica {url} not compared under {base}: the provider could not be read whole"
+                )
+                continue
             try:
                 replica = Directory(url, credentials)
             except Unreachable as error:
                 self.incomplete(f"replica not compared: {error}")
                 continue
             try:
-                for base in bases:
-                    try:
-                        yield from replica_compare(
-                            self, provider, replica, base, names, self.settings["page_size"]
-                        )
-                    except SearchFailed as error:
-                        self.incomplete(f"replica {url} not fully compared under {base}: {error}")
+                yield from replica_compare(
+                    self, provider, replica, base, names, self.settings["page_size"], csns
+                )
+            except SearchFailed as error:
+                self.incomplete(f"replica {url} not fully compared under {base}: {error}")
             finally:
                 replica.close()

@@ -17,6 +17,7 @@ from fsaudit_checks.ldap_dn import (
     reference_dn,
     within,
 )
+from fsaudit_checks.ldap_replica import CsnIndex, csn_key, entry_csn
 from fsaudit_checks.ldap_schema import Schema
 
 REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
@@ -37,6 +38,7 @@ class EntriesAudit:
         base: str,
         key: str,
         listed: bool = False,
+        csns: CsnIndex | None = None,
     ):
         self.checker = checker
         self.directory = directory
@@ -50,6 +52,10 @@ class EntriesAudit:
         self.references = self._reference_keys(checker.settings["reference_attributes"])
         # The base is a naming context the server itself lists (not one the user named).
         self.listed = listed
+        # DN hash -> entryCSN of every entry, kept for comparing replicas (None: no replicas).
+        self.csns = csns
+        # Whether the whole naming context was read.
+        self.complete = False
 
     def _reference_keys(self, names: List[str]) -> set:
         keys = {self.names.attribute(n) for n in names}
@@ -67,11 +73,16 @@ class EntriesAudit:
     def run(self) -> Iterator:
         checker = self.checker
         try:
-            for item in self._read(["*", "entryUUID"]):
+            for item in self._read(
+                ["*", "entryUUID", "entryCSN"] if self.csns is not None else ["*", "entryUUID"]
+            ):
                 yield from self._first_pass(item)
         except SearchFailed as error:
             yield from self._search_failed(error)
             return
+        self.complete = True
+        if self.csns is not None:
+            self.csns.freeze()
         # hash -> whether the server cannot read it by name either (None: not asked yet)
         missing: Dict[int, bool | None] = dict.fromkeys(self.wanted.missing_from(self.dns.freeze()))
         duplicates = self.uuids.duplicates()
@@ -118,7 +129,10 @@ class EntriesAudit:
         if key is None:
             checker.count("entries_with_unreadable_dn")
             return
-        self.dns.add(dn_hash(key))
+        hashed = dn_hash(key)
+        self.dns.add(hashed)
+        if self.csns is not None:
+            self.csns.add(hashed, csn_key(entry_csn(raw)))
         if key != self.key:
             self.wanted.add(dn_hash(parent_of(key)))
         if self.schema:

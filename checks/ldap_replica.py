@@ -81,31 +81,38 @@ class CsnIndex:
         order = sorted(range(len(self.hashes)), key=self.hashes.__getitem__)
         self.hashes = array("Q", (self.hashes[i] for i in order))
         self.csns = array("Q", (self.csns[i] for i in order))
-        self.seen = bytearray(len(self.hashes))
+        self.seen = bytearray(len(self.hashes))  # per replica: which entries it holds too
 
     def find(self, hashed: int) -> int:
         index = bisect_left(self.hashes, hashed)
         return index if index < len(self.hashes) and self.hashes[index] == hashed else -1
 
 
-def _csn_of(item: dict) -> str:
-    for name, values in (item.get("raw_attributes") or {}).items():
+def entry_csn(raw: dict) -> str:
+    """The entryCSN among an entry's raw attributes ("" when it has none)."""
+    for name, values in raw.items():
         if name.lower() == "entrycsn" and values:
             return text(values[0])
     return ""
 
 
+def _csn_of(item: dict) -> str:
+    return entry_csn(item.get("raw_attributes") or {})
+
+
 def compare(
-    checker, provider: Directory, replica: Directory, base: str, names: DnNames, page_size: int
+    checker,
+    provider: Directory,
+    replica: Directory,
+    base: str,
+    names: DnNames,
+    page_size: int,
+    index: CsnIndex,
 ) -> Iterator:
-    """Findings for `replica` against `provider` under `base`."""
+    """Findings for `replica` against `provider` under `base`; `index` holds the provider's entries
+    (frozen, read in the same pass as the other checks)."""
     yield from _compare_context(checker, provider, replica, base)
-    index = CsnIndex()
-    for item in provider.entries(base, ["entryCSN"], page_size):
-        hashed = _hash(item["dn"], names)
-        if hashed is not None:
-            index.add(hashed, csn_key(_csn_of(item)))
-    index.freeze()
+    index.seen = bytearray(len(index.hashes))
     for item in replica.entries(base, ["entryCSN"], page_size):
         checker.count("replica_entries_compared")
         dn = item["dn"]
