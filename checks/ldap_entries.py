@@ -23,6 +23,7 @@ from fsaudit_checks.ldap_schema import Schema
 REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
 MAX_DUPLICATES_LISTED = 100
 NO_SUCH_OBJECT = 32
+PROGRESS_STEP = 100
 
 
 class EntriesAudit:
@@ -72,14 +73,19 @@ class EntriesAudit:
 
     def run(self) -> Iterator:
         checker = self.checker
+        progress = checker.context.progress
+        progress.start(f"ldap: reading {self.base}")
+        attributes = ["*", "entryUUID", "entryCSN"] if self.csns is not None else ["*", "entryUUID"]
         try:
-            for item in self._read(
-                ["*", "entryUUID", "entryCSN"] if self.csns is not None else ["*", "entryUUID"]
-            ):
+            for count, item in enumerate(self._read(attributes), 1):
+                if count % PROGRESS_STEP == 0:
+                    progress.advance(PROGRESS_STEP)
                 yield from self._first_pass(item)
         except SearchFailed as error:
             yield from self._search_failed(error)
             return
+        finally:
+            progress.stop()
         self.complete = True
         if self.csns is not None:
             self.csns.freeze()
