@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator
+from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.ldap_directory import Credentials, Directory, SearchFailed, Unreachable
@@ -154,8 +154,9 @@ class LdapChecker(Checker):
         if not bases:
             self.incomplete(f"{directory.url} lists no naming contexts: set ldap.base")
             return
-        for base in bases:
-            base_key = names.key(base)
+        keys = {base: names.key(base) for base in bases}
+        audits: List[EntriesAudit] = []
+        for base, base_key in keys.items():
             if base_key is None:
                 self.incomplete(f"ldap.base {base!r} is not a DN")
                 continue
@@ -163,6 +164,8 @@ class LdapChecker(Checker):
             audit = EntriesAudit(
                 self, directory, schema, names, base, base_key, listed=not self.settings["base"], csns=csns
             )
+            audit.others = [key for key in keys.values() if key is not None and key != base_key]
+            audits.append(audit)
             yield from audit.run()
             if self.settings["slapcat"]:
                 yield from slapcat_compare(self, target, directory, base, audit.dns, names)
@@ -170,6 +173,8 @@ class LdapChecker(Checker):
                 yield from self._replicas(
                     directory, credentials, base, names, csns if audit.complete else None
                 )
+        for audit in audits:
+            yield from audit.check_foreign(audits)
 
     def _replicas(
         self, provider: Directory, credentials: Credentials, base: str, names: DnNames, csns: CsnIndex | None

@@ -7,7 +7,7 @@ import hashlib
 import re
 from array import array
 from bisect import bisect_left
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, Iterator, List
 
 _HEX = set("0123456789abcdefABCDEF")
 _SPACES = re.compile(r"\s+")
@@ -181,16 +181,18 @@ class HashSet:
         items = self._items
         return {items[i] for i in range(1, len(items)) if items[i] == items[i - 1]}
 
-    def missing_from(self, other: HashSet) -> set:
-        """The distinct values of this set that `other` does not hold."""
+    def distinct(self) -> Iterator[int]:
+        """Each value once, in order."""
         self.freeze()
-        result = set()
         previous = None
         for value in self._items:
-            if value != previous and value not in other:
-                result.add(value)
+            if value != previous:
+                yield value
             previous = value
-        return result
+
+    def missing_from(self, *others: HashSet) -> set:
+        """The distinct values of this set that none of `others` holds."""
+        return {value for value in self.distinct() if not any(value in other for other in others)}
 
 
 def parent_text(dn: str) -> str:

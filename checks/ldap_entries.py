@@ -49,6 +49,9 @@ class EntriesAudit:
         self.names = names
         self.dns = HashSet()
         self.wanted = HashSet()
+        # References into the other audited naming contexts, checked once all are read.
+        self.others: List[str] = []
+        self.foreign = HashSet()
         self.uuids = HashSet()
         self.references = self._reference_keys(checker.settings["reference_attributes"])
         # The base is a naming context the server itself lists (not one the user named).
@@ -100,6 +103,18 @@ class EntriesAudit:
             checker.incomplete(
                 f"second read of {self.base} failed ({error}): some damage is not listed by name"
             )
+
+    def check_foreign(self, audits: List[EntriesAudit]) -> Iterator:
+        """Dangling references into the other naming contexts, once every one of them was read."""
+        if not self.foreign or not all(audit.complete for audit in audits):
+            return
+        missing: Dict[int, bool | None] = dict.fromkeys(self.foreign.missing_from(*(a.dns for a in audits)))
+        if not missing:
+            return
+        try:
+            yield from self._second_pass(missing, set())
+        except SearchFailed as error:
+            self.checker.incomplete(f"second read of {self.base} failed ({error}): some damage is not listed")
 
     def _search_failed(self, error: SearchFailed) -> Iterator:
         reason = f"the server stopped returning {self.base} after {error.entries} entries: {error}"
@@ -176,6 +191,9 @@ class EntriesAudit:
             elif within(key, self.key):
                 checker.count("references_checked")
                 self.wanted.add(dn_hash(key))
+            elif any(within(key, other) for other in self.others):
+                checker.count("references_checked")
+                self.foreign.add(dn_hash(key))
             else:
                 checker.count("references_outside_base")
 
@@ -241,7 +259,7 @@ class EntriesAudit:
         for value in values:
             target = reference_dn(text(value))
             key = self.names.key(target)
-            if key is not None and within(key, self.key) and self._missing(key, target, missing):
+            if key is not None and self._missing(key, target, missing):
                 yield self.checker.finding(
                     "dangling-reference",
                     "critical",

@@ -197,6 +197,27 @@ def test_a_lost_naming_context_entry_is_damage_a_wrong_base_is_not(servers):
     assert check["findings"] == [] and "does not exist" in check["reason"]
 
 
+def test_references_between_naming_contexts(servers):
+    org = "dc=example,dc=org"
+    server = servers(other_suffix=org)
+    server.slapadd(directory_ldif())
+    staff = [f"member: uid=user{n},ou=people,{SUFFIX}" for n in (1, 3)]
+    server.slapadd(
+        entry(org, "objectClass: dcObject", "objectClass: organization", "dc: example", "o: Org")
+        + entry(f"cn=staff,{org}", "objectClass: groupOfNames", "cn: staff", *staff),
+        suffix=org,
+    )
+    server.start()
+    run = audit(server, slapcat=False)
+    assert run.code == 0, run.stdout
+    assert run.check("ldap")["stats"]["references_checked"] == 11
+    server.ldap("ldapdelete", "", f"uid=user3,ou=people,{SUFFIX}")
+    run = audit(server, slapcat=False)
+    assert run.code == 2, run.stdout
+    dangling = {f["subject"] for f in run.findings("ldap", "dangling-reference")}
+    assert dangling == {f"cn=group1,ou=groups,{SUFFIX}", f"cn=staff,{org}"}
+
+
 def test_damaged_lmdb_page_the_server_skips_is_found_by_slapcat(servers):
     server = servers()
     # Groups with many members are stored on LMDB overflow pages.
