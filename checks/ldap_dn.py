@@ -169,12 +169,6 @@ class HashSet:
         index = bisect_left(self._items, value)
         return index < len(self._items) and self._items[index] == value
 
-    def index(self, value: int) -> int:
-        """The position of `value` in the frozen order, or -1."""
-        self.freeze()
-        index = bisect_left(self._items, value)
-        return index if index < len(self._items) and self._items[index] == value else -1
-
     def duplicates(self) -> set:
         """The values added more than once."""
         self.freeze()
