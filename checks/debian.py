@@ -274,7 +274,9 @@ class _Audit:
                 if item.kind in ("file", "conffile") and item.error is None:
                     if item.host not in requested:
                         requested.add(item.host)
-                        item.request = HashRequest(item.location, "md5", key=item.host, follow=False)
+                        item.request = HashRequest(
+                            item.location, "md5", key=item.host, follow=False, host=item.host
+                        )
                         order.append(item)
                         yield item.request
                         continue

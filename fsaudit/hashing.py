@@ -11,11 +11,12 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from fsaudit.target import Target
 
 BLOCK_SIZE = 1 << 20
+BATCH = 16
 
 
 @dataclass
@@ -29,6 +30,8 @@ class HashRequest:
     follow: bool = True
     # Bytes hashed before the content, given the file's size (git hashes b"blob <size>\0" first).
     prefix: Optional[Callable[[int], bytes]] = None
+    # The host path when the caller already resolved it (Target.resolve with the same `follow`).
+    host: Optional[bytes] = None
 
 
 @dataclass
@@ -65,7 +68,11 @@ def hash_one(target: Target, request: HashRequest) -> HashResult:
     """Hash one file of the target; never raises for problems of the file itself."""
     result = HashResult(request)
     try:
-        with target.open(request.path, follow=request.follow) as handle:
+        if request.host is not None:
+            handle = target.open_host(request.host)
+        else:
+            handle = target.open(request.path, follow=request.follow)
+        with handle:
             result.st = handle.st
             result.size = handle.st.st_size
             result.mtime = handle.st.st_mtime
@@ -86,23 +93,38 @@ def hash_one(target: Target, request: HashRequest) -> HashResult:
     return result
 
 
+def _hash_batch(target: Target, batch: List[HashRequest]) -> List[HashResult]:
+    return [hash_one(target, request) for request in batch]
+
+
+def _batches(requests: Iterable[HashRequest], size: int) -> Iterator[List[HashRequest]]:
+    batch: List[HashRequest] = []
+    for request in requests:
+        batch.append(request)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def hash_files(target: Target, requests: Iterable[HashRequest], workers: int = 1) -> Iterator[HashResult]:
     """Hash files on `workers` threads, yielding results in request order.
 
-    At most a few requests per worker are in flight, so memory stays flat however many files there
-    are, and the caller may feed requests from a generator.
+    Requests go to the threads in small batches (one hand-over per batch, not per file: most
+    packaged files are small), and only a few batches per worker are in flight, so memory stays
+    flat however many files there are and the caller may feed requests from a generator.
     """
     workers = max(1, int(workers))
     if workers == 1:
         for request in requests:
             yield hash_one(target, request)
         return
-    window = workers * 8
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsaudit-hash") as pool:
-        for request in requests:
-            pending.append(pool.submit(hash_one, target, request))
-            if len(pending) >= window:
-                yield pending.popleft().result()
+        for batch in _batches(requests, BATCH):
+            pending.append(pool.submit(_hash_batch, target, batch))
+            if len(pending) >= workers * 4:
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()

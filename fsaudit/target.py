@@ -190,7 +190,11 @@ class Target:
         Raises NotRegularFile when something else stands there, OSError for the rest. When the
         target asks for it, the file's cached pages are dropped first so reads come from the disk.
         """
-        host = self.resolve(path, follow=follow)
+        return self.open_host(self.resolve(path, follow=follow))
+
+    def open_host(self, host: bytes) -> OpenFile:
+        """`open()` of a path already resolved with `resolve()` (callers that resolve to find
+        duplicates need not resolve twice)."""
         fd = _open_noatime(host)
         try:
             st = os.fstat(fd)
