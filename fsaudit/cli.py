@@ -15,6 +15,7 @@ from fsaudit.checker import Context, OptionError
 from fsaudit.config import load_config, merge_options, parse_sets
 from fsaudit.errors import FsauditError, UsageError
 from fsaudit.model import Report
+from fsaudit.output import output_file
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
 from fsaudit.report import RENDERERS, render
@@ -37,13 +38,10 @@ def write_output(text: str, output: str | None) -> None:
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
-    temporary = f"{output}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
+        with output_file(output) as handle:
             handle.write(text)
-        os.replace(temporary, output)
     except OSError as error:
-        _remove_quietly(temporary)
         raise FsauditError(f"cannot write the report to {output}: {error.strerror}") from None
 
 
@@ -204,19 +202,13 @@ def baseline_create(paths, output, root, jobs) -> int:
     for path in paths:
         if not target.exists(path, follow=True):
             raise UsageError(f"{path} does not exist under {target.root_text}")
-    temporary = f"{output}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "wb") as handle:
+        with output_file(output, "wb") as handle:
             counts = create_baseline(
                 target, list(paths), handle, jobs or os.cpu_count() or 1, Progress.for_terminal()
             )
-        os.replace(temporary, output)
     except OSError as error:
-        _remove_quietly(temporary)
         raise FsauditError(f"cannot write the baseline {output}: {error.strerror}") from None
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
     recorded = f"{counts['entries']:,} entries ({counts['files']:,} files, {counts['bytes']:,} bytes)"
     click.echo(f"recorded {recorded} in {output}")
     for problem in counts["errors"][:20]:
@@ -224,13 +216,6 @@ def baseline_create(paths, output, root, jobs) -> int:
     if len(counts["errors"]) > 20:
         click.echo(f"  ... and {len(counts['errors']) - 20:,} more not recorded", err=True)
     return 1 if counts["errors"] else 0
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 @cli.command()

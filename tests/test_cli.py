@@ -4,6 +4,7 @@ any add-on is (an entry point in a dist-info on the path): exit codes, isolation
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -253,3 +254,16 @@ def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env, tmp_path):
 def test_version_and_module_entry_point():
     run = fsaudit("--version")
     assert run.code == 0 and "fsaudit" in run.stdout
+
+
+def test_output_to_a_device_writes_to_it_and_never_replaces_it(plugin_env, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    run = fsaudit("audit", "--check", "damage", "--format", "json", "--output", fifo, env=plugin_env)
+    received = reader.communicate(timeout=60)[0]
+    assert run.code == 2
+    assert json.loads(received)["status"] == "critical"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert fsaudit("audit", "--check", "damage", "--output", "/dev/null", env=plugin_env).code == 2
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
