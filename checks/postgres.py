@@ -65,10 +65,10 @@ class PostgresChecker(Checker):
         Option("row_loss_min", "... and by at least this many rows", kind=int, default=100),
     )
     codes = {
-        "cluster-down": "a cluster is not running (or its data directory is unreadable); the log's last lines say why",
+        "cluster-down": "a cluster is not running or its data directory is unreadable; its log says why",
         "connection-failed": "a cluster or database could not be reached; it was not checked",
-        "permission-denied": "the role may not read some objects or run amcheck; they were not checked (not damage)",
-        "amcheck-missing": "the amcheck extension is not installed in a database; page-level checks did not run",
+        "permission-denied": "the role may not read some objects or run amcheck; they were not checked",
+        "amcheck-missing": "amcheck is not installed in a database; page-level checks did not run",
         "amcheck-installed": "fsaudit installed amcheck because postgres.install_amcheck=true",
         "index-corrupt": "amcheck found a damaged index, or an index and its table that disagree",
         "table-corrupt": "verify_heapam or a read found damaged table pages or rows",
@@ -77,7 +77,7 @@ class PostgresChecker(Checker):
         "file-short": "a relation file has fewer blocks than the catalog says, or a partial block",
         "rows-lost": "a table holds far fewer visible rows than its statistics say (vanished rows)",
         "checksum-failures": "the server counted data checksum failures",
-        "checksums-disabled": "the cluster runs without data checksums (some damage is invisible to the server)",
+        "checksums-disabled": "the cluster runs without data checksums (the server cannot see some damage)",
         "timeout": "a check hit statement_timeout or lock_timeout and did not finish",
         "check-failed": "a check failed for a reason other than damage or permissions",
     }
@@ -161,8 +161,8 @@ class PostgresChecker(Checker):
                 "log_file": log_file,
                 "log_tail": lines,
             },
-            advice='Start the cluster and read its log: lines like "could not access status of transaction" or '
-            '"invalid page" name the damage. If it cannot start, restore it from a backup.',
+            advice="Start the cluster and read its log: lines like 'could not access status of "
+            "transaction' or 'invalid page' name the damage. If it cannot start, restore it from a backup.",
         )
 
 

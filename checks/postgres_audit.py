@@ -235,6 +235,9 @@ class DatabaseAudit:
         details.update({k: v for k, v in extra.items() if v is not None})
         return details
 
+    def what(self, rel: Optional[Relation]) -> str:
+        return f"{rel.word} {rel.qualified}" if rel else f"database {self.dbname}"
+
     def run(self) -> None:
         try:
             self.conn = connect(self.conninfo, self.dbname, self.settings)
@@ -261,8 +264,8 @@ class DatabaseAudit:
             details=self.details(
                 server_message=server_message(error), sqlstate=getattr(error, "sqlstate", None)
             ),
-            advice="Check the DSN, the password (postgres.password_file or ~/.pgpass) and pg_hba.conf; as root, "
-            "give no DSN and fsaudit connects as the cluster's owner.",
+            advice="Check the DSN, the password (postgres.password_file or ~/.pgpass) and pg_hba.conf; "
+            "as root, give no DSN and fsaudit connects as the cluster's owner.",
         )
         self.events.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
 
@@ -299,7 +302,7 @@ class DatabaseAudit:
             self.events.finding(
                 "timeout",
                 "warning",
-                f"{step} of {rel.word + ' ' + rel.qualified if rel else self.dbname} did not finish: {message}",
+                f"{step} of {self.what(rel)} did not finish: {message}",
                 subject=self.subject(rel),
                 details=self.details(rel, step=step, server_message=message),
                 advice="Re-run when the database is less busy, or raise postgres.statement_timeout and "
@@ -310,17 +313,16 @@ class DatabaseAudit:
             self.events.finding(
                 "check-failed",
                 "warning",
-                f"{step} of {rel.word + ' ' + rel.qualified if rel else self.dbname} failed: {message}",
+                f"{step} of {self.what(rel)} failed: {message}",
                 subject=self.subject(rel),
                 details=self.details(
                     rel, step=step, server_message=message, sqlstate=getattr(error, "sqlstate", None)
                 ),
-                advice="Re-run the audit; if it fails again, read the server log around the time of the audit.",
+                advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
             )
             self.events.incomplete("some checks failed before the end")
-        if self.conn.closed or self.conn.broken:
-            if not self.reconnect():
-                raise _DatabaseLost(message)
+        if (self.conn.closed or self.conn.broken) and not self.reconnect():
+            raise _DatabaseLost(message)
 
     def corrupt(self, error: BaseException, step: str, rel: Optional[Relation]) -> None:
         message = server_message(error)
@@ -336,7 +338,7 @@ class DatabaseAudit:
                 details=self.details(
                     step=step, server_message=message, sqlstate=getattr(error, "sqlstate", None)
                 ),
-                advice="Read the server log around the time of the audit; the error names the damaged object.",
+                advice="Read the server log from the time of the audit; the error names the damaged object.",
             )
             self.events.incomplete("a data error could not be attributed to a relation")
             return
@@ -567,7 +569,8 @@ class DatabaseAudit:
         schema = found[0][0]
         allowed = self.query(
             "SELECT has_function_privilege(p.oid, 'EXECUTE') FROM pg_proc p JOIN pg_namespace n"
-            " ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname IN ('bt_index_check', 'verify_heapam')",
+            " ON n.oid = p.pronamespace WHERE n.nspname = %s"
+            " AND p.proname IN ('bt_index_check', 'verify_heapam')",
             (schema,),
             step="looking for amcheck",
         )
@@ -712,8 +715,8 @@ class DatabaseAudit:
                 "they were not checked (this is not damage)",
                 subject=self.subject(),
                 details=self.details(step=step, objects=names[:MAX_NAMES_LISTED], object_count=len(names)),
-                advice="Run the audit as root (it connects as the cluster's owner), as a superuser, or grant the "
-                "role pg_read_all_data, pg_read_server_files and EXECUTE on the amcheck functions.",
+                advice="Run the audit as root (it connects as the cluster's owner), as a superuser, or grant "
+                "the role pg_read_all_data, pg_read_server_files and EXECUTE on the amcheck functions.",
             )
         if self.denied:
             self.events.incomplete("some objects were not checked: permission denied")
@@ -839,12 +842,13 @@ def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str
         events.finding(
             "checksums-disabled",
             "info",
-            f"cluster {label} runs without data checksums: a damaged page is noticed only when the cross-checks "
-            "(indexes against tables, files against the catalog, rows against statistics) see it",
+            f"cluster {label} runs without data checksums: a damaged page is noticed only when the "
+            "cross-checks (indexes against tables, files against the catalog, rows against statistics) "
+            "see it",
             subject=label,
             details={"server_version_num": version},
-            advice="Enable checksums at the next maintenance window (pg_checksums --enable while the cluster is "
-            "stopped).",
+            advice="Enable checksums at the next maintenance window (pg_checksums --enable while the "
+            "cluster is stopped).",
         )
     if version >= 120000:
         rows = conn.execute(

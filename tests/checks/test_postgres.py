@@ -74,7 +74,11 @@ def test_clean_cluster_is_ok_by_dsn_and_as_its_owner(new_cluster):
     cluster.sql("CREATE DATABASE shop")
     cluster.sql("CREATE TABLE orders (id int PRIMARY KEY, note text, body text)", "shop")
     cluster.sql("CREATE INDEX ON orders (note)", "shop")
-    cluster.sql("INSERT INTO orders SELECT g, md5(g::text), repeat(md5(g::text), 200) FROM generate_series(1, 3000) g", "shop")
+    cluster.sql(
+        "INSERT INTO orders SELECT g, md5(g::text), repeat(md5(g::text), 200)"
+        " FROM generate_series(1, 3000) g",
+        "shop",
+    )
     cluster.sql("VACUUM ANALYZE orders", "shop")
 
     run = audit(cluster, "full_read=true")
@@ -135,7 +139,9 @@ def test_bytes_over_a_tuple_header_and_an_index_item(new_cluster):
     [table] = [f for f in run.findings("postgres", "table-corrupt") if f["details"]["relation"] == "people"]
     assert table["details"]["block"] == block and table["details"]["offset"] == offset
     assert table["details"]["database"] == "postgres" and table["details"]["schema"] == "public"
-    [index_finding] = [f for f in run.findings("postgres", "index-corrupt") if f["details"]["relation"] == "parts_pkey"]
+    [index_finding] = [
+        f for f in run.findings("postgres", "index-corrupt") if f["details"]["relation"] == "parts_pkey"
+    ]
     assert "REINDEX INDEX CONCURRENTLY public.parts_pkey" in index_finding["advice"]
 
 
@@ -200,7 +206,9 @@ def test_damaged_toast_chunks(new_cluster):
     cluster.sql("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     cluster.sql("ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")
     cluster.sql("INSERT INTO docs SELECT g, repeat(md5(g::text), 300) FROM generate_series(1, 20) g")
-    toast = cluster.relation_file(cluster.sql("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'docs'")[0][0])
+    toast = cluster.relation_file(
+        cluster.sql("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'docs'")[0][0]
+    )
     cluster.stop()
     zero_block(toast, 0, BLOCK)  # a lost write of a whole page: zeros, as a fresh extent reads
     cluster.start()
@@ -262,7 +270,9 @@ def test_role_without_privileges_is_not_damage(new_cluster):
 
 
 def test_unreachable_dsn_is_unknown(tmp_path):
-    run = fsaudit("audit", "--check", "postgres", "--format", "json", "--set", f"postgres.dsn=host={tmp_path} port=1")
+    run = fsaudit(
+        "audit", "--check", "postgres", "--format", "json", "--set", f"postgres.dsn=host={tmp_path} port=1"
+    )
     assert run.code == 3
     assert run.codes("postgres") == {"connection-failed"}
 
@@ -277,17 +287,25 @@ def test_discovery_reads_debian_layout_and_log_tail(tmp_path):
     conf = tmp_path / "etc/postgresql/15/main"
     conf.mkdir(parents=True)
     (conf / "postgresql.conf").write_text(
-        "data_directory = '/srv/pg/main'   # moved\nport = 5433\n#port = 1\nunix_socket_directories = '/run/pg,/tmp'\n"
+        "data_directory = '/srv/pg/main'   # moved\nport = 5433\n#port = 1\n"
+        "unix_socket_directories = '/run/pg,/tmp'\n"
     )
     data = tmp_path / "srv/pg/main"
     data.mkdir(parents=True)
     (data / "PG_VERSION").write_text("15\n")
     logs = tmp_path / "var/log/postgresql"
     logs.mkdir(parents=True)
-    (logs / "postgresql-15-main.log").write_text("\n".join(f"line {n}" for n in range(100)) + "\nFATAL: boom\n")
+    (logs / "postgresql-15-main.log").write_text(
+        "\n".join(f"line {n}" for n in range(100)) + "\nFATAL: boom\n"
+    )
 
     [cluster] = discover(Target(tmp_path), [])
-    assert (cluster.label, cluster.data_dir, cluster.port, cluster.socket_dir) == ("15/main", "/srv/pg/main", 5433, "/run/pg")
+    assert (cluster.label, cluster.data_dir, cluster.port, cluster.socket_dir) == (
+        "15/main",
+        "/srv/pg/main",
+        5433,
+        "/run/pg",
+    )
     assert not cluster.running and not cluster.problem
     lines, path = log_tail(Target(tmp_path), cluster)
     assert path == "/var/log/postgresql/postgresql-15-main.log"
@@ -311,7 +329,10 @@ def test_errors_are_classified_by_sqlstate():
     assert error_kind(Fake("55P03")) == "timeout"
     assert error_kind(Fake("42P01")) == "gone"
     assert error_kind(Fake("22012")) == "other"
-    assert _location('heap tuple (3,7) from table "t" lacks matching index tuple') == {"heap_block": 3, "heap_offset": 7}
+    assert _location('heap tuple (3,7) from table "t" lacks matching index tuple') == {
+        "heap_block": 3,
+        "heap_offset": 7,
+    }
 
 
 def test_password_comes_from_a_file_never_the_command_line(tmp_path):
