@@ -20,6 +20,9 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.postgres_clusters import Cluster, discover, log_tail
 
 LOG = logging.getLogger(__name__)
+# libpq environment variables that name a server: with one of them set and no DSN, libpq's defaults
+# (and ~/.pgpass) say where to connect, as they do for psql.
+LIBPQ_SERVER_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
 
 
 class PostgresChecker(Checker):
@@ -83,13 +86,22 @@ class PostgresChecker(Checker):
     }
 
     def applies(self, target) -> bool:
-        if self.settings["dsn"]:
+        if self.dsns():
             return True
         if not target.live:
             raise Skip("PostgreSQL servers are checked on the running system: give postgres.dsn")
         if not self.clusters(target):
             raise Skip("no PostgreSQL cluster found (give postgres.dsn or postgres.data_dir)")
         return True
+
+    def dsns(self) -> List[str]:
+        """The DSNs given, or libpq's defaults ("") when its environment names a server and no
+        data directory was given."""
+        if self.settings["dsn"]:
+            return self.settings["dsn"]
+        if not self.settings["data_dir"] and any(os.environ.get(name) for name in LIBPQ_SERVER_ENV):
+            return [""]
+        return []
 
     def clusters(self, target) -> List[Cluster]:
         return discover(target, self.settings["data_dir"])
@@ -99,8 +111,8 @@ class PostgresChecker(Checker):
 
         settings = self.audit_settings()
         jobs = max(1, int(self.context.jobs or 1))
-        if self.settings["dsn"]:
-            for dsn in self.settings["dsn"]:
+        if self.dsns():
+            for dsn in self.dsns():
                 label = postgres_audit.safe_label(dsn)
                 yield from self.translate(postgres_audit.audit_cluster(label, dsn, settings, jobs))
             return

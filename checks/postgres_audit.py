@@ -14,6 +14,7 @@ writers; nothing is created unless `install_amcheck` is set.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -35,7 +36,7 @@ _DONE = object()
 
 CATALOG_QUERY = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpages, c.reltuples::float8, c.relisshared,
-       c.relpersistence, pg_relation_filepath(c.oid), pg_relation_size(c.oid), am.amname,
+       c.relpersistence, pg_relation_filepath(c.oid), NULL::bigint, am.amname,
        COALESCE(i.indisvalid AND i.indisready AND i.indislive, true),
        COALESCE(it.relname, tt.relname), COALESCE(itn.nspname, ttn.nspname), s.n_live_tup
 FROM pg_class c
@@ -309,6 +310,8 @@ class DatabaseAudit:
                 "postgres.lock_timeout.",
             )
             self.events.incomplete("some relations were not checked to the end (timeouts)")
+            if rel is not None:
+                self.reported.add(("timeout", rel.oid))
         else:
             self.events.finding(
                 "check-failed",
@@ -489,8 +492,19 @@ class DatabaseAudit:
     def check_files(self, relations: List[Relation]) -> None:
         missing = self.missing_files(relations) or set()
         self.file_candidates = {rel.oid for rel in relations if rel.oid in missing}
+        for rel in relations:
+            if rel.oid not in missing:
+                rel.size = self.size_of(rel)
         self.file_candidates |= {rel.oid for rel in self.short_files(relations)}
         self.events.count("relation_files_checked", len(relations))
+
+    def size_of(self, rel: Relation) -> Optional[int]:
+        """The size of the relation's main fork, one relation at a time: `pg_relation_size` takes an
+        AccessShareLock, so a relation someone holds exclusively times out alone."""
+        rows = self.query(
+            "SELECT pg_relation_size(%s::oid::regclass)", (rel.oid,), "checking relation files", rel
+        )
+        return rows[0][0] if rows else None
 
     def recheck_files(self, relations: List[Relation]) -> None:
         """Report files gone or shorter than the catalog says, if still so after the other checks:
@@ -499,9 +513,7 @@ class DatabaseAudit:
         if not candidates:
             return
         rows = self.query(
-            "SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpages, c.reltuples::float8, c.relisshared,"
-            " c.relpersistence, pg_relation_filepath(c.oid), pg_relation_size(c.oid)"
-            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s)",
+            "SELECT c.oid, c.relpages, pg_relation_filepath(c.oid) FROM pg_class c WHERE c.oid = ANY(%s)",
             ([rel.oid for rel in candidates],),
             step="checking relation files",
         )
@@ -511,11 +523,14 @@ class DatabaseAudit:
         fresh = []
         for rel in candidates:
             row = now.get(rel.oid)
-            if row is None or row[8] != rel.filepath:
+            if row is None or row[2] != rel.filepath:
                 continue
-            rel.pages, rel.size = row[4], row[9]
+            rel.pages = row[1]
             fresh.append(rel)
         missing = self.missing_files(fresh) or set()
+        for rel in fresh:
+            if rel.oid not in missing:
+                rel.size = self.size_of(rel)
         for rel in fresh:
             if rel.oid in missing:
                 self.report_missing(rel, "No such file or directory")
@@ -575,7 +590,7 @@ class DatabaseAudit:
             step="looking for amcheck",
         )
         if allowed and not all(row[0] for row in allowed):
-            self.denied.setdefault("amcheck (EXECUTE on its functions)", []).append(self.dbname)
+            self.denied.setdefault("running the amcheck functions", []).append(self.dbname)
             return None
         return schema
 
@@ -620,7 +635,7 @@ class DatabaseAudit:
             " on_error_stop => false, check_toast => true, skip => 'none')"
         ).format(sql.Identifier(schema))
         for rel in relations:
-            if rel.kind not in ("r", "m", "t") or rel.oid in self.missing_oids():
+            if rel.kind not in ("r", "m", "t") or rel.oid in self.skipped_oids():
                 continue
             rows = self.query(statement, (rel.oid,), step="verify_heapam", rel=rel)
             if rows is None:
@@ -630,15 +645,16 @@ class DatabaseAudit:
                 problems = [{"block": b, "offset": o, "attribute": a, "message": m} for b, o, a, m in rows]
                 self.table_corrupt(rel, problems, "verify_heapam", None)
 
-    def missing_oids(self) -> set:
-        return {oid for code, oid in self.reported if code == "file-missing"}
+    def skipped_oids(self) -> set:
+        """Relations not worth another statement: their file is gone, or they could not be locked."""
+        return {oid for code, oid in self.reported if code in ("file-missing", "timeout")}
 
     def check_indexes(self, schema: str, relations: List[Relation]) -> None:
         statement = sql.SQL("SELECT {}.bt_index_check(%s::oid::regclass, true)").format(
             sql.Identifier(schema)
         )
         for rel in relations:
-            if not rel.is_index or rel.access_method != "btree" or rel.oid in self.missing_oids():
+            if not rel.is_index or rel.access_method != "btree" or rel.oid in self.skipped_oids():
                 continue
             if not rel.usable:
                 self.events.count("indexes_not_valid_skipped")
@@ -652,7 +668,7 @@ class DatabaseAudit:
         full_read = bool(self.settings.get("full_read"))
         minimum = int(self.settings["row_loss_min"])
         for rel in relations:
-            if rel.kind not in ("r", "m") or rel.oid in self.missing_oids():
+            if rel.kind not in ("r", "m") or rel.oid in self.skipped_oids():
                 continue
             estimate = self.estimate(rel)
             if not full_read and estimate < minimum:
@@ -711,7 +727,7 @@ class DatabaseAudit:
             self.events.finding(
                 "permission-denied",
                 "warning",
-                f"the role may not run {step} on {len(names)} object(s) of database {self.dbname}; "
+                f"permission denied for {step} on {len(names)} object(s) of database {self.dbname}: "
                 "they were not checked (this is not damage)",
                 subject=self.subject(),
                 details=self.details(step=step, objects=names[:MAX_NAMES_LISTED], object_count=len(names)),
@@ -748,8 +764,8 @@ def safe_label(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.Error:
         return "(unparsable DSN)"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    return f"{host}:{params.get('port') or 5432}"
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
+    return f"{host}:{params.get('port') or os.environ.get('PGPORT') or 5432}"
 
 
 def audit_cluster(
@@ -758,9 +774,8 @@ def audit_cluster(
     """The events of checking every database of one cluster, databases in parallel up to `jobs`."""
     out: queue.Queue = queue.Queue()
     events = Events(out.put, label, data_dir)
-    first_db = conninfo_to_dict(conninfo).get("dbname")
     try:
-        conn = _first_connection(conninfo, first_db, settings)
+        conn = _first_connection(conninfo, conninfo_to_dict(conninfo).get("dbname"), settings)
     except psycopg.Error as error:
         events.finding(
             "connection-failed",
@@ -775,7 +790,22 @@ def audit_cluster(
         yield from _drain(out)
         return
     with conn:
-        databases = _cluster_checks(conn, events, settings)
+        try:
+            databases = _cluster_checks(conn, events, settings)
+        except psycopg.Error as error:
+            events.finding(
+                "check-failed",
+                "warning",
+                f"cannot list the databases of cluster {label}: {server_message(error)}",
+                subject=label,
+                details={
+                    "server_message": server_message(error),
+                    "sqlstate": getattr(error, "sqlstate", None),
+                },
+                advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
+            )
+            events.incomplete(f"cluster {label} was not checked")
+            databases = []
         if events.data_dir is None:
             events.data_dir = _data_directory(conn)
     yield from _drain(out)

@@ -269,6 +269,23 @@ def test_role_without_privileges_is_not_damage(new_cluster):
     assert run.check("postgres")["status"] == "unknown"
 
 
+def test_a_locked_table_times_out_and_the_rest_is_checked(new_cluster):
+    cluster = new_cluster()
+    cluster.sql("CREATE TABLE busy (id int PRIMARY KEY)")
+    cluster.sql("INSERT INTO busy SELECT generate_series(1, 1000)")
+    holder = cluster.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+        run = audit(cluster, "lock_timeout=0.2")
+    finally:
+        holder.close()
+    assert run.code == 3, run.stdout + run.stderr
+    assert run.codes("postgres") == {"timeout"}
+    assert {f["details"]["relation"] for f in run.findings("postgres", "timeout")} >= {"busy"}
+    assert run.check("postgres")["stats"]["indexes_checked"] > 100
+
+
 def test_unreachable_dsn_is_unknown(tmp_path):
     run = fsaudit(
         "audit", "--check", "postgres", "--format", "json", "--set", f"postgres.dsn=host={tmp_path} port=1"
