@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -31,6 +30,11 @@ Emit = Callable[[dict], None]
 MAX_PROBLEMS_LISTED = 20
 MAX_NAMES_LISTED = 20
 MAX_RECONNECTS = 3
+SEGMENT_BYTES = 1 << 30
+# Relations smaller than this are checked GROUP_SIZE at a time, in one statement.
+SMALL_RELATION_BYTES = 1 << 20
+GROUP_SIZE = 50
+MAX_SEGMENTS = 1 << 16
 _FILE_IN_MESSAGE = re.compile(r'"((?:base/\d+|global|pg_tblspc/[^"]+)/\d+)(?:_[a-z]+)?(?:\.\d+)?"')
 _DONE = object()
 
@@ -471,32 +475,57 @@ class DatabaseAudit:
                 short.append(rel)
         return short
 
-    def missing_files(self, relations: List[Relation]) -> Optional[set]:
-        """Oids of relations whose main file does not exist (None when the role may not stat files)."""
-        oids = [rel.oid for rel in relations if rel.filepath]
-        paths = [rel.filepath for rel in relations if rel.filepath]
+    def file_sizes(self, relations: List[Relation]) -> Optional[Dict[int, Optional[int]]]:
+        """Size of each relation's main fork from its files (None: the file is gone), in one
+        statement that takes no lock; None when the role may not stat files."""
+        listed = [rel for rel in relations if rel.filepath]
         try:
             rows = self.conn.execute(
-                "SELECT u.oid FROM unnest(%s::oid[], %s::text[]) AS u(oid, path)"
-                " WHERE (pg_stat_file(u.path, true)).size IS NULL",
-                (oids, paths),
+                "SELECT u.oid, (pg_stat_file(u.path, true)).size"
+                " FROM unnest(%s::oid[], %s::text[]) AS u(oid, path)",
+                ([rel.oid for rel in listed], [rel.filepath for rel in listed]),
             ).fetchall()
         except psycopg.Error as error:
             if error_kind(error) in ("permission", "other"):
-                self.events.count("file_existence_not_checked_databases")
+                self.events.count("file_sizes_from_the_server_databases")
                 return None
             self.failed(error, "checking relation files", None)
             return None
-        return {row[0] for row in rows}
+        sizes = dict(rows)
+        for rel in listed:
+            if sizes.get(rel.oid) == SEGMENT_BYTES:
+                sizes[rel.oid] = self.segmented_size(rel)
+        return sizes
+
+    def segmented_size(self, rel: Relation) -> Optional[int]:
+        """The size of a relation of more than one 1 GB segment file (`path`, `path.1`, ...)."""
+        total, segment = 0, 0
+        while segment < MAX_SEGMENTS:
+            path = rel.filepath if segment == 0 else f"{rel.filepath}.{segment}"
+            rows = self.query("SELECT (pg_stat_file(%s, true)).size", (path,), "checking relation files", rel)
+            if not rows or rows[0][0] is None:
+                break
+            total += rows[0][0]
+            if rows[0][0] < SEGMENT_BYTES:
+                break
+            segment += 1
+        return total
 
     def check_files(self, relations: List[Relation]) -> None:
-        missing = self.missing_files(relations) or set()
-        self.file_candidates = {rel.oid for rel in relations if rel.oid in missing}
-        for rel in relations:
-            if rel.oid not in missing:
-                rel.size = self.size_of(rel)
+        self.file_candidates = self.measure(relations)
         self.file_candidates |= {rel.oid for rel in self.short_files(relations)}
         self.events.count("relation_files_checked", len(relations))
+
+    def measure(self, relations: List[Relation]) -> set:
+        """Set each relation's size; return the oids of those whose file is gone."""
+        sizes = self.file_sizes(relations)
+        if sizes is None:
+            for rel in relations:
+                rel.size = self.size_of(rel)
+            return set()
+        for rel in relations:
+            rel.size = sizes.get(rel.oid)
+        return {rel.oid for rel in relations if rel.filepath and sizes.get(rel.oid) is None}
 
     def size_of(self, rel: Relation) -> Optional[int]:
         """The size of the relation's main fork, one relation at a time: `pg_relation_size` takes an
@@ -527,10 +556,7 @@ class DatabaseAudit:
                 continue
             rel.pages = row[1]
             fresh.append(rel)
-        missing = self.missing_files(fresh) or set()
-        for rel in fresh:
-            if rel.oid not in missing:
-                rel.size = self.size_of(rel)
+        missing = self.measure(fresh)
         for rel in fresh:
             if rel.oid in missing:
                 self.report_missing(rel, "No such file or directory")
@@ -626,41 +652,92 @@ class DatabaseAudit:
         )
         return bool(rows)
 
+    def groups(self, relations: List[Relation]) -> Iterator[List[Relation]]:
+        """Small relations in groups checked by one statement each (round trips dominate their
+        check), big ones alone."""
+        group: List[Relation] = []
+        for rel in relations:
+            size = rel.size if rel.size is not None else rel.pages * self.block_size
+            if size >= SMALL_RELATION_BYTES:
+                yield [rel]
+                continue
+            group.append(rel)
+            if len(group) == GROUP_SIZE:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def batch(self, statement, oids: List[int]) -> Optional[list]:
+        """The rows of one statement over a group, or None when it failed (the caller then checks
+        each relation alone, to know which one failed and why)."""
+        try:
+            return self.conn.execute(statement, (oids,)).fetchall()
+        except psycopg.Error as error:
+            if (self.conn.closed or self.conn.broken) and not self.reconnect():
+                raise _DatabaseLost(server_message(error)) from error
+            return None
+
     def check_heaps(self, schema: str, relations: List[Relation]) -> None:
         if not self.has_function(schema, "verify_heapam"):
             self.events.count("heap_check_unavailable_databases")
             return
-        statement = sql.SQL(
-            "SELECT blkno, offnum, attnum, msg FROM {}.verify_heapam(%s::oid::regclass,"
+        one = sql.SQL(
+            "SELECT %s::oid, blkno, offnum, attnum, msg FROM {}.verify_heapam(%s::oid::regclass,"
             " on_error_stop => false, check_toast => true, skip => 'none')"
         ).format(sql.Identifier(schema))
-        for rel in relations:
-            if rel.kind not in ("r", "m", "t") or rel.oid in self.skipped_oids():
+        many = sql.SQL(
+            "SELECT u.oid, v.blkno, v.offnum, v.attnum, v.msg FROM unnest(%s::oid[]) AS u(oid)"
+            " CROSS JOIN LATERAL {}.verify_heapam(u.oid::regclass, on_error_stop => false,"
+            " check_toast => true, skip => 'none') v"
+        ).format(sql.Identifier(schema))
+        tables = [rel for rel in relations if rel.kind in ("r", "m", "t")]
+        for group in self.groups(tables):
+            group = [rel for rel in group if rel.oid not in self.skipped_oids()]
+            rows = self.batch(many, [rel.oid for rel in group]) if len(group) > 1 else None
+            if rows is not None:
+                self.heap_results(group, rows)
                 continue
-            rows = self.query(statement, (rel.oid,), step="verify_heapam", rel=rel)
-            if rows is None:
-                continue
-            self.events.count("tables_checked")
-            if rows:
-                problems = [{"block": b, "offset": o, "attribute": a, "message": m} for b, o, a, m in rows]
-                self.table_corrupt(rel, problems, "verify_heapam", None)
+            for rel in group:
+                found = self.query(one, (rel.oid, rel.oid), step="verify_heapam", rel=rel)
+                if found is not None:
+                    self.heap_results([rel], found)
+
+    def heap_results(self, group: List[Relation], rows: list) -> None:
+        self.events.count("tables_checked", len(group))
+        problems: Dict[int, List[dict]] = {}
+        for oid, block, offset, attribute, message in rows:
+            problems.setdefault(oid, []).append(
+                {"block": block, "offset": offset, "attribute": attribute, "message": message}
+            )
+        for rel in group:
+            if rel.oid in problems:
+                self.table_corrupt(rel, problems[rel.oid], "verify_heapam", None)
 
     def skipped_oids(self) -> set:
         """Relations not worth another statement: their file is gone, or they could not be locked."""
         return {oid for code, oid in self.reported if code in ("file-missing", "timeout")}
 
     def check_indexes(self, schema: str, relations: List[Relation]) -> None:
-        statement = sql.SQL("SELECT {}.bt_index_check(%s::oid::regclass, true)").format(
-            sql.Identifier(schema)
-        )
+        one = sql.SQL("SELECT {}.bt_index_check(%s::oid::regclass, true)").format(sql.Identifier(schema))
+        many = sql.SQL(
+            "SELECT {}.bt_index_check(u.oid::regclass, true) FROM unnest(%s::oid[]) AS u(oid)"
+        ).format(sql.Identifier(schema))
+        indexes = []
         for rel in relations:
-            if not rel.is_index or rel.access_method != "btree" or rel.oid in self.skipped_oids():
+            if rel.is_index and rel.access_method == "btree":
+                if rel.usable:
+                    indexes.append(rel)
+                else:
+                    self.events.count("indexes_not_valid_skipped")
+        for group in self.groups(indexes):
+            group = [rel for rel in group if rel.oid not in self.skipped_oids()]
+            if len(group) > 1 and self.batch(many, [rel.oid for rel in group]) is not None:
+                self.events.count("indexes_checked", len(group))
                 continue
-            if not rel.usable:
-                self.events.count("indexes_not_valid_skipped")
-                continue
-            if self.query(statement, (rel.oid,), step="bt_index_check", rel=rel) is not None:
-                self.events.count("indexes_checked")
+            for rel in group:
+                if self.query(one, (rel.oid,), step="bt_index_check", rel=rel) is not None:
+                    self.events.count("indexes_checked")
 
     def check_rows(self, relations: List[Relation]) -> None:
         """Count the rows of each table (reading every value with `full_read`) and compare with the
@@ -791,7 +868,7 @@ def audit_cluster(
         return
     with conn:
         try:
-            databases = _cluster_checks(conn, events, settings)
+            version, databases = _cluster_checks(conn, events, settings)
         except psycopg.Error as error:
             events.finding(
                 "check-failed",
@@ -805,13 +882,28 @@ def audit_cluster(
                 advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
             )
             events.incomplete(f"cluster {label} was not checked")
-            databases = []
-        if events.data_dir is None:
+            return
+        # Paths in the report are paths on the audited system: only a server reached over a Unix
+        # socket is known to run here.
+        if events.data_dir is None and (conn.info.host or "").startswith("/"):
             events.data_dir = _data_directory(conn)
-    yield from _drain(out)
+        yield from _drain(out)
+        yield from _audit_databases(events, out, conninfo, databases, settings, jobs)
+        # Read last, so that pages this audit found damaged are counted too.
+        try:
+            _checksum_failures(conn, events, version)
+        except psycopg.Error as error:
+            events.incomplete(
+                f"cluster {label}: checksum failures could not be read ({server_message(error)})"
+            )
+        yield from _drain(out)
+
+
+def _audit_databases(
+    events: Events, out: queue.Queue, conninfo: str, databases: List[str], settings: Dict[str, Any], jobs: int
+) -> Iterator[dict]:
     if not databases:
         return
-    lock = threading.Lock()
 
     def work(index: int, dbname: str) -> None:
         try:
@@ -819,8 +911,7 @@ def audit_cluster(
         except _DatabaseLost as lost:
             events.incomplete(f"database {dbname}: the connection was lost ({lost})")
         except Exception as error:  # one broken database never stops the others
-            with lock:
-                events.incomplete(f"database {dbname}: the check failed: {type(error).__name__}: {error}")
+            events.incomplete(f"database {dbname}: the check failed: {type(error).__name__}: {error}")
         finally:
             out.put(_DONE)
 
@@ -861,8 +952,8 @@ def _data_directory(conn: psycopg.Connection) -> Optional[str]:
         return None
 
 
-def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str, Any]) -> List[str]:
-    """Checksums and checksum failures; return the databases to check."""
+def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str, Any]) -> tuple:
+    """Say whether checksums are on; return the server version and the databases to check."""
     label = events.cluster
     version, checksums = conn.execute(
         "SELECT current_setting('server_version_num')::int, current_setting('data_checksums')"
@@ -880,21 +971,6 @@ def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str
             advice="Enable checksums at the next maintenance window (pg_checksums --enable while the "
             "cluster is stopped).",
         )
-    if version >= 120000:
-        rows = conn.execute(
-            "SELECT COALESCE(datname, '(shared objects)'), checksum_failures, checksum_last_failure::text"
-            " FROM pg_stat_database WHERE checksum_failures > 0"
-        ).fetchall()
-        for dbname, failures, last in rows:
-            events.finding(
-                "checksum-failures",
-                "critical",
-                f"the server counted {failures} checksum failure(s) in database {dbname}, last at {last}",
-                subject=f"{label} {dbname}",
-                details={"database": dbname, "checksum_failures": failures, "last_failure": last},
-                advice="The server read pages whose checksum did not match: find them in the server log "
-                '("page verification failed") and restore the affected relations from a backup.',
-            )
     names = [
         row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname")
     ]
@@ -915,4 +991,23 @@ def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str
     first = conn.info.dbname
     # The database we are connected to checks the shared catalogs: put it first.
     names.sort(key=lambda name: name != first)
-    return names
+    return version, names
+
+
+def _checksum_failures(conn: psycopg.Connection, events: Events, version: int) -> None:
+    label = events.cluster
+    if version >= 120000:
+        rows = conn.execute(
+            "SELECT COALESCE(datname, '(shared objects)'), checksum_failures, checksum_last_failure::text"
+            " FROM pg_stat_database WHERE checksum_failures > 0"
+        ).fetchall()
+        for dbname, failures, last in rows:
+            events.finding(
+                "checksum-failures",
+                "critical",
+                f"the server counted {failures} checksum failure(s) in database {dbname}, last at {last}",
+                subject=f"{label} {dbname}",
+                details={"database": dbname, "checksum_failures": failures, "last_failure": last},
+                advice="The server read pages whose checksum did not match: find them in the server log "
+                '("page verification failed") and restore the affected relations from a backup.',
+            )

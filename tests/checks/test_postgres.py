@@ -175,8 +175,10 @@ def test_heap_page_put_back_to_its_image_before_an_update_and_vacuum(new_cluster
     assert "Compare the table with a backup first" in finding["advice"]
 
 
-def test_truncated_table_file_and_removed_index_file(new_cluster):
+def test_truncated_table_file_removed_index_file_and_a_checksum_failure(new_cluster):
     cluster = new_cluster()
+    cluster.sql("CREATE TABLE notes AS SELECT g AS id, 'note ' || g AS body FROM generate_series(1, 100) g")
+    notes = cluster.relation_file("notes")
     cluster.sql("CREATE TABLE events (id int, pad text)")
     cluster.sql("INSERT INTO events SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
     cluster.sql("CREATE TABLE tags (id int, name text)")
@@ -189,6 +191,7 @@ def test_truncated_table_file_and_removed_index_file(new_cluster):
     cluster.stop()
     truncate(table, BLOCK)
     os.unlink(index)
+    write_at(notes, 6000, b"\x00\x01")
     cluster.start()
 
     run = audit(cluster)
@@ -199,6 +202,10 @@ def test_truncated_table_file_and_removed_index_file(new_cluster):
     [missing] = run.findings("postgres", "file-missing")
     assert missing["details"]["relation"] == "tags_name"
     assert "REINDEX INDEX public.tags_name" in missing["advice"]
+    [damaged] = run.findings("postgres", "table-corrupt")
+    assert damaged["details"]["relation"] == "notes" and "invalid page" in damaged["message"]
+    [failures] = run.findings("postgres", "checksum-failures")
+    assert failures["details"]["database"] == "postgres" and failures["details"]["checksum_failures"] >= 1
 
 
 def test_damaged_toast_chunks(new_cluster):
