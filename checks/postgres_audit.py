@@ -958,7 +958,8 @@ def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str
     version, checksums = conn.execute(
         "SELECT current_setting('server_version_num')::int, current_setting('data_checksums')"
     ).fetchone()
-    events.emit({"count": ["clusters_checked", 1]})
+    events.count("clusters_checked")
+    events.count("clusters_with_data_checksums" if checksums == "on" else "clusters_without_data_checksums")
     if checksums != "on":
         events.finding(
             "checksums-disabled",
