@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -99,6 +98,13 @@ def test_clean_cluster_is_ok_by_dsn_and_as_its_owner(shared_cluster):
     assert check["stats"]["databases_checked"] == 3
     assert check["stats"]["clusters_with_data_checksums"] == 1
     assert check["stats"]["indexes_checked"] > 100 and check["stats"]["tables_read"] > 50
+
+    # A running postmaster is found by its working directory, which is its data directory.
+    from fsaudit.target import Target
+    from fsaudit_checks.postgres_clusters import discover
+
+    [found] = [c for c in discover(Target("/"), []) if c.data_dir == str(cluster.data)]
+    assert found.running and found.port == cluster.port and found.owner_name == OWNER
 
     # As root without a DSN: the check runs as the cluster's owner over peer authentication.
     owned = audit_data_dir(cluster)
@@ -379,4 +385,3 @@ def test_password_comes_from_a_file_never_the_command_line(tmp_path):
     secret.write_text("s3cret\n")
     checker = PostgresChecker({"dsn": ["host=/nowhere"], "password_file": [str(secret)]})
     assert checker.audit_settings()["password"] == "s3cret"
-    assert OWNER == "postgres" and Path(secret).exists()
