@@ -891,7 +891,8 @@ def audit_cluster(
         if events.data_dir is None and (conn.info.host or "").startswith("/"):
             events.data_dir = _data_directory(conn)
         yield from _drain(out)
-        yield from _audit_databases(events, out, conninfo, databases, settings, jobs)
+        workers = min(jobs, _spare_connections(conn) // 4 or 1)
+        yield from _audit_databases(events, out, conninfo, databases, settings, workers)
         # Read last, so that pages this audit found damaged are counted too.
         try:
             _checksum_failures(conn, events, version)
@@ -900,6 +901,19 @@ def audit_cluster(
                 f"cluster {label}: checksum failures could not be read ({server_message(error)})"
             )
         yield from _drain(out)
+
+
+def _spare_connections(conn: psycopg.Connection) -> int:
+    """Connection slots still free on the server; the audit takes at most a quarter of them, so
+    the application keeps room on a busy server."""
+    try:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int - count(*) FROM pg_stat_activity"
+        ).fetchone()
+    except psycopg.Error:
+        return 4
+    return max(int(row[0]), 0)
 
 
 def _audit_databases(
