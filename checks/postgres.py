@@ -158,8 +158,11 @@ class PostgresChecker(Checker):
 
     def cluster_down(self, target, cluster: Cluster):
         lines, log_file = log_tail(target, cluster)
-        why = cluster.problem or f"cluster {cluster.label} ({cluster.data_dir}) is not running"
-        said = f"; its log ends with: {lines[-1]}" if lines else "; no log file found"
+        where = "" if cluster.label == cluster.data_dir else f" ({cluster.data_dir})"
+        why = cluster.problem or f"cluster {cluster.label}{where} is not running"
+        said = (
+            f"; its log ends with: {lines[-1]}" if lines else "; no log lines found where its log usually is"
+        )
         self.incomplete(f"cluster {cluster.label} was not checked: it is not running")
         return self.finding(
             "cluster-down",
@@ -172,6 +175,7 @@ class PostgresChecker(Checker):
                 "data_dir": cluster.data_dir,
                 "log_file": log_file,
                 "log_tail": lines,
+                "log_places": [] if lines else cluster.log_candidates,
             },
             advice="Start the cluster and read its log: lines like 'could not access status of "
             "transaction' or 'invalid page' name the damage. If it cannot start, restore it from a backup.",
