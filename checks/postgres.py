@@ -3,9 +3,10 @@
 Page checksums do not catch a lost write (an old page image is valid, checksum included); what
 catches it is cross-checking: indexes against their tables (amcheck with `heapallindexed`), tables
 against the rules of the heap (`verify_heapam`), relation files against the catalog, rows against
-the statistics. The checks themselves are in `postgres_audit`; finding the clusters is in
-`postgres_clusters`; this module picks the clusters and runs the audit of each, as the cluster's
-owner when fsaudit runs as root.
+the statistics. Modules: `postgres_clusters` finds the clusters; `postgres_audit` checks one
+cluster, `postgres_database` one database, `postgres_report` turns what they find into findings,
+`postgres_session` holds the read-only session and the events. This module picks the clusters and
+runs the audit of each, as the cluster's owner when fsaudit runs as root.
 """
 
 from __future__ import annotations

@@ -357,7 +357,8 @@ def test_discovery_reads_debian_layout_and_log_tail(tmp_path):
 
 
 def test_errors_are_classified_by_sqlstate():
-    from fsaudit_checks.postgres_audit import _location, error_kind
+    from fsaudit_checks.postgres_report import _location
+    from fsaudit_checks.postgres_session import error_kind
 
     class Fake(Exception):
         def __init__(self, sqlstate):
