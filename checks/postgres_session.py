@@ -1,0 +1,98 @@
+"""One read-only PostgreSQL session, what its errors mean, and the events the audit emits.
+
+The audit yields *events*, plain JSON-safe dicts, so the same code runs in the audit process (a
+DSN) or in a child process that dropped privileges to the cluster's owner (discovery as root):
+- `{"finding": {code, severity, message, path, subject, details, advice}}`
+- `{"count": [key, amount]}`
+- `{"incomplete": reason}`
+
+Safety on a live server: every session is read-only (`default_transaction_read_only`), autocommit
+(no long snapshot holds back VACUUM), with `statement_timeout` and `lock_timeout`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+Emit = Callable[[dict], None]
+
+
+def error_kind(error: BaseException) -> str:
+    """What a server error means for the audit: corrupt, permission, timeout, gone, connection, other."""
+    state = getattr(error, "sqlstate", None) or ""
+    if state == "42501":
+        return "permission"
+    if state in ("57014", "55P03"):
+        return "timeout"
+    if state in ("42P01", "3F000", "42704"):
+        return "gone"
+    if state.startswith("XX") or state.startswith("58"):
+        return "corrupt"
+    if isinstance(error, psycopg.OperationalError):
+        return "connection"
+    return "other"
+
+
+def server_message(error: BaseException) -> str:
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return (primary or str(error) or type(error).__name__).strip()
+
+
+def connect(conninfo: str, dbname: Optional[str], settings: Dict[str, Any]) -> psycopg.Connection:
+    """A read-only, autocommit session with statement and lock timeouts."""
+    options = [conninfo_to_dict(conninfo).get("options") or ""]
+    options.append("-c default_transaction_read_only=on")
+    options.append(f"-c statement_timeout={int(float(settings['statement_timeout']) * 1000)}")
+    options.append(f"-c lock_timeout={int(float(settings['lock_timeout']) * 1000)}")
+    options.append("-c idle_in_transaction_session_timeout=60000")
+    kwargs: Dict[str, Any] = {"options": " ".join(o for o in options if o), "application_name": "fsaudit"}
+    kwargs["connect_timeout"] = int(settings.get("connect_timeout") or 10)
+    if dbname:
+        kwargs["dbname"] = dbname
+    if settings.get("password"):
+        kwargs["password"] = settings["password"]
+    conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+    # Poolers may drop startup options: say it again in the session itself.
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+class Events:
+    """Builds the events of one cluster; `emit` sends each one on (a queue, a pipe)."""
+
+    def __init__(self, emit: Emit, cluster: str, data_dir: Optional[str]):
+        self.emit = emit
+        self.cluster = cluster
+        self.data_dir = data_dir
+
+    def finding(self, code, severity, message, subject=None, path=None, details=None, advice=""):
+        details = {"cluster": self.cluster, **(details or {})}
+        self.emit(
+            {
+                "finding": {
+                    "code": code,
+                    "severity": severity,
+                    "message": message,
+                    "subject": subject,
+                    "path": path,
+                    "details": details,
+                    "advice": advice,
+                }
+            }
+        )
+
+    def count(self, key: str, amount: int = 1) -> None:
+        self.emit({"count": [key, amount]})
+
+    def incomplete(self, reason: str) -> None:
+        self.emit({"incomplete": reason})
+
+    def file_path(self, filepath: Optional[str]) -> Optional[str]:
+        """The path on the audited system of a file named relative to the data directory."""
+        if not self.data_dir or not filepath:
+            return None
+        return filepath if filepath.startswith("/") else f"{self.data_dir.rstrip('/')}/{filepath}"
