@@ -1,0 +1,656 @@
+"""The `zodb` checker: ZODB FileStorages (Data.fs), read directly or through a read-only ZEO client."""
+
+from __future__ import annotations
+
+import binascii
+import os
+from typing import Dict, Iterator, List
+
+from fsaudit.checker import Checker, Option, Skip
+from fsaudit.model import Finding, Severity
+from fsaudit.target import NotRegularFile, Target
+from fsaudit_checks.zodb_discovery import Storage, discover, guess_blob_dir
+from fsaudit_checks.zodb_format import Problem, Walk, hex_id, tid_text, tid_time, u64
+from fsaudit_checks.zodb_pickle import IndexUnreadable, UnreadablePickle, read_index, record_references
+
+CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
+SEARCH_ROOTS = ("/srv", "/var/lib", "/opt", "/home")
+CONFIG_ROOTS = ("/etc",)
+BLOB_CLASSES = {"ZODB.blob.Blob"}
+# Findings listed per code and storage; the rest are counted in the storage's summary.
+MAX_PER_CODE = 50
+# Oids named in one finding's details.
+MAX_LISTED = 20
+
+SEVERITY = {
+    "bad-magic": CRITICAL,
+    "truncated-transaction": CRITICAL,
+    "transaction-damaged": CRITICAL,
+    "record-damaged": CRITICAL,
+    "length-mismatch": CRITICAL,
+    "unreachable-range": CRITICAL,
+    "prev-chain-broken": CRITICAL,
+    "backpointer-broken": CRITICAL,
+    "unreadable-record": CRITICAL,
+    "dangling-reference": CRITICAL,
+    "root-missing": CRITICAL,
+    "checkpoint-transaction": WARNING,
+}
+
+RESTORE = (
+    "Restore Data.fs from a backup (repozo) and replay what you can since. Work on a copy: never open "
+    "the damaged file read-write (ZODB would cut the damaged tail off into Data.fs.tr0)."
+)
+
+
+def _oid_path(oid: bytes, layout: str) -> str:
+    """The blob directory path of an oid, as ZODB.blob's bushy or lawn layout writes it."""
+    if layout == "lawn":
+        return _oid_repr(oid)
+    return "/".join("0x" + binascii.hexlify(oid[i : i + 1]).decode() for i in range(8))
+
+
+def _oid_repr(oid: bytes) -> str:
+    digits = binascii.hexlify(oid).lstrip(b"0")
+    if len(digits) & 1:
+        digits = b"0" + digits
+    return "0x" + (digits.decode() or "00")
+
+
+class ZodbChecker(Checker):
+    """Verify ZODB FileStorages: structure, lost tails, unpicklable records, dangling references, blobs."""
+
+    name = "zodb"
+    order = 40
+    options = (
+        Option(
+            "paths",
+            "FileStorage files or directories to check (default: search the usual places)",
+            multiple=True,
+        ),
+        Option(
+            "search",
+            "directories searched for FileStorages by their magic",
+            multiple=True,
+            default=SEARCH_ROOTS,
+        ),
+        Option(
+            "blob_dir", "blob directory of the storages given in `paths` (default: from configs, or beside)"
+        ),
+        Option(
+            "zeo", "ZEO servers (host:port or socket path) to check through a read-only client", multiple=True
+        ),
+        Option("zeo_storage", "storage name on the ZEO servers", default="1"),
+        Option("zeo_timeout", "seconds to wait for a ZEO server", kind=float, default=30.0),
+        Option("references", "parse every current object and check its references", kind=bool, default=True),
+        Option("max_depth", "directory depth of the search", kind=int, default=8),
+        Option("max_files", "files whose magic the search reads, at most", kind=int, default=200_000),
+    )
+    codes = {
+        "bad-magic": "the file has a FileStorage's name but not its magic (its first block is damaged)",
+        "truncated-transaction": "the file ends inside a transaction: its tail was torn off",
+        "transaction-damaged": "a transaction header is invalid (tid order, status, lengths)",
+        "record-damaged": "a data record header is invalid (tid, transaction position, lengths)",
+        "length-mismatch": "a transaction's header length and redundant length disagree",
+        "unreachable-range": "bytes between readable transactions: what was written there is lost",
+        "prev-chain-broken": "a record's previous-revision pointer does not match the file",
+        "backpointer-broken": "an undo record's back pointer does not lead to data of the same object",
+        "unreadable-record": "an object's pickle cannot be parsed (or loaded through ZEO)",
+        "dangling-reference": "an object references an object that does not exist (POSKeyError)",
+        "root-missing": "the storage has no root object",
+        "checkpoint-transaction": "the last transaction was never finished (interrupted commit)",
+        "index-beyond-end": "Data.fs.index covers more of the file than exists: the tail was lost",
+        "index-mismatch": "Data.fs.index disagrees with the file",
+        "index-unreadable": "Data.fs.index cannot be read",
+        "blob-missing": "a blob record has no blob file",
+        "blob-empty": "a blob file is empty",
+        "written-in-window": "transactions were committed during the suspect window",
+        "unreadable": "a storage file cannot be read",
+        "storage-missing": "a configured storage file does not exist",
+        "zeo-unreachable": "a ZEO server could not be reached or checked",
+        "storage-checked": "summary of one checked storage",
+    }
+
+    def applies(self, target: Target) -> bool:
+        if self.settings["paths"] or self.settings["zeo"]:
+            return True
+        if not any(target.exists(root, follow=True) for root in self.settings["search"]):
+            raise Skip("none of " + ", ".join(self.settings["search"]) + " exists")
+        return True
+
+    def run(self, target: Target) -> Iterator[Finding]:
+        for address in self.settings["zeo"]:
+            yield from self._check_zeo(address)
+        storages = self._storages(target)
+        if not storages and not self.settings["zeo"]:
+            raise Skip("no FileStorage found under " + ", ".join(self.settings["search"]))
+        for storage in storages:
+            yield from StorageAudit(self, target, storage).run()
+
+    # -- finding the storages ------------------------------------------------------------------
+
+    def _storages(self, target: Target) -> List[Storage]:
+        blob_dir = os.fsencode(self.settings["blob_dir"]) if self.settings["blob_dir"] else None
+        if self.settings["paths"]:
+            storages = []
+            for given in self.settings["paths"]:
+                path = os.fsencode(given)
+                try:
+                    is_dir = target.stat(path).st_mode & 0o170000 == 0o040000
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    found = discover(
+                        target, [given], [], self.settings["max_depth"], self.settings["max_files"]
+                    )
+                    storages.extend(found.storages.values())
+                else:
+                    storages.append(Storage(path, None, ["paths"]))
+            for storage in storages:
+                storage.blob_dir = blob_dir or storage.blob_dir
+        else:
+            found = discover(
+                target,
+                self.settings["search"],
+                CONFIG_ROOTS,
+                self.settings["max_depth"],
+                self.settings["max_files"],
+            )
+            self.count("files_searched", found.files_examined)
+            if found.limit_reached:
+                self.incomplete(
+                    f"the search stopped after reading {found.files_examined} files (zodb.max_files)"
+                )
+            storages = list(found.storages.values())
+        for storage in storages:
+            if storage.blob_dir is None:
+                storage.blob_dir = guess_blob_dir(target, storage.path)
+        return sorted(storages, key=lambda storage: storage.path)
+
+    # -- ZEO ---------------------------------------------------------------------------------------
+
+    def _check_zeo(self, address_text: str) -> Iterator[Finding]:
+        subject = f"zeo {address_text}"
+        try:
+            from fsaudit_checks.zodb_zeo import ZeoUnreachable, ZeoWalk, parse_address
+        except ImportError:
+            self.incomplete("checking through ZEO needs the ZEO package: pip install 'fsaudit[zodb]'")
+            return
+        try:
+            address = parse_address(address_text)
+            walk = ZeoWalk(address, self.settings["zeo_storage"], self.settings["zeo_timeout"])
+        except ValueError as error:
+            yield self.finding("zeo-unreachable", WARNING, str(error), subject=subject)
+            self.incomplete(f"ZEO server {address_text} was not checked")
+            return
+        listed: Dict[str, int] = {}
+        try:
+            for problem in walk.problems():
+                listed[problem.code] = listed.get(problem.code, 0) + 1
+                if listed[problem.code] > MAX_PER_CODE:
+                    continue
+                yield self.finding(
+                    problem.code,
+                    SEVERITY[problem.code],
+                    problem.message,
+                    subject=f"{subject} oid {hex_id(problem.oid)}" if problem.oid else subject,
+                    details={**problem.details, "zeo": address_text, "storage": self.settings["zeo_storage"]},
+                    advice="Restore the storage behind this ZEO server from a backup; then check its "
+                    "Data.fs directly with fsaudit on the server for the full structural check.",
+                )
+        except ZeoUnreachable as error:
+            yield self.finding(
+                "zeo-unreachable",
+                WARNING,
+                f"ZEO server {address_text}: {error}",
+                subject=subject,
+                advice="Check that the ZEO server is running and reachable from here.",
+            )
+            self.incomplete(f"ZEO server {address_text} could not be checked to the end")
+            return
+        self.count("zeo_objects", walk.objects)
+        self.count("references_checked", walk.references)
+        details = {"objects": walk.objects, "references": walk.references, "suppressed": _suppressed(listed)}
+        if walk.last_tid:
+            details.update(last_tid=hex_id(walk.last_tid), last_time=tid_text(walk.last_tid))
+            yield from self._window_findings(subject, None, walk.last_tid, None)
+        yield self.finding(
+            "storage-checked",
+            INFO,
+            f"{walk.objects} objects reachable from the root were loaded through ZEO",
+            subject=subject,
+            details=details,
+        )
+
+    def _window_findings(
+        self, subject: str, path: bytes | None, last_tid: bytes, walk: Walk | None
+    ) -> Iterator[Finding]:
+        window = self.context.window
+        moment = tid_time(last_tid)
+        if window is None or moment is None:
+            return
+        in_window = walk.in_window if walk else int(window.contains(moment.timestamp()))
+        if not in_window:
+            return
+        details = {
+            "transactions_in_window": in_window,
+            "last_tid": hex_id(last_tid),
+            "last_time": tid_text(last_tid),
+        }
+        if walk and walk.first_in_window:
+            details.update(first_tid=hex_id(walk.first_in_window), first_time=tid_text(walk.first_in_window))
+        yield self.finding(
+            "written-in-window",
+            WARNING,
+            f"{in_window} transaction(s) were committed during the suspect window; the last at "
+            f"{tid_text(last_tid)}",
+            path=path,
+            subject=subject,
+            details=details,
+            advice="Writes from the window may be incomplete on disk even when the structure is intact: "
+            "compare recent content with what users expect, or restore from a backup taken after the window.",
+        )
+
+
+def _suppressed(listed: Dict[str, int]) -> Dict[str, int]:
+    return {code: count - MAX_PER_CODE for code, count in listed.items() if count > MAX_PER_CODE}
+
+
+class StorageAudit:
+    """Everything checked for one Data.fs."""
+
+    def __init__(self, checker: ZodbChecker, target: Target, storage: Storage):
+        self.checker = checker
+        self.target = target
+        self.storage = storage
+        self.path = storage.path
+        self.listed: Dict[str, int] = {}
+        self.walk: Walk | None = None
+        self.damaged = False
+
+    def finding(self, code, severity, message, subject=None, details=None, advice="") -> Finding | None:
+        self.listed[code] = self.listed.get(code, 0) + 1
+        if severity == CRITICAL:
+            self.damaged = True
+        if self.listed[code] > MAX_PER_CODE:
+            return None
+        return self.checker.finding(
+            code, severity, message, path=self.path, subject=subject, details=details, advice=advice
+        )
+
+    def run(self) -> Iterator[Finding]:
+        checker = self.checker
+        try:
+            handle = self.target.open(self.path)
+        except FileNotFoundError:
+            yield checker.finding(
+                "storage-missing",
+                WARNING,
+                "the storage file named by " + ", ".join(self.storage.sources) + " does not exist",
+                path=self.path,
+                advice="If the application still uses this storage, restore Data.fs from a backup; "
+                "otherwise remove the stale configuration.",
+            )
+            return
+        except NotRegularFile as error:
+            yield checker.finding(
+                "unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path
+            )
+            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            return
+        except OSError as error:
+            yield checker.finding(
+                "unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path
+            )
+            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            return
+        checker.count("storages")
+        with handle:
+            try:
+                yield from self._audit(handle)
+            except OSError as error:
+                found = self.finding(
+                    "unreadable",
+                    WARNING,
+                    f"reading failed: {error.strerror or error}",
+                    advice="A read error on Data.fs is damage on the disk: copy what can be read and "
+                    "restore from a backup.",
+                )
+                if found:
+                    yield found
+                checker.incomplete(f"{self.target.display(self.path)} could not be read to the end")
+
+    def _audit(self, handle) -> Iterator[Finding]:
+        size = handle.st.st_size
+        self.checker.count("bytes_read", size)
+        walk = self.walk = Walk(handle, size, window=self.checker.context.window)
+        for problem in walk.walk():
+            yield from self._emit(problem, walk.last_tid)
+        for problem in walk.verify_backs():
+            yield from self._emit(problem, None)
+        self.checker.count("transactions", walk.transactions)
+        self.checker.count("records", walk.records)
+        objects = len(walk.current)
+        if walk.transactions and (walk.current.get(0) is None or walk.current.get(0)[1]):
+            yield from self._emit(
+                Problem("root-missing", 4, "the storage has no root object (oid 0x0)"), None
+            )
+        references = 0
+        if self.checker.settings["references"] and walk.magic:
+            references = yield from self._references(walk)
+        yield from self._index(walk, size)
+        if walk.last_tid:
+            yield from self.checker._window_findings(
+                f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk
+            )
+        details = {
+            "size": size,
+            "magic": walk.magic.decode("latin-1"),
+            "transactions": walk.transactions,
+            "records": walk.records,
+            "objects": objects,
+            "references": references,
+            "unreachable_bytes": sum(end - start for start, end in walk.unreachable),
+            "blob_dir": os.fsdecode(self.storage.blob_dir) if self.storage.blob_dir else None,
+            "suppressed": _suppressed(self.listed),
+        }
+        if walk.last_tid:
+            details.update(
+                first_tid=hex_id(walk.first_tid),
+                first_time=tid_text(walk.first_tid),
+                last_tid=hex_id(walk.last_tid),
+                last_time=tid_text(walk.last_tid),
+            )
+        verdict = "damaged" if self.damaged else "intact"
+        yield self.checker.finding(
+            "storage-checked",
+            INFO,
+            f"{verdict}: {walk.transactions} transactions, {objects} objects, last transaction "
+            + (tid_text(walk.last_tid) if walk.last_tid else "none"),
+            path=self.path,
+            details=details,
+        )
+
+    # -- structure --------------------------------------------------------------------------------
+
+    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[Finding]:
+        details = {"offset": problem.pos, **problem.details}
+        subject_parts = []
+        if problem.tid:
+            details.update(tid=hex_id(problem.tid), tid_time=tid_text(problem.tid))
+            subject_parts.append(f"tid {hex_id(problem.tid)}")
+        if problem.oid:
+            details["oid"] = hex_id(problem.oid)
+            subject_parts.append(f"oid {hex_id(problem.oid)}")
+        advice = RESTORE
+        if last_good:
+            details.update(last_good_tid=hex_id(last_good), last_good_time=tid_text(last_good))
+            advice += (
+                f" The last intact transaction before this damage is {hex_id(last_good)} "
+                f"({tid_text(last_good)})."
+            )
+        found = self.finding(
+            problem.code,
+            SEVERITY[problem.code],
+            problem.message,
+            subject=" ".join(subject_parts) or None,
+            details=details,
+            advice=advice,
+        )
+        if found:
+            yield found
+
+    # -- references and blobs ------------------------------------------------------------------------
+
+    def _references(self, walk: Walk):
+        current = walk.current
+        progress = self.checker.context.progress
+        progress.start(f"zodb {self.target.display(self.path)}", walk.records)
+        references = 0
+        blobs = BlobCheck(self)
+        done = 0
+        for oid, tid, _pos, back in walk.current_records():
+            done += 1
+            if done % 4096 == 0:
+                progress.advance(4096)
+            if not back:
+                continue  # deleted: its creation was undone
+            data, why = walk.load_at(oid, back)
+            if data is None:
+                continue  # broken back pointers are reported by verify_backs
+            try:
+                class_name, refs, _foreign = record_references(data)
+            except UnreadablePickle as error:
+                yield from self._emit(
+                    Problem(
+                        "unreadable-record",
+                        back,
+                        f"the current record of oid {hex_id(oid)} cannot be unpickled: {error}",
+                        tid=tid,
+                        oid=oid,
+                    ),
+                    None,
+                )
+                continue
+            references += len(refs)
+            missing, undone = [], []
+            for ref in refs:
+                found = current.get(u64(ref))
+                if found is None:
+                    missing.append(hex_id(ref))
+                elif found[1]:
+                    undone.append(hex_id(ref))
+            if missing or undone:
+                yield from self._dangling(oid, tid, class_name, missing, undone)
+            if class_name in BLOB_CLASSES:
+                yield from blobs.check(oid, tid)
+        self.checker.count("objects_parsed", done)
+        self.checker.count("references_checked", references)
+        if blobs.unverified:
+            self.checker.incomplete(
+                f"{blobs.unverified} blob(s) of {self.target.display(self.path)} not verified: "
+                "no blob directory known (set zodb.blob_dir)"
+            )
+        return references
+
+    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
+        names = missing + undone
+        message = f"oid {hex_id(oid)} ({class_name}) references " + ", ".join(names[:5])
+        message += " and more" if len(names) > 5 else ""
+        message += ", which " + ("does not exist" if len(names) == 1 else "do not exist")
+        if undone and not missing:
+            message += " (their creation was undone)"
+        found = self.finding(
+            "dangling-reference",
+            CRITICAL,
+            message,
+            subject=f"oid {hex_id(oid)}",
+            details={
+                "oid": hex_id(oid),
+                "class": class_name,
+                "tid": hex_id(tid),
+                "tid_time": tid_text(tid),
+                "missing": missing[:MAX_LISTED],
+                "undone": undone[:MAX_LISTED],
+            },
+            advice=f"Loading oid {hex_id(oid)} or walking into the missing objects raises POSKeyError. "
+            "Restore from a backup taken before the damage; if the file itself is intact, the referencing "
+            "object must be repaired by the application (replace or remove the reference).",
+        )
+        if found:
+            yield found
+
+    # -- Data.fs.index ---------------------------------------------------------------------------
+
+    def _index(self, walk: Walk, size: int) -> Iterator[Finding]:
+        index_path = self.path + b".index"
+        rebuild = (
+            "Data.fs.index is only a cache: stop the application or ZEO server, move Data.fs.index aside "
+            "and start again; FileStorage rebuilds it from Data.fs."
+        )
+        try:
+            handle = self.target.open(index_path)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            found = self.finding(
+                "index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}"
+            )
+            if found:
+                yield found
+            return
+        self.checker.count("indexes")
+        with handle:
+            try:
+                covered, entries = read_index(handle)
+                summary = self._compare_index(walk, size, covered, entries)
+            except IndexUnreadable as error:
+                found = self.finding(
+                    "index-unreadable",
+                    WARNING,
+                    f"{os.fsdecode(index_path)} cannot be read: {error}",
+                    advice=rebuild,
+                )
+                if found:
+                    yield found
+                return
+        if covered > size:
+            found = self.finding(
+                "index-beyond-end",
+                CRITICAL,
+                f"Data.fs.index was written when Data.fs was {covered} bytes long; it now has {size}: "
+                f"the last {covered - size} bytes of transactions were lost",
+                subject=f"tid {hex_id(walk.last_tid)}" if walk.last_tid else None,
+                details={
+                    "index_position": covered,
+                    "size": size,
+                    "lost_bytes": covered - size,
+                    "objects_lost_revisions": summary["beyond"],
+                    "affected_oids": summary["beyond_oids"],
+                    **self._last_good(walk),
+                },
+                advice=RESTORE
+                + " Everything committed after the last intact transaction is gone from this file; keep "
+                "Data.fs.index as evidence of how much was lost.",
+            )
+            if found:
+                yield found
+            return
+        problems = summary["wrong"] + summary["unindexed"] + summary["beyond"]
+        if covered not in (4, walk.end_pos) and not walk.is_boundary(covered):
+            problems += 1
+            summary["position_not_a_transaction"] = covered
+        if problems:
+            found = self.finding(
+                "index-mismatch",
+                WARNING if not self.damaged else CRITICAL,
+                f"Data.fs.index disagrees with Data.fs for {problems} object(s)",
+                details={"index_position": covered, **summary},
+                advice=(RESTORE + " " if self.damaged else "") + rebuild,
+            )
+            if found:
+                yield found
+
+    @staticmethod
+    def _last_good(walk: Walk) -> dict:
+        if not walk.last_tid:
+            return {}
+        return {"last_good_tid": hex_id(walk.last_tid), "last_good_time": tid_text(walk.last_tid)}
+
+    @staticmethod
+    def _compare_index(walk: Walk, size: int, covered: int, entries) -> dict:
+        """Counts (and a few oids) of index entries that disagree with the walk."""
+        current = walk.current
+        seen = bytearray()
+        summary = {"entries": 0, "wrong": 0, "beyond": 0, "unindexed": 0}
+        examples: Dict[str, List[str]] = {"wrong_oids": [], "beyond_oids": [], "unindexed_oids": []}
+        for oid, position in entries:
+            summary["entries"] += 1
+            byte, bit = divmod(oid, 8)
+            if byte < (1 << 27):
+                if byte >= len(seen):
+                    seen.extend(bytes(byte + 1 - len(seen) + len(seen) // 2))
+                seen[byte] |= 1 << bit
+            found = current.position(oid)
+            if position >= size:
+                kind = "beyond"
+            elif found == position or (found > position and found >= covered):
+                continue
+            else:
+                kind = "wrong"
+            summary[kind] += 1
+            if len(examples[kind + "_oids"]) < MAX_LISTED:
+                examples[kind + "_oids"].append(hex(oid))
+        for oid, position, _deleted in current.items():
+            if position >= covered:
+                continue
+            byte, bit = divmod(oid, 8)
+            if byte < len(seen) and seen[byte] & (1 << bit):
+                continue
+            summary["unindexed"] += 1
+            if len(examples["unindexed_oids"]) < MAX_LISTED:
+                examples["unindexed_oids"].append(hex(oid))
+        summary.update(examples)
+        return summary
+
+
+class BlobCheck:
+    """Blob records against the blob directory: the file of each current blob revision must exist."""
+
+    def __init__(self, audit: StorageAudit):
+        self.audit = audit
+        self.blob_dir = audit.storage.blob_dir
+        self.layout = "bushy"
+        self.unverified = 0
+        if self.blob_dir:
+            try:
+                text = audit.target.read_bytes(os.path.join(self.blob_dir, b".layout"), limit=64)
+                self.layout = text.decode("ascii", "replace").strip() or "bushy"
+            except OSError:
+                pass
+
+    def check(self, oid: bytes, tid: bytes) -> Iterator[Finding]:
+        if not self.blob_dir:
+            self.unverified += 1
+            return
+        self.audit.checker.count("blobs_checked")
+        relative = f"{_oid_path(oid, self.layout)}/{_oid_repr(tid)}.blob"
+        path = os.path.join(self.blob_dir, os.fsencode(relative))
+        try:
+            st = self.audit.target.stat(path)
+        except FileNotFoundError:
+            found = self.audit.finding(
+                "blob-missing",
+                CRITICAL,
+                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is missing: {os.fsdecode(path)}",
+                subject=f"oid {hex_id(oid)}",
+                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
+                advice="Restore the blob directory from the backup that matches Data.fs.",
+            )
+            if found:
+                yield found
+            return
+        except OSError as error:
+            found = self.audit.finding(
+                "blob-missing",
+                CRITICAL,
+                f"the blob of oid {hex_id(oid)} cannot be read: {error}",
+                subject=f"oid {hex_id(oid)}",
+                details={"oid": hex_id(oid), "tid": hex_id(tid), "blob": path},
+                advice="Restore the blob directory from the backup that matches Data.fs.",
+            )
+            if found:
+                yield found
+            return
+        if st.st_size == 0:
+            found = self.audit.finding(
+                "blob-empty",
+                WARNING,
+                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is an empty file",
+                subject=f"oid {hex_id(oid)}",
+                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
+                advice="Unless this blob was meant to be empty, its content was lost: restore the blob "
+                "directory from a backup.",
+            )
+            if found:
+                yield found

@@ -1,0 +1,620 @@
+"""A read-only, resynchronising walker over the ZODB FileStorage format (Data.fs).
+
+The layout (ZODB/FileStorage/format.py; identical for the `FS21` and `FS30` magics, which differ
+only in the pickle protocol of the records):
+
+    file        = magic(4) transaction*
+    transaction = tid(8) tlen(8) status(1) ulen(2) dlen(2) elen(2) user descr ext record* tlen(8)
+    record      = oid(8) tid(8) prev(8) tloc(8) vlen(2) plen(8) (pickle(plen) | back(8) when plen == 0)
+
+`tlen` counts from the transaction's first byte to its redundant length (excluded). Every integer is
+big-endian. The walker never uses ZODB itself: ZODB's FileStorage takes a lock file, and a
+read-write open truncates a damaged tail.
+
+Pass one (`walk`) checks every header, both lengths, the status, every record's tid, transaction
+position and previous-record pointer, and resynchronises after damage on the next transaction whose
+header and redundant length agree; it records, per oid, the position of the current record. Pass two
+(`current_records`) reads only the current records, in file order, for the reference check.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import struct
+import time
+from array import array
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Dict, Iterator, List, Tuple
+
+MAGICS = (b"FS21", b"FS30")
+TXN_HEADER = struct.Struct(">8sQcHHH")
+RECORD_HEADER = struct.Struct(">8s8sQQHQ")
+TXN_HEADER_LEN = TXN_HEADER.size  # 23
+RECORD_HEADER_LEN = RECORD_HEADER.size  # 42
+U64 = struct.Struct(">Q")
+STATUSES = b" pu"
+CHUNK = 8 << 20
+# How far back pointers are followed before the chain is called a loop.
+MAX_BACK_HOPS = 64
+# Oids above this (relative to the records seen) are kept in a dict instead of the dense array;
+# ZODB allocates oids sequentially, so only damage or odd imports produce sparse ones.
+_DENSE_SLACK = 1 << 20
+
+
+def p64(number: int) -> bytes:
+    return U64.pack(number)
+
+
+def u64(data: bytes) -> int:
+    return U64.unpack(data)[0]
+
+
+def hex_id(data: bytes) -> str:
+    """An oid or tid as ZODB prints it: 0x followed by the significant hex digits."""
+    return hex(u64(data))
+
+
+def tid_time(tid: bytes) -> datetime | None:
+    """The commit time a transaction id encodes (ZODB TimeStamp), or None when it is not a time."""
+    minutes, fraction = struct.unpack(">II", tid)
+    minute = minutes % 60
+    hours = minutes // 60
+    hour = hours % 24
+    days = hours // 24
+    day = days % 31 + 1
+    months = days // 31
+    month = months % 12 + 1
+    year = months // 12 + 1900
+    try:
+        moment = datetime(year, month, day, hour, minute, tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return moment.fromtimestamp(moment.timestamp() + fraction * 60.0 / (1 << 32), tz=timezone.utc)
+
+
+def time_tid(moment: float) -> bytes:
+    """The transaction id ZODB would give a commit at Unix time `moment`."""
+    when = time.gmtime(moment)
+    minutes = (
+        (((when.tm_year - 1900) * 12 + when.tm_mon - 1) * 31 + when.tm_mday - 1) * 24 + when.tm_hour
+    ) * 60
+    minutes += when.tm_min
+    seconds = moment % 60
+    return struct.pack(">II", minutes, min(int(seconds / 60.0 * (1 << 32)), (1 << 32) - 1))
+
+
+def tid_text(tid: bytes) -> str:
+    moment = tid_time(tid)
+    return moment.isoformat(timespec="seconds") if moment else "not a valid time"
+
+
+class Reader:
+    """Random and sequential reads of an open file through one large buffer."""
+
+    def __init__(self, handle, size: int):
+        self.handle = handle
+        self.size = size
+        self._buf = b""
+        self._start = 0
+
+    def read(self, pos: int, length: int) -> bytes:
+        """Up to `length` bytes at `pos` (fewer at the end of the file)."""
+        end = pos + length
+        start = self._start
+        if start <= pos and end <= start + len(self._buf):
+            return self._buf[pos - start : end - start]
+        if length > CHUNK:
+            self.handle.seek(pos)
+            return self.handle.read(length)
+        self.handle.seek(pos)
+        self._buf = self.handle.read(CHUNK)
+        self._start = pos
+        return self._buf[:length]
+
+    def read_exact(self, pos: int, length: int) -> bytes | None:
+        data = self.read(pos, length)
+        return data if len(data) == length else None
+
+
+class OidMap:
+    """oid -> (position of its current record, deleted) in flat memory.
+
+    Oids are dense small integers in any real FileStorage, so they index an `array('Q')` holding
+    `(pos + 1) << 1 | deleted`; the few that are not go into a dict.
+    """
+
+    def __init__(self):
+        self.dense = array("Q")
+        self.sparse: Dict[int, int] = {}
+        self.records = 0
+
+    def set(self, oid: int, pos: int, deleted: bool) -> None:
+        value = ((pos + 1) << 1) | int(deleted)
+        dense = self.dense
+        if oid < len(dense):
+            dense[oid] = value
+            return
+        if oid < len(dense) + _DENSE_SLACK + 4 * self.records:
+            dense.frombytes(bytes(8 * (oid + 1 - len(dense))))
+            dense[oid] = value
+            return
+        self.sparse[oid] = value
+
+    def raw(self, oid: int) -> int:
+        if oid < len(self.dense):
+            return self.dense[oid]
+        return self.sparse.get(oid, 0)
+
+    def get(self, oid: int) -> Tuple[int, bool] | None:
+        """(position, deleted) of the current record of `oid`, or None when it has none."""
+        value = self.raw(oid)
+        if not value:
+            return None
+        return (value >> 1) - 1, bool(value & 1)
+
+    def position(self, oid: int) -> int:
+        """Position of the current record, or -1."""
+        value = self.raw(oid)
+        return (value >> 1) - 1 if value else -1
+
+    def __len__(self) -> int:
+        return sum(1 for value in self.dense if value) + len(self.sparse)
+
+    def items(self) -> Iterator[Tuple[int, int, bool]]:
+        for oid, value in enumerate(self.dense):
+            if value:
+                yield oid, (value >> 1) - 1, bool(value & 1)
+        for oid in sorted(self.sparse):
+            value = self.sparse[oid]
+            yield oid, (value >> 1) - 1, bool(value & 1)
+
+
+@dataclass
+class Problem:
+    """One piece of damage the walk found."""
+
+    code: str
+    pos: int
+    message: str
+    tid: bytes | None = None
+    oid: bytes | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class Transaction:
+    pos: int
+    end: int  # position of the redundant length
+    tid: bytes
+    status: bytes
+    data_start: int
+
+
+@dataclass
+class _Record:
+    pos: int
+    oid: bytes
+    prev: int
+    plen: int
+    back: int
+    end: int
+
+
+class Walk:
+    """Pass one over a FileStorage: structure, lengths, chains; the current record of every oid."""
+
+    def __init__(self, handle, size: int, now: float | None = None, window=None):
+        self.reader = Reader(handle, size)
+        self.window = window
+        self.in_window = 0
+        self.first_in_window: bytes | None = None
+        self.size = size
+        self.magic = b""
+        self.current = OidMap()
+        # Accepted transactions, in file order: start, end (of data), data start.
+        self.txn_pos = array("Q")
+        self.txn_end = array("Q")
+        self.txn_data = array("Q")
+        self.txn_status = bytearray()
+        self.transactions = 0
+        self.records = 0
+        self.first_tid: bytes | None = None
+        self.last_tid: bytes | None = None
+        self.last_pos = 0  # start of the last accepted transaction
+        self.end_pos = 4  # end of the last accepted transaction (with its redundant length)
+        self.unreachable: List[Tuple[int, int]] = []
+        self.backs = array("Q")  # record position, back pointer: pairs to verify
+        self.max_tid = max(time_tid((now if now is not None else time.time()) + 86400), self._tail_tid())
+
+    # -- the walk --------------------------------------------------------------------------------
+
+    def walk(self) -> Iterator[Problem]:
+        read = self.reader.read
+        self.magic = read(0, 4)
+        if self.magic not in MAGICS:
+            yield Problem("bad-magic", 0, f"the file does not start with a FileStorage magic: {self.magic!r}")
+            start = self._resync(4, b"\0" * 8)
+            if start is None:
+                return
+            self.unreachable.append((0, start))
+            yield self._unreachable_problem(0, start, None)
+            pos = start
+        else:
+            pos = 4
+        ltid = b"\0" * 8
+        size = self.size
+        while pos < size:
+            outcome = self._transaction(pos, ltid)
+            if isinstance(outcome, Transaction):
+                for problem in self._pending:
+                    yield problem
+                self._accept(outcome)
+                ltid = outcome.tid
+                pos = outcome.end + 8
+                continue
+            problem = outcome
+            start = self._resync(pos + 1, ltid)
+            if start is None:
+                torn = self._looks_torn(pos, ltid)
+                if torn:
+                    problem = Problem(
+                        "truncated-transaction",
+                        pos,
+                        f"the file ends inside the transaction at offset {pos}: its end was lost "
+                        f"({size - pos} bytes of a partly written transaction)",
+                        tid=torn,
+                    )
+                yield problem
+                self.unreachable.append((pos, size))
+                if not torn:
+                    yield self._unreachable_problem(pos, size, ltid)
+                return
+            yield problem
+            self.unreachable.append((pos, start))
+            yield self._unreachable_problem(pos, start, ltid)
+            pos = start
+
+    def _unreachable_problem(self, start: int, end: int, ltid: bytes | None) -> Problem:
+        return Problem(
+            "unreachable-range",
+            start,
+            f"bytes {start}..{end} ({end - start} bytes) are not part of any readable transaction: "
+            "the objects written there are lost to ZODB",
+            tid=ltid if ltid and ltid != b"\0" * 8 else None,
+            details={"start": start, "end": end, "length": end - start},
+        )
+
+    def _looks_torn(self, pos: int, ltid: bytes) -> bytes | None:
+        """The tid of a transaction that starts plausibly at `pos` but runs past the end of the file."""
+        header = self.reader.read(pos, TXN_HEADER_LEN)
+        if len(header) < 8:
+            return header[:8] if len(header) else None
+        tid = header[:8]
+        if not (ltid < tid <= self.max_tid):
+            return None
+        if len(header) < TXN_HEADER_LEN:
+            return tid
+        _, tlen, status, _, _, _ = TXN_HEADER.unpack(header)
+        if status in STATUSES + b"c" and pos + tlen + 8 > self.size:
+            return tid
+        return None
+
+    def _accept(self, txn: Transaction) -> None:
+        self.transactions += 1
+        self.txn_pos.append(txn.pos)
+        self.txn_end.append(txn.end)
+        self.txn_data.append(txn.data_start)
+        self.txn_status.append(txn.status[0])
+        if self.first_tid is None:
+            self.first_tid = txn.tid
+        self.last_tid = txn.tid
+        self.last_pos = txn.pos
+        self.end_pos = txn.end + 8
+        if self.window is not None:
+            moment = tid_time(txn.tid)
+            if moment is not None and self.window.contains(moment.timestamp()):
+                self.in_window += 1
+                self.first_in_window = self.first_in_window or txn.tid
+
+    def is_boundary(self, pos: int) -> bool:
+        """Whether an accepted transaction starts at `pos`."""
+        index = bisect.bisect_left(self.txn_pos, pos)
+        return index < len(self.txn_pos) and self.txn_pos[index] == pos
+
+    def _transaction(self, pos: int, ltid: bytes):
+        """The transaction at `pos` (a Transaction, with its problems in `self._pending`) or the
+        Problem that makes it unreadable."""
+        self._pending: List[Problem] = []
+        header = self.reader.read(pos, TXN_HEADER_LEN)
+        if len(header) < TXN_HEADER_LEN:
+            return Problem(
+                "truncated-transaction", pos, f"the file ends inside a transaction header at {pos}"
+            )
+        tid, tlen, status, ulen, dlen, elen = TXN_HEADER.unpack(header)
+        data_start = pos + TXN_HEADER_LEN + ulen + dlen + elen
+        if tid <= ltid:
+            return Problem(
+                "transaction-damaged",
+                pos,
+                f"transaction header at {pos} is damaged: its tid {hex_id(tid)} is not after the "
+                f"previous one {hex_id(ltid)}",
+                tid=tid,
+            )
+        if tid > self.max_tid:
+            return Problem(
+                "transaction-damaged",
+                pos,
+                f"transaction header at {pos} is damaged: tid {hex_id(tid)} is a time in the future",
+                tid=tid,
+            )
+        if status not in STATUSES:
+            if status == b"c" and pos + tlen + 8 == self.size:
+                return Problem(
+                    "checkpoint-transaction",
+                    pos,
+                    f"the last transaction (at {pos}) was never finished (status 'c'): ZODB discards it",
+                    tid=tid,
+                )
+            return Problem(
+                "transaction-damaged",
+                pos,
+                f"transaction header at {pos} is damaged: invalid status {status!r}",
+                tid=tid,
+            )
+        tend = pos + tlen
+        tlen_plausible = data_start <= tend and tend + 8 <= self.size
+        if status == b"u":
+            # An undone transaction's records are ignored by ZODB; only its lengths matter.
+            if tlen_plausible and self._length_at(tend) == tlen:
+                return Transaction(pos, tend, tid, status, data_start)
+            return Problem(
+                "transaction-damaged",
+                pos,
+                f"undone transaction at {pos}: header and redundant lengths disagree",
+                tid=tid,
+            )
+        if data_start > self.size:
+            return Problem(
+                "truncated-transaction", pos, f"the file ends inside a transaction header at {pos}"
+            )
+        records, stop, bad = self._records(pos, tid, data_start)
+        trailer = self._length_at(stop)
+        if stop == tend and tlen_plausible:
+            if trailer != tlen:
+                self._pending.append(
+                    Problem(
+                        "length-mismatch",
+                        tend,
+                        f"the redundant length of the transaction at {pos} is damaged "
+                        f"({trailer} instead of {tlen}); the records themselves are intact",
+                        tid=tid,
+                        details={"header_length": tlen, "redundant_length": trailer},
+                    )
+                )
+        elif trailer is not None and trailer == stop - pos and stop >= data_start:
+            self._pending.append(
+                Problem(
+                    "length-mismatch",
+                    pos,
+                    f"the length in the header of the transaction at {pos} is damaged ({tlen} instead "
+                    f"of {stop - pos}): ZODB stops reading the file here, so every later transaction "
+                    "is invisible to it",
+                    tid=tid,
+                    details={"header_length": tlen, "redundant_length": trailer},
+                )
+            )
+            tend = stop
+        else:
+            where = bad if bad is not None else stop
+            if where > data_start or records:
+                return Problem(
+                    "record-damaged",
+                    where,
+                    f"data record at {where} in the transaction at {pos} is damaged",
+                    tid=tid,
+                    details={"transaction_offset": pos},
+                )
+            return Problem(
+                "transaction-damaged",
+                pos,
+                f"transaction at {pos} is damaged: its length {tlen} matches neither its records "
+                "nor its redundant length",
+                tid=tid,
+            )
+        self._link(records, tid)
+        return Transaction(pos, tend, tid, status, data_start)
+
+    def _length_at(self, pos: int) -> int | None:
+        data = self.reader.read(pos, 8)
+        return u64(data) if len(data) == 8 else None
+
+    def _records(self, tpos: int, tid: bytes, pos: int) -> Tuple[List[_Record], int, int | None]:
+        """Walk the data records of the transaction at `tpos` from `pos` for as long as they are
+        plausible: (records, where the walk stopped, position of a damaged record or None)."""
+        read = self.reader.read
+        size = self.size
+        records = []
+        while True:
+            header = read(pos, RECORD_HEADER_LEN)
+            if len(header) < RECORD_HEADER_LEN:
+                return records, pos, None
+            oid, rtid, prev, tloc, vlen, plen = RECORD_HEADER.unpack(header)
+            if rtid != tid or tloc != tpos:
+                # Not a record of this transaction: its end (or damage, decided by the caller).
+                bad = pos if (rtid == tid) != (tloc == tpos) else None
+                return records, pos, bad
+            end = pos + RECORD_HEADER_LEN + (plen or 8) + (16 + vlen if vlen else 0)
+            if vlen or end + 8 > size or prev >= pos:
+                return records, pos, pos
+            back = 0
+            if not plen:
+                back = u64(read(pos + RECORD_HEADER_LEN, 8))
+                if back >= pos:
+                    return records, pos, pos
+            records.append(_Record(pos, oid, prev, plen, back, end))
+            pos = end
+
+    def _link(self, records: List[_Record], tid: bytes) -> None:
+        """Check each record's previous-record pointer against the walk and make it current."""
+        current = self.current
+        for record in records:
+            oid = u64(record.oid)
+            expected = current.position(oid)
+            if record.prev != max(expected, 0) and not self._in_unreachable(record.prev):
+                self._pending.append(
+                    Problem(
+                        "prev-chain-broken",
+                        record.pos,
+                        f"record of oid {hex_id(record.oid)} at {record.pos} points to a previous "
+                        f"revision at {record.prev}, but the previous revision in the file is "
+                        + (f"at {expected}" if expected >= 0 else "none"),
+                        tid=tid,
+                        oid=record.oid,
+                        details={"prev": record.prev, "expected_prev": max(expected, 0)},
+                    )
+                )
+            if record.back:
+                self.backs.append(record.pos)
+                self.backs.append(record.back)
+            current.set(oid, record.pos, not record.plen and not record.back)
+            current.records += 1
+            self.records += 1
+
+    def _in_unreachable(self, pos: int) -> bool:
+        return any(start <= pos < end for start, end in self.unreachable)
+
+    # -- resynchronisation -------------------------------------------------------------------------
+
+    def _tail_tid(self) -> bytes:
+        """The tid of the last transaction when the file's tail is intact (bounds plausible tids)."""
+        size = self.reader.size
+        if size < 4 + TXN_HEADER_LEN + 8:
+            return b"\0" * 8
+        length = self._length_at(size - 8)
+        start = size - 8 - (length or 0)
+        if length is None or start < 4:
+            return b"\0" * 8
+        header = self.reader.read(start, TXN_HEADER_LEN)
+        if len(header) == TXN_HEADER_LEN and TXN_HEADER.unpack(header)[1] == length:
+            return header[:8]
+        return b"\0" * 8
+
+    def _candidate_pattern(self, ltid: bytes) -> re.Pattern:
+        high = self.max_tid
+        prefix = b""
+        for a, b in zip(ltid, high):
+            if a != b:
+                break
+            prefix += bytes([a])
+        if len(prefix) >= 8:
+            prefix = prefix[:7]
+        low_byte, high_byte = ltid[len(prefix)], high[len(prefix)]
+        rest = 8 - len(prefix) - 1
+        byte_class = b"[" + re.escape(bytes([low_byte])) + b"-" + re.escape(bytes([high_byte])) + b"]"
+        return re.compile(
+            b"(?=" + re.escape(prefix) + byte_class + b".{%d}\\x00\\x00.{6}[ pu])" % rest,
+            re.DOTALL,
+        )
+
+    def _resync(self, start: int, ltid: bytes) -> int | None:
+        """The next position at or after `start` where a transaction whose header and redundant
+        length agree begins, or None."""
+        pattern = self._candidate_pattern(ltid)
+        handle = self.reader.handle
+        pos = start
+        overlap = TXN_HEADER_LEN
+        while pos < self.size:
+            handle.seek(pos)
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                return None
+            for match in pattern.finditer(chunk):
+                candidate = pos + match.start()
+                if self._plausible_at(candidate, ltid):
+                    return candidate
+            if len(chunk) < CHUNK:
+                return None
+            pos += len(chunk) - overlap
+        return None
+
+    def _plausible_at(self, pos: int, ltid: bytes) -> bool:
+        header = self.reader.read(pos, TXN_HEADER_LEN)
+        if len(header) < TXN_HEADER_LEN:
+            return False
+        tid, tlen, status, ulen, dlen, elen = TXN_HEADER.unpack(header)
+        if not (ltid < tid <= self.max_tid) or status not in STATUSES:
+            return False
+        if tlen < TXN_HEADER_LEN + ulen + dlen + elen or pos + tlen + 8 > self.size:
+            return False
+        if self._length_at(pos + tlen) != tlen:
+            return False
+        data_start = pos + TXN_HEADER_LEN + ulen + dlen + elen
+        if data_start == pos + tlen or status == b"u":
+            return True
+        record = self.reader.read(data_start, RECORD_HEADER_LEN)
+        if len(record) < RECORD_HEADER_LEN:
+            return False
+        _, rtid, _, tloc, _, _ = RECORD_HEADER.unpack(record)
+        return rtid == tid and tloc == pos
+
+    # -- pass two ---------------------------------------------------------------------------------
+
+    def current_records(self) -> Iterator[Tuple[bytes, bytes, int, int]]:
+        """(oid, tid, position, back) of every current record, in file order; back is the position
+        of the record holding the data (the record itself unless it is an undo back pointer)."""
+        read = self.reader.read
+        current = self.current
+        for index in range(len(self.txn_pos)):
+            if self.txn_status[index] == ord("u"):
+                continue
+            pos = self.txn_data[index]
+            end = self.txn_end[index]
+            while pos < end:
+                header = read(pos, RECORD_HEADER_LEN)
+                oid, tid, _, _, _, plen = RECORD_HEADER.unpack(header)
+                if current.position(u64(oid)) == pos:
+                    back = pos if plen else u64(read(pos + RECORD_HEADER_LEN, 8))
+                    yield oid, tid, pos, back
+                pos += RECORD_HEADER_LEN + (plen or 8)
+
+    def load_at(self, oid: bytes, pos: int) -> Tuple[bytes | None, str | None]:
+        """(pickle, None) of the record at `pos`, following back pointers; (None, why) when the
+        chain is broken; (None, None) when the object was deleted (its creation undone)."""
+        read = self.reader.read
+        for _ in range(MAX_BACK_HOPS):
+            if pos == 0:
+                return None, None
+            header = read(pos, RECORD_HEADER_LEN)
+            if len(header) < RECORD_HEADER_LEN:
+                return None, f"back pointer {pos} is past the end of the file"
+            roid, _, _, _, vlen, plen = RECORD_HEADER.unpack(header)
+            if roid != oid:
+                return None, f"back pointer {pos} leads to a record of another oid ({hex_id(roid)})"
+            if self._in_unreachable(pos):
+                return None, f"back pointer {pos} leads into a damaged part of the file"
+            if plen:
+                data = read(pos + RECORD_HEADER_LEN + (16 + vlen if vlen else 0), plen)
+                if len(data) != plen:
+                    return None, f"record at {pos} is cut short by the end of the file"
+                return data, None
+            pos = u64(read(pos + RECORD_HEADER_LEN, 8))
+        return None, "back pointers form a loop"
+
+    def verify_backs(self) -> Iterator[Problem]:
+        """Every undo back pointer leads, through records of the same oid, to a data record."""
+        read = self.reader.read
+        backs = self.backs
+        for index in range(0, len(backs), 2):
+            pos, back = backs[index], backs[index + 1]
+            oid = read(pos, 8)
+            _, why = self.load_at(oid, back)
+            if why:
+                yield Problem(
+                    "backpointer-broken",
+                    pos,
+                    f"undo record of oid {hex_id(oid)} at {pos} points to data that is not there: {why}",
+                    oid=oid,
+                    details={"back": back},
+                )
