@@ -10,7 +10,7 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb_discovery import Storage, discover, guess_blob_dir
-from fsaudit_checks.zodb_format import Problem, Walk, hex_id, tid_text, tid_time, u64
+from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text, tid_time, u64
 from fsaudit_checks.zodb_pickle import IndexUnreadable, UnreadablePickle, read_index, record_references
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
@@ -403,31 +403,32 @@ class StorageAudit:
     # -- references and blobs ------------------------------------------------------------------------
 
     def _references(self, walk: Walk):
-        current = walk.current
+        dense, sparse = walk.current.dense, walk.current.sparse
         progress = self.checker.context.progress
         progress.start(f"zodb {self.target.display(self.path)}", walk.records)
         references = 0
         blobs = BlobCheck(self)
         done = 0
-        for oid, tid, _pos, back in walk.current_records():
+        for oid_int, tid, pos, data, back in walk.current_records():
             done += 1
             if done % 4096 == 0:
                 progress.advance(4096)
-            if not back:
-                continue  # deleted: its creation was undone
-            data, why = walk.load_at(oid, back)
             if data is None:
-                continue  # broken back pointers are reported by verify_backs
+                if not back:
+                    continue  # deleted: its creation was undone
+                data, _why = walk.load_at(oid_int, back)
+                if data is None:
+                    continue  # broken back pointers are reported by verify_backs
             try:
                 class_name, refs, _foreign = record_references(data)
             except UnreadablePickle as error:
                 yield from self._emit(
                     Problem(
                         "unreadable-record",
-                        back,
-                        f"the current record of oid {hex_id(oid)} cannot be unpickled: {error}",
+                        pos,
+                        f"the current record of oid {hex(oid_int)} cannot be unpickled: {error}",
                         tid=tid,
-                        oid=oid,
+                        oid=p64(oid_int),
                     ),
                     None,
                 )
@@ -435,15 +436,16 @@ class StorageAudit:
             references += len(refs)
             missing, undone = [], []
             for ref in refs:
-                found = current.get(u64(ref))
-                if found is None:
-                    missing.append(hex_id(ref))
-                elif found[1]:
-                    undone.append(hex_id(ref))
+                ref_int = u64(ref)
+                value = dense[ref_int] if ref_int < len(dense) else sparse.get(ref_int, 0)
+                if not value:
+                    missing.append(hex(ref_int))
+                elif value & 1:
+                    undone.append(hex(ref_int))
             if missing or undone:
-                yield from self._dangling(oid, tid, class_name, missing, undone)
+                yield from self._dangling(p64(oid_int), tid, class_name, missing, undone)
             if class_name in BLOB_CLASSES:
-                yield from blobs.check(oid, tid)
+                yield from blobs.check(p64(oid_int), tid)
         self.checker.count("objects_parsed", done)
         self.checker.count("references_checked", references)
         if blobs.unverified:
@@ -454,6 +456,8 @@ class StorageAudit:
         return references
 
     def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
+        missing = sorted(set(missing), key=lambda text: int(text, 16))
+        undone = sorted(set(undone), key=lambda text: int(text, 16))
         names = missing + undone
         message = f"oid {hex_id(oid)} ({class_name}) references " + ", ".join(names[:5])
         message += " and more" if len(names) > 5 else ""
@@ -502,8 +506,8 @@ class StorageAudit:
         self.checker.count("indexes")
         with handle:
             try:
-                covered, entries = read_index(handle)
-                summary = self._compare_index(walk, size, covered, entries)
+                covered, buckets = read_index(handle)
+                summary = self._compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
                 found = self.finding(
                     "index-unreadable",
@@ -558,40 +562,53 @@ class StorageAudit:
         return {"last_good_tid": hex_id(walk.last_tid), "last_good_time": tid_text(walk.last_tid)}
 
     @staticmethod
-    def _compare_index(walk: Walk, size: int, covered: int, entries) -> dict:
+    @staticmethod
+    def _compare_index(walk: Walk, size: int, covered: int, buckets) -> dict:
         """Counts (and a few oids) of index entries that disagree with the walk."""
-        current = walk.current
+        dense, sparse = walk.current.dense, walk.current.sparse
+        dense_len = len(dense)
         seen = bytearray()
-        summary = {"entries": 0, "wrong": 0, "beyond": 0, "unindexed": 0}
+        entries = exact = 0
+        counts = {"wrong": 0, "beyond": 0}
         examples: Dict[str, List[str]] = {"wrong_oids": [], "beyond_oids": [], "unindexed_oids": []}
-        for oid, position in entries:
-            summary["entries"] += 1
-            byte, bit = divmod(oid, 8)
-            if byte < (1 << 27):
-                if byte >= len(seen):
-                    seen.extend(bytes(byte + 1 - len(seen) + len(seen) // 2))
-                seen[byte] |= 1 << bit
-            found = current.position(oid)
-            if position >= size:
-                kind = "beyond"
-            elif found == position or (found > position and found >= covered):
-                continue
-            else:
-                kind = "wrong"
-            summary[kind] += 1
-            if len(examples[kind + "_oids"]) < MAX_LISTED:
-                examples[kind + "_oids"].append(hex(oid))
-        for oid, position, _deleted in current.items():
-            if position >= covered:
-                continue
-            byte, bit = divmod(oid, 8)
-            if byte < len(seen) and seen[byte] & (1 << bit):
-                continue
-            summary["unindexed"] += 1
-            if len(examples["unindexed_oids"]) < MAX_LISTED:
+        for high, keys, positions in buckets:
+            entries += len(keys)
+            last = (high | keys[-1]) >> 3 if keys else 0
+            if last < (1 << 27) and last >= len(seen):
+                seen.extend(bytes(last + 1 - len(seen) + len(seen) // 2))
+            for number, low in enumerate(keys):
+                oid = high | low
+                position = (positions[2 * number] << 32) | positions[2 * number + 1]
+                if oid >> 3 < len(seen):
+                    seen[oid >> 3] |= 1 << (oid & 7)
+                value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
+                found = (value >> 1) - 1
+                if found == position:
+                    exact += 1
+                    continue
+                if position >= size:
+                    kind = "beyond"
+                elif found > position and found >= covered:
+                    continue
+                else:
+                    kind = "wrong"
+                counts[kind] += 1
+                if len(examples[kind + "_oids"]) < MAX_LISTED:
+                    examples[kind + "_oids"].append(hex(oid))
+        # Every object whose current record lies before `covered` must be in the index with it.
+        if covered >= walk.end_pos:
+            before = walk.current.count
+        else:
+            before = sum(1 for _oid, position, _deleted in walk.current.items() if position < covered)
+        unindexed = max(before - exact, 0)
+        if unindexed:
+            for oid, position, _deleted in walk.current.items():
+                if position >= covered or (oid >> 3 < len(seen) and seen[oid >> 3] & (1 << (oid & 7))):
+                    continue
                 examples["unindexed_oids"].append(hex(oid))
-        summary.update(examples)
-        return summary
+                if len(examples["unindexed_oids"]) >= MAX_LISTED:
+                    break
+        return {"entries": entries, **counts, "unindexed": unindexed, **examples}
 
 
 class BlobCheck:

@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Tuple
 
 MAGICS = (b"FS21", b"FS30")
 TXN_HEADER = struct.Struct(">8sQcHHH")
-RECORD_HEADER = struct.Struct(">8s8sQQHQ")
+RECORD_HEADER = struct.Struct(">Q8sQQHQ")  # the oid as an integer
 TXN_HEADER_LEN = TXN_HEADER.size  # 23
 RECORD_HEADER_LEN = RECORD_HEADER.size  # 42
 U64 = struct.Struct(">Q")
@@ -113,6 +113,18 @@ class Reader:
         self._start = pos
         return self._buf[:length]
 
+    def span(self, pos: int, length: int) -> Tuple[bytes, int]:
+        """(buffer, buffer's file position) with the `length` bytes at `pos` in it, unless the file
+        ends first; for loops that unpack in place instead of slicing."""
+        start = self._start
+        buf = self._buf
+        if start <= pos and pos + length <= start + len(buf):
+            return buf, start
+        self.handle.seek(pos)
+        self._buf = self.handle.read(max(CHUNK, length))
+        self._start = pos
+        return self._buf, pos
+
     def read_exact(self, pos: int, length: int) -> bytes | None:
         data = self.read(pos, length)
         return data if len(data) == length else None
@@ -129,10 +141,13 @@ class OidMap:
         self.dense = array("Q")
         self.sparse: Dict[int, int] = {}
         self.records = 0
+        self.count = 0  # oids that have a current record
 
     def set(self, oid: int, pos: int, deleted: bool) -> None:
         value = ((pos + 1) << 1) | int(deleted)
         dense = self.dense
+        if not self.raw(oid):
+            self.count += 1
         if oid < len(dense):
             dense[oid] = value
             return
@@ -160,7 +175,7 @@ class OidMap:
         return (value >> 1) - 1 if value else -1
 
     def __len__(self) -> int:
-        return sum(1 for value in self.dense if value) + len(self.sparse)
+        return self.count
 
     def items(self) -> Iterator[Tuple[int, int, bool]]:
         for oid, value in enumerate(self.dense):
@@ -190,16 +205,6 @@ class Transaction:
     tid: bytes
     status: bytes
     data_start: int
-
-
-@dataclass
-class _Record:
-    pos: int
-    oid: bytes
-    prev: int
-    plen: int
-    back: int
-    end: int
 
 
 class Walk:
@@ -430,57 +435,74 @@ class Walk:
         data = self.reader.read(pos, 8)
         return u64(data) if len(data) == 8 else None
 
-    def _records(self, tpos: int, tid: bytes, pos: int) -> Tuple[List[_Record], int, int | None]:
+    def _records(self, tpos: int, tid: bytes, pos: int) -> Tuple[list, int, int | None]:
         """Walk the data records of the transaction at `tpos` from `pos` for as long as they are
-        plausible: (records, where the walk stopped, position of a damaged record or None)."""
-        read = self.reader.read
+        plausible: (records as (pos, oid, prev, plen, back) tuples, where the walk stopped, position
+        of a damaged record or None)."""
+        span = self.reader.span
+        unpack_from = RECORD_HEADER.unpack_from
+        u64_from = U64.unpack_from
         size = self.size
         records = []
+        buf, base = span(pos, RECORD_HEADER_LEN + 8)
+        buf_end = base + len(buf)
         while True:
-            header = read(pos, RECORD_HEADER_LEN)
-            if len(header) < RECORD_HEADER_LEN:
-                return records, pos, None
-            oid, rtid, prev, tloc, vlen, plen = RECORD_HEADER.unpack(header)
+            if pos + RECORD_HEADER_LEN + 8 > buf_end:
+                buf, base = span(pos, RECORD_HEADER_LEN + 8)
+                buf_end = base + len(buf)
+                if pos + RECORD_HEADER_LEN > buf_end:
+                    return records, pos, None
+            offset = pos - base
+            oid, rtid, prev, tloc, vlen, plen = unpack_from(buf, offset)
             if rtid != tid or tloc != tpos:
                 # Not a record of this transaction: its end (or damage, decided by the caller).
                 bad = pos if (rtid == tid) != (tloc == tpos) else None
                 return records, pos, bad
-            end = pos + RECORD_HEADER_LEN + (plen or 8) + (16 + vlen if vlen else 0)
+            end = pos + RECORD_HEADER_LEN + (plen or 8)
             if vlen or end + 8 > size or prev >= pos:
                 return records, pos, pos
             back = 0
             if not plen:
-                back = u64(read(pos + RECORD_HEADER_LEN, 8))
+                back = u64_from(buf, offset + RECORD_HEADER_LEN)[0]
                 if back >= pos:
                     return records, pos, pos
-            records.append(_Record(pos, oid, prev, plen, back, end))
+            records.append((pos, oid, prev, plen, back))
             pos = end
 
-    def _link(self, records: List[_Record], tid: bytes) -> None:
+    def _link(self, records: list, tid: bytes) -> None:
         """Check each record's previous-record pointer against the walk and make it current."""
         current = self.current
-        for record in records:
-            oid = u64(record.oid)
-            expected = current.position(oid)
-            if record.prev != max(expected, 0) and not self._in_unreachable(record.prev):
+        dense = current.dense
+        sparse = current.sparse
+        for pos, oid, prev, plen, back in records:
+            value = dense[oid] if oid < len(dense) else sparse.get(oid, 0)
+            expected = (value >> 1) - 1 if value else 0
+            if prev != expected and not self._in_unreachable(prev):
                 self._pending.append(
                     Problem(
                         "prev-chain-broken",
-                        record.pos,
-                        f"record of oid {hex_id(record.oid)} at {record.pos} points to a previous "
-                        f"revision at {record.prev}, but the previous revision in the file is "
-                        + (f"at {expected}" if expected >= 0 else "none"),
+                        pos,
+                        f"record of oid {hex(oid)} at {pos} points to a previous revision at {prev}, "
+                        "but the previous revision in the file is "
+                        + (f"at {expected}" if expected else "none"),
                         tid=tid,
-                        oid=record.oid,
-                        details={"prev": record.prev, "expected_prev": max(expected, 0)},
+                        oid=p64(oid),
+                        details={"prev": prev, "expected_prev": expected},
                     )
                 )
-            if record.back:
-                self.backs.append(record.pos)
-                self.backs.append(record.back)
-            current.set(oid, record.pos, not record.plen and not record.back)
+            if back:
+                self.backs.append(pos)
+                self.backs.append(back)
+            deleted = not plen and not back
+            if oid < len(dense):
+                if not value:
+                    current.count += 1
+                dense[oid] = ((pos + 1) << 1) | deleted
+            else:
+                current.set(oid, pos, deleted)
+                dense = current.dense
             current.records += 1
-            self.records += 1
+        self.records += len(records)
 
     def _in_unreachable(self, pos: int) -> bool:
         return any(start <= pos < end for start, end in self.unreachable)
@@ -561,25 +583,41 @@ class Walk:
 
     # -- pass two ---------------------------------------------------------------------------------
 
-    def current_records(self) -> Iterator[Tuple[bytes, bytes, int, int]]:
-        """(oid, tid, position, back) of every current record, in file order; back is the position
-        of the record holding the data (the record itself unless it is an undo back pointer)."""
-        read = self.reader.read
-        current = self.current
+    def current_records(self) -> Iterator[Tuple[int, bytes, int, bytes | None, int]]:
+        """(oid, tid, position, pickle, back) of every current record, in file order. The pickle is
+        None for an undo record: `back` is then where its data is (0: the object was deleted)."""
+        span = self.reader.span
+        unpack_from = RECORD_HEADER.unpack_from
+        u64_from = U64.unpack_from
+        dense = self.current.dense
+        sparse = self.current.sparse
         for index in range(len(self.txn_pos)):
             if self.txn_status[index] == ord("u"):
                 continue
             pos = self.txn_data[index]
             end = self.txn_end[index]
+            buf, base = span(pos, min(end - pos, CHUNK))
+            buf_end = base + len(buf)
             while pos < end:
-                header = read(pos, RECORD_HEADER_LEN)
-                oid, tid, _, _, _, plen = RECORD_HEADER.unpack(header)
-                if current.position(u64(oid)) == pos:
-                    back = pos if plen else u64(read(pos + RECORD_HEADER_LEN, 8))
-                    yield oid, tid, pos, back
+                if pos + RECORD_HEADER_LEN + 8 > buf_end:
+                    buf, base = span(pos, RECORD_HEADER_LEN + 8)
+                    buf_end = base + len(buf)
+                offset = pos - base
+                oid, tid, _, _, _, plen = unpack_from(buf, offset)
+                value = dense[oid] if oid < len(dense) else sparse.get(oid, 0)
+                if value and (value >> 1) - 1 == pos:
+                    if plen:
+                        start = offset + RECORD_HEADER_LEN
+                        if pos + RECORD_HEADER_LEN + plen > buf_end:
+                            data = self.reader.read(pos + RECORD_HEADER_LEN, plen)
+                        else:
+                            data = buf[start : start + plen]
+                        yield oid, tid, pos, data, pos
+                    else:
+                        yield oid, tid, pos, None, u64_from(buf, offset + RECORD_HEADER_LEN)[0]
                 pos += RECORD_HEADER_LEN + (plen or 8)
 
-    def load_at(self, oid: bytes, pos: int) -> Tuple[bytes | None, str | None]:
+    def load_at(self, oid: int, pos: int) -> Tuple[bytes | None, str | None]:
         """(pickle, None) of the record at `pos`, following back pointers; (None, why) when the
         chain is broken; (None, None) when the object was deleted (its creation undone)."""
         read = self.reader.read
@@ -589,13 +627,13 @@ class Walk:
             header = read(pos, RECORD_HEADER_LEN)
             if len(header) < RECORD_HEADER_LEN:
                 return None, f"back pointer {pos} is past the end of the file"
-            roid, _, _, _, vlen, plen = RECORD_HEADER.unpack(header)
+            roid, _, _, _, _, plen = RECORD_HEADER.unpack(header)
             if roid != oid:
-                return None, f"back pointer {pos} leads to a record of another oid ({hex_id(roid)})"
+                return None, f"back pointer {pos} leads to a record of another oid ({hex(roid)})"
             if self._in_unreachable(pos):
                 return None, f"back pointer {pos} leads into a damaged part of the file"
             if plen:
-                data = read(pos + RECORD_HEADER_LEN + (16 + vlen if vlen else 0), plen)
+                data = read(pos + RECORD_HEADER_LEN, plen)
                 if len(data) != plen:
                     return None, f"record at {pos} is cut short by the end of the file"
                 return data, None
@@ -608,13 +646,13 @@ class Walk:
         backs = self.backs
         for index in range(0, len(backs), 2):
             pos, back = backs[index], backs[index + 1]
-            oid = read(pos, 8)
+            oid = u64(read(pos, 8))
             _, why = self.load_at(oid, back)
             if why:
                 yield Problem(
                     "backpointer-broken",
                     pos,
-                    f"undo record of oid {hex_id(oid)} at {pos} points to data that is not there: {why}",
-                    oid=oid,
+                    f"undo record of oid {hex(oid)} at {pos} points to data that is not there: {why}",
+                    oid=p64(oid),
                     details={"back": back},
                 )

@@ -15,12 +15,11 @@ imported and no code from the audited system runs; it only records the reference
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import struct
 from typing import Iterator, List, Tuple
-
-_PLACEHOLDER_CACHE_LIMIT = 4096
 
 
 class _Placeholder:
@@ -45,22 +44,9 @@ class _Placeholder:
         pass
 
 
-class _Reference:
-    __slots__ = ()
-
-
-_REFERENCE = _Reference()
-_PLACEHOLDERS: dict = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _placeholder(module: str, name: str) -> type:
-    key = (module, name)
-    cls = _PLACEHOLDERS.get(key)
-    if cls is None:
-        cls = type(str(name)[:200] or "_", (_Placeholder,), {"__module__": str(module)[:200]})
-        if len(_PLACEHOLDERS) < _PLACEHOLDER_CACHE_LIMIT:
-            _PLACEHOLDERS[key] = cls
-    return cls
+    return type(str(name)[:200] or "_", (_Placeholder,), {"__module__": str(module)[:200]})
 
 
 class UnreadablePickle(ValueError):
@@ -68,28 +54,8 @@ class UnreadablePickle(ValueError):
 
 
 class _RecordUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes):
-        super().__init__(io.BytesIO(data), encoding="bytes")
-        self.strong: List[bytes] = []
-        self.foreign = 0
-
-    def find_class(self, module, name):
-        return _placeholder(module, name)
-
-    def persistent_load(self, pid):
-        if isinstance(pid, tuple) and len(pid) == 2 and isinstance(pid[0], bytes):
-            self.strong.append(pid[0])
-        elif isinstance(pid, bytes):
-            self.strong.append(pid)
-        elif isinstance(pid, list) and pid:
-            kind = pid[0]
-            if kind in ("m", "n", b"m", b"n"):
-                self.foreign += 1
-            elif kind not in ("w", b"w") and not (len(pid) == 1 and isinstance(kind, bytes)):
-                raise UnreadablePickle(f"unknown persistent reference {pid[:1]!r}")
-        else:
-            raise UnreadablePickle(f"unknown persistent reference of type {type(pid).__name__}")
-        return _REFERENCE
+    """The C unpickler; `find_class` and `persistent_load` are set per instance to C-level callables
+    (a cached function, a list's append), which keeps Python frames out of the hot path."""
 
 
 def _class_name(meta) -> str:
@@ -108,20 +74,36 @@ def record_references(data: bytes) -> Tuple[str, List[bytes], int]:
 
     Raises UnreadablePickle when either pickle cannot be parsed.
     """
-    unpickler = _RecordUnpickler(data)
+    pids: list = []
+    unpickler = _RecordUnpickler(io.BytesIO(data), encoding="bytes")
+    unpickler.find_class = _placeholder
+    unpickler.persistent_load = pids.append
     try:
         meta = unpickler.load()
         unpickler.load()
-    except UnreadablePickle:
-        raise
     except RecursionError as error:
         raise UnreadablePickle("the pickle nests too deeply") from error
     except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
         raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
-    strong = [oid for oid in unpickler.strong if len(oid) == 8]
-    if len(strong) != len(unpickler.strong):
-        raise UnreadablePickle("a persistent reference holds an oid that is not 8 bytes long")
-    return _class_name(meta), strong, unpickler.foreign
+    strong = []
+    foreign = 0
+    for pid in pids:
+        kind = type(pid)
+        if kind is bytes:
+            oid = pid
+        elif kind is tuple and len(pid) == 2 and type(pid[0]) is bytes:
+            oid = pid[0]
+        elif kind is list and pid and pid[0] in ("m", "n", b"m", b"n"):
+            foreign += 1
+            continue
+        elif kind is list and pid and (pid[0] in ("w", b"w") or (len(pid) == 1 and type(pid[0]) is bytes)):
+            continue  # weak references may dangle by design
+        else:
+            raise UnreadablePickle(f"unknown persistent reference {pid!r}"[:300])
+        if len(oid) != 8:
+            raise UnreadablePickle("a persistent reference holds an oid that is not 8 bytes long")
+        strong.append(oid)
+    return _class_name(meta), strong, foreign
 
 
 # -- Data.fs.index ---------------------------------------------------------------------------------
@@ -136,8 +118,9 @@ class _IndexUnpickler(pickle.Unpickler):
         raise IndexUnreadable(f"the index names the class {module}.{name}: an old index format")
 
 
-def read_index(handle) -> Tuple[int, Iterator[Tuple[int, int]]]:
-    """(file position the index covers, iterator of (oid, record position)) of a Data.fs.index.
+def read_index(handle) -> Tuple[int, Iterator[Tuple[int, Tuple[int, ...], Tuple[int, ...]]]]:
+    """(file position the index covers, iterator of buckets) of a Data.fs.index. A bucket is
+    (oid high bits, low 16 bits of each oid, (high 16, low 32 bits) of each record position).
 
     The format (ZODB.fsIndex.save): a pickled int, then pickled (6-byte oid prefix, bucket string)
     pairs, then None; a bucket string is its 2-byte key suffixes followed by its 6-byte positions.
@@ -149,35 +132,27 @@ def read_index(handle) -> Tuple[int, Iterator[Tuple[int, int]]]:
         raise
     except Exception as error:  # noqa: BLE001
         raise IndexUnreadable(f"{type(error).__name__}: {error}"[:300]) from None
-    if not isinstance(pos, int) or pos < 0:
+    if type(pos) is not int or pos < 0:
         raise IndexUnreadable("the index does not start with a file position")
-    return pos, _index_entries(unpickler)
+    return pos, _index_buckets(unpickler)
 
 
-def _index_entries(unpickler) -> Iterator[Tuple[int, int]]:
+def _index_buckets(unpickler) -> Iterator[Tuple[int, Tuple[int, ...], Tuple[int, ...]]]:
     while True:
         try:
             item = unpickler.load()
+        except IndexUnreadable:
+            raise
         except Exception as error:  # noqa: BLE001
             raise IndexUnreadable(f"{type(error).__name__}: {error}"[:300]) from None
         if item is None:
             return
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
+        if not (type(item) is tuple and len(item) == 2 and type(item[0]) is bytes and type(item[1]) is bytes):
             raise IndexUnreadable("an index entry is not a (prefix, bucket) pair")
         prefix, bucket = item
-        if len(prefix) != 6 or not isinstance(bucket, bytes) or len(bucket) % 8:
+        if len(prefix) != 6 or len(bucket) % 8:
             raise IndexUnreadable("an index bucket has the wrong size")
         count = len(bucket) // 8
-        high = int.from_bytes(prefix, "big") << 16
-        for index in range(count):
-            key = bucket[2 * index : 2 * index + 2]
-            value = bucket[2 * count + 6 * index : 2 * count + 6 * index + 6]
-            yield high | int.from_bytes(key, "big"), int.from_bytes(value, "big")
-
-
-def pack_oid(oid: int) -> bytes:
-    return struct.pack(">Q", oid)
-
-
-def maybe_oid(value) -> bytes | None:
-    return value if isinstance(value, bytes) and len(value) == 8 else None
+        keys = struct.unpack(f">{count}H", bucket[: 2 * count])
+        positions = struct.unpack(">" + "HI" * count, bucket[2 * count :])
+        yield int.from_bytes(prefix, "big") << 16, keys, positions
