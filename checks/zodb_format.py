@@ -20,6 +20,7 @@ header and redundant length agree; it records, per oid, the position of the curr
 from __future__ import annotations
 
 import bisect
+import os
 import re
 import struct
 import time
@@ -262,7 +263,19 @@ class Walk:
             problem = outcome
             start = self._resync(pos + 1, ltid)
             if start is None:
+                if problem.code == "checkpoint-transaction":
+                    yield problem
+                    return
                 torn = self._looks_torn(pos, ltid)
+                if torn and self._grew():
+                    # A commit in progress on a live storage, not a lost tail.
+                    yield Problem(
+                        "checkpoint-transaction",
+                        pos,
+                        f"the transaction at offset {pos} was still being written while the file was read",
+                        tid=torn,
+                    )
+                    return
                 if torn:
                     problem = Problem(
                         "truncated-transaction",
@@ -280,6 +293,12 @@ class Walk:
             self.unreachable.append((pos, start))
             yield self._unreachable_problem(pos, start, ltid)
             pos = start
+
+    def _grew(self) -> bool:
+        try:
+            return os.fstat(self.reader.handle.fileno()).st_size > self.size
+        except (OSError, AttributeError, ValueError):
+            return False
 
     def _unreachable_problem(self, start: int, end: int, ltid: bytes | None) -> Problem:
         return Problem(

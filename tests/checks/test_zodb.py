@@ -235,7 +235,9 @@ def zeo_server(tmp_path):
             f"<zeo>\n  address 127.0.0.1:{port}\n</zeo>\n"
             f"<filestorage 1>\n  path {path}\n  blob-dir {blob_dir}\n</filestorage>\n"
         )
-        process = subprocess.Popen([runzeo, "-C", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [runzeo, "-C", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         processes.append(process)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

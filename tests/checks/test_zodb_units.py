@@ -1,0 +1,149 @@
+"""Pure logic of the zodb checker: tids, pickle references, configs, the index reader, resync."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+
+import pytest
+
+from fixtures.zodb import build_storage
+from fsaudit_checks.zodb_discovery import parse_config
+from fsaudit_checks.zodb_format import Walk, tid_time, time_tid
+from fsaudit_checks.zodb_pickle import UnreadablePickle, read_index, record_references
+
+pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
+
+
+class Folder:
+    """A class that the unpickler must never import or call."""
+
+
+def test_tid_time_matches_zodb_timestamp():
+    from ZODB.TimeStamp import TimeStamp
+
+    for moment in (0.0, 1_700_000_000.25, 2_000_000_000.9):
+        tid = time_tid(moment)
+        assert abs(tid_time(tid).timestamp() - TimeStamp(tid).timeTime()) < 1e-3
+        assert abs(tid_time(tid).timestamp() - moment) < 1e-3
+
+
+def _record(state, refs, protocol=3) -> bytes:
+    """A ZODB-shaped record: class metadata pickle + state pickle with `refs` as persistent ids."""
+    pending = list(refs)
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Marker):
+                return pending.pop(0)
+            return None
+
+    class Marker:
+        pass
+
+    out = io.BytesIO()
+    writer = Writer(out, protocol)
+    writer.dump((Folder, None))
+    writer.dump({"state": state, "children": [Marker() for _ in refs]})
+    return out.getvalue()
+
+
+def test_every_reference_form():
+    oid = (1).to_bytes(8, "big")
+    other = (2).to_bytes(8, "big")
+    refs = [
+        oid,
+        (other, Folder),
+        ["w", (b"\0" * 7 + b"\x03",)],
+        [b"\0" * 7 + b"\x04"],
+        ["n", ("other-db", b"\0" * 7 + b"\x05")],
+        ["m", ("other-db", b"\0" * 7 + b"\x06", Folder)],
+    ]
+    class_name, strong, foreign = record_references(_record("x", refs))
+    assert class_name.endswith("test_zodb_units.Folder")
+    assert strong == [oid, other]
+    assert foreign == 2
+
+
+def test_python2_pickles_with_binary_oids():
+    # FS21 files hold protocol-1 pickles whose oids are Python 2 str (BINSTRING).
+    data = (
+        b"(c__main__\nThing\nq\x01Ntq\x02." + b"}q\x03U\x04dataq\x04U\x08\x00\x00\x00\x00\x00\x00\x00\xffQs."
+    )
+    class_name, strong, _foreign = record_references(data)
+    assert class_name == "__main__.Thing"
+    assert strong == [b"\0" * 7 + b"\xff"]
+
+
+def test_nothing_from_the_pickle_runs(tmp_path):
+    marker = tmp_path / "ran"
+    payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
+    record_references(b"c__main__\nThing\n." + payload)
+    assert not marker.exists()
+
+
+def test_garbage_is_unreadable():
+    data = _record("x", [])
+    with pytest.raises(UnreadablePickle):
+        record_references(data[:10] + b"\xfe\xfe\xfe" + data[13:])
+    with pytest.raises(UnreadablePickle):
+        record_references(data[: len(data) // 2])
+
+
+def test_parse_config():
+    text = """
+    %define INSTANCE /srv/site
+    <zeo>
+      address 8100
+    </zeo>
+    <blobstorage main>
+      blob-dir ${INSTANCE}/var/blobs
+      <filestorage>
+        path $INSTANCE/var/Data.fs
+      </filestorage>
+    </blobstorage>
+    <filestorage catalog>
+      path var/Catalog.fs
+    </filestorage>
+    """
+    found = parse_config(text, b"/etc/zeo")
+    assert [(s.path, s.blob_dir) for s in found] == [
+        (b"/srv/site/var/Data.fs", b"/srv/site/var/blobs"),
+        (b"/etc/zeo/var/Catalog.fs", None),
+    ]
+
+
+def test_read_index_matches_fsindex(tmp_path):
+    from ZODB.fsIndex import fsIndex
+
+    index = fsIndex()
+    expected = {}
+    for number in list(range(0, 70000, 7)) + [1 << 40]:
+        index[number.to_bytes(8, "big")] = number * 3 + 4
+        expected[number] = number * 3 + 4
+    index.save(123456, str(tmp_path / "Data.fs.index"))
+    with open(tmp_path / "Data.fs.index", "rb") as handle:
+        covered, buckets = read_index(handle)
+        found = {}
+        for high, keys, positions in buckets:
+            for number, low in enumerate(keys):
+                found[high | low] = (positions[2 * number] << 32) | positions[2 * number + 1]
+    assert covered == 123456
+    assert found == expected
+
+
+def test_resync_after_a_destroyed_header(tmp_path):
+    layout = build_storage(tmp_path, documents=30, blobs=False)
+    start, end, _tid = layout.transactions[3]
+    following = layout.transactions[4][0]
+    with open(layout.path, "r+b") as handle:
+        handle.seek(start)
+        handle.write(bytes(random.Random(1).randrange(256) for _ in range(40)))
+    with open(layout.path, "rb") as handle:
+        walk = Walk(handle, os.path.getsize(layout.path))
+        problems = list(walk.walk())
+    assert walk.unreachable == [(start, following)]
+    assert "unreachable-range" in {problem.code for problem in problems}
+    assert walk.transactions == len(layout.transactions) - 1
