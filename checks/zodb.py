@@ -10,8 +10,14 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb_discovery import Storage, discover, guess_blob_dir
-from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text, tid_time, u64
-from fsaudit_checks.zodb_pickle import IndexUnreadable, UnreadablePickle, read_index, record_references
+from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text, tid_time
+from fsaudit_checks.zodb_pickle import (
+    IndexUnreadable,
+    UnreadablePickle,
+    class_name,
+    read_index,
+    record_references,
+)
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 SEARCH_ROOTS = ("/srv", "/var/lib", "/opt", "/home")
@@ -404,6 +410,7 @@ class StorageAudit:
 
     def _references(self, walk: Walk):
         dense, sparse = walk.current.dense, walk.current.sparse
+        from_bytes = int.from_bytes
         progress = self.checker.context.progress
         progress.start(f"zodb {self.target.display(self.path)}", walk.records)
         references = 0
@@ -420,7 +427,7 @@ class StorageAudit:
                 if data is None:
                     continue  # broken back pointers are reported by verify_backs
             try:
-                class_name, refs, _foreign = record_references(data)
+                meta, refs, _foreign = record_references(data)
             except UnreadablePickle as error:
                 yield from self._emit(
                     Problem(
@@ -434,17 +441,20 @@ class StorageAudit:
                 )
                 continue
             references += len(refs)
-            missing, undone = [], []
+            missing = undone = None
             for ref in refs:
-                ref_int = u64(ref)
+                ref_int = from_bytes(ref, "big")
                 value = dense[ref_int] if ref_int < len(dense) else sparse.get(ref_int, 0)
                 if not value:
+                    missing = missing or []
                     missing.append(hex(ref_int))
                 elif value & 1:
+                    undone = undone or []
                     undone.append(hex(ref_int))
             if missing or undone:
-                yield from self._dangling(p64(oid_int), tid, class_name, missing, undone)
-            if class_name in BLOB_CLASSES:
+                yield from self._dangling(p64(oid_int), tid, class_name(meta), missing or [], undone or [])
+            # The class name is in the first bytes of the record: look closer only at likely blobs.
+            if b"Blob" in data[:64] and class_name(meta) in BLOB_CLASSES:
                 yield from blobs.check(p64(oid_int), tid)
         self.checker.count("objects_parsed", done)
         self.checker.count("references_checked", references)

@@ -58,7 +58,7 @@ class _RecordUnpickler(pickle.Unpickler):
     (a cached function, a list's append), which keeps Python frames out of the hot path."""
 
 
-def _class_name(meta) -> str:
+def class_name(meta) -> str:
     """module.Name from a record's class metadata (every form ZODB ever wrote)."""
     if isinstance(meta, tuple) and meta:
         meta = meta[0]
@@ -69,8 +69,9 @@ def _class_name(meta) -> str:
     return "?"
 
 
-def record_references(data: bytes) -> Tuple[str, List[bytes], int]:
-    """(class name, oids it references strongly, number of cross-database references) of a record.
+def record_references(data: bytes) -> Tuple[object, List[bytes], int]:
+    """(class metadata, oids it references strongly, number of cross-database references) of a
+    record; `class_name(metadata)` names the class.
 
     Raises UnreadablePickle when either pickle cannot be parsed.
     """
@@ -103,7 +104,7 @@ def record_references(data: bytes) -> Tuple[str, List[bytes], int]:
         if len(oid) != 8:
             raise UnreadablePickle("a persistent reference holds an oid that is not 8 bytes long")
         strong.append(oid)
-    return _class_name(meta), strong, foreign
+    return meta, strong, foreign
 
 
 # -- Data.fs.index ---------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ class ZeoWalk:
                 continue
             self.objects += 1
             try:
-                class_name, refs, foreign = record_references(data)
+                _meta, refs, foreign = record_references(data)
             except UnreadablePickle as error:
                 yield Problem(
                     "unreadable-record",

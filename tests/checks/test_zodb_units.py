@@ -12,7 +12,7 @@ import pytest
 from fixtures.zodb import build_storage
 from fsaudit_checks.zodb_discovery import parse_config
 from fsaudit_checks.zodb_format import Walk, tid_time, time_tid
-from fsaudit_checks.zodb_pickle import UnreadablePickle, read_index, record_references
+from fsaudit_checks.zodb_pickle import UnreadablePickle, class_name, read_index, record_references
 
 pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
 
@@ -61,8 +61,8 @@ def test_every_reference_form():
         ["n", ("other-db", b"\0" * 7 + b"\x05")],
         ["m", ("other-db", b"\0" * 7 + b"\x06", Folder)],
     ]
-    class_name, strong, foreign = record_references(_record("x", refs))
-    assert class_name.endswith("test_zodb_units.Folder")
+    meta, strong, foreign = record_references(_record("x", refs))
+    assert class_name(meta).endswith("test_zodb_units.Folder")
     assert strong == [oid, other]
     assert foreign == 2
 
@@ -72,8 +72,8 @@ def test_python2_pickles_with_binary_oids():
     data = (
         b"(c__main__\nThing\nq\x01Ntq\x02." + b"}q\x03U\x04dataq\x04U\x08\x00\x00\x00\x00\x00\x00\x00\xffQs."
     )
-    class_name, strong, _foreign = record_references(data)
-    assert class_name == "__main__.Thing"
+    meta, strong, _foreign = record_references(data)
+    assert class_name(meta) == "__main__.Thing"
     assert strong == [b"\0" * 7 + b"\xff"]
 
 
