@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import io
 import os
 from typing import Dict, Iterator, List
 
@@ -487,9 +488,9 @@ class StorageAudit:
                 "missing": missing[:MAX_LISTED],
                 "undone": undone[:MAX_LISTED],
             },
-            advice=f"Loading oid {hex_id(oid)} or walking into the missing objects raises POSKeyError. "
-            "Restore from a backup taken before the damage; if the file itself is intact, the referencing "
-            "object must be repaired by the application (replace or remove the reference).",
+            advice="Loading these objects (or walking into them) raises POSKeyError. Restore from a backup "
+            "taken before the damage; if Data.fs is otherwise intact, the application must repair the "
+            "referencing objects (replace or remove the references).",
         )
         if found:
             yield found
@@ -514,9 +515,9 @@ class StorageAudit:
                 yield found
             return
         self.checker.count("indexes")
-        with handle:
+        with handle, io.BufferedReader(handle, 1 << 20) as buffered:
             try:
-                covered, buckets = read_index(handle)
+                covered, buckets = read_index(buffered)
                 summary = self._compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
                 found = self.finding(

@@ -436,9 +436,13 @@ class Walk:
                 return Problem(
                     "record-damaged",
                     where,
-                    f"data record at {where} in the transaction at {pos} is damaged",
+                    f"data record at {where} in the transaction at {pos} is damaged; the transaction "
+                    f"wrote {len(records)} readable record(s) before it, which ZODB cannot use either",
                     tid=tid,
-                    details={"transaction_offset": pos},
+                    details={
+                        "transaction_offset": pos,
+                        "oids_in_transaction": [hex(record[1]) for record in records[:20]],
+                    },
                 )
             return Problem(
                 "transaction-damaged",

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fixtures.corrupt import flip_byte, truncate, zero_block
+from fixtures.corrupt import flip_byte, replace_with_fifo, truncate, zero_block
 from fixtures.zodb import build_storage, record_of
 from tests.conftest import fsaudit
 
@@ -174,6 +174,23 @@ def test_bad_magic_is_damage(base, tmp_path):
     run = audit(path)
     assert run.code == 2
     assert "bad-magic" in run.codes("zodb")
+
+
+def test_fifo_instead_of_the_file_does_not_hang(base, tmp_path):
+    path = copy_of(base, tmp_path)
+    replace_with_fifo(path)
+    run = audit(path)
+    assert run.code == 3
+    assert run.codes("zodb") == {"unreadable"}
+
+
+def test_structure_only(base, tmp_path):
+    path = copy_of(base, tmp_path)
+    position = record_of(base, struct.pack(">Q", 0x10))[0]
+    write_at(path, position + 42, b"\xfe\xfe\xfe\xfe")
+    run = audit(path, "--set", "zodb.references=false")
+    assert run.code == 0
+    assert run.codes("zodb") == {"storage-checked"}
 
 
 def test_written_in_window(base, tmp_path):
