@@ -10,7 +10,7 @@ from typing import Dict, Iterator, List
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import NotRegularFile, Target
-from fsaudit_checks.zodb_discovery import Storage, discover, guess_blob_dir
+from fsaudit_checks.zodb_discovery import Storage, blob_layout, discover, guess_blob_dir
 from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text, tid_time
 from fsaudit_checks.zodb_pickle import (
     IndexUnreadable,
@@ -628,14 +628,8 @@ class BlobCheck:
     def __init__(self, audit: StorageAudit):
         self.audit = audit
         self.blob_dir = audit.storage.blob_dir
-        self.layout = "bushy"
         self.unverified = 0
-        if self.blob_dir:
-            try:
-                text = audit.target.read_bytes(os.path.join(self.blob_dir, b".layout"), limit=64)
-                self.layout = text.decode("ascii", "replace").strip() or "bushy"
-            except OSError:
-                pass
+        self.layout = blob_layout(audit.target, self.blob_dir) if self.blob_dir else "bushy"
 
     def check(self, oid: bytes, tid: bytes) -> Iterator[Finding]:
         if not self.blob_dir:

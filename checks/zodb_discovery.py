@@ -55,11 +55,21 @@ class Discovery:
             storage.sources.append(source)
 
 
-def has_magic(target: Target, path: bytes) -> bool:
+def looks_like_storage(target: Target, path: bytes, name: bytes) -> bool:
+    """A FileStorage by its magic; or, for `Data.fs` and for `.fs` files whose first transaction
+    header is plausible, one whose magic was damaged (an F# source named `x.fs` is neither)."""
     try:
-        return target.read_bytes(path, limit=4) in MAGICS
+        head = target.read_bytes(path, limit=4 + 23)
     except OSError:
+        return name.endswith(b".fs")
+    if head[:4] in MAGICS:
+        return True
+    if name == b"Data.fs":
+        return True
+    if not name.endswith(b".fs") or len(head) < 27:
         return False
+    # Byte 0 of a tid counts 2^24 minutes since 1900: 3..5 covers 1932 to 2159.
+    return head[4] in (3, 4, 5) and head[12:15] == b"\0\0\0" and head[20:21] in (b" ", b"p", b"u")
 
 
 def parse_config(text: str, config_dir: bytes) -> List[Storage]:
@@ -131,6 +141,21 @@ def guess_blob_dir(target: Target, path: bytes) -> bytes | None:
     return None
 
 
+def blob_layout(target: Target, blob_dir: bytes) -> str:
+    """The layout of a blob directory as ZODB.blob.auto_layout_select chooses it: the `.layout`
+    marker, else `bushy` for an unused directory and `lawn` (the old layout) for a used one."""
+    try:
+        marker = target.read_bytes(os.path.join(blob_dir, b".layout"), limit=64)
+        return marker.decode("ascii", "replace").strip() or "bushy"
+    except OSError:
+        pass
+    try:
+        used = any(not name.startswith(b".") for name in target.listdir(blob_dir))
+        return "lawn" if used else "bushy"
+    except OSError:
+        return "bushy"
+
+
 def discover(
     target: Target, roots: Iterable[str], config_roots: Iterable[str], max_depth: int, max_files: int
 ) -> Discovery:
@@ -170,7 +195,7 @@ def discover(
                     found.limit_reached = True
                     continue
                 found.files_examined += 1
-                if entry.name.endswith(b".fs") or has_magic(target, inner):
+                if looks_like_storage(target, inner, entry.name):
                     found.add(inner, None, "search")
     for root in config_roots:
         if not target.exists(root, follow=True):

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,36 @@ def test_resync_after_a_destroyed_header(tmp_path):
     assert walk.unreachable == [(start, following)]
     assert "unreachable-range" in {problem.code for problem in problems}
     assert walk.transactions == len(layout.transactions) - 1
+
+
+def test_blob_layout_as_zodb_selects_it(tmp_path):
+    from ZODB.blob import auto_layout_select
+
+    from fsaudit.target import Target
+    from fsaudit_checks.zodb_discovery import blob_layout
+
+    target = Target(tmp_path)
+    for setup in ("", "used", "marker"):
+        blob_dir = tmp_path / f"blobs-{setup or 'empty'}"
+        blob_dir.mkdir()
+        if setup == "used":
+            (blob_dir / "0x01").mkdir()
+        if setup == "marker":
+            (blob_dir / ".layout").write_text("bushy\n")
+            (blob_dir / "0x01").mkdir()
+        inner = "/" + blob_dir.name
+        assert blob_layout(target, inner.encode()) == auto_layout_select(str(blob_dir))
+
+
+def test_fs_named_files_are_storages_only_when_they_look_like_one(tmp_path):
+    from fsaudit.target import Target
+    from fsaudit_checks.zodb_discovery import looks_like_storage
+
+    (tmp_path / "Program.fs").write_text("module Program\n\n[<EntryPoint>]\nlet main argv = 0\n")
+    layout = build_storage(tmp_path / "db", documents=5, blobs=False)
+    damaged = tmp_path / "damaged.fs"
+    damaged.write_bytes(b"\0\0\0\0" + Path(layout.path).read_bytes()[4:])
+    target = Target(tmp_path)
+    assert not looks_like_storage(target, b"/Program.fs", b"Program.fs")
+    assert looks_like_storage(target, b"/damaged.fs", b"damaged.fs")
+    assert looks_like_storage(target, b"/db/Data.fs", b"Data.fs")
