@@ -50,6 +50,13 @@ RESTORE = (
 )
 
 
+def restore_advice(last_good: bytes | None) -> str:
+    if not last_good:
+        return RESTORE
+    when = tid_text(last_good)
+    return f"{RESTORE} The last intact transaction before the damage is {hex_id(last_good)} ({when})."
+
+
 def _oid_path(oid: bytes, layout: str) -> str:
     """The blob directory path of an oid, as ZODB.blob's bushy or lawn layout writes it."""
     if layout == "lawn":
@@ -389,13 +396,9 @@ class StorageAudit:
         if problem.oid:
             details["oid"] = hex_id(problem.oid)
             subject_parts.append(f"oid {hex_id(problem.oid)}")
-        advice = RESTORE
         if last_good:
             details.update(last_good_tid=hex_id(last_good), last_good_time=tid_text(last_good))
-            advice += (
-                f" The last intact transaction before this damage is {hex_id(last_good)} "
-                f"({tid_text(last_good)})."
-            )
+        advice = restore_advice(last_good)
         found = self.finding(
             problem.code,
             SEVERITY[problem.code],
@@ -544,9 +547,9 @@ class StorageAudit:
                     "affected_oids": summary["beyond_oids"],
                     **self._last_good(walk),
                 },
-                advice=RESTORE
-                + " Everything committed after the last intact transaction is gone from this file; keep "
-                "Data.fs.index as evidence of how much was lost.",
+                advice=restore_advice(walk.last_tid)
+                + " Everything committed after it is gone from this file; keep Data.fs.index as evidence "
+                "of how much was lost.",
             )
             if found:
                 yield found

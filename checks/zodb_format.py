@@ -239,6 +239,9 @@ class Walk:
     def walk(self) -> Iterator[Problem]:
         read = self.reader.read
         self.magic = read(0, 4)
+        if not self.size:
+            yield Problem("bad-magic", 0, "the file is empty: even a new FileStorage holds its 4-byte magic")
+            return
         if self.magic not in MAGICS:
             yield Problem("bad-magic", 0, f"the file does not start with a FileStorage magic: {self.magic!r}")
             start = self._resync(4, b"\0" * 8)
