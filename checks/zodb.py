@@ -15,6 +15,7 @@ from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text, tid
 from fsaudit_checks.zodb_pickle import (
     IndexUnreadable,
     UnreadablePickle,
+    check_extension,
     class_name,
     read_index,
     record_references,
@@ -97,6 +98,12 @@ class ZodbChecker(Checker):
         Option("zeo_storage", "storage name on the ZEO servers", default="1"),
         Option("zeo_timeout", "seconds to wait for a ZEO server", kind=float, default=30.0),
         Option("references", "parse every current object and check its references", kind=bool, default=True),
+        Option(
+            "history",
+            "also parse every older revision (undo and history need them)",
+            kind=bool,
+            default=False,
+        ),
         Option("max_depth", "directory depth of the search", kind=int, default=8),
         Option("max_files", "files whose magic the search reads, at most", kind=int, default=200_000),
     )
@@ -113,6 +120,8 @@ class ZodbChecker(Checker):
         "dangling-reference": "an object references an object that does not exist (POSKeyError)",
         "root-missing": "the storage has no root object",
         "checkpoint-transaction": "the last transaction was never finished (interrupted commit)",
+        "unreadable-revision": "an older revision's pickle cannot be parsed (with `history`)",
+        "metadata-damaged": "a transaction's extension metadata cannot be unpickled",
         "index-beyond-end": "Data.fs.index covers more of the file than exists: the tail was lost",
         "index-mismatch": "Data.fs.index disagrees with the file",
         "index-unreadable": "Data.fs.index cannot be read",
@@ -420,10 +429,14 @@ class StorageAudit:
         references = 0
         blobs = BlobCheck(self)
         done = 0
-        for oid_int, tid, pos, data, back in walk.current_records():
+        history = self.checker.settings["history"]
+        for oid_int, tid, pos, data, back, current in walk.iter_records(history):
             done += 1
             if done % 4096 == 0:
                 progress.advance(4096)
+            if not current:
+                yield from self._old_revision(oid_int, tid, pos, data)
+                continue
             if data is None:
                 if not back:
                     continue  # deleted: its creation was undone
@@ -460,7 +473,8 @@ class StorageAudit:
             # The class name is in the first bytes of the record: look closer only at likely blobs.
             if b"Blob" in data[:64] and class_name(meta) in BLOB_CLASSES:
                 yield from blobs.check(p64(oid_int), tid)
-        self.checker.count("objects_parsed", done)
+        self.checker.count("records_parsed", done)
+        yield from self._extensions(walk)
         self.checker.count("references_checked", references)
         if blobs.unverified:
             self.checker.incomplete(
@@ -468,6 +482,39 @@ class StorageAudit:
                 "no blob directory known (set zodb.blob_dir)"
             )
         return references
+
+    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Finding]:
+        try:
+            record_references(data)
+        except UnreadablePickle as error:
+            found = self.finding(
+                "unreadable-revision",
+                WARNING,
+                f"an older revision of oid {hex(oid_int)} (at offset {pos}) cannot be unpickled: {error}",
+                subject=f"tid {hex_id(tid)} oid {hex(oid_int)}",
+                details={"offset": pos, "oid": hex(oid_int), "tid": hex_id(tid), "tid_time": tid_text(tid)},
+                advice="The current state is intact, but undo and history of this object back to this "
+                "revision fail. Restore from a backup if you need them.",
+            )
+            if found:
+                yield found
+
+    def _extensions(self, walk: Walk) -> Iterator[Finding]:
+        for pos, tid, data in walk.extensions():
+            try:
+                check_extension(data)
+            except UnreadablePickle as error:
+                found = self.finding(
+                    "metadata-damaged",
+                    WARNING,
+                    f"the extension metadata of the transaction at {pos} cannot be unpickled: {error}",
+                    subject=f"tid {hex_id(tid)}",
+                    details={"offset": pos, "tid": hex_id(tid), "tid_time": tid_text(tid)},
+                    advice="The objects are intact, but undo and history listings fail on this transaction. "
+                    "Restore from a backup if you need them.",
+                )
+                if found:
+                    yield found
 
     def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
         missing = sorted(set(missing), key=lambda text: int(text, 16))

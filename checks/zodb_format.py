@@ -14,7 +14,7 @@ read-write open truncates a damaged tail.
 Pass one (`walk`) checks every header, both lengths, the status, every record's tid, transaction
 position and previous-record pointer, and resynchronises after damage on the next transaction whose
 header and redundant length agree; it records, per oid, the position of the current record. Pass two
-(`current_records`) reads only the current records, in file order, for the reference check.
+(`iter_records`) reads only the current records, in file order, for the reference check.
 """
 
 from __future__ import annotations
@@ -609,9 +609,10 @@ class Walk:
 
     # -- pass two ---------------------------------------------------------------------------------
 
-    def current_records(self) -> Iterator[Tuple[int, bytes, int, bytes | None, int]]:
-        """(oid, tid, position, pickle, back) of every current record, in file order. The pickle is
-        None for an undo record: `back` is then where its data is (0: the object was deleted)."""
+    def iter_records(self, history: bool = False) -> Iterator[Tuple[int, bytes, int, bytes | None, int, bool]]:
+        """(oid, tid, position, pickle, back, current) of every current record (and with `history`
+        every older revision too), in file order. The pickle is None for an undo record: `back` is
+        then where its data is (0: the object was deleted)."""
         span = self.reader.span
         unpack_from = RECORD_HEADER.unpack_from
         u64_from = U64.unpack_from
@@ -631,17 +632,27 @@ class Walk:
                 offset = pos - base
                 oid, tid, _, _, _, plen = unpack_from(buf, offset)
                 value = dense[oid] if oid < len(dense) else sparse.get(oid, 0)
-                if value and (value >> 1) - 1 == pos:
+                current = value and (value >> 1) - 1 == pos
+                if current or (history and plen):
                     if plen:
                         start = offset + RECORD_HEADER_LEN
                         if pos + RECORD_HEADER_LEN + plen > buf_end:
                             data = self.reader.read(pos + RECORD_HEADER_LEN, plen)
                         else:
                             data = buf[start : start + plen]
-                        yield oid, tid, pos, data, pos
+                        yield oid, tid, pos, data, pos, bool(current)
                     else:
-                        yield oid, tid, pos, None, u64_from(buf, offset + RECORD_HEADER_LEN)[0]
+                        yield oid, tid, pos, None, u64_from(buf, offset + RECORD_HEADER_LEN)[0], True
                 pos += RECORD_HEADER_LEN + (plen or 8)
+
+    def extensions(self) -> Iterator[Tuple[int, bytes, bytes]]:
+        """(position, tid, extension bytes) of every transaction that has extension metadata."""
+        read = self.reader.read
+        for pos in self.txn_pos:
+            header = read(pos, TXN_HEADER_LEN)
+            tid, _, _, ulen, dlen, elen = TXN_HEADER.unpack(header)
+            if elen:
+                yield pos, tid, read(pos + TXN_HEADER_LEN + ulen + dlen, elen)
 
     def load_at(self, oid: int, pos: int) -> Tuple[bytes | None, str | None]:
         """(pickle, None) of the record at `pos`, following back pointers; (None, why) when the

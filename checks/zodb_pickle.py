@@ -107,6 +107,19 @@ def record_references(data: bytes) -> Tuple[object, List[bytes], int]:
     return meta, strong, foreign
 
 
+def check_extension(data: bytes) -> None:
+    """Raise UnreadablePickle unless a transaction's extension metadata unpickles."""
+    unpickler = _RecordUnpickler(io.BytesIO(data), encoding="bytes")
+    unpickler.find_class = _placeholder
+    unpickler.persistent_load = [].append
+    try:
+        unpickler.load()
+    except RecursionError as error:
+        raise UnreadablePickle("the pickle nests too deeply") from error
+    except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
+        raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
+
+
 # -- Data.fs.index ---------------------------------------------------------------------------------
 
 

@@ -193,6 +193,33 @@ def test_structure_only(base, tmp_path):
     assert run.codes("zodb") == {"storage-checked"}
 
 
+def test_history_option_parses_older_revisions(base, tmp_path):
+    path = copy_of(base, tmp_path)
+    by_oid = {}
+    for position, oid, _tid, length in base.records:
+        by_oid.setdefault(oid, []).append((position, length))
+    # An object edited and then undone: its edited revision is no longer current.
+    older = next(revisions[1][0] for revisions in by_oid.values() if len(revisions) == 3 and revisions[1][1])
+    write_at(path, older + 42, b"\xfe\xfe\xfe\xfe")
+    assert audit(path).code == 0
+    run = audit(path, "--set", "zodb.history=true")
+    assert run.code == 1
+    assert run.codes("zodb") == {"unreadable-revision", "storage-checked"}
+
+
+def test_damaged_transaction_metadata(base, tmp_path):
+    path = copy_of(base, tmp_path)
+    start, _end, _tid = middle(base)
+    with open(path, "rb") as handle:
+        handle.seek(start + 17)
+        ulen, dlen, elen = struct.unpack(">HHH", handle.read(6))
+    assert elen
+    write_at(path, start + 23 + ulen + dlen, b"\xfe\xfe")
+    run = audit(path)
+    assert run.code == 1
+    assert run.codes("zodb") == {"metadata-damaged", "storage-checked"}
+
+
 def test_written_in_window(base, tmp_path):
     path = copy_of(base, tmp_path)
     run = audit(path, "--window", "2000-01-01..")
