@@ -27,9 +27,11 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 MAGICS = (b"FS21", b"FS30")
+# oid, tid, position, pickle, back, current
+RecordItem = Tuple[int, bytes, int, Optional[bytes], int, bool]
 TXN_HEADER = struct.Struct(">8sQcHHH")
 RECORD_HEADER = struct.Struct(">Q8sQQHQ")  # the oid as an integer
 TXN_HEADER_LEN = TXN_HEADER.size  # 23
@@ -609,7 +611,7 @@ class Walk:
 
     # -- pass two ---------------------------------------------------------------------------------
 
-    def iter_records(self, history: bool = False) -> Iterator[Tuple[int, bytes, int, bytes | None, int, bool]]:
+    def iter_records(self, history: bool = False) -> Iterator[RecordItem]:
         """(oid, tid, position, pickle, back, current) of every current record (and with `history`
         every older revision too), in file order. The pickle is None for an undo record: `back` is
         then where its data is (0: the object was deleted)."""
