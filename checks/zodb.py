@@ -194,8 +194,10 @@ class ZodbChecker(Checker):
 
     def _check_zeo(self, address_text: str) -> Iterator[Finding]:
         subject = f"zeo {address_text}"
+        from fsaudit_checks.zodb_zeo import ZeoUnreachable, ZeoWalk, parse_address
+
         try:
-            from fsaudit_checks.zodb_zeo import ZeoUnreachable, ZeoWalk, parse_address
+            import ZEO  # noqa: F401 - only to tell a missing ZEO from a failing one
         except ImportError:
             self.incomplete("checking through ZEO needs the ZEO package: pip install 'fsaudit[zodb]'")
             return
@@ -236,7 +238,7 @@ class ZodbChecker(Checker):
         details = {"objects": walk.objects, "references": walk.references, "suppressed": _suppressed(listed)}
         if walk.last_tid:
             details.update(last_tid=hex_id(walk.last_tid), last_time=tid_text(walk.last_tid))
-            yield from self._window_findings(subject, None, walk.last_tid, None)
+            yield from self.window_findings(subject, None, walk.last_tid, None)
         yield self.finding(
             "storage-checked",
             INFO,
@@ -245,7 +247,7 @@ class ZodbChecker(Checker):
             details=details,
         )
 
-    def _window_findings(
+    def window_findings(
         self, subject: str, path: bytes | None, last_tid: bytes, walk: Walk | None
     ) -> Iterator[Finding]:
         window = self.context.window
@@ -288,7 +290,6 @@ class StorageAudit:
         self.storage = storage
         self.path = storage.path
         self.listed: Dict[str, int] = {}
-        self.walk: Walk | None = None
         self.damaged = False
 
     def finding(self, code, severity, message, subject=None, details=None, advice="") -> Finding | None:
@@ -346,9 +347,19 @@ class StorageAudit:
     def _audit(self, handle) -> Iterator[Finding]:
         size = handle.st.st_size
         self.checker.count("bytes_read", size)
-        walk = self.walk = Walk(handle, size, window=self.checker.context.window)
+        walk = Walk(handle, size, window=self.checker.context.window)
+        progress = self.checker.context.progress
+        progress.start(f"zodb {self.target.display(self.path)}: structure (bytes)", size)
+        walked = [0]
+
+        def advance(done: int) -> None:
+            progress.advance(done - walked[0])
+            walked[0] = done
+
+        walk.on_progress = advance
         for problem in walk.walk():
             yield from self._emit(problem, walk.last_tid)
+        progress.stop()
         for problem in walk.verify_backs():
             yield from self._emit(problem, None)
         self.checker.count("transactions", walk.transactions)
@@ -363,7 +374,7 @@ class StorageAudit:
             references = yield from self._references(walk)
         yield from self._index(walk, size)
         if walk.last_tid:
-            yield from self.checker._window_findings(
+            yield from self.checker.window_findings(
                 f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk
             )
         details = {
@@ -424,12 +435,13 @@ class StorageAudit:
     def _references(self, walk: Walk):
         dense, sparse = walk.current.dense, walk.current.sparse
         from_bytes = int.from_bytes
+        history = self.checker.settings["history"]
         progress = self.checker.context.progress
-        progress.start(f"zodb {self.target.display(self.path)}", walk.records)
+        total = walk.records if history else walk.current.count
+        progress.start(f"zodb {self.target.display(self.path)}: objects", total)
         references = 0
         blobs = BlobCheck(self)
         done = 0
-        history = self.checker.settings["history"]
         for oid_int, tid, pos, data, back, current in walk.iter_records(history):
             done += 1
             if done % 4096 == 0:
@@ -473,6 +485,7 @@ class StorageAudit:
             # The class name is in the first bytes of the record: look closer only at likely blobs.
             if b"Blob" in data[:64] and class_name(meta) in BLOB_CLASSES:
                 yield from blobs.check(p64(oid_int), tid)
+        progress.stop()
         self.checker.count("records_parsed", done)
         yield from self._extensions(walk)
         self.checker.count("references_checked", references)

@@ -216,6 +216,8 @@ class Walk:
     def __init__(self, handle, size: int, now: float | None = None, window=None):
         self.reader = Reader(handle, size)
         self.window = window
+        # Called now and then with the number of bytes walked so far (progress display).
+        self.on_progress = None
         self.in_window = 0
         self.first_in_window: bytes | None = None
         self.size = size
@@ -341,6 +343,8 @@ class Walk:
         self.last_tid = txn.tid
         self.last_pos = txn.pos
         self.end_pos = txn.end + 8
+        if self.on_progress is not None and not self.transactions % 256:
+            self.on_progress(self.end_pos)
         if self.window is not None:
             moment = tid_time(txn.tid)
             if moment is not None and self.window.contains(moment.timestamp()):
