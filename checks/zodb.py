@@ -434,6 +434,7 @@ class StorageAudit:
 
     def _references(self, walk: Walk):
         dense, sparse = walk.current.dense, walk.current.sparse
+        dense_len = len(dense)
         from_bytes = int.from_bytes
         history = self.checker.settings["history"]
         progress = self.checker.context.progress
@@ -473,7 +474,7 @@ class StorageAudit:
             missing = undone = None
             for ref in refs:
                 ref_int = from_bytes(ref, "big")
-                value = dense[ref_int] if ref_int < len(dense) else sparse.get(ref_int, 0)
+                value = dense[ref_int] if ref_int < dense_len else sparse.get(ref_int, 0)
                 if not value:
                     missing = missing or []
                     missing.append(hex(ref_int))

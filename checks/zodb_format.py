@@ -156,6 +156,9 @@ class OidMap:
             return
         if oid < len(dense) + _DENSE_SLACK + 4 * self.records:
             dense.frombytes(bytes(8 * (oid + 1 - len(dense))))
+            # Oids that were sparse until now belong in the array: lookups only look there.
+            for moved in [other for other in self.sparse if other < len(dense)]:
+                dense[moved] = self.sparse.pop(moved)
             dense[oid] = value
             return
         self.sparse[oid] = value
@@ -505,9 +508,10 @@ class Walk:
         """Check each record's previous-record pointer against the walk and make it current."""
         current = self.current
         dense = current.dense
+        dense_len = len(dense)
         sparse = current.sparse
         for pos, oid, prev, plen, back in records:
-            value = dense[oid] if oid < len(dense) else sparse.get(oid, 0)
+            value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
             expected = (value >> 1) - 1 if value else 0
             if prev != expected and not self._in_unreachable(prev):
                 self._pending.append(
@@ -526,13 +530,13 @@ class Walk:
                 self.backs.append(pos)
                 self.backs.append(back)
             deleted = not plen and not back
-            if oid < len(dense):
+            if oid < dense_len:
                 if not value:
                     current.count += 1
                 dense[oid] = ((pos + 1) << 1) | deleted
             else:
                 current.set(oid, pos, deleted)
-                dense = current.dense
+                dense_len = len(dense)
             current.records += 1
         self.records += len(records)
 
@@ -623,6 +627,7 @@ class Walk:
         unpack_from = RECORD_HEADER.unpack_from
         u64_from = U64.unpack_from
         dense = self.current.dense
+        dense_len = len(dense)
         sparse = self.current.sparse
         for index in range(len(self.txn_pos)):
             if self.txn_status[index] == ord("u"):
@@ -637,7 +642,7 @@ class Walk:
                     buf_end = base + len(buf)
                 offset = pos - base
                 oid, tid, _, _, _, plen = unpack_from(buf, offset)
-                value = dense[oid] if oid < len(dense) else sparse.get(oid, 0)
+                value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
                 current = value and (value >> 1) - 1 == pos
                 if current or (history and plen):
                     if plen:

@@ -181,3 +181,17 @@ def test_fs_named_files_are_storages_only_when_they_look_like_one(tmp_path):
     assert not looks_like_storage(target, b"/Program.fs", b"Program.fs")
     assert looks_like_storage(target, b"/damaged.fs", b"damaged.fs")
     assert looks_like_storage(target, b"/db/Data.fs", b"Data.fs")
+
+
+def test_oid_map_keeps_sparse_oids_when_the_array_grows():
+    from fsaudit_checks.zodb_format import OidMap
+
+    oids = OidMap()
+    oids.set(5_000_000, 100, False)  # far beyond the dense part: kept aside
+    for oid in range(0, 5_000_001, 50_000):
+        oids.records += 50_000
+        oids.set(oid, oid + 4, False)
+    assert oids.get(5_000_000) == (5_000_004, False)
+    assert oids.get(50_000) == (50_004, False)
+    assert oids.get(7) is None
+    assert len(oids) == len(range(0, 5_000_001, 50_000))
