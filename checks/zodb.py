@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import itertools
 import os
 from typing import Dict, Iterator, List
 
@@ -17,6 +18,7 @@ from fsaudit_checks.zodb_pickle import (
     UnreadablePickle,
     check_extension,
     class_name,
+    memory_ceiling,
     read_index,
     record_references,
 )
@@ -27,6 +29,8 @@ CONFIG_ROOTS = ("/etc",)
 BLOB_CLASSES = {"ZODB.blob.Blob"}
 # Findings listed per code and storage; the rest are counted in the storage's summary.
 MAX_PER_CODE = 50
+# Records parsed between two hand-overs of findings (see `memory_ceiling`).
+BATCH = 4096
 # Oids named in one finding's details.
 MAX_LISTED = 20
 
@@ -433,59 +437,27 @@ class StorageAudit:
     # -- references and blobs ------------------------------------------------------------------------
 
     def _references(self, walk: Walk):
-        dense, sparse = walk.current.dense, walk.current.sparse
-        dense_len = len(dense)
-        from_bytes = int.from_bytes
         history = self.checker.settings["history"]
         progress = self.checker.context.progress
         total = walk.records if history else walk.current.count
         progress.start(f"zodb {self.target.display(self.path)}: objects", total)
-        references = 0
         blobs = BlobCheck(self)
-        done = 0
-        for oid_int, tid, pos, data, back, current in walk.iter_records(history):
-            done += 1
-            if done % 4096 == 0:
-                progress.advance(4096)
-            if not current:
-                yield from self._old_revision(oid_int, tid, pos, data)
-                continue
-            if data is None:
-                if not back:
-                    continue  # deleted: its creation was undone
-                data, _why = walk.load_at(oid_int, back)
-                if data is None:
-                    continue  # broken back pointers are reported by verify_backs
-            try:
-                meta, refs, _foreign = record_references(data)
-            except UnreadablePickle as error:
-                yield from self._emit(
-                    Problem(
-                        "unreadable-record",
-                        pos,
-                        f"the current record of oid {hex(oid_int)} cannot be unpickled: {error}",
-                        tid=tid,
-                        oid=p64(oid_int),
-                    ),
-                    None,
-                )
-                continue
-            references += len(refs)
-            missing = undone = None
-            for ref in refs:
-                ref_int = from_bytes(ref, "big")
-                value = dense[ref_int] if ref_int < dense_len else sparse.get(ref_int, 0)
-                if not value:
-                    missing = missing or []
-                    missing.append(hex(ref_int))
-                elif value & 1:
-                    undone = undone or []
-                    undone.append(hex(ref_int))
-            if missing or undone:
-                yield from self._dangling(p64(oid_int), tid, class_name(meta), missing or [], undone or [])
-            # The class name is in the first bytes of the record: look closer only at likely blobs.
-            if b"Blob" in data[:64] and class_name(meta) in BLOB_CLASSES:
-                yield from blobs.check(p64(oid_int), tid)
+        records = walk.iter_records(history)
+        # Generous for any real record, small enough that a pickle announcing absurd sizes fails.
+        extra = max(1 << 30, 8 * walk.max_plen)
+        done = references = 0
+        while True:
+            found: List[Finding] = []
+            with memory_ceiling(extra):
+                batch = list(itertools.islice(records, BATCH))
+                for item in batch:
+                    references += self._check_record(walk, item, found, blobs)
+            # Findings leave only outside the ceiling: the rest of fsaudit runs without it.
+            yield from found
+            done += len(batch)
+            progress.advance(len(batch))
+            if len(batch) < BATCH:
+                break
         progress.stop()
         self.checker.count("records_parsed", done)
         yield from self._extensions(walk)
@@ -496,6 +468,48 @@ class StorageAudit:
                 "no blob directory known (set zodb.blob_dir)"
             )
         return references
+
+    def _check_record(self, walk: Walk, item, found: List[Finding], blobs: BlobCheck) -> int:
+        """Parse one record, adding its findings to `found`; the number of references it holds."""
+        oid_int, tid, pos, data, back, current = item
+        if not current:
+            found.extend(self._old_revision(oid_int, tid, pos, data))
+            return 0
+        if data is None:
+            if not back:
+                return 0  # deleted: its creation was undone
+            data, _why = walk.load_at(oid_int, back)
+            if data is None:
+                return 0  # broken back pointers are reported by verify_backs
+        try:
+            meta, refs, _foreign = record_references(data)
+        except UnreadablePickle as error:
+            problem = Problem(
+                "unreadable-record",
+                pos,
+                f"the current record of oid {hex(oid_int)} cannot be unpickled: {error}",
+                tid=tid,
+                oid=p64(oid_int),
+            )
+            found.extend(self._emit(problem, None))
+            return 0
+        dense, sparse = walk.current.dense, walk.current.sparse
+        missing = undone = None
+        for ref in refs:
+            ref_int = int.from_bytes(ref, "big")
+            value = dense[ref_int] if ref_int < len(dense) else sparse.get(ref_int, 0)
+            if not value:
+                missing = missing or []
+                missing.append(hex(ref_int))
+            elif value & 1:
+                undone = undone or []
+                undone.append(hex(ref_int))
+        if missing or undone:
+            found.extend(self._dangling(p64(oid_int), tid, class_name(meta), missing or [], undone or []))
+        # The class name is in the first bytes of the record: look closer only at likely blobs.
+        if b"Blob" in data[:64] and class_name(meta) in BLOB_CLASSES:
+            found.extend(blobs.check(p64(oid_int), tid))
+        return len(refs)
 
     def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Finding]:
         try:
@@ -514,21 +528,25 @@ class StorageAudit:
                 yield found
 
     def _extensions(self, walk: Walk) -> Iterator[Finding]:
-        for pos, tid, data in walk.extensions():
-            try:
-                check_extension(data)
-            except UnreadablePickle as error:
-                found = self.finding(
-                    "metadata-damaged",
-                    WARNING,
-                    f"the extension metadata of the transaction at {pos} cannot be unpickled: {error}",
-                    subject=f"tid {hex_id(tid)}",
-                    details={"offset": pos, "tid": hex_id(tid), "tid_time": tid_text(tid)},
-                    advice="The objects are intact, but undo and history listings fail on this transaction. "
-                    "Restore from a backup if you need them.",
-                )
-                if found:
-                    yield found
+        damaged = []
+        with memory_ceiling(1 << 30):
+            for pos, tid, data in walk.extensions():
+                try:
+                    check_extension(data)
+                except UnreadablePickle as error:
+                    damaged.append((pos, tid, error))
+        for pos, tid, error in damaged:
+            found = self.finding(
+                "metadata-damaged",
+                WARNING,
+                f"the extension metadata of the transaction at {pos} cannot be unpickled: {error}",
+                subject=f"tid {hex_id(tid)}",
+                details={"offset": pos, "tid": hex_id(tid), "tid_time": tid_text(tid)},
+                advice="The objects are intact, but undo and history listings fail on this transaction. "
+                "Restore from a backup if you need them.",
+            )
+            if found:
+                yield found
 
     def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
         missing = sorted(set(missing), key=lambda text: int(text, 16))
@@ -581,8 +599,9 @@ class StorageAudit:
         self.checker.count("indexes")
         with handle, io.BufferedReader(handle, 1 << 20) as buffered:
             try:
-                covered, buckets = read_index(buffered)
-                summary = self._compare_index(walk, size, covered, buckets)
+                with memory_ceiling(1 << 30):
+                    covered, buckets = read_index(buffered)
+                    summary = self._compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
                 found = self.finding(
                     "index-unreadable",

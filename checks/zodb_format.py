@@ -233,6 +233,7 @@ class Walk:
         self.txn_status = bytearray()
         self.transactions = 0
         self.records = 0
+        self.max_plen = 0  # the longest pickle of an accepted record
         self.first_tid: bytes | None = None
         self.last_tid: bytes | None = None
         self.last_pos = 0  # start of the last accepted transaction
@@ -511,6 +512,8 @@ class Walk:
         dense_len = len(dense)
         sparse = current.sparse
         for pos, oid, prev, plen, back in records:
+            if plen > self.max_plen:
+                self.max_plen = plen
             value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
             expected = (value >> 1) - 1 if value else 0
             if prev != expected and not self._in_unreachable(prev):

@@ -15,9 +15,11 @@ imported and no code from the audited system runs; it only records the reference
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import pickle
+import resource
 import struct
 from typing import Iterator, List, Tuple
 
@@ -84,6 +86,8 @@ def record_references(data: bytes) -> Tuple[object, List[bytes], int]:
         unpickler.load()
     except RecursionError as error:
         raise UnreadablePickle("the pickle nests too deeply") from error
+    except MemoryError:
+        raise UnreadablePickle("the pickle announces sizes far beyond its own length") from None
     except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
         raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
     strong = []
@@ -118,6 +122,39 @@ def check_extension(data: bytes) -> None:
         raise UnreadablePickle("the pickle nests too deeply") from error
     except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
         raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
+
+
+@contextlib.contextmanager
+def memory_ceiling(extra: int) -> Iterator[None]:
+    """Cap this process's data segment at its current size + `extra` bytes for the duration.
+
+    The C unpickler trusts the lengths inside a pickle: a damaged LONG_BINPUT index makes it
+    allocate and zero a memo of up to 64 GiB, and BINBYTES allocates the announced length before
+    reading. Under the cap those allocations fail with MemoryError (a damaged pickle) instead of
+    pushing the audited machine into swap or the OOM killer (vm.overcommit_memory=1 grants them).
+    """
+    try:
+        with open("/proc/self/statm") as statm:
+            data_pages = int(statm.read().split()[5])
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    except (OSError, ValueError, IndexError, AttributeError):
+        yield
+        return
+    ceiling = data_pages * resource.getpagesize() + extra
+    if soft != resource.RLIM_INFINITY and soft <= ceiling:
+        yield
+        return
+    if hard != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (ceiling, hard))
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 # -- Data.fs.index ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from array import array
 from typing import Iterator, Tuple, Union
 
 from fsaudit_checks.zodb_format import Problem, hex_id, p64, u64
-from fsaudit_checks.zodb_pickle import UnreadablePickle, record_references
+from fsaudit_checks.zodb_pickle import UnreadablePickle, memory_ceiling, record_references
 
 Address = Union[str, Tuple[str, int]]
 
@@ -118,7 +118,8 @@ class ZeoWalk:
                 continue
             self.objects += 1
             try:
-                _meta, refs, foreign = record_references(data)
+                with memory_ceiling(1 << 30):
+                    _meta, refs, foreign = record_references(data)
             except UnreadablePickle as error:
                 yield Problem(
                     "unreadable-record",

@@ -195,3 +195,18 @@ def test_oid_map_keeps_sparse_oids_when_the_array_grows():
     assert oids.get(50_000) == (50_004, False)
     assert oids.get(7) is None
     assert len(oids) == len(range(0, 5_000_001, 50_000))
+
+
+def test_a_pickle_announcing_a_huge_memo_is_unreadable_not_a_memory_spike():
+    import resource
+
+    from fsaudit_checks.zodb_pickle import memory_ceiling
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    limit = resource.getrlimit(resource.RLIMIT_DATA)
+    # LONG_BINPUT 0x20000000: the C unpickler would allocate and zero an 8 GiB memo.
+    damaged = b"c__main__\nThing\n." + b"\x80\x03]r\x00\x00\x00\x20."
+    with memory_ceiling(256 << 20), pytest.raises(UnreadablePickle):
+        record_references(damaged)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300 << 10  # KiB
+    assert resource.getrlimit(resource.RLIMIT_DATA) == limit
