@@ -277,14 +277,14 @@ class Walk:
                 if problem.code == "checkpoint-transaction":
                     yield problem
                     return
-                torn = self._looks_torn(pos, ltid)
+                torn, torn_tid = self._looks_torn(pos, ltid)
                 if torn and self._grew():
                     # A commit in progress on a live storage, not a lost tail.
                     yield Problem(
                         "checkpoint-transaction",
                         pos,
                         f"the transaction at offset {pos} was still being written while the file was read",
-                        tid=torn,
+                        tid=torn_tid,
                     )
                     return
                 if torn:
@@ -293,7 +293,7 @@ class Walk:
                         pos,
                         f"the file ends inside the transaction at offset {pos}: its end was lost "
                         f"({size - pos} bytes of a partly written transaction)",
-                        tid=torn,
+                        tid=torn_tid,
                     )
                 yield problem
                 self.unreachable.append((pos, size))
@@ -321,20 +321,19 @@ class Walk:
             details={"start": start, "end": end, "length": end - start},
         )
 
-    def _looks_torn(self, pos: int, ltid: bytes) -> bytes | None:
-        """The tid of a transaction that starts plausibly at `pos` but runs past the end of the file."""
+    def _looks_torn(self, pos: int, ltid: bytes) -> Tuple[bool, bytes | None]:
+        """Whether a transaction starts plausibly at `pos` but runs past the end of the file, and
+        its tid when the file still holds it."""
         header = self.reader.read(pos, TXN_HEADER_LEN)
         if len(header) < 8:
-            return header[:8] if len(header) else None
+            return True, None
         tid = header[:8]
         if not (ltid < tid <= self.max_tid):
-            return None
+            return False, None
         if len(header) < TXN_HEADER_LEN:
-            return tid
+            return True, tid
         _, tlen, status, _, _, _ = TXN_HEADER.unpack(header)
-        if status in STATUSES + b"c" and pos + tlen + 8 > self.size:
-            return tid
-        return None
+        return status in STATUSES + b"c" and pos + tlen + 8 > self.size, tid
 
     def _accept(self, txn: Transaction) -> None:
         self.transactions += 1
