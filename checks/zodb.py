@@ -80,7 +80,6 @@ class ZodbChecker(Checker):
     """Verify ZODB FileStorages: structure, lost tails, unpicklable records, dangling references, blobs."""
 
     name = "zodb"
-    order = 40
     options = (
         Option(
             "paths",
@@ -399,6 +398,9 @@ class StorageAudit:
                 last_tid=hex_id(walk.last_tid),
                 last_time=tid_text(walk.last_tid),
             )
+        if self.checker.settings["references"]:
+            # Every byte of it was read and cross-checked: `window` need not list it as unverified.
+            self.checker.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
         verdict = "damaged" if self.damaged else "intact"
         yield self.checker.finding(
             "storage-checked",
