@@ -71,44 +71,85 @@ def class_name(meta) -> str:
     return "?"
 
 
-def record_references(data: bytes) -> Tuple[object, List[bytes], int]:
-    """(class metadata, oids it references strongly, number of cross-database references) of a
-    record; `class_name(metadata)` names the class.
+class RecordParser:
+    """Parses records one after the other, reusing one unpickler for a few of them (building an
+    unpickler costs as much as parsing a small record). The unpickler is rebuilt after any error,
+    since the C unpickler may keep unread input then, and every REUSE records, which bounds the
+    cost of a memo that a strange but parseable pickle made large."""
 
-    Raises UnreadablePickle when either pickle cannot be parsed.
-    """
-    pids: list = []
-    unpickler = _RecordUnpickler(io.BytesIO(data), encoding="bytes")
-    unpickler.find_class = _placeholder
-    unpickler.persistent_load = pids.append
-    try:
-        meta = unpickler.load()
-        unpickler.load()
-    except RecursionError as error:
-        raise UnreadablePickle("the pickle nests too deeply") from error
-    except MemoryError:
-        raise UnreadablePickle("the pickle announces sizes far beyond its own length") from None
-    except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
-        raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
-    strong = []
-    foreign = 0
-    for pid in pids:
-        kind = type(pid)
-        if kind is bytes:
-            oid = pid
-        elif kind is tuple and len(pid) == 2 and type(pid[0]) is bytes:
-            oid = pid[0]
-        elif kind is list and pid and pid[0] in ("m", "n", b"m", b"n"):
-            foreign += 1
-            continue
-        elif kind is list and pid and (pid[0] in ("w", b"w") or (len(pid) == 1 and type(pid[0]) is bytes)):
-            continue  # weak references may dangle by design
+    REUSE = 64
+
+    def __init__(self):
+        self._file = io.BytesIO()
+        self._pids: list = []
+        self._unpickler = None
+        self._uses = 0
+
+    def _fresh(self):
+        self._file = io.BytesIO()
+        unpickler = _RecordUnpickler(self._file, encoding="bytes")
+        unpickler.find_class = _placeholder
+        unpickler.persistent_load = self._pids.append
+        self._uses = 0
+        return unpickler
+
+    def references(self, data: bytes) -> Tuple[object, List[bytes], int]:
+        """(class metadata, oids it references strongly, number of cross-database references) of
+        a record; `class_name(metadata)` names the class.
+
+        Raises UnreadablePickle when either pickle cannot be parsed.
+        """
+        unpickler = self._unpickler
+        if unpickler is None or self._uses >= self.REUSE:
+            unpickler = self._unpickler = self._fresh()
         else:
-            raise UnreadablePickle(f"unknown persistent reference {pid!r}"[:300])
-        if len(oid) != 8:
-            raise UnreadablePickle("a persistent reference holds an oid that is not 8 bytes long")
-        strong.append(oid)
-    return meta, strong, foreign
+            unpickler.memo.clear()
+        self._uses += 1
+        source = self._file
+        source.seek(0)
+        source.write(data)
+        source.truncate()
+        source.seek(0)
+        pids = self._pids
+        pids.clear()
+        try:
+            meta = unpickler.load()
+            unpickler.load()
+        except RecursionError as error:
+            self._unpickler = None
+            raise UnreadablePickle("the pickle nests too deeply") from error
+        except MemoryError:
+            self._unpickler = None
+            raise UnreadablePickle("the pickle announces sizes far beyond its own length") from None
+        except Exception as error:  # noqa: BLE001 - any failure to parse untrusted bytes is damage
+            self._unpickler = None
+            raise UnreadablePickle(f"{type(error).__name__}: {error}"[:300]) from None
+        strong = []
+        foreign = 0
+        for pid in pids:
+            kind = type(pid)
+            if kind is bytes:
+                oid = pid
+            elif kind is tuple and len(pid) == 2 and type(pid[0]) is bytes:
+                oid = pid[0]
+            elif kind is list and pid and pid[0] in ("m", "n", b"m", b"n"):
+                foreign += 1
+                continue
+            elif (
+                kind is list and pid and (pid[0] in ("w", b"w") or (len(pid) == 1 and type(pid[0]) is bytes))
+            ):
+                continue  # weak references may dangle by design
+            else:
+                raise UnreadablePickle(f"unknown persistent reference {pid!r}"[:300])
+            if len(oid) != 8:
+                raise UnreadablePickle("a persistent reference holds an oid that is not 8 bytes long")
+            strong.append(oid)
+        return meta, strong, foreign
+
+
+def record_references(data: bytes) -> Tuple[object, List[bytes], int]:
+    """`RecordParser.references` of one record."""
+    return RecordParser().references(data)
 
 
 def check_extension(data: bytes) -> None:

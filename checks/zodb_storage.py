@@ -14,12 +14,12 @@ from fsaudit_checks.zodb_discovery import Storage, blob_layout
 from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text
 from fsaudit_checks.zodb_pickle import (
     IndexUnreadable,
+    RecordParser,
     UnreadablePickle,
     check_extension,
     class_name,
     memory_ceiling,
     read_index,
-    record_references,
 )
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
@@ -87,6 +87,7 @@ class StorageAudit:
         self.path = storage.path
         self.listed: Dict[str, int] = {}
         self.damaged = False
+        self.parser = RecordParser()
 
     def finding(self, code, severity, message, subject=None, details=None, advice="") -> Finding | None:
         self.listed[code] = self.listed.get(code, 0) + 1
@@ -277,7 +278,7 @@ class StorageAudit:
             if data is None:
                 return 0  # broken back pointers are reported by verify_backs
         try:
-            meta, refs, _foreign = record_references(data)
+            meta, refs, _foreign = self.parser.references(data)
         except UnreadablePickle as error:
             problem = Problem(
                 "unreadable-record",
@@ -308,7 +309,7 @@ class StorageAudit:
 
     def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Finding]:
         try:
-            record_references(data)
+            self.parser.references(data)
         except UnreadablePickle as error:
             found = self.finding(
                 "unreadable-revision",

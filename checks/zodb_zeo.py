@@ -7,7 +7,7 @@ from array import array
 from typing import Iterator, Tuple, Union
 
 from fsaudit_checks.zodb_format import Problem, hex_id, p64, u64
-from fsaudit_checks.zodb_pickle import UnreadablePickle, memory_ceiling, record_references
+from fsaudit_checks.zodb_pickle import RecordParser, UnreadablePickle, memory_ceiling
 
 Address = Union[str, Tuple[str, int]]
 
@@ -92,6 +92,7 @@ class ZeoWalk:
         return found[0], found[1], None
 
     def _traverse(self, storage, disconnected) -> Iterator[Problem]:
+        parser = RecordParser()
         seen = _Bitmap()
         seen.add(0)
         # Pairs: oid, referrer + 1 (0 for the root, which nothing references).
@@ -119,7 +120,7 @@ class ZeoWalk:
             self.objects += 1
             try:
                 with memory_ceiling(1 << 30):
-                    _meta, refs, foreign = record_references(data)
+                    _meta, refs, foreign = parser.references(data)
             except UnreadablePickle as error:
                 yield Problem(
                     "unreadable-record",

@@ -210,3 +210,14 @@ def test_a_pickle_announcing_a_huge_memo_is_unreadable_not_a_memory_spike():
         record_references(damaged)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300 << 10  # KiB
     assert resource.getrlimit(resource.RLIMIT_DATA) == limit
+
+
+def test_a_reused_parser_is_not_confused_by_damage_before():
+    from fsaudit_checks.zodb_pickle import RecordParser
+
+    parser = RecordParser()
+    good = _record("x", [(1).to_bytes(8, "big")])
+    for cut in range(1, len(good)):
+        with pytest.raises(UnreadablePickle):
+            parser.references(good[:cut])
+        assert parser.references(good)[1] == [(1).to_bytes(8, "big")]
