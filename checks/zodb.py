@@ -124,6 +124,8 @@ class ZodbChecker(Checker):
                 self.settings["max_files"],
             )
             self.count("files_searched", found.files_examined)
+            if found.unreadable_dirs:
+                self.count("directories_unreadable", found.unreadable_dirs)
             if found.limit_reached:
                 self.incomplete(
                     f"the search stopped after reading {found.files_examined} files (zodb.max_files)"

@@ -128,10 +128,6 @@ class Reader:
         self._start = pos
         return self._buf, pos
 
-    def read_exact(self, pos: int, length: int) -> bytes | None:
-        data = self.read(pos, length)
-        return data if len(data) == length else None
-
 
 class OidMap:
     """oid -> (position of its current record, deleted) in flat memory.
@@ -236,7 +232,6 @@ class Walk:
         self.max_plen = 0  # the longest pickle of an accepted record
         self.first_tid: bytes | None = None
         self.last_tid: bytes | None = None
-        self.last_pos = 0  # start of the last accepted transaction
         self.end_pos = 4  # end of the last accepted transaction (with its redundant length)
         self.unreachable: List[Tuple[int, int]] = []
         self.backs = array("Q")  # record position, back pointer: pairs to verify
@@ -344,7 +339,6 @@ class Walk:
         if self.first_tid is None:
             self.first_tid = txn.tid
         self.last_tid = txn.tid
-        self.last_pos = txn.pos
         self.end_pos = txn.end + 8
         if self.on_progress is not None and not self.transactions % 256:
             self.on_progress(self.end_pos)
@@ -683,10 +677,9 @@ class Walk:
             if self._in_unreachable(pos):
                 return None, f"back pointer {pos} leads into a damaged part of the file"
             if plen:
-                data = read(pos + RECORD_HEADER_LEN, plen)
-                if len(data) != plen:
+                if pos + RECORD_HEADER_LEN + plen > self.size:
                     return None, f"record at {pos} is cut short by the end of the file"
-                return data, None
+                return read(pos + RECORD_HEADER_LEN, plen), None
             pos = u64(read(pos + RECORD_HEADER_LEN, 8))
         return None, "back pointers form a loop"
 
