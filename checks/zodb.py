@@ -52,7 +52,7 @@ class ZodbChecker(Checker):
         Option("max_files", "files whose magic the search reads, at most", kind=int, default=200_000),
     )
     codes = {
-        "bad-magic": "the file has a FileStorage's name but not its magic (its first block is damaged)",
+        "bad-magic": "the file is empty or lacks the FileStorage magic (its first block is damaged)",
         "truncated-transaction": "the file ends inside a transaction: its tail was torn off",
         "transaction-damaged": "a transaction header is invalid (tid order, status, lengths)",
         "record-damaged": "a data record header is invalid (tid, transaction position, lengths)",
