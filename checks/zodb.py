@@ -9,8 +9,9 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import Target
 from fsaudit_checks.zodb_discovery import Storage, discover, guess_blob_dir
-from fsaudit_checks.zodb_format import Walk, hex_id, tid_text, tid_time
+from fsaudit_checks.zodb_format import hex_id, tid_text, tid_time
 from fsaudit_checks.zodb_storage import MAX_PER_CODE, SEVERITY, StorageAudit, suppressed
+from fsaudit_checks.zodb_walk import Walk
 
 WARNING, INFO = Severity.WARNING, Severity.INFO
 SEARCH_ROOTS = ("/srv", "/var/lib", "/opt", "/home")

@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List
 from fsaudit.model import Finding, Severity
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb_discovery import Storage, blob_layout
-from fsaudit_checks.zodb_format import Problem, Walk, hex_id, p64, tid_text
+from fsaudit_checks.zodb_format import hex_id, p64, tid_text
 from fsaudit_checks.zodb_pickle import (
     IndexUnreadable,
     RecordParser,
@@ -21,6 +21,7 @@ from fsaudit_checks.zodb_pickle import (
     memory_ceiling,
     read_index,
 )
+from fsaudit_checks.zodb_walk import Problem, Walk
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 BLOB_CLASSES = {"ZODB.blob.Blob"}

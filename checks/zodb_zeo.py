@@ -6,8 +6,9 @@ from __future__ import annotations
 from array import array
 from typing import Iterator, Tuple, Union
 
-from fsaudit_checks.zodb_format import Problem, hex_id, p64, u64
+from fsaudit_checks.zodb_format import hex_id, p64, u64
 from fsaudit_checks.zodb_pickle import RecordParser, UnreadablePickle, memory_ceiling
+from fsaudit_checks.zodb_walk import Problem
 
 Address = Union[str, Tuple[str, int]]
 

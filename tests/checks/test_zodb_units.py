@@ -12,8 +12,9 @@ import pytest
 
 from fixtures.zodb import build_storage
 from fsaudit_checks.zodb_discovery import parse_config
-from fsaudit_checks.zodb_format import Walk, tid_time, time_tid
+from fsaudit_checks.zodb_format import tid_time, time_tid
 from fsaudit_checks.zodb_pickle import UnreadablePickle, class_name, read_index, record_references
+from fsaudit_checks.zodb_walk import Walk
 
 pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
 
