@@ -31,6 +31,9 @@ STATUSES = b" pu"
 CHUNK = 8 << 20
 # How far back pointers are followed before the chain is called a loop.
 MAX_BACK_HOPS = 64
+# How much of a damaged range is searched for the oids written there, and how many are named.
+MAX_SCAN_FOR_OIDS = 64 << 20
+MAX_LISTED_OIDS = 20
 # Oids above this (relative to the records seen) are kept in a dict instead of the dense array;
 # ZODB allocates oids sequentially, so only damage or odd imports produce sparse ones.
 _DENSE_SLACK = 1 << 20

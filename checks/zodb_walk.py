@@ -23,6 +23,8 @@ from fsaudit_checks.zodb_format import (
     CHUNK,
     MAGICS,
     MAX_BACK_HOPS,
+    MAX_LISTED_OIDS,
+    MAX_SCAN_FOR_OIDS,
     RECORD_HEADER,
     RECORD_HEADER_LEN,
     STATUSES,
@@ -159,14 +161,47 @@ class Walk:
             return False
 
     def _unreachable_problem(self, start: int, end: int, ltid: bytes | None) -> Problem:
+        oids = self._oids_in(start, end, ltid or b"\0" * 8)
         return Problem(
             "unreachable-range",
             start,
             f"bytes {start}..{end} ({end - start} bytes) are not part of any readable transaction: "
-            "the objects written there are lost to ZODB",
+            "the objects written there are lost to ZODB"
+            + (f"; objects written there include oid {', '.join(oids[:5])}" if oids else ""),
             tid=ltid if ltid and ltid != b"\0" * 8 else None,
-            details={"start": start, "end": end, "length": end - start},
+            details={"start": start, "end": end, "length": end - start, "oids_written_there": oids},
         )
+
+    def _oids_in(self, start: int, end: int, ltid: bytes) -> List[str]:
+        """Oids of what still looks like data records in a damaged range (a few, for the advice):
+        a tid after the last good one, a transaction position inside the range, no version."""
+        pattern = self._record_pattern(ltid)
+        found: List[str] = []
+        handle = self.reader.handle
+        pos = start
+        limit = min(end, start + MAX_SCAN_FOR_OIDS)
+        while pos < limit and len(found) < MAX_LISTED_OIDS:
+            handle.seek(pos)
+            chunk = handle.read(min(CHUNK, limit - pos + RECORD_HEADER_LEN))
+            for match in pattern.finditer(chunk):
+                if match.start() + RECORD_HEADER_LEN > len(chunk):
+                    break
+                oid, tid, prev, tloc, _, plen = RECORD_HEADER.unpack_from(chunk, match.start())
+                here = pos + match.start()
+                if start - TXN_HEADER_LEN <= tloc < here and prev < here and ltid < tid <= self.max_tid:
+                    if hex(oid) not in found:
+                        found.append(hex(oid))
+                    if len(found) >= MAX_LISTED_OIDS:
+                        break
+            if len(chunk) < CHUNK:
+                break
+            pos += len(chunk) - RECORD_HEADER_LEN
+        return found
+
+    def _record_pattern(self, ltid: bytes) -> re.Pattern:
+        """Candidate data record headers: a plausible tid at offset 8, a position below 2^40 at 24,
+        a zero version length at 32."""
+        return re.compile(b"(?=.{8}" + self._tid_regex(ltid) + b".{8}\x00\x00\x00.{5}\x00\x00)", re.DOTALL)
 
     def _looks_torn(self, pos: int, ltid: bytes) -> Tuple[bool, bytes | None]:
         """Whether a transaction starts plausibly at `pos` but runs past the end of the file, and
@@ -407,7 +442,8 @@ class Walk:
             return header[:8]
         return b"\0" * 8
 
-    def _candidate_pattern(self, ltid: bytes) -> re.Pattern:
+    def _tid_regex(self, ltid: bytes) -> bytes:
+        """A regular expression for 8 bytes that may be a tid after `ltid` (and not in the future)."""
         high = self.max_tid
         prefix = b""
         for a, b in zip(ltid, high):
@@ -419,10 +455,11 @@ class Walk:
         low_byte, high_byte = ltid[len(prefix)], high[len(prefix)]
         rest = 8 - len(prefix) - 1
         byte_class = b"[" + re.escape(bytes([low_byte])) + b"-" + re.escape(bytes([high_byte])) + b"]"
-        return re.compile(
-            b"(?=" + re.escape(prefix) + byte_class + b".{%d}\\x00\\x00.{6}[ pu])" % rest,
-            re.DOTALL,
-        )
+        return re.escape(prefix) + byte_class + b".{%d}" % rest
+
+    def _candidate_pattern(self, ltid: bytes) -> re.Pattern:
+        """Candidate transaction headers: a plausible tid, a length below 2^48, a valid status."""
+        return re.compile(b"(?=" + self._tid_regex(ltid) + b"\x00\x00.{6}[ pu])", re.DOTALL)
 
     def _resync(self, start: int, ltid: bytes) -> int | None:
         """The next position at or after `start` where a transaction whose header and redundant

@@ -121,6 +121,9 @@ def test_zeroed_block(base, tmp_path):
     assert codes & {"record-damaged", "transaction-damaged"}
     lost = run.findings("zodb", "unreachable-range")[0]["details"]
     assert lost["start"] <= 8192 and lost["end"] >= 8192 + 4096
+    # The objects written in the lost range are named, among them those that now dangle.
+    dangling = {oid for f in run.findings("zodb", "dangling-reference") for oid in f["details"]["missing"]}
+    assert dangling & set(lost["oids_written_there"])
     # The walk went on after the damage: the last transaction is still the file's last.
     summary = run.findings("zodb", "storage-checked")[0]["details"]
     assert summary["last_tid"] == hex(struct.unpack(">Q", base.transactions[-1][2])[0])
