@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from fsaudit.model import Report
+from fsaudit.report.html import render_html
+from fsaudit.report.nagios import render_nagios
+from fsaudit.report.prometheus import render_prometheus
 from fsaudit.report.text import render_text
 
 
@@ -15,6 +18,9 @@ def render_json(report: Report, colour: bool = False) -> str:
 RENDERERS: Dict[str, Callable[..., str]] = {
     "text": render_text,
     "json": render_json,
+    "html": render_html,
+    "nagios": render_nagios,
+    "prometheus": render_prometheus,
 }
 
 
