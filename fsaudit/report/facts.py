@@ -49,10 +49,9 @@ def package_damage(report: Report) -> PackageDamage:
     for check in report.checks:
         found = False
         for finding in check.findings:
-            package = finding.details.get("package") if isinstance(finding.details, dict) else None
-            if finding.severity is Severity.CRITICAL and isinstance(package, str) and package:
+            if is_package_damage(finding):
                 damage.files += 1
-                packages[package] = None
+                packages[finding.details["package"]] = None
                 found = True
         if found:
             damage.checks.append(check.name)
@@ -67,11 +66,22 @@ def total_counts(report: Report) -> Dict[str, int]:
     return {s.value: counts[s.value] for s in Severity}
 
 
-def advice_groups(report: Report, limit: int = 0) -> List[Tuple[str, Severity, int]]:
-    """Distinct advice texts, worst severity first, then the most frequent: what to do, in order."""
+def is_package_damage(finding: Finding) -> bool:
+    """A critical finding on a file that a package manager can restore."""
+    package = finding.details.get("package") if isinstance(finding.details, dict) else None
+    return finding.severity is Severity.CRITICAL and isinstance(package, str) and bool(package)
+
+
+def advice_groups(
+    report: Report, limit: int = 0, skip_packages: bool = False
+) -> List[Tuple[str, Severity, int]]:
+    """Distinct advice texts, worst severity first, then the most frequent: what to do, in order.
+    `skip_packages` leaves out the advice of package damage, for a reader told to reinstall them."""
     grouped: Dict[str, List] = {}
     for finding in report.findings():
         if not finding.advice or finding.severity is Severity.INFO:
+            continue
+        if skip_packages and is_package_damage(finding):
             continue
         entry = grouped.setdefault(finding.advice, [finding.severity, 0])
         if SEVERITY_ORDER[finding.severity] < SEVERITY_ORDER[entry[0]]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List
+from datetime import datetime
+from typing import List, Optional
 
 from fsaudit.errors import FsauditError
 from fsaudit.model import Report, Severity, Status
@@ -36,6 +37,32 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+# Words for a reader who is not an engineer; the JSON report keeps the exact status names.
+LABELS = {
+    "critical": "damaged",
+    "warning": "to check",
+    "info": "note",
+    "unknown": "incomplete",
+    "ok": "ok",
+    "skipped": "not run",
+}
+
+
+def readable_time(text: Optional[str]) -> str:
+    """`2026-06-02T00:00:00+02:00` as `2026-06-02 00:00 (UTC+02:00)`; other text as it is."""
+    if not text:
+        return ""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    shown = moment.strftime("%Y-%m-%d %H:%M" if moment.second == 0 else "%Y-%m-%d %H:%M:%S")
+    if moment.tzinfo is not None:
+        offset = moment.strftime("%z")
+        shown += f" (UTC{offset[:3]}:{offset[3:]})"
+    return shown
 
 
 def _checks(report: Report) -> List[dict]:
@@ -75,8 +102,11 @@ def render_html(report: Report, colour: bool = False) -> str:
     ran = [c for c in report.checks if c.status is not Status.SKIPPED]
     status = report.status if ran else Status.SKIPPED
     damage = facts.package_damage(report)
-    advice = facts.advice_groups(report)
-    template = _environment().get_template("report.html")
+    advice = facts.advice_groups(report, skip_packages=True)
+    environment = _environment()
+    environment.filters["when"] = readable_time
+    environment.filters["label"] = lambda value: LABELS.get(value, value)
+    template = environment.get_template("report.html")
     return template.render(
         report=report,
         status=status.value,

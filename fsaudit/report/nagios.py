@@ -71,9 +71,11 @@ def render_nagios(report: Report, colour: bool = False) -> str:
             continue
         counts = check.counts()
         line = f"{check.status.value.upper()} {check.name}: "
-        line += f"{counts['critical']} critical, {counts['warning']} warning"
-        if check.reason:
-            line += f" ({check.reason})"
+        if check.status is Status.SKIPPED:
+            line += check.reason or "skipped"
+        else:
+            line += f"{counts['critical']} critical, {counts['warning']} warning"
+            line += f" ({check.reason})" if check.reason else ""
         # `|` starts perfdata in the long text too: keep it out of names and reasons.
         lines.append(line.replace("|", "/").replace("\n", " "))
     return "\n".join(lines) + "\n"
