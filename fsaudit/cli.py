@@ -277,7 +277,7 @@ def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
 @click.argument("report_file", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
 @click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False))
-@click.option("--validate", is_flag=True, help="Only check the file against the report's JSON Schema (exit 0 or 3).")
+@click.option("--validate", is_flag=True, help="Only check the file against the report's JSON Schema.")
 def report(report_file, fmt, output, validate) -> int:
     """Render a JSON report saved earlier; the exit code is the report's."""
     if validate:
@@ -409,14 +409,25 @@ def read_report(path: str) -> Report:
 
 @cli.command()
 @click.argument("report_file", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
-@click.option("--root", type=click.Path(file_okay=False, exists=True),
-              help="The system to repair (default: the root the report was made of).")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True),
+    help="The system to repair (default: the root the report was made of).",
+)
 @click.option("--apply", "apply_plan_", is_flag=True, help="Run the plan (after a typed confirmation).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation before --apply.")
-@click.option("--allow-conffiles", is_flag=True,
-              help="Also replace edited or missing configuration files with the packaged version.")
-@click.option("--archives", multiple=True, type=click.Path(file_okay=False, exists=True), metavar="DIR",
-              help="Look for the package files here too (besides the apt/dnf cache under the root).")
+@click.option(
+    "--allow-conffiles",
+    is_flag=True,
+    help="Also replace edited or missing configuration files with the packaged version.",
+)
+@click.option(
+    "--archives",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    metavar="DIR",
+    help="Look for the package files here too (besides the apt/dnf cache under the root).",
+)
 def repair(report_file, root, apply_plan_, yes, allow_conffiles, archives) -> int:
     """Print the plan to reinstall the packages whose files REPORT_FILE found damaged; --apply runs it.
 
@@ -432,7 +443,8 @@ def repair(report_file, root, apply_plan_, yes, allow_conffiles, archives) -> in
     if os.geteuid() != 0:
         raise FsauditError("repair --apply needs root (the package manager writes system files)")
     if not yes:
-        answer = click.prompt(f"Type yes to reinstall {len(plan.steps)} package(s) on {plan.root}", default="")
+        question = f"Type yes to reinstall {len(plan.steps)} package(s) on {plan.root}"
+        answer = click.prompt(question, default="")
         if answer.strip() != "yes":
             click.echo("Nothing was changed.")
             return EXIT_UNKNOWN

@@ -23,10 +23,15 @@ class Run:
         self.code = completed.returncode
         self.stdout = completed.stdout
         self.stderr = completed.stderr
+        self._report = None
 
     @property
     def report(self) -> dict:
-        return json.loads(self.stdout)
+        # Parsed and validated once: check()/codes()/findings() read it again and again.
+        if self._report is None:
+            self._report = json.loads(self.stdout)
+            assert_valid_report(self._report)
+        return self._report
 
     def check(self, name: str) -> dict:
         for check in self.report["checks"]:
@@ -39,6 +44,14 @@ class Run:
 
     def findings(self, name: str, code: str = None) -> list:
         return [f for f in self.check(name)["findings"] if code is None or f["code"] == code]
+
+
+def assert_valid_report(data) -> None:
+    """Every JSON report the suite reads must satisfy the shipped schema (`fsaudit report --validate`)."""
+    from fsaudit.validate import report_problems
+
+    problems = report_problems(data)
+    assert not problems, "the report does not follow its JSON Schema:\n" + "\n".join(problems[:20])
 
 
 def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
