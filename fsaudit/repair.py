@@ -293,8 +293,8 @@ class _Stop:
             signal.signal(signum, handler)
 
 
-def run_step(step: Step, echo: Callable[[str], None]) -> str:
-    """Run one step to its end; return '' or why it failed.
+def run_step(step: Step) -> Tuple[int, str]:
+    """Run one step to its end: its exit status (negative: the signal that ended it) and output tail.
 
     The package manager runs in its own session so that a Ctrl-C in the terminal reaches only
     fsaudit, which then lets this package finish: a package is never left half-reinstalled.
@@ -310,13 +310,10 @@ def run_step(step: Step, echo: Callable[[str], None]) -> str:
             start_new_session=True,
         )
     except OSError as error:
-        return f"cannot run {step.command[0]}: {error.strerror}"
+        return 127, f"cannot run {step.command[0]}: {error.strerror}"
     output, _ = process.communicate()
     LOG.debug("%s: %s", shlex.join(step.command), output)
-    if process.returncode != 0:
-        tail = " ".join(output.strip().splitlines()[-3:])
-        return f"{step.command[0]} exited with {process.returncode}: {tail}"
-    return ""
+    return process.returncode, " ".join(output.strip().splitlines()[-3:])
 
 
 def apply_plan(plan: Plan, echo: Callable[[str], None]) -> Outcome:
@@ -329,11 +326,18 @@ def apply_plan(plan: Plan, echo: Callable[[str], None]) -> Outcome:
                 outcome.left.append(step)
                 continue
             echo(f"reinstalling {step.label} ({number}/{len(plan.steps)}): {shlex.join(step.command)}")
-            problem = run_step(step, echo)
-            if problem:
+            status, tail = run_step(step)
+            if status == 0:
+                outcome.done.append(step)
+            elif status < 0 and stop.requested:
+                # The interrupt reached the child while it was being started, before the package
+                # manager ran: nothing of this package was touched.
+                outcome.left.append(step)
+            elif status < 0:
+                problem = f"{step.command[0]} was stopped by signal {-status}; check the package state"
                 outcome.failed.append((step, problem))
             else:
-                outcome.done.append(step)
+                outcome.failed.append((step, f"{step.command[0]} exited with {status}: {tail}"))
         outcome.interrupted = outcome.interrupted or stop.requested
     return outcome
 
