@@ -39,7 +39,9 @@ def _summary(report: Report) -> str:
         if names:
             parts.append(f"{word}: {', '.join(names)}")
     skipped = len(report.checks) - len(ran)
-    parts.append(f"{len(ran)} checks ran" + (f", {skipped} skipped" if skipped else ""))
+    parts.append(
+        f"{len(ran)} check{'' if len(ran) == 1 else 's'} ran" + (f", {skipped} skipped" if skipped else "")
+    )
     return "; ".join(parts)
 
 
