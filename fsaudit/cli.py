@@ -396,7 +396,7 @@ def read_json(path: str) -> Any:
     except OSError as error:
         raise FsauditError(f"cannot read {path}: {error.strerror}") from None
     except ValueError as error:
-        raise FsauditError(f"{path} is not JSON: {error}") from None
+        raise FsauditError(f"{path} is not a valid fsaudit report: not JSON: {error}") from None
 
 
 def read_report(path: str) -> Report:

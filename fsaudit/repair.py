@@ -14,7 +14,7 @@ import shlex
 import signal
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Tuple
 
 from fsaudit.errors import FsauditError
 from fsaudit.model import Finding, Report, Severity
@@ -48,7 +48,7 @@ class Step:
     architecture: str
     findings: List[Finding] = field(default_factory=list)
     conffiles: bool = False
-    archive: Optional[str] = None
+    archive: str | None = None
     command: List[str] = field(default_factory=list)
 
     @property
@@ -77,7 +77,7 @@ class Plan:
         return os.path.realpath(self.root) == "/"
 
 
-def _package_key(finding: Finding) -> Optional[Tuple[str, str, str]]:
+def _package_key(finding: Finding) -> Tuple[str, str, str] | None:
     details = finding.details if isinstance(finding.details, dict) else {}
     package, version = details.get("package"), details.get("version")
     if not isinstance(package, str) or not package or not isinstance(version, str) or not version:
@@ -91,7 +91,7 @@ def build_plan(
     root: str,
     allow_conffiles: bool = False,
     archives: Iterable[str] = (),
-    locate: Optional[Callable[[str, Step, str, List[str]], Optional[str]]] = None,
+    locate: Callable[[str, Step, str, List[str]], str | None] | None = None,
 ) -> Plan:
     """The repair plan for the damage in `report` on the system at `root`."""
     if not os.path.isdir(root):
@@ -126,7 +126,7 @@ def build_plan(
     return plan
 
 
-def installed_version(root: str, step: Step) -> Optional[str]:
+def installed_version(root: str, step: Step) -> str | None:
     """The version of the step's package installed at `root` ('' when not installed, None if unknown)."""
     live = os.path.realpath(root) == "/"
     if step.manager == "dpkg":
@@ -205,7 +205,7 @@ def root_command(step: Step, root: str) -> List[str]:
     return ["rpm", "--root", root, "-U", "--replacepkgs", step.archive]
 
 
-def _archive_fields(path: str, manager: str) -> Optional[Tuple[str, str, str]]:
+def _archive_fields(path: str, manager: str) -> Tuple[str, str, str] | None:
     """(package, version, architecture) read from a package file, or None when it is unreadable."""
     if manager == "dpkg":
         command = ["dpkg-deb", "--show", "--showformat=${Package}\\t${Version}\\t${Architecture}", path]
@@ -232,7 +232,7 @@ def _same_version(manager: str, wanted: str, found: str) -> bool:
     )
 
 
-def find_archive(root: str, step: Step, manager: str, archives: List[str]) -> Optional[str]:
+def find_archive(root: str, step: Step, manager: str, archives: List[str]) -> str | None:
     """The package file of exactly the step's package, version and architecture, if one is cached.
 
     The cache is on the damaged disk too: a file is taken only when its own control data reads back

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from fsaudit.checker import Context
 from fsaudit.model import Finding, Severity, Status
@@ -54,7 +54,7 @@ def _wanted(finding: Finding, steps: Dict[str, Step]) -> bool:
     return step.conffiles or not is_conffile(finding)
 
 
-def verify_with_checker(check: str, root: str, steps: List[Step]) -> Tuple[Optional[List[Finding]], str]:
+def verify_with_checker(check: str, root: str, steps: List[Step]) -> Tuple[List[Finding] | None, str]:
     """Run `check` again on `root`; None when that checker is not available here."""
     entry = load_checkers().get(check)
     if entry is None or entry.checker is None:

@@ -55,7 +55,7 @@ def test_not_json_is_a_clear_error(tmp_path):
     path.write_text("{ half a report")
     run = fsaudit("report", "--validate", path)
     assert run.code == 3
-    assert "is not JSON" in run.stderr
+    assert "is not a valid fsaudit report: not JSON" in run.stderr
     assert "Traceback" not in run.stderr
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import List, Optional
+from typing import List
 
 from fsaudit.errors import FsauditError
 from fsaudit.model import Report, Severity, Status
@@ -50,7 +50,7 @@ LABELS = {
 }
 
 
-def readable_time(text: Optional[str]) -> str:
+def readable_time(text: str | None) -> str:
     """`2026-06-02T00:00:00+02:00` as `2026-06-02 00:00 (UTC+02:00)`; other text as it is."""
     if not text:
         return ""

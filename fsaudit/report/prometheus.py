@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from fsaudit.model import Report, Severity, Status
 
@@ -40,7 +40,7 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def timestamp(text: str) -> Optional[float]:
+def timestamp(text: str) -> float | None:
     """The Unix time of an ISO 8601 date-time with a zone, or None when it is missing or bad."""
     try:
         moment = datetime.fromisoformat(text)
