@@ -32,9 +32,27 @@ _DPKG_KEEP_CONFFILES = ("--force-confdef", "--force-confold")
 _DPKG_RESTORE_CONFFILES = ("--force-confask", "--force-confnew", "--force-confmiss")
 
 
+# Codes of the package checkers (debian, rpm) whose file a reinstall puts back as packaged. Any other
+# code that names a package (a damaged package database, a package dpkg did not finish installing,
+# a code this version does not know) goes to the owner's list: it is never acted on.
+REINSTALL_CODES = frozenset(
+    {
+        "missing",
+        "content-differs",
+        "wrong-type",
+        "type-differs",
+        "link-differs",
+        "metadata-differs",
+        "unreadable",
+        "directory-missing",
+        "symlink-missing",
+    }
+)
+
+
 def is_conffile(finding: Finding) -> bool:
     """Findings about configuration files the admin may have edited on purpose."""
-    return finding.code.startswith("conffile")
+    return finding.code.startswith(("conffile-", "config-"))
 
 
 @dataclass
@@ -103,7 +121,7 @@ def build_plan(
             continue
         manager = MANAGERS.get(finding.check)
         key = _package_key(finding)
-        if manager is None or key is None:
+        if manager is None or key is None or not (finding.code in REINSTALL_CODES or is_conffile(finding)):
             plan.cannot.append((finding, finding.advice or "restore it from a backup"))
             continue
         if is_conffile(finding) and not allow_conffiles:

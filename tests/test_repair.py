@@ -310,3 +310,30 @@ def test_exit_code_of_an_outcome():
     assert outcome_exit_code(Outcome(done=[_step("dpkg")], still_wrong=[finding])) == 2
     assert outcome_exit_code(Outcome(interrupted=True, left=[_step("dpkg")])) == 3
     assert outcome_exit_code(Outcome(verify_problem="the debian check did not finish")) == 3
+
+
+def test_only_file_damage_is_planned(root, tmp_path):
+    from fsaudit.model import CheckResult, Report, Status
+    from fsaudit.repair import build_plan
+
+    details = {"package": "alpha", "version": "1.0-1", "architecture": "all"}
+    other = {"package": "beta", "version": "", "architecture": "all"}
+    config = {"package": "x", "version": "1-1", "architecture": "noarch"}
+    restore = "restore /var/lib/dpkg/status from /var/backups"
+    findings = [
+        Finding(
+            "debian", "content-differs", Severity.CRITICAL, "differs", path="/usr/bin/alpha", details=details
+        ),
+        Finding("debian", "database-damaged", Severity.CRITICAL, "list", details=details, advice=restore),
+        Finding("debian", "package-unsettled", Severity.WARNING, "half-configured", details=details),
+        Finding("debian", "database-damaged", Severity.CRITICAL, "orphan list", details=other),
+        Finding("rpm", "config-differs", Severity.WARNING, "edited", path="/etc/x", details=config),
+    ]
+    report = Report(
+        {"hostname": "vm42"}, str(root), "", "", [CheckResult("debian", Status.CRITICAL, findings=findings)]
+    )
+    plan = build_plan(report, str(root))
+    assert [(s.package, [f.code for f in s.findings]) for s in plan.steps] == [("alpha", ["content-differs"])]
+    assert [f.code for f in plan.left_alone] == ["config-differs"]
+    assert [f.code for f, _ in plan.cannot] == ["database-damaged", "package-unsettled", "database-damaged"]
+    assert plan.cannot[0][1] == restore
