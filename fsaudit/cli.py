@@ -19,7 +19,7 @@ from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
 from fsaudit.repair import apply_plan, build_plan, describe_outcome, describe_plan, outcome_exit_code
-from fsaudit.report import RENDERERS, render
+from fsaudit.report import RENDERERS, check_format, render
 from fsaudit.report.text import verdict
 from fsaudit.reverify import reverify
 from fsaudit.runner import install_hint, missing_module, run_audit
@@ -132,6 +132,7 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
     skip = list(skip) or list(settings.get("skip", []))
     if drop_cache is None:
         drop_cache = settings.get("drop_cache")
+    check_format(fmt)
     selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
     context = Context(
         jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,

@@ -167,3 +167,25 @@ def test_without_jinja2_the_hint_names_the_extra(tmp_path):
 def test_chromium_is_on_the_test_machine_list():
     assert "chromium" in (REPO / "tests" / "system-packages.txt").read_text().split()
     assert shutil.which("chromium") or pytest.fail("chromium is missing: apt-get install chromium")
+
+
+def test_without_jinja2_an_html_audit_stops_before_it_starts(tmp_path):
+    blocker = tmp_path / "jinja2"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('jinja2 is not installed')\n")
+    # Checked even before the checkers are selected: an unknown one is not what stops this audit.
+    run = fsaudit("audit", "--check", "no-such-check", "--format", "html", env={"PYTHONPATH": str(tmp_path)})
+    assert run.code == 3
+    assert run.stdout == ""
+    assert "pip install 'fsaudit[html]'" in run.stderr
+    assert "unknown checker" not in run.stderr
+
+
+def test_what_a_check_could_not_read_is_listed_as_not_checked(tmp_path):
+    data = json.loads(REPORT.read_text())
+    data["checks"][0]["stats"]["files_unreadable"] = 3
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    html = fsaudit("report", path, "--format", "html").stdout
+    assert "<strong>debian</strong>: could not read or verify: 3 files unreadable" in html
+    assert "<strong>window</strong>: could not read or verify: 1,204 files not verified" in html

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from fsaudit.model import Report
-from fsaudit.report.html import render_html
+from fsaudit.report.html import render_html, require_jinja2
 from fsaudit.report.nagios import render_nagios
 from fsaudit.report.prometheus import render_prometheus
 from fsaudit.report.text import render_text
@@ -22,6 +22,17 @@ RENDERERS: Dict[str, Callable[..., str]] = {
     "nagios": render_nagios,
     "prometheus": render_prometheus,
 }
+
+
+# Formats that need an optional module, and the function that fails with its install hint.
+_REQUIREMENTS: Dict[str, Callable[[], object]] = {"html": require_jinja2}
+
+
+def check_format(fmt: str) -> None:
+    """Fail now, not after an hour-long audit, when `fmt` cannot be rendered here."""
+    requirement = _REQUIREMENTS.get(fmt)
+    if requirement is not None:
+        requirement()
 
 
 def render(report: Report, fmt: str, colour: bool = False) -> str:

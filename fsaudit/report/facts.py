@@ -100,16 +100,32 @@ def grouped_findings(check: CheckResult) -> Dict[Tuple[Severity, str], List[Find
     return groups
 
 
+def unverified_items(check: CheckResult) -> List[str]:
+    """What a check counted as not read or not verified (`*unreadable*`, `*not_verified*`, `*unverified*`
+    counters), as `1,204 files not verified`."""
+    items = []
+    for key, value in check.stats.items():
+        counted = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if counted and ("unreadable" in key or "not_verified" in key or "unverified" in key):
+            items.append(f"{value:,} {key.replace('_', ' ')}")
+    return items
+
+
 def not_checked(report: Report) -> List[Tuple[str, str]]:
-    """Checks that did not run or did not finish, with the reason: silence is not health."""
+    """Checks that did not run or did not finish, and what the others could not read or verify,
+    with the reason: silence is not health."""
     rows = []
     for check in report.checks:
         if check.status is Status.SKIPPED:
             rows.append((check.name, f"not checked: {check.reason or 'skipped'}"))
-        elif check.status is Status.UNKNOWN or (check.reason and check.status is not Status.OK):
+            continue
+        if check.status is Status.UNKNOWN or (check.reason and check.status is not Status.OK):
             rows.append((check.name, f"not checked to the end: {check.reason or 'unknown'}"))
         elif check.reason:
             rows.append((check.name, check.reason))
+        unverified = unverified_items(check)
+        if unverified:
+            rows.append((check.name, f"could not read or verify: {', '.join(unverified)}"))
     return rows
 
 
@@ -122,16 +138,6 @@ def stat_items(check: CheckResult) -> List[Tuple[str, str]]:
         text = f"{value:,}" if isinstance(value, int) else str(value)
         items.append((key.replace("_", " "), text))
     return items
-
-
-def unreadable_count(check: CheckResult) -> int:
-    """Items a check could not read, from its counters (any `*unreadable*` or `*not_verified*` stat)."""
-    total = 0
-    for key, value in check.stats.items():
-        counted = isinstance(value, int) and not isinstance(value, bool)
-        if counted and ("unreadable" in key or "not_verified" in key or "unverified" in key):
-            total += value
-    return total
 
 
 def verdict_sentences(report: Report) -> List[str]:

@@ -22,13 +22,19 @@ _HEADLINES = {
 }
 
 
-def _environment():
+def require_jinja2():
+    """The jinja2 module, or an error with the install hint (checked before an audit starts)."""
     try:
         import jinja2
     except ImportError:
         raise FsauditError(
             "the HTML report needs the Python module jinja2: pip install 'fsaudit[html]'"
         ) from None
+    return jinja2
+
+
+def _environment():
+    jinja2 = require_jinja2()
     # Autoescape everything: file names, messages and details come from a possibly damaged system.
     return jinja2.Environment(
         loader=jinja2.PackageLoader("fsaudit.report", "templates"),
