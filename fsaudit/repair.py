@@ -50,6 +50,23 @@ REINSTALL_CODES = frozenset(
 )
 
 
+# Where RPM systems keep their database, newest layout first (inside the audited root).
+RPM_DBPATHS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+
+
+def rpm_root_options(root: str) -> List[str]:
+    """`--root R --dbpath P` for the image's own RPM database (none for the running system).
+
+    The database path is given because the host's rpm may default to another one (Debian's rpm
+    uses ~/.rpmdb)."""
+    if os.path.realpath(root) == "/":
+        return []
+    for dbpath in RPM_DBPATHS:
+        if os.path.isdir(os.path.join(root, dbpath)):
+            return ["--root", root, "--dbpath", "/" + dbpath]
+    return ["--root", root]
+
+
 def is_conffile(finding: Finding) -> bool:
     """Findings about configuration files the admin may have edited on purpose."""
     return finding.code.startswith(("conffile-", "config-"))
@@ -159,7 +176,7 @@ def installed_version(root: str, step: Step) -> str | None:
         ]
     else:
         spec = f"{step.package}.{step.architecture}" if step.architecture else step.package
-        command = ["rpm", *([] if live else ["--root", root]), "-q", "--qf", "installed\\t%{EVR}\\n", spec]
+        command = ["rpm", *rpm_root_options(root), "-q", "--qf", "installed\\t%{EVR}\\n", spec]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
@@ -220,7 +237,7 @@ def root_command(step: Step, root: str) -> List[str]:
     if step.manager == "dpkg":
         options = _DPKG_RESTORE_CONFFILES if step.conffiles else _DPKG_KEEP_CONFFILES
         return ["dpkg", "--root", root, *options, "-i", step.archive]
-    return ["rpm", "--root", root, "-U", "--replacepkgs", step.archive]
+    return ["rpm", *rpm_root_options(root), "-U", "--replacepkgs", step.archive]
 
 
 def _archive_fields(path: str, manager: str) -> Tuple[str, str, str] | None:
@@ -311,12 +328,44 @@ class _Stop:
             signal.signal(signum, handler)
 
 
+def apt_side_effects(simulation: str, step: Step) -> List[str]:
+    """What an `apt-get -s` run would do besides reinstalling the step's package (`Inst x`, `Remv y`)."""
+    others = []
+    for line in simulation.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or parts[0] not in ("Inst", "Remv", "Purg"):
+            continue
+        name = parts[1].split(":", 1)[0]
+        if name != step.package:
+            others.append(f"{parts[0]} {parts[1]}")
+    return others
+
+
+def _apt_check(step: Step) -> Tuple[int, str]:
+    """Refuse an apt step that would install, upgrade or remove anything else (exit 0 when clean)."""
+    simulate = [step.command[0], "-s", *step.command[1:]]
+    try:
+        completed = subprocess.run(simulate, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return 127, f"cannot simulate {shlex.join(simulate)}: {error}"
+    if completed.returncode != 0:
+        return completed.returncode, " ".join(completed.stderr.strip().splitlines()[-3:])
+    others = apt_side_effects(completed.stdout, step)
+    if others:
+        return 1, f"not run: apt would also change other packages ({', '.join(others[:10])})"
+    return 0, ""
+
+
 def run_step(step: Step) -> Tuple[int, str]:
     """Run one step to its end: its exit status (negative: the signal that ended it) and output tail.
 
     The package manager runs in its own session so that a Ctrl-C in the terminal reaches only
     fsaudit, which then lets this package finish: a package is never left half-reinstalled.
     """
+    if step.command[0] == "apt-get":
+        status, problem = _apt_check(step)
+        if status != 0:
+            return status, problem
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         process = subprocess.Popen(

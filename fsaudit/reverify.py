@@ -7,6 +7,7 @@ cannot be loaded, the package manager's own verification (`dpkg --verify`, `rpm 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 from typing import Dict, List, Sequence, Tuple
@@ -14,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 from fsaudit.checker import Context
 from fsaudit.model import Finding, Severity, Status
 from fsaudit.registry import load_checkers
-from fsaudit.repair import Step, is_conffile
+from fsaudit.repair import Step, is_conffile, rpm_root_options
 from fsaudit.runner import run_check
 from fsaudit.target import Target
 
@@ -72,10 +73,10 @@ def verify_with_checker(check: str, root: str, steps: List[Step]) -> Tuple[List[
 
 
 def _verify_command(step: Step, root: str) -> List[str]:
-    live = root.rstrip("/") == ""
+    live = os.path.realpath(root) == "/"
     if step.manager == "dpkg":
         return ["dpkg", *([] if live else ["--root", root]), "--verify", step.package]
-    return ["rpm", *([] if live else ["--root", root]), "-V", step.package]
+    return ["rpm", *rpm_root_options(root), "-V", step.package]
 
 
 def parse_verify_output(text: str, step: Step) -> List[Finding]:

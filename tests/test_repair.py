@@ -337,3 +337,45 @@ def test_only_file_damage_is_planned(root, tmp_path):
     assert [f.code for f in plan.left_alone] == ["config-differs"]
     assert [f.code for f, _ in plan.cannot] == ["database-damaged", "package-unsettled", "database-damaged"]
     assert plan.cannot[0][1] == restore
+
+
+def test_an_apt_step_that_would_change_other_packages_is_refused():
+    from fsaudit.repair import apt_side_effects
+
+    simulation = (
+        "Reading package lists...\n"
+        "Inst sed [4.9-1] (4.9-1 Debian:12.5/stable [amd64])\n"
+        "Inst libc6 [2.36-9] (2.36-9+deb12u4 Debian:12.5/stable [amd64])\n"
+        "Remv oldthing [1.0]\n"
+        "Conf sed (4.9-1 Debian:12.5/stable [amd64])\n"
+    )
+    assert apt_side_effects(simulation, _step("dpkg")) == ["Inst libc6", "Remv oldthing"]
+    clean = "Inst sed:amd64 [4.9-1] (4.9-1 Debian:12.5/stable [amd64])\nConf sed:amd64 (4.9-1)\n"
+    assert apt_side_effects(clean, _step("dpkg")) == []
+
+
+def test_rpm_repair_on_an_rpm_root_from_the_dnf_cache(tmp_path):
+    from fixtures import rpmroot
+    from fsaudit.model import CheckResult, Report, Status
+
+    require_program("rpmbuild", "rpm")
+    files = {"/usr/bin/tool": b"#!/bin/sh\necho tool\n" * 100, "/usr/share/tool/data": b"data\n" * 300}
+    rpm = rpmroot.build_rpm(tmp_path / "build", "tool", "2.1", files)
+    root = rpmroot.make_root(tmp_path / "root", [rpm])
+    flip_byte(root / "usr/bin/tool", 7)
+    (root / "usr/share/tool/data").unlink()
+    step = Step("rpm", "rpm", "tool", "2.1-1", "noarch")
+    findings = parse_verify_output("\n".join(rpmroot.verify_lines(root, "tool")), step)
+    assert {f.code for f in findings} == {"content-differs", "missing"}
+    report = tmp_path / "report.json"
+    check = CheckResult("rpm", Status.CRITICAL, findings=findings)
+    report.write_text(Report({"hostname": "rpmvm"}, str(root), "", "", [check]).to_json())
+    planned = fsaudit("repair", report)
+    assert (
+        f"rpm --root {root} --dbpath /var/lib/rpm -U --replacepkgs {root / rpmroot.CACHE}" in planned.stdout
+    )
+    run = fsaudit("repair", report, "--apply", "--yes")
+    assert run.code == 0, run.stdout + run.stderr
+    assert "Re-verified with rpm verification: the reinstalled packages are intact." in run.stdout
+    assert rpmroot.verify_lines(root, "tool") == []
+    assert (root / "usr/share/tool/data").read_bytes() == files["/usr/share/tool/data"]
