@@ -126,7 +126,6 @@ def build_plan(
     root: str,
     allow_conffiles: bool = False,
     archives: Iterable[str] = (),
-    locate: Callable[[str, Step, str, List[str]], str | None] | None = None,
 ) -> Plan:
     """The repair plan for the damage in `report` on the system at `root`."""
     if not os.path.isdir(root):
@@ -150,9 +149,8 @@ def build_plan(
             steps[(finding.check, *key)] = step
         step.findings.append(finding)
         step.conffiles = step.conffiles or is_conffile(finding)
-    locate = locate or find_archive
     for step in steps.values():
-        problem = _prepare(step, plan, list(archives), locate)
+        problem = _prepare(step, plan, list(archives))
         if problem:
             plan.cannot.extend((finding, problem) for finding in step.findings)
         else:
@@ -189,19 +187,19 @@ def installed_version(root: str, step: Step) -> str | None:
     return versions[0] if len(versions) == 1 else ""
 
 
-def _prepare(step: Step, plan: Plan, archives: List[str], locate) -> str:
+def _prepare(step: Step, plan: Plan, archives: List[str]) -> str:
     """Fill in the step's command; return why it cannot be done, or ''."""
     installed = installed_version(plan.root, step)
     if installed is None:
         return f"cannot tell which version of {step.package} is installed ({step.manager} did not answer)"
     if not installed:
-        return f"{step.package} is not installed (as one package) at {plan.root} any more: audit again"
+        return f"{step.package} is not (fully) installed at {plan.root}: audit again"
     if not _same_version(step.manager, step.version, installed):
         return f"{step.package} {installed} is installed, the report was about {step.version}: audit again"
     if plan.live:
         step.command = live_command(step)
         return ""
-    step.archive = locate(plan.root, step, step.manager, archives)
+    step.archive = find_archive(plan.root, step, archives)
     if step.archive is None:
         cache = APT_CACHE if step.manager == "dpkg" else "the dnf/yum cache"
         where = " or ".join([f"{cache} under {plan.root}", *archives])
@@ -267,12 +265,14 @@ def _same_version(manager: str, wanted: str, found: str) -> bool:
     )
 
 
-def find_archive(root: str, step: Step, manager: str, archives: List[str]) -> str | None:
+def find_archive(root: str, step: Step, archives: List[str]) -> str | None:
     """The package file of exactly the step's package, version and architecture, if one is cached.
 
     The cache is on the damaged disk too: a file is taken only when its own control data reads back
-    with the right name, version and architecture (re-verification catches damaged content).
+    with the right name, version and architecture (re-verification catches damaged content), and a
+    symlink is never followed (in an image it could point anywhere on the host).
     """
+    manager = step.manager
     patterns = [APT_CACHE] if manager == "dpkg" else list(RPM_CACHES)
     suffix = "*.deb" if manager == "dpkg" else "*.rpm"
     places = [os.path.join(glob.escape(root), p, suffix) for p in patterns]
