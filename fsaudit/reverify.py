@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 from fsaudit.checker import Context
 from fsaudit.model import Finding, Severity, Status
 from fsaudit.registry import load_checkers
-from fsaudit.repair import Step, is_conffile, rpm_root_options
+from fsaudit.repair import REINSTALL_CODES, Step, is_conffile, rpm_root_options
 from fsaudit.runner import run_check
 from fsaudit.target import Target
 
@@ -49,10 +49,11 @@ def reverify(root: str, steps: Sequence[Step]) -> Tuple[List[Finding], str, str]
 
 
 def _wanted(finding: Finding, steps: Dict[str, Step]) -> bool:
+    """Damage of the kind the reinstall of that package was to repair (not, say, its database entry)."""
     step = steps.get(str(finding.details.get("package")))
     if step is None or finding.severity is Severity.INFO:
         return False
-    return step.conffiles or not is_conffile(finding)
+    return finding.code in REINSTALL_CODES or (step.conffiles and is_conffile(finding))
 
 
 def verify_with_checker(check: str, root: str, steps: List[Step]) -> Tuple[List[Finding] | None, str]:
