@@ -19,7 +19,7 @@ from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
 from fsaudit.repair import apply_plan, build_plan, describe_outcome, describe_plan, outcome_exit_code
-from fsaudit.report import RENDERERS, check_format, render
+from fsaudit.report import RENDERERS, check_format, format_available, render
 from fsaudit.report.text import verdict
 from fsaudit.reverify import reverify
 from fsaudit.runner import install_hint, missing_module, run_audit
@@ -172,11 +172,13 @@ def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
     raw = parse_sets(list(sets))
     if baseline_file:
         raw.setdefault("baseline", {})["file"] = [os.path.abspath(baseline_file)]
+    if fmt is not None:
+        check_format(fmt)
     entries = load_checkers()
     names, options = self_check_options(entries, list(paths), raw)
     selected = select_checkers(entries, names, [], options)
     if fmt is None:
-        fmt = next(f for f in DEFAULT_FORMATS if f in RENDERERS)
+        fmt = next(f for f in DEFAULT_FORMATS if format_available(f))
         output = output or DEFAULT_REPORT.format(extension="html" if fmt == "html" else "txt")
     context = Context(
         jobs=jobs or os.cpu_count() or 1, window=_window(window, "/"), progress=Progress.for_terminal()

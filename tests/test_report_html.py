@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -189,3 +190,16 @@ def test_what_a_check_could_not_read_is_listed_as_not_checked(tmp_path):
     html = fsaudit("report", path, "--format", "html").stdout
     assert "<strong>debian</strong>: could not read or verify: 3 files unreadable" in html
     assert "<strong>window</strong>: could not read or verify: 1,204 files not verified" in html
+
+
+def test_without_jinja2_self_check_falls_back_to_text(tmp_path):
+    blocker = tmp_path / "blocked"
+    (blocker / "jinja2").mkdir(parents=True)
+    (blocker / "jinja2" / "__init__.py").write_text("raise ImportError('jinja2 is not installed')\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("hello\n")
+    run = fsaudit("self-check", mine, env={"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}, cwd=tmp_path)
+    assert run.code in (0, 1, 2, 3), run.stderr
+    assert (tmp_path / "fsaudit-self-check.txt").exists(), run.stdout + run.stderr
+    assert not (tmp_path / "fsaudit-self-check.html").exists()

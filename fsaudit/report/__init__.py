@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+from fsaudit.errors import FsauditError
 from fsaudit.model import Report
 from fsaudit.report.html import render_html, require_jinja2
 from fsaudit.report.nagios import render_nagios
@@ -33,6 +34,15 @@ def check_format(fmt: str) -> None:
     requirement = _REQUIREMENTS.get(fmt)
     if requirement is not None:
         requirement()
+
+
+def format_available(fmt: str) -> bool:
+    """Whether `fmt` can be rendered here (its optional module is installed)."""
+    try:
+        check_format(fmt)
+    except FsauditError:
+        return False
+    return fmt in RENDERERS
 
 
 def render(report: Report, fmt: str, colour: bool = False) -> str:
