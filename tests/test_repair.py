@@ -356,7 +356,6 @@ def test_an_apt_step_that_would_change_other_packages_is_refused():
 
 def test_rpm_repair_on_an_rpm_root_from_the_dnf_cache(tmp_path):
     from fixtures import rpmroot
-    from fsaudit.model import CheckResult, Report, Status
 
     require_program("rpmbuild", "rpm")
     files = {"/usr/bin/tool": b"#!/bin/sh\necho tool\n" * 100, "/usr/share/tool/data": b"data\n" * 300}
@@ -364,18 +363,17 @@ def test_rpm_repair_on_an_rpm_root_from_the_dnf_cache(tmp_path):
     root = rpmroot.make_root(tmp_path / "root", [rpm])
     flip_byte(root / "usr/bin/tool", 7)
     (root / "usr/share/tool/data").unlink()
-    step = Step("rpm", "rpm", "tool", "2.1-1", "noarch")
-    findings = parse_verify_output("\n".join(rpmroot.verify_lines(root, "tool")), step)
-    assert {f.code for f in findings} == {"content-differs", "missing"}
     report = tmp_path / "report.json"
-    check = CheckResult("rpm", Status.CRITICAL, findings=findings)
-    report.write_text(Report({"hostname": "rpmvm"}, str(root), "", "", [check]).to_json())
+    audited = fsaudit("audit", "--root", root, "--check", "rpm", "--format", "json", "--output", report)
+    assert audited.code == 2, audited.stderr
+    assert_valid_report(json.loads(report.read_text()))
     planned = fsaudit("repair", report)
     assert (
         f"rpm --root {root} --dbpath /var/lib/rpm -U --replacepkgs {root / rpmroot.CACHE}" in planned.stdout
     )
+    assert "tool 2.1-1 (noarch)" in planned.stdout and "/usr/share/tool/data" in planned.stdout
     run = fsaudit("repair", report, "--apply", "--yes")
     assert run.code == 0, run.stdout + run.stderr
-    assert "Re-verified with rpm verification: the reinstalled packages are intact." in run.stdout
+    assert "Re-verified with the rpm check: the reinstalled packages are intact." in run.stdout
     assert rpmroot.verify_lines(root, "tool") == []
     assert (root / "usr/share/tool/data").read_bytes() == files["/usr/share/tool/data"]
