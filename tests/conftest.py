@@ -63,7 +63,23 @@ def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
     completed = subprocess.run(
         command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd
     )
-    return Run(completed)
+    run = Run(completed)
+    _validate_json_output([str(a) for a in args], run, cwd)
+    return run
+
+
+def _validate_json_output(args: list, run: Run, cwd) -> None:
+    """A JSON report the command wrote, to stdout or to --output, must follow the schema."""
+    if "json" not in [b for a, b in zip(args, args[1:]) if a == "--format"]:
+        return
+    output = next((b for a, b in zip(args, args[1:]) if a == "--output"), None)
+    if output is None:
+        if run.stdout.strip():
+            run.report  # noqa: B018 - parsing it validates it
+        return
+    path = Path(cwd or ".", output)
+    if path.is_file():
+        assert_valid_report(json.loads(path.read_text(encoding="utf-8")))
 
 
 def require_program(name: str, package: str) -> str:
