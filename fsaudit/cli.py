@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,11 +19,14 @@ from fsaudit.model import Report
 from fsaudit.output import output_file
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
-from fsaudit.report import RENDERERS, render
+from fsaudit.repair import apply_plan, build_plan, describe_outcome, describe_plan, outcome_exit_code
+from fsaudit.report import RENDERERS, check_format, format_available, render
 from fsaudit.report.text import verdict
+from fsaudit.reverify import reverify
 from fsaudit.runner import install_hint, missing_module, run_audit
 from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_options
 from fsaudit.target import Target
+from fsaudit.validate import report_problems
 from fsaudit.window import Window, WindowError, parse_window, target_timezone
 
 LOG = logging.getLogger("fsaudit")
@@ -126,6 +130,7 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
     skip = list(skip) or list(settings.get("skip", []))
     if drop_cache is None:
         drop_cache = settings.get("drop_cache")
+    check_format(fmt)
     selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
     context = Context(
         jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,
@@ -165,11 +170,13 @@ def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
     raw = parse_sets(list(sets))
     if baseline_file:
         raw.setdefault("baseline", {})["file"] = [os.path.abspath(baseline_file)]
+    if fmt is not None:
+        check_format(fmt)
     entries = load_checkers()
     names, options = self_check_options(entries, list(paths), raw)
     selected = select_checkers(entries, names, [], options)
     if fmt is None:
-        fmt = next(f for f in DEFAULT_FORMATS if f in RENDERERS)
+        fmt = next(f for f in DEFAULT_FORMATS if format_available(f))
         output = output or DEFAULT_REPORT.format(extension="html" if fmt == "html" else "txt")
     context = Context(
         jobs=jobs or os.cpu_count() or 1, window=_window(window, "/"), progress=Progress.for_terminal()
@@ -258,8 +265,17 @@ def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
 @click.argument("report_file", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
 @click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False))
-def report(report_file, fmt, output) -> int:
+@click.option("--validate", is_flag=True, help="Only check the file against the report's JSON Schema.")
+def report(report_file, fmt, output, validate) -> int:
     """Render a JSON report saved earlier; the exit code is the report's."""
+    if validate:
+        problems = report_problems(read_json(report_file))
+        for problem in problems:
+            click.echo(f"{report_file}: {problem}")
+        if problems:
+            raise FsauditError(f"{report_file} is not a valid fsaudit report ({len(problems)} problem(s))")
+        click.echo(f"{report_file}: a valid fsaudit report")
+        return 0
     loaded = read_report(report_file)
     colour = fmt == "text" and output is None and _colour_wanted(sys.stdout)
     write_output(render(loaded, fmt, colour=colour), output)
@@ -357,18 +373,74 @@ def fleet_report(directories, fmt, output, vm_reports) -> int:
     return code
 
 
-def read_report(path: str) -> Report:
+def read_json(path: str) -> Any:
     try:
         if path == "-":
             text = sys.stdin.read()
         else:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
-        return Report.from_json(text)
+        return json.loads(text)
     except OSError as error:
         raise FsauditError(f"cannot read {path}: {error.strerror}") from None
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
+        raise FsauditError(f"{path} is not a valid fsaudit report: not JSON: {error}") from None
+
+
+def read_report(path: str) -> Report:
+    data = read_json(path)
+    try:
+        return Report.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise FsauditError(f"{path} is not a valid fsaudit report: {error}") from None
+
+
+@cli.command()
+@click.argument("report_file", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True),
+    help="The system to repair (default: the root the report was made of).",
+)
+@click.option("--apply", "apply_plan_", is_flag=True, help="Run the plan (after a typed confirmation).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation before --apply.")
+@click.option(
+    "--allow-conffiles",
+    is_flag=True,
+    help="Also replace edited or missing configuration files with the packaged version.",
+)
+@click.option(
+    "--archives",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    metavar="DIR",
+    help="Look for the package files here too (besides the apt/dnf cache under the root).",
+)
+def repair(report_file, root, apply_plan_, yes, allow_conffiles, archives) -> int:
+    """Print the plan to reinstall the packages whose files REPORT_FILE found damaged; --apply runs it.
+
+    Exit codes: 0 planned, or repaired and re-verified; 2 damage remains on what was reinstalled;
+    3 not everything was done (declined, interrupted, a step failed, re-verification incomplete)."""
+    loaded = read_report(report_file)
+    plan = build_plan(loaded, root or loaded.root, allow_conffiles=allow_conffiles, archives=archives)
+    for line in describe_plan(plan):
+        click.echo(line)
+    if not apply_plan_ or not plan.steps:
+        click.echo("Nothing was changed." + (" Run again with --apply to reinstall." if plan.steps else ""))
+        return 0
+    if os.geteuid() != 0:
+        raise FsauditError("repair --apply needs root (the package manager writes system files)")
+    if not yes:
+        question = f"Type yes to reinstall {len(plan.steps)} package(s) on {plan.root}"
+        answer = click.prompt(question, default="")
+        if answer.strip() != "yes":
+            click.echo("Nothing was changed.")
+            return EXIT_UNKNOWN
+    outcome = apply_plan(plan, click.echo)
+    outcome.still_wrong, method, outcome.verify_problem = reverify(plan.root, outcome.done)
+    for line in describe_outcome(outcome, method):
+        click.echo(line)
+    return outcome_exit_code(outcome)
 
 
 def main(argv: List[str] | None = None) -> None:

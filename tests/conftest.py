@@ -23,10 +23,15 @@ class Run:
         self.code = completed.returncode
         self.stdout = completed.stdout
         self.stderr = completed.stderr
+        self._report = None
 
     @property
     def report(self) -> dict:
-        return json.loads(self.stdout)
+        # Parsed and validated once: check()/codes()/findings() read it again and again.
+        if self._report is None:
+            self._report = json.loads(self.stdout)
+            assert_valid_report(self._report)
+        return self._report
 
     def check(self, name: str) -> dict:
         for check in self.report["checks"]:
@@ -41,6 +46,18 @@ class Run:
         return [f for f in self.check(name)["findings"] if code is None or f["code"] == code]
 
 
+def assert_valid_report(data) -> None:
+    """Every JSON report the suite reads must satisfy the shipped schema (`fsaudit report --validate`).
+    Other JSON documents (the fleet's index and view) declare another `format` and are left alone."""
+    from fsaudit.validate import report_problems
+
+    declared = str(data.get("format", "")) if isinstance(data, dict) else ""
+    if declared.startswith("fsaudit-") and not declared.startswith("fsaudit-report/"):
+        return
+    problems = report_problems(data)
+    assert not problems, "the report does not follow its JSON Schema:\n" + "\n".join(problems[:20])
+
+
 def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
     """Run `python -m fsaudit ARGS` and capture everything."""
     command = [sys.executable, "-m", "fsaudit", *map(str, args)]
@@ -50,7 +67,23 @@ def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
     completed = subprocess.run(
         command, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd
     )
-    return Run(completed)
+    run = Run(completed)
+    _validate_json_output([str(a) for a in args], run, cwd)
+    return run
+
+
+def _validate_json_output(args: list, run: Run, cwd) -> None:
+    """A JSON report the command wrote, to stdout or to --output, must follow the schema."""
+    if "json" not in [b for a, b in zip(args, args[1:]) if a == "--format"]:
+        return
+    output = next((b for a, b in zip(args, args[1:]) if a == "--output"), None)
+    if output is None:
+        if run.stdout.strip():
+            run.report  # noqa: B018 - parsing it validates it
+        return
+    path = Path(cwd or ".", output)
+    if path.is_file():
+        assert_valid_report(json.loads(path.read_text(encoding="utf-8")))
 
 
 def require_program(name: str, package: str) -> str:

@@ -1,0 +1,129 @@
+"""The report as one self-contained HTML page for the VM's owner: verdict, what to do, then details."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import List
+
+from fsaudit.errors import FsauditError
+from fsaudit.model import Report, Severity, Status
+from fsaudit.report import facts
+
+# Rows listed per finding code; past that the page says how many more the JSON report has.
+HTML_LIST_LIMIT = 2000
+ADVICE_LIMIT = 30
+
+_HEADLINES = {
+    Status.CRITICAL: "Damage found",
+    Status.UNKNOWN: "The audit could not check everything",
+    Status.WARNING: "No damage found, but some things need a look",
+    Status.OK: "No damage found",
+    Status.SKIPPED: "Nothing was checked",
+}
+
+
+def require_jinja2():
+    """The jinja2 module, or an error with the install hint (checked before an audit starts)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise FsauditError(
+            "the HTML report needs the Python module jinja2: pip install 'fsaudit[html]'"
+        ) from None
+    return jinja2
+
+
+def _environment():
+    jinja2 = require_jinja2()
+    # Autoescape everything: file names, messages and details come from a possibly damaged system.
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fsaudit.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+# Words for a reader who is not an engineer; the JSON report keeps the exact status names.
+LABELS = {
+    "critical": "damaged",
+    "warning": "to check",
+    "info": "note",
+    "unknown": "incomplete",
+    "ok": "ok",
+    "skipped": "not run",
+}
+
+
+def readable_time(text: str | None) -> str:
+    """`2026-06-02T00:00:00+02:00` as `2026-06-02 00:00 (UTC+02:00)`; other text as it is."""
+    if not text:
+        return ""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    shown = moment.strftime("%Y-%m-%d %H:%M" if moment.second == 0 else "%Y-%m-%d %H:%M:%S")
+    if moment.tzinfo is not None:
+        offset = moment.strftime("%z")
+        shown += f" (UTC{offset[:3]}:{offset[3:]})"
+    return shown
+
+
+def _checks(report: Report) -> List[dict]:
+    order = {Status.CRITICAL: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.OK: 3, Status.SKIPPED: 4}
+    rows = []
+    for check in sorted(report.checks, key=lambda c: order[c.status]):
+        groups = []
+        for (severity, code), findings in facts.grouped_findings(check).items():
+            groups.append(
+                {
+                    "severity": severity.value,
+                    "code": code,
+                    "count": len(findings),
+                    "findings": findings[:HTML_LIST_LIMIT],
+                    "more": max(0, len(findings) - HTML_LIST_LIMIT),
+                }
+            )
+        rows.append(
+            {
+                "name": check.name,
+                "phrase": facts.check_phrase(check.name),
+                "status": check.status.value,
+                "reason": check.reason,
+                "seconds": check.seconds,
+                "counts": check.counts(),
+                "stats": facts.stat_items(check),
+                "truncated": check.truncated,
+                "page_cache_not_dropped": check.stats.get("page_cache_not_dropped"),
+                "groups": groups,
+                "open": check.status in (Status.CRITICAL, Status.UNKNOWN),
+            }
+        )
+    return rows
+
+
+def render_html(report: Report, colour: bool = False) -> str:
+    ran = [c for c in report.checks if c.status is not Status.SKIPPED]
+    status = report.status if ran else Status.SKIPPED
+    damage = facts.package_damage(report)
+    advice = facts.advice_groups(report, skip_packages=True)
+    environment = _environment()
+    environment.filters["when"] = readable_time
+    environment.filters["label"] = lambda value: LABELS.get(value, value)
+    template = environment.get_template("report.html")
+    return template.render(
+        report=report,
+        status=status.value,
+        headline=_HEADLINES[status],
+        verdict=facts.verdict_sentences(report),
+        counts=facts.total_counts(report),
+        packages=damage.packages,
+        package_files=damage.files,
+        advice=[(text, severity.value, count) for text, severity, count in advice[:ADVICE_LIMIT]],
+        advice_more=max(0, len(advice) - ADVICE_LIMIT),
+        not_checked=facts.not_checked(report),
+        checks=_checks(report),
+        critical=Severity.CRITICAL.value,
+    )
