@@ -1,0 +1,103 @@
+"""Benchmark: `fsaudit audit --check window` beside `find ROOT -newermt START ! -newermt END`.
+
+Builds a tree of ENTRIES entries (default 30,000) with chosen mtimes (about 5 % of the files and a few
+directories in the window), then runs both tools on it several times, warm cache for both, and
+prints the best wall time of each and the ratio (goal: fsaudit at most 1.5x find).
+
+    .venv/bin/python benchmarks/window.py [--entries 30000] [--runs 5] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+OLD = datetime(2013, 1, 1, tzinfo=timezone.utc).timestamp()
+IN_WINDOW = datetime(2014, 6, 3, 12, tzinfo=timezone.utc).timestamp()
+START, END = "2014-06-02T00:00:00+00:00", "2014-06-07T00:00:00+00:00"
+
+
+def build_tree(root: str, entries: int, seed: int = 42) -> int:
+    """A tree of `entries` entries: directories of about 20 entries, 4 levels deep; returns how
+    many files have an mtime in the window."""
+    rng = random.Random(seed)
+    made = 0
+    in_window = 0
+    directories = [root]
+    times = []
+    while made < entries:
+        parent = directories[rng.randrange(len(directories))] if len(directories) > 1 else root
+        if parent.count(os.sep) - root.count(os.sep) < 4 and rng.random() < 0.05:
+            path = os.path.join(parent, f"d{made}")
+            os.mkdir(path)
+            directories.append(path)
+            times.append(path)
+        else:
+            path = os.path.join(parent, f"f{made}.dat")
+            with open(path, "wb") as handle:
+                handle.write(b"x" * rng.randrange(0, 512))
+            hit = rng.random() < 0.05
+            in_window += hit
+            os.utime(path, (OLD, IN_WINDOW if hit else OLD + rng.randrange(0, 10**7)))
+        made += 1
+    # Directories last, deepest first: creating their entries changed their mtimes.
+    for path in sorted(times, key=len, reverse=True):
+        os.utime(path, (OLD, IN_WINDOW if rng.random() < 0.02 else OLD))
+    os.utime(root, (OLD, OLD))
+    return in_window
+
+
+def best_time(command, runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - started
+        if completed.returncode not in (0, 1):
+            sys.exit(f"{command[0]} failed ({completed.returncode}): {completed.stderr.decode()[:500]}")
+        best = min(best, elapsed)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=30_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--keep", help="build the tree here and keep it")
+    args = parser.parse_args()
+    base = args.keep or tempfile.mkdtemp(prefix="fsaudit-bench-window-")
+    root = os.path.join(base, "root")
+    try:
+        if os.path.exists(root):
+            shutil.rmtree(root)
+        os.makedirs(root)
+        in_window = build_tree(root, args.entries)
+        find = ["find", root, "-newermt", START, "!", "-newermt", END]
+        fsaudit = [sys.executable, "-m", "fsaudit", "audit", "--root", root, "--check", "window"]
+        fsaudit += ["--window", f"{START}..{END}", "--format", "json"]
+        found = subprocess.run(find, capture_output=True, check=True).stdout.count(b"\n")
+        for command in (find, fsaudit):  # warm the cache for both
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        startup = best_time([sys.executable, "-m", "fsaudit", "--version"], args.runs)
+        find_time = best_time(find, args.runs)
+        fsaudit_time = best_time(fsaudit, args.runs)
+        print(f"tree: {args.entries:,} entries, {in_window:,} files in the window, find lists {found:,}")
+        print(f"find -newermt:            {find_time:8.3f} s")
+        print(f"fsaudit --check window:   {fsaudit_time:8.3f} s  (of which interpreter + CLI start-up {startup:.3f} s)")
+        print(f"ratio fsaudit/find:       {fsaudit_time / find_time:8.2f}x  (goal <= 1.5x)")
+        walk_only = max(fsaudit_time - startup, 1e-6)
+        print(f"ratio without start-up:   {walk_only / find_time:8.2f}x")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
