@@ -171,6 +171,7 @@ class WindowChecker(Checker):
         self._verified = self._canonical_verified(target)
         self._pending: Dict[bytes, os.stat_result] = {}
         self._errors: List[Tuple[bytes, OSError]] = []
+        self._vanished: set = set()
         self._listed: Dict[Tuple[str, str], int] = {}
         self._by_top = _Tally()
         self._by_owner = _Tally()
@@ -273,6 +274,9 @@ class WindowChecker(Checker):
             except OSError as error:
                 if error.errno in _GONE_ERRNOS:
                     self.count("entries_vanished")
+                    if entry.is_dir(follow_symlinks=False):
+                        # The walk will still try to list it: counted once, here.
+                        self._vanished.add(base + b"/" + entry.name)
                 elif error.errno in _DAMAGE_ERRNOS:
                     yield from self._error(base + b"/" + entry.name, error)
                 else:
@@ -392,7 +396,10 @@ class WindowChecker(Checker):
         details = {"errno": errno.errorcode.get(error.errno, str(error.errno))}
         if error.errno in _GONE_ERRNOS and path not in self._walk_tops():
             # Removed while the walk ran: nothing left to check, but count it.
-            self.count("entries_vanished")
+            if path in self._vanished:
+                self._vanished.discard(path)
+            else:
+                self.count("entries_vanished")
             return
         if error.errno in _DAMAGE_ERRNOS:
             self.count("read_errors")
