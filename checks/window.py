@@ -103,6 +103,8 @@ class WindowChecker(Checker):
     """Files and directories changed during the suspect window, and which of them no checker verified."""
 
     name = "window"
+    # With `fsaudit self-check PATH... --window ...` it walks the customer's paths.
+    self_check = True
     # After the checkers that verify files (debian, rpm, pip, baseline), so `context.verified` is full.
     order = 90
     options = (

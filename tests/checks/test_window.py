@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from datetime import datetime, timedelta, timezone
 
 import jsonschema
@@ -179,55 +178,51 @@ def test_the_list_is_cut_with_a_count_beyond_list_limit(image):
 
 # -- other checkers' verified files -------------------------------------------------------------------
 
-VERIFIER = textwrap.dedent(
-    '''
-    from fsaudit.checker import Checker, Option
 
-    class Verifier(Checker):
-        """Verifies the files it is told to, as a package checker does."""
-        name = "verifier"
-        options = (Option("paths", "paths it verified", multiple=True),)
-
-        def run(self, target):
-            for path in self.settings["paths"]:
-                self.context.verified.add(path.encode())
-            yield from ()
-    '''
-)
-
-
-@pytest.fixture
-def verifier_env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "fsaudit_verifier.py").write_text(VERIFIER)
-    dist = site / "fsaudit_verifier-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fsaudit-verifier\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[fsaudit.checks]\nverifier = fsaudit_verifier:Verifier\n")
-    return {"PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-
-
-def test_files_another_checker_verified_are_info_and_counted_apart(image, verifier_env):
+def test_files_the_baseline_checker_verified_are_info_and_counted_apart(image, tmp_path):
     root, changed = image
+    recorded = tmp_path / "data.baseline"
+    made = fsaudit("baseline", "create", "/srv/data", "--root", root, "--output", recorded)
+    assert made.code == 0, made.stderr
+    run = audit(root, "--check", "baseline", "--window", WINDOW, "--set", f"baseline.file={recorded}")
+    assert run.code == 1, run.stderr
+    assert run.check("baseline")["status"] == "ok"
+    modified = by_path(run, "modified-in-window")
+    verified = {path for path, f in modified.items() if f["details"]["verified"]}
+    # Regular files under /srv/data were hashed against the baseline; the rest nothing verified.
+    assert verified == {"/srv/data/report.txt", "/srv/data/caf\\xe9.txt"}
+    assert all(modified[path]["severity"] == "info" for path in verified)
+    assert modified["/var/lib/app/state.db"]["severity"] == "warning"
+    assert modified["/srv/data/pipe"]["severity"] == "warning"
+    stats = run.check("window")["stats"]
+    assert stats["at_risk_verified"] == 2 and stats["at_risk_not_verified"] == len(changed) - 2
+    assert stats["at_risk_by_directory"]["/srv"]["files_not_verified"] == 4
+    # old.txt (not in the window) was verified too: 9 files, 3 verified.
+    assert by_path(run, "directory-changed-in-window")["/srv/data"]["details"]["files_not_verified"] == 6
+
+
+def test_a_path_verified_through_a_symlinked_directory_counts_at_its_real_place(image):
+    root, _ = image
     (root / "bin").symlink_to("usr/bin")
     set_mtime(root / "usr" / "bin" / "tool", IN_WINDOW)
-    # Recorded through the merged-/usr alias, as dpkg lists it; the walk finds /usr/bin/tool.
-    verified = "/var/lib/app/state.db,/bin/tool"
-    run = fsaudit(
-        "audit", "--root", root, "--check", "window", "--check", "verifier", "--window", WINDOW,
-        "--set", f"verifier.paths={verified}", "--format", "json", env=verifier_env, timeout=120,
-    )  # fmt: skip
-    assert run.code == 1, run.stderr
-    modified = by_path(run, "modified-in-window")
-    assert modified["/var/lib/app/state.db"]["severity"] == "info"
-    assert modified["/var/lib/app/state.db"]["details"]["verified"] is True
-    assert modified["/usr/bin/tool"]["severity"] == "info"
-    assert modified["/srv/data/report.txt"]["severity"] == "warning"
-    stats = run.check("window")["stats"]
-    assert stats["at_risk_verified"] == 2
-    assert stats["at_risk_not_verified"] == len(changed) - 1
-    assert stats["at_risk_by_directory"]["/var"] == {"files": 1, "files_not_verified": 0, "directories": 0}
+    # A package lists /bin/tool (as dpkg does on merged-/usr); the walk finds /usr/bin/tool.
+    context = Context(window=parse_window(WINDOW), verified={b"/bin/tool"})
+    checker = WindowChecker({}, context)
+    target = Target(root)
+    assert checker.applies(target)
+    tool = [f for f in checker.run(target) if f.path == "/usr/bin/tool"]
+    assert [(f.code, f.severity.value, f.details["verified"]) for f in tool] == [
+        ("modified-in-window", "info", True)
+    ]
+
+
+def test_self_check_with_a_window_lists_what_changed_under_the_customers_paths(image):
+    root, _ = image
+    run = fsaudit("self-check", root / "srv", "--window", WINDOW, "--format", "json", timeout=120)
+    assert run.code in (1, 2), run.stderr
+    paths = set(by_path(run, "modified-in-window"))
+    assert f"{root}/srv/data/report.txt" in paths
+    assert not any(path.startswith(f"{root}/var") for path in paths)
 
 
 # -- mounts, permissions, vanishing entries --------------------------------------------------------------
