@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import json
 import os
-import re
 import shutil
 import stat
 import subprocess
 import tempfile
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import NotRegularFile, Target
 from fsaudit.window import target_timezone
-from fsaudit_checks.log_files import CHUNK, Decompressed, compression, target_glob
-from fsaudit_checks.log_signatures import CODES, Signature, match, trigger_positions
-from fsaudit_checks.log_times import line_time
+from fsaudit_checks.log_files import Decompressed, compression, target_glob
+from fsaudit_checks.log_journal import JournalReader
+from fsaudit_checks.log_scan import LogScan, quote
+from fsaudit_checks.log_signatures import CODES, Signature
 
 # Kernel and system logs, then the logs of the managed services; rotated copies match the `*`.
 SYSTEM_LOGS = (
@@ -65,13 +64,6 @@ JOURNAL_DIRECTORIES = ("/var/log/journal", "/run/log/journal")
 # Access logs are huge and never hold these signatures; the rest are not logs.
 SKIPPED_NAMES = ("*access*", "*Z2.log*", "*.pid", "*.lock", "*.sock", "*.journal", "*.journal~")
 
-MAX_LINE = 16 << 10  # a longer line is scanned up to here
-MAX_CARRY = 4 << 20  # a "line" without a newline this long is scanned in pieces
-QUOTE = 400  # characters of a line quoted in a finding
-CONTEXT = 8192  # bytes looked back for the time of an undated line (a traceback under its header)
-ZERO_RUN = b"\0" * 16
-_ZERO_RUNS = re.compile(rb"\x00{16,}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _DAMAGE_ERRNOS = {errno.EIO, errno.EBADMSG, getattr(errno, "EUCLEAN", 117)}
 
 ADVICE_ZEROS = (
@@ -84,37 +76,9 @@ ADVICE_JOURNAL = (
 )
 
 
-def _quote(line: bytes) -> str:
-    text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace").strip()
-    # Terminal escapes in a hostile log must not reach a customer's screen as escapes.
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return text if len(text) <= QUOTE else text[: QUOTE - 1] + "…"
-
-
 def _matches_any(name: bytes, patterns) -> bool:
     text = os.fsdecode(name)
     return any(fnmatch.fnmatchcase(text, pattern) for pattern in patterns)
-
-
-class _Matches:
-    """How many lines matched each signature in one log; the first few are listed, the rest counted."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.counts: Dict[str, int] = {}
-        self.last: Dict[str, Tuple[Signature, str]] = {}
-
-    def listed(self, signature: Signature, when: str) -> bool:
-        count = self.counts.get(signature.name, 0) + 1
-        self.counts[signature.name] = count
-        self.last[signature.name] = (signature, when)
-        return count <= self.limit
-
-    def overflow(self) -> Iterator[Tuple[Signature, int, str]]:
-        for name, count in self.counts.items():
-            if count > self.limit:
-                signature, when = self.last[name]
-                yield signature, count - self.limit, when
 
 
 class LogsChecker(Checker):
@@ -237,7 +201,7 @@ class LogsChecker(Checker):
             yield from self._read_zstd(path, handle, reference, cap)
             return
         stream = Decompressed(handle, kind) if kind != "plain" else handle
-        scan = _Scan(self, path, reference, start, line_known=start == 0)
+        scan = LogScan(self, path, reference, start, line_known=start == 0)
         yield from scan.read(stream, cap)
         yield from scan.finish()
         if kind != "plain" and stream.error:
@@ -254,7 +218,7 @@ class LogsChecker(Checker):
             return
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen([zstd, "-dc"], stdin=handle, stdout=subprocess.PIPE, stderr=errors)
-            scan = _Scan(self, path, reference, 0, line_known=True)
+            scan = LogScan(self, path, reference, 0, line_known=True)
             try:
                 yield from scan.read(process.stdout, cap)
             finally:
@@ -288,7 +252,7 @@ class LogsChecker(Checker):
                     advice=ADVICE_JOURNAL,
                 )
                 continue
-            yield from _Journal(self, target, directory, journalctl).read()
+            yield from JournalReader(self, target, directory, journalctl).read()
 
     def _holds_journal_files(self, target: Target, directory: str) -> bool:
         try:
@@ -315,7 +279,7 @@ class LogsChecker(Checker):
         time_text = when.astimezone(self._tz).isoformat(timespec="seconds") if when else None
         where = f"line {details['line_number']:,}" if details.get("line_number") else "an entry"
         at = f" at {time_text}" if time_text else " (time unknown)"
-        quoted = _quote(line)
+        quoted = quote(line)
         return self.finding(
             signature.code,
             signature.severity,
@@ -382,213 +346,3 @@ class LogsChecker(Checker):
             details={"first_offset": first, "runs": runs, "zero_bytes": zero_bytes},
             advice=ADVICE_ZEROS,
         )
-
-
-class _Scan:
-    """One log read block by block: the lines holding a trigger are matched and dated."""
-
-    def __init__(self, checker: LogsChecker, path: bytes, reference: datetime, offset: int, line_known: bool):
-        self.checker = checker
-        self.path = path
-        self.reference = reference
-        self.offset = offset
-        self.line_known = line_known
-        self.lines = 0
-        self.truncated = False
-        self.matches = _Matches(checker.settings["max_per_signature"])
-        self.previous = b""
-        self.zero_first = -1
-        self.zero_runs = 0
-        self.zero_bytes = 0
-
-    def read(self, stream, cap: int) -> Iterator[Finding]:
-        carry = b""
-        read = 0
-        skip_partial = self.offset > 0
-        while True:
-            data = stream.read(CHUNK) if read < cap else b""
-            if data:
-                read += len(data)
-                self.checker.stats["bytes_read"] += len(data)
-                self.truncated = read >= cap and bool(stream.read(1))
-            block = carry + data
-            if not block:
-                return
-            cut = block.rfind(b"\n") + 1 if data else len(block)
-            if cut == 0:
-                if len(block) < MAX_CARRY:
-                    carry = block
-                    continue
-                cut = len(block)
-            body, carry = block[:cut], block[cut:]
-            if skip_partial:
-                # Reading from the middle of a file: the first line is a fragment.
-                skip_partial = False
-                first = body.find(b"\n") + 1
-                self.offset += first
-                body = body[first:]
-            yield from self._block(body)
-            self.offset += len(body)
-            self.previous = body[-CONTEXT:]
-
-    def _block(self, body: bytes) -> Iterator[Finding]:
-        if ZERO_RUN in body:
-            for run in _ZERO_RUNS.finditer(body):
-                if self.zero_first < 0:
-                    self.zero_first = self.offset + run.start()
-                self.zero_runs += 1
-                self.zero_bytes += run.end() - run.start()
-        counted_to = 0
-        since = self.checker._since
-        for start in trigger_positions(body):
-            end = body.find(b"\n", start)
-            line = body[start : (end if end != -1 and end - start <= MAX_LINE else start + MAX_LINE)]
-            signature = match(line)
-            if signature is None:
-                continue
-            self.lines += body.count(b"\n", counted_to, start)
-            counted_to = start
-            when = line_time(line, self.checker._tz, self.reference) or self._context_time(body, start)
-            if when is not None and when < since:
-                continue
-            when_text = when.astimezone(self.checker._tz).isoformat(timespec="seconds") if when else ""
-            if self.matches.listed(signature, when_text):
-                details = {
-                    "offset": self.offset + start,
-                    "line_number": self.lines + 1 if self.line_known else None,
-                }
-                yield self.checker.signature_finding(signature, self.path, line, when, details)
-        self.lines += body.count(b"\n", counted_to)
-
-    def _context_time(self, body: bytes, start: int):
-        """The time of the nearest dated line above (a traceback's lines carry none of their own)."""
-        low = max(0, start - CONTEXT)
-        before = body[low:start] if low else self.previous + body[:start]
-        for candidate in reversed(before.split(b"\n")[-40:]):
-            when = line_time(candidate, self.checker._tz, self.reference)
-            if when is not None:
-                return when
-        return None
-
-    def finish(self) -> Iterator[Finding]:
-        for signature, more, last in self.matches.overflow():
-            yield self.checker.overflow_finding(self.path, signature, more, last)
-        self.matches = _Matches(self.matches.limit)
-        if self.zero_runs:
-            yield self.checker.zero_finding(self.path, self.zero_first, self.zero_runs, self.zero_bytes)
-            self.zero_runs = 0
-
-
-class _Journal:
-    """One journal directory read through `journalctl --directory -o json`, from `since` on."""
-
-    MAX_ENTRY = 1 << 20
-    FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_COMM"
-
-    def __init__(self, checker: LogsChecker, target: Target, directory: str, journalctl: str):
-        self.checker = checker
-        self.directory = directory
-        self.host = target.resolve(directory)
-        self.journalctl = journalctl
-        self.matches = _Matches(checker.settings["max_per_signature"])
-
-    def command(self, fields: bool = True) -> List[str]:
-        since = int(self.checker._since.timestamp())
-        command = [self.journalctl, f"--directory={os.fsdecode(self.host)}", "--output=json", "--all"]
-        command += ["--no-pager", f"--since=@{since}"]
-        if fields:
-            command.append(f"--output-fields={self.FIELDS}")
-        return command
-
-    def read(self) -> Iterator[Finding]:
-        entries = 0
-        for fields in (True, False):
-            with tempfile.TemporaryFile() as errors:
-                env = {**os.environ, "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-                process = subprocess.Popen(
-                    self.command(fields), stdout=subprocess.PIPE, stderr=errors, env=env
-                )
-                try:
-                    for raw in self._lines(process.stdout):
-                        entries += 1
-                        finding = self._entry(raw)
-                        if finding is not None:
-                            yield finding
-                finally:
-                    process.stdout.close()
-                    process.wait()
-                errors.seek(0)
-                complaint = " ".join(errors.read(2000).decode("utf-8", "replace").split())
-            if process.returncode != 0 and fields and "output-fields" in complaint and entries == 0:
-                continue  # an older journalctl: ask for every field instead
-            break
-        self.checker.count("journal_entries_read", entries)
-        for signature, more, last in self.matches.overflow():
-            yield self.checker.overflow_finding(os.fsencode(self.directory), signature, more, last)
-        if process.returncode != 0 or complaint:
-            if process.returncode != 0 or "ignoring file" in complaint:
-                # Entries journalctl skipped were not checked.
-                reason = f"journalctl could not read all of {self.directory}: {complaint[:200]}"
-                self.checker.incomplete(reason)
-            yield self.checker.finding(
-                "journal-unreadable",
-                Severity.WARNING,
-                f"journalctl {'failed' if process.returncode else 'complained'} reading this journal: "
-                f"{_quote(complaint.encode()) or 'exit code ' + str(process.returncode)}",
-                path=self.directory,
-                details={"exit_code": process.returncode},
-                advice="Damaged journal files are skipped by journalctl: check them with "
-                "`journalctl --verify --directory=DIR`.",
-            )
-
-    def _lines(self, stream) -> Iterator[bytes]:
-        while True:
-            raw = stream.readline(self.MAX_ENTRY)
-            if not raw:
-                return
-            if not raw.endswith(b"\n") and len(raw) == self.MAX_ENTRY:
-                while True:  # an entry too large to read: skip the rest of it
-                    rest = stream.readline(self.MAX_ENTRY)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                continue
-            yield raw
-
-    def _entry(self, raw: bytes) -> Finding | None:
-        # JSON escapes quotes and backslashes; a binary MESSAGE is a list of byte values.
-        unescaped = raw.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
-        if b'"MESSAGE":[' not in raw and not trigger_positions(unescaped):
-            return None
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(entry, dict):
-            return None
-        message = entry.get("MESSAGE")
-        if isinstance(message, list):
-            message = bytes(b & 0xFF for b in message if isinstance(b, int))
-        elif isinstance(message, str):
-            message = message.encode("utf-8", "surrogateescape")
-        else:
-            return None
-        identifier = entry.get("SYSLOG_IDENTIFIER") or entry.get("_COMM") or ""
-        line = (
-            f"{identifier}: ".encode("utf-8", "surrogateescape") if isinstance(identifier, str) else b""
-        ) + message
-        signature = match(line[:MAX_LINE])
-        if signature is None:
-            return None
-        try:
-            when = datetime.fromtimestamp(int(entry.get("__REALTIME_TIMESTAMP")) / 1e6, timezone.utc)
-        except (TypeError, ValueError, OverflowError, OSError):
-            when = None
-        when_text = when.astimezone(self.checker._tz).isoformat(timespec="seconds") if when else ""
-        if not self.matches.listed(signature, when_text):
-            return None
-        cursor = entry.get("__CURSOR")
-        details = {
-            "cursor": cursor[:200] if isinstance(cursor, str) else None,
-            "identifier": identifier or None,
-        }
-        return self.checker.signature_finding(signature, os.fsencode(self.directory), line, when, details)

@@ -69,6 +69,15 @@ def _inner(path: str) -> bytes:
     return b"/" + b"/".join(parts)
 
 
+def _outermost(paths) -> List[bytes]:
+    """The paths to walk, without those inside another one (walked with it)."""
+    chosen: List[bytes] = []
+    for path in sorted(set(paths), key=lambda p: (len(p), p)):
+        if not any(path == top or path.startswith(top.rstrip(b"/") + b"/") for top in chosen):
+            chosen.append(path)
+    return chosen
+
+
 def _top_directory(path: bytes, directory: bool = False) -> bytes:
     """`/var` for `/var/lib/x` (and for the directory `/var`); `/` for a file directly in the root."""
     head = path[1:].split(b"/", 1)
@@ -197,8 +206,8 @@ class WindowChecker(Checker):
             self.stats["mount_table"] = (
                 f"not read ({error.strerror}): mounted filesystems were not told apart"
             )
-        for path in self.settings["paths"]:
-            yield from self._walk(target, _inner(path), mounts)
+        for top in _outermost(_inner(path) for path in self.settings["paths"]):
+            yield from self._walk(target, top, mounts)
         yield from self._summaries()
 
     def _canonical_verified(self, target: Target) -> set:

@@ -10,9 +10,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fixtures.logs import JOURNAL_REMOTE, make_journal, write_gzip_log, write_log
+from fsaudit_checks.log_scan import quote
 from fsaudit_checks.log_signatures import CODES, SIGNATURES, TRIGGERS, match, trigger_positions
 from fsaudit_checks.log_times import line_time
-from fsaudit_checks.logs import LogsChecker, _quote
+from fsaudit_checks.logs import LogsChecker
 from tests.conftest import Run, fsaudit
 
 UTC = timezone.utc
@@ -398,7 +399,7 @@ def test_syslog_lines_after_the_file_mtime_belong_to_the_year_before():
 
 
 def test_quotes_are_bounded_and_escaped():
-    assert _quote(b"a\x1b[2Jb\x00c\n") == "a\\x1b[2Jb\\x00c"
-    assert _quote(b"caf\xe9") == "caf\\xe9"
-    long = _quote(b"x" * 5000)
+    assert quote(b"a\x1b[2Jb\x00c\n") == "a\\x1b[2Jb\\x00c"
+    assert quote(b"caf\xe9") == "caf\\xe9"
+    long = quote(b"x" * 5000)
     assert len(long) == 400 and long.endswith("…")

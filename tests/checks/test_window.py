@@ -20,7 +20,7 @@ from fsaudit.checker import Context
 from fsaudit.target import Target
 from fsaudit.window import parse_window
 from fsaudit_checks.mounts import Mount, excluded_mounts, parse_mountinfo
-from fsaudit_checks.window import WindowChecker
+from fsaudit_checks.window import WindowChecker, _outermost
 from tests.conftest import REPO, Run, fsaudit
 
 SCHEMA = json.loads((REPO / "fsaudit" / "schema" / "report.schema.json").read_text())
@@ -382,3 +382,12 @@ def test_the_live_root_skips_its_own_pseudo_filesystems_and_the_image_is_walked_
 
 def test_a_top_on_tmpfs_is_still_walked():
     assert excluded_mounts(parse_mountinfo(MOUNTINFO), b"/run/user") == {}
+
+
+def test_paths_inside_other_paths_are_walked_once():
+    assert _outermost([b"/srv/data", b"/srv", b"/var", b"/srv", b"/varnish"]) == [
+        b"/srv",
+        b"/var",
+        b"/varnish",
+    ]
+    assert _outermost([b"/srv", b"/"]) == [b"/"]
