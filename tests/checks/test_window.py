@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -391,3 +392,32 @@ def test_paths_inside_other_paths_are_walked_once():
         b"/varnish",
     ]
     assert _outermost([b"/srv", b"/"]) == [b"/"]
+
+
+class FailingTarget(Target):
+    """A real Target whose filesystem answers EIO when /srv/bad is listed (a damaged directory block)."""
+
+    def walk(self, top=b"/", onerror=None, prune=None, max_depth=256):
+        def failing_prune(child, entry):
+            if child == b"/srv/bad":
+                onerror(child, OSError(errno.EIO, "Input/output error"))
+                return True
+            return prune(child, entry) if prune else False
+
+        yield from super().walk(top, onerror=onerror, prune=failing_prune, max_depth=max_depth)
+
+
+def test_an_io_error_on_a_directory_is_critical_and_the_walk_goes_on(tmp_path):
+    root = tmp_path / "root"
+    (root / "srv" / "bad").mkdir(parents=True)
+    (root / "srv" / "good").write_text("x")
+    set_mtime(root / "srv" / "good", IN_WINDOW)
+    set_mtime(root / "srv" / "bad", IN_WINDOW)
+    checker = WindowChecker({}, Context(window=parse_window(WINDOW)))
+    target = FailingTarget(root)
+    assert checker.applies(target)
+    findings = {(f.code, f.path): f for f in checker.run(target)}
+    assert findings[("read-error", "/srv/bad")].severity.value == "critical"
+    assert findings[("read-error", "/srv/bad")].details["errno"] == "EIO"
+    assert "could not be listed" in findings[("directory-changed-in-window", "/srv/bad")].message
+    assert ("modified-in-window", "/srv/good") in findings
