@@ -36,7 +36,7 @@ class JournalReader:
         self.matches = Matches(checker.settings["max_per_signature"])
 
     def command(self, fields: bool = True) -> List[str]:
-        since = int(self.checker._since.timestamp())
+        since = int(self.checker.since.timestamp())
         command = [self.journalctl, f"--directory={os.fsdecode(self.host)}", "--output=json", "--all"]
         command += ["--no-pager", f"--since=@{since}"]
         if fields:
@@ -126,7 +126,7 @@ class JournalReader:
             when = datetime.fromtimestamp(int(entry.get("__REALTIME_TIMESTAMP")) / 1e6, timezone.utc)
         except (TypeError, ValueError, OverflowError, OSError):
             when = None
-        when_text = when.astimezone(self.checker._tz).isoformat(timespec="seconds") if when else ""
+        when_text = when.astimezone(self.checker.tz).isoformat(timespec="seconds") if when else ""
         if not self.matches.listed(signature, when_text):
             return None
         cursor = entry.get("__CURSOR")

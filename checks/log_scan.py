@@ -110,7 +110,7 @@ class LogScan:
                 self.zero_runs += 1
                 self.zero_bytes += run.end() - run.start()
         counted_to = 0
-        since = self.checker._since
+        since = self.checker.since
         for start in trigger_positions(body):
             end = body.find(b"\n", start)
             line = body[start : (end if end != -1 and end - start <= MAX_LINE else start + MAX_LINE)]
@@ -119,10 +119,10 @@ class LogScan:
                 continue
             self.lines += body.count(b"\n", counted_to, start)
             counted_to = start
-            when = line_time(line, self.checker._tz, self.reference) or self._context_time(body, start)
+            when = line_time(line, self.checker.tz, self.reference) or self._context_time(body, start)
             if when is not None and when < since:
                 continue
-            when_text = when.astimezone(self.checker._tz).isoformat(timespec="seconds") if when else ""
+            when_text = when.astimezone(self.checker.tz).isoformat(timespec="seconds") if when else ""
             if self.matches.listed(signature, when_text):
                 details = {
                     "offset": self.offset + start,
@@ -136,7 +136,7 @@ class LogScan:
         low = max(0, start - CONTEXT)
         before = body[low:start] if low else self.previous + body[:start]
         for candidate in reversed(before.split(b"\n")[-40:]):
-            when = line_time(candidate, self.checker._tz, self.reference)
+            when = line_time(candidate, self.checker.tz, self.reference)
             if when is not None:
                 return when
         return None

@@ -118,9 +118,9 @@ class LogsChecker(Checker):
 
     def run(self, target: Target) -> Iterator[Finding]:
         self._target = target
-        self._tz = target_timezone(target.root_text)
-        self._since = self._since_time()
-        self.stats["since"] = self._since.isoformat(timespec="seconds")
+        self.tz = target_timezone(target.root_text)
+        self.since = self._since_time()
+        self.stats["since"] = self.since.isoformat(timespec="seconds")
         for key in ("logs_read", "logs_older_than_since", "lines_matched", "bytes_read"):
             self.stats[key] = 0
         logs = self._log_files(target)
@@ -136,7 +136,7 @@ class LogsChecker(Checker):
         window = self.context.window
         if window is not None and window.start is not None:
             return window.start - timedelta(days=lookback or 0)
-        return datetime.now(timezone.utc).astimezone(self._tz) - timedelta(
+        return datetime.now(timezone.utc).astimezone(self.tz) - timedelta(
             days=30 if lookback is None else lookback
         )
 
@@ -176,12 +176,12 @@ class LogsChecker(Checker):
             yield self._unreadable(path, error.strerror or str(error), self._severity(error))
             return
         with handle:
-            if handle.st.st_mtime < self._since.timestamp():
+            if handle.st.st_mtime < self.since.timestamp():
                 # Last written before the window: none of its lines can be in it.
                 self.stats["logs_older_than_since"] += 1
                 return
             self.stats["logs_read"] += 1
-            reference = datetime.fromtimestamp(handle.st.st_mtime, self._tz)
+            reference = datetime.fromtimestamp(handle.st.st_mtime, self.tz)
             try:
                 kind = compression(handle.read(6))
                 handle.seek(0)
@@ -276,7 +276,7 @@ class LogsChecker(Checker):
         self, signature: Signature, log: bytes, line: bytes, when: datetime | None, details: dict
     ) -> Finding:
         self.stats["lines_matched"] += 1
-        time_text = when.astimezone(self._tz).isoformat(timespec="seconds") if when else None
+        time_text = when.astimezone(self.tz).isoformat(timespec="seconds") if when else None
         where = f"line {details['line_number']:,}" if details.get("line_number") else "an entry"
         at = f" at {time_text}" if time_text else " (time unknown)"
         quoted = quote(line)
