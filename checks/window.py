@@ -325,17 +325,15 @@ class WindowChecker(Checker):
             yield from self._directory_finding(directory, own, entries, at_risk, not_verified)
 
     def _file(self, path: bytes, st: os.stat_result, modified: bool, verified: bool) -> Iterator[Finding]:
+        mtime, ctime = self._time(st.st_mtime), self._time(st.st_ctime)
         if modified:
             code = "modified-in-window"
             self.stats["files_modified_in_window"] += 1
-            what = f"modified in the window (mtime {self._time(st.st_mtime)})"
+            what = f"modified in the window (mtime {mtime})"
         else:
             code = "changed-in-window"
             self.stats["files_changed_in_window"] += 1
-            what = (
-                f"inode changed in the window (ctime {self._time(st.st_ctime)}), "
-                f"content time outside it (mtime {self._time(st.st_mtime)})"
-            )
+            what = f"inode changed in the window (ctime {ctime}), content time outside it (mtime {mtime})"
         self.stats["at_risk_verified" if verified else "at_risk_not_verified"] += 1
         owner = self._owner(st.st_uid)
         self._by_top.add(_top_directory(path), verified)
@@ -345,8 +343,8 @@ class WindowChecker(Checker):
         details = {
             "kind": file_kind(st.st_mode),
             "size": st.st_size,
-            "mtime": self._time(st.st_mtime),
-            "ctime": self._time(st.st_ctime),
+            "mtime": mtime,
+            "ctime": ctime,
             "owner": owner,
             "verified": verified,
         }
