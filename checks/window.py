@@ -123,7 +123,7 @@ class WindowChecker(Checker):
         Option("paths", "directories to walk, inside the audited system", multiple=True, default=("/",)),
         Option(
             "list_entries",
-            "list every entry of each directory changed in the window in its finding",
+            "in each changed directory's finding, list all its entry names and those changed in the window",
             kind=bool,
             default=False,
         ),
@@ -277,6 +277,9 @@ class WindowChecker(Checker):
         base = b"" if directory == b"/" else directory
         start, end = self._start, self._end
         at_risk = not_verified = denied = 0
+        # Names of the entries changed in the window, kept only when asked for and only for the
+        # directory being read.
+        names: List[bytes] | None = [] if own is not None and self.settings["list_entries"] else None
         for entry in entries:
             if excluded and entry.path in excluded:
                 continue
@@ -303,6 +306,8 @@ class WindowChecker(Checker):
                     not_verified += 1
                 continue
             at_risk += 1
+            if names is not None:
+                names.append(entry.name)
             path = base + b"/" + entry.name
             if stat.S_ISDIR(st.st_mode):
                 # Its finding comes when its own listing is read, with the counts of what is in it.
@@ -322,7 +327,7 @@ class WindowChecker(Checker):
                 ADVICE_UNREADABLE,
             )
         if own is not None:
-            yield from self._directory_finding(directory, own, entries, at_risk, not_verified)
+            yield from self._directory_finding(directory, own, entries, at_risk, not_verified, names)
 
     def _file(self, path: bytes, st: os.stat_result, modified: bool, verified: bool) -> Iterator[Finding]:
         mtime, ctime = self._time(st.st_mtime), self._time(st.st_ctime)
@@ -359,6 +364,7 @@ class WindowChecker(Checker):
         entries: List[os.DirEntry] | None,
         at_risk: int,
         not_verified: int,
+        names: List[bytes] | None = None,
     ) -> Iterator[Finding]:
         self.stats["directories_changed_in_window"] += 1
         self._by_top.add(_top_directory(directory, directory=True), True, directory=True)
@@ -380,6 +386,7 @@ class WindowChecker(Checker):
             )
             if self.settings["list_entries"]:
                 details["entry_names"] = sorted(entry.name for entry in entries)
+                details["names_in_window"] = sorted(names or ())
         yield from self._listed_finding(
             "directory-changed-in-window", Severity.WARNING, message, directory, details, ADVICE_DIRECTORY
         )

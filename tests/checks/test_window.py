@@ -156,6 +156,8 @@ def test_paths_limit_the_walk_and_list_entries_names_them(image):
     assert "/var/lib/app/state.db" not in paths and "/srv/data/report.txt" in paths
     names = by_path(run, "directory-changed-in-window")["/srv/data"]["details"]["entry_names"]
     assert "report.txt" in names and "caf\\xe9.txt" in names and len(names) == 10
+    in_window = by_path(run, "directory-changed-in-window")["/srv/data"]["details"]["names_in_window"]
+    assert in_window == sorted(["caf\\xe9.txt", "loop-a", "null", "pipe", "report.txt", "sock"])
 
 
 def test_a_missing_path_is_reported_not_fatal(image):
