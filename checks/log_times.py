@@ -4,8 +4,8 @@
   when the date lies after it, as in a log that spans New Year);
 - ISO 8601 and RFC 5424: `2014-06-03T12:00:01.123456+02:00 host ...`, Python logging and Zope event
   logs `2014-06-03 12:00:01,123 ...` / `2014-06-03T12:00:01 ERROR ...`;
-- PostgreSQL: `2014-06-03 12:00:01.123 UTC [4242] LOG: ...` (a zone name other than UTC/GMT is read
-  in the system's zone);
+- PostgreSQL: `2014-06-03 12:00:01.123 UTC [4242] LOG: ...`, its csvlog and jsonlog (a zone name
+  other than UTC/GMT is read in the system's zone);
 - nginx: `2014/06/03 12:00:01 [error] ...`; Apache: `[Tue Jun 03 12:00:01.123456 2014] [core:error] ...`.
 
 A time without a zone is the audited system's local time.
@@ -28,8 +28,9 @@ _ISO = re.compile(
 )
 _NGINX = re.compile(rb"^(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\b")
 _APACHE = re.compile(rb"^\[(?:\w{3} )?" + _MONTH + rb" (\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))? (\d{4})\]")
-# RFC 5424 after its priority and version: `<34>1 2014-06-03T12:00:01Z host ...`
-_RFC5424 = re.compile(rb"^<\d{1,3}>\d ")
+# RFC 5424 after its priority and version: `<34>1 2014-06-03T12:00:01Z host ...`; PostgreSQL's
+# jsonlog: `{"timestamp":"2014-06-03 12:00:01.123 UTC",...}`.
+_PREFIX = re.compile(rb'^(?:<\d{1,3}>\d |\{"timestamp": ?")')
 
 
 def _fraction(digits: bytes | None) -> int:
@@ -54,9 +55,9 @@ def line_time(line: bytes, local: tzinfo, reference: datetime) -> datetime | Non
 
     `reference` is the time of the file's last write (its mtime), for formats without a year.
     """
-    rfc = _RFC5424.match(line)
-    if rfc:
-        line = line[rfc.end() :]
+    prefix = _PREFIX.match(line)
+    if prefix:
+        line = line[prefix.end() :]
     try:
         match = _ISO.match(line)
         if match:

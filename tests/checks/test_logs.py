@@ -374,6 +374,10 @@ MTIME = datetime(2014, 6, 5, tzinfo=UTC)
         (b"<34>1 2014-06-03T12:00:01Z vm42 app - - x", datetime(2014, 6, 3, 12, 0, 1, tzinfo=UTC)),
         (b"2014-06-03 12:00:01.123 UTC [1] LOG: x", datetime(2014, 6, 3, 12, 0, 1, 123000, tzinfo=UTC)),
         (b"2014-06-03 12:00:01 CEST [1] LOG: x", datetime(2014, 6, 3, 12, 0, 1, tzinfo=LOCAL)),
+        (
+            b'{"timestamp":"2014-06-03 12:00:01.5 UTC","pid":1}',
+            datetime(2014, 6, 3, 12, 0, 1, 500000, tzinfo=UTC),
+        ),
         (b"2014-06-03 12:00:01,442 ERROR x", datetime(2014, 6, 3, 12, 0, 1, 442000, tzinfo=LOCAL)),
         (b"2014-06-04T09:15:02 ERROR Zope x", datetime(2014, 6, 4, 9, 15, 2, tzinfo=LOCAL)),
         (b"2014/06/03 12:20:00 [crit] 1#1: x", datetime(2014, 6, 3, 12, 20, tzinfo=LOCAL)),
