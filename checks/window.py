@@ -216,6 +216,9 @@ class WindowChecker(Checker):
         verified = self.context.verified
         extra = set()
         for path in verified:
+            if isinstance(path, str):
+                path = os.fsencode(path)
+                extra.add(path)
             try:
                 real = target.inner_path(target.resolve(path, follow=False))
             except OSError:
