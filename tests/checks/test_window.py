@@ -16,13 +16,14 @@ from datetime import datetime, timedelta, timezone
 import jsonschema
 import pytest
 
+from fixtures import debian as debfix
 from fixtures.window import IN_WINDOW, OLD, WINDOW, age_directories, build_awkward_tree, set_mtime
 from fsaudit.checker import Context
 from fsaudit.target import Target
 from fsaudit.window import parse_window
 from fsaudit_checks.mounts import Mount, excluded_mounts, parse_mountinfo
 from fsaudit_checks.window import WindowChecker, _outermost
-from tests.conftest import REPO, Run, fsaudit
+from tests.conftest import REPO, Run, fsaudit, require_program
 
 SCHEMA = json.loads((REPO / "fsaudit" / "schema" / "report.schema.json").read_text())
 
@@ -423,3 +424,30 @@ def test_an_io_error_on_a_directory_is_critical_and_the_walk_goes_on(tmp_path):
     assert findings[("read-error", "/srv/bad")].details["errno"] == "EIO"
     assert "could not be listed" in findings[("directory-changed-in-window", "/srv/bad")].message
     assert ("modified-in-window", "/srv/good") in findings
+
+
+def test_files_the_debian_checker_verified_are_info_and_the_rest_is_listed(tmp_path):
+    require_program("dpkg-deb", "dpkg")
+    root = debfix.make_root(tmp_path / "root")
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")  # merged-/usr: the package lists /bin/tool
+    deb = debfix.make_deb(
+        tmp_path / "debs",
+        "tool",
+        files={"/bin/tool": "#!/bin/sh\necho tool\n", "/usr/share/doc/tool/README": "read me\n"},
+    )
+    debfix.install(root, deb)
+    (root / "srv").mkdir()
+    (root / "srv" / "notes.txt").write_text("the customer's own file\n")
+    now = datetime.now(timezone.utc)
+    window = f"{(now - timedelta(hours=1)).isoformat()}..{(now + timedelta(hours=1)).isoformat()}"
+    run = audit(root, "--check", "debian", "--window", window)
+    assert run.check("debian")["status"] == "ok", run.check("debian")
+    assert run.code == 1, run.stderr
+    at_risk = {**by_path(run, "modified-in-window"), **by_path(run, "changed-in-window")}
+    for path in ("/usr/bin/tool", "/usr/share/doc/tool/README"):
+        assert at_risk[path]["severity"] == "info" and at_risk[path]["details"]["verified"] is True
+    assert at_risk["/srv/notes.txt"]["severity"] == "warning"
+    assert at_risk["/var/lib/dpkg/status"]["details"]["verified"] is False
+    summary = run.check("window")["stats"]["at_risk_by_directory"]
+    assert summary["/usr"]["files_not_verified"] == 0 and summary["/srv"]["files_not_verified"] == 1
