@@ -131,7 +131,7 @@ class WindowChecker(Checker):
             "list_limit",
             "list at most this many findings of each code and severity (0: no limit); the rest are counted",
             kind=int,
-            default=35_000,
+            default=25_000,
         ),
     )
     codes = {

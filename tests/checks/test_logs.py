@@ -5,6 +5,7 @@ as pure logic."""
 from __future__ import annotations
 
 import os
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,7 +15,7 @@ from fsaudit_checks.log_scan import quote
 from fsaudit_checks.log_signatures import CODES, SIGNATURES, TRIGGERS, match, trigger_positions
 from fsaudit_checks.log_times import line_time
 from fsaudit_checks.logs import LogsChecker
-from tests.conftest import Run, fsaudit
+from tests.conftest import Run, fsaudit, require_program
 
 UTC = timezone.utc
 WINDOW = "2014-06-02T00:00:00Z..2014-06-07T00:00:00Z"
@@ -409,3 +410,18 @@ def test_quotes_are_bounded_and_escaped():
     assert quote(b"caf\xe9") == "caf\\xe9"
     long = quote(b"x" * 5000)
     assert len(long) == 400 and long.endswith("…")
+
+
+def test_zstd_rotated_logs_are_read_with_zstd(tmp_path):
+    zstd = require_program("zstd", "zstd")
+    root = tmp_path / "root"
+    plain = write_log(
+        root / "var" / "log" / "syslog.1",
+        ["Jun  3 12:00:01 vm42 app[7]: sqlite3.DatabaseError: database disk image is malformed"],
+        JUNE_5,
+    )
+    subprocess.run([zstd, "-q", "--rm", str(plain), "-o", str(plain) + ".zst"], check=True)
+    os.utime(str(plain) + ".zst", (JUNE_5.timestamp(), JUNE_5.timestamp()))
+    run = audit(root, "--window", WINDOW)
+    found = by_signature(run)["sqlite-malformed"]
+    assert [(f["path"], f["details"]["line_number"]) for f in found] == [("/var/log/syslog.1.zst", 1)]
