@@ -25,6 +25,7 @@ NETWORK_FSTYPES = frozenset(
     | {"fuse.ceph-fuse", "fuse.cephfs", "fuse.davfs", "fuse.gvfsd-fuse", "fuse.goofys", "fuse.juicefs"}
 )
 _MAX_MOUNTS = 100_000
+_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,17 @@ def parse_mountinfo(data: bytes) -> List[Mount]:
 
 def read_mounts(path: str = MOUNTINFO) -> List[Mount]:
     """This machine's mount table; OSError when it cannot be read."""
+    chunks = []
+    size = 0
     with open(path, "rb") as handle:
-        return parse_mountinfo(handle.read(64 << 20))
+        # In pieces: a single read(limit) would allocate the whole limit at once.
+        while size < _MAX_BYTES:
+            chunk = handle.read(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return parse_mountinfo(b"".join(chunks))
 
 
 def _below(path: bytes, top: bytes) -> bool:
