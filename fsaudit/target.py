@@ -116,6 +116,9 @@ class Target:
         if not parts:
             return self.root or b"/"
         parent = self._resolve_dir(tuple(parts[:-1]))
+        if parent == b"/":
+            # The live root: its entries are /etc, not //etc.
+            parent = b""
         if not follow:
             return parent + b"/" + parts[-1]
         return self._walk(parent, [parts[-1]], follow_last=True, hops=0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
+
+from fsaudit.target import Target
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -46,11 +48,13 @@ class Window:
 
 def target_timezone(root: str = "/") -> tzinfo:
     """The audited system's local time zone: its own etc/localtime, else this machine's."""
+    # Through the Target: /etc/localtime is usually an absolute symlink, which must resolve inside
+    # the image under --root, not on this machine.
     try:
         from zoneinfo import ZoneInfo
 
-        with open(os.path.join(root, "etc/localtime"), "rb") as handle:
-            return ZoneInfo.from_file(handle, key="localtime")
+        data = Target(root).read_bytes("/etc/localtime", limit=1 << 20)
+        return ZoneInfo.from_file(io.BytesIO(data), key="localtime")
     except (OSError, ValueError, ImportError):
         return datetime.now().astimezone().tzinfo or timezone.utc
 

@@ -119,3 +119,10 @@ def test_live_root_drops_cached_pages_and_an_image_does_not(image):
     assert Target("/").drop_cache is True
     assert Target(image).drop_cache is False
     assert Target(image, drop_cache=True).drop_cache is True
+
+
+def test_top_level_paths_of_the_live_root_have_one_slash():
+    target = Target("/")
+    assert target.resolve("/etc") == b"/etc"
+    assert target.resolve("/etc", follow=False) == b"/etc"
+    assert target.inner_path(target.resolve("/tmp")) == b"/tmp"

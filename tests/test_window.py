@@ -46,3 +46,14 @@ def test_the_target_zone_comes_from_the_root(tmp_path):
     (tmp_path / "etc" / "localtime").write_bytes(Path("/usr/share/zoneinfo/Asia/Tokyo").read_bytes())
     zone = target_timezone(str(tmp_path))
     assert datetime(2014, 6, 2, tzinfo=zone).utcoffset() == timedelta(hours=9)
+
+
+def test_an_absolute_localtime_link_resolves_inside_the_root(tmp_path):
+    zoneinfo = tmp_path / "usr" / "share" / "zoneinfo" / "Image"
+    zoneinfo.mkdir(parents=True)
+    (zoneinfo / "Only").write_bytes(Path("/usr/share/zoneinfo/Asia/Tokyo").read_bytes())
+    (tmp_path / "etc").mkdir()
+    # A zone that exists only in the image: followed on this machine, the link names nothing.
+    (tmp_path / "etc" / "localtime").symlink_to("/usr/share/zoneinfo/Image/Only")
+    zone = target_timezone(str(tmp_path))
+    assert datetime(2014, 6, 2, tzinfo=zone).utcoffset() == timedelta(hours=9)
