@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, Type
+from typing import Dict, Tuple, Type
 
 from fsaudit.checker import Checker
 
@@ -14,14 +13,39 @@ LOG = logging.getLogger(__name__)
 GROUP = "fsaudit.checks"
 
 
-@dataclass
 class Entry:
-    """One registered checker: its class, or why it could not be loaded."""
+    """One registered checker. Its module is imported the first time `checker` is asked for, so an
+    audit of one checker does not pay for importing all of them; a module that fails to import
+    leaves `checker` None and says why in `error`."""
 
-    name: str
-    origin: str
-    checker: Type[Checker] | None = None
-    error: str = ""
+    def __init__(self, name: str, origin: str, point=None):
+        self.name = name
+        self.origin = origin
+        self._point = point
+        self._checker: Type[Checker] | None = None
+        self._error = ""
+
+    @property
+    def checker(self) -> Type[Checker] | None:
+        if self._point is not None:
+            point, self._point = self._point, None
+            self._checker, self._error = _load(point)
+        return self._checker
+
+    @property
+    def error(self) -> str:
+        return self._error if self.checker is None else ""
+
+
+def _load(point) -> Tuple[Type[Checker] | None, str]:
+    try:
+        loaded = point.load()
+    except Exception as error:  # a broken plug-in must not stop the audit
+        LOG.debug("cannot load checker %s", point.name, exc_info=True)
+        return None, f"cannot load {point.value}: {type(error).__name__}: {error}"
+    if isinstance(loaded, type) and issubclass(loaded, Checker):
+        return loaded, ""
+    return None, f"{point.value} is not a Checker subclass"
 
 
 def _entry_points():
@@ -31,27 +55,14 @@ def _entry_points():
 
 
 def load_checkers() -> Dict[str, Entry]:
-    """Every checker registered in the `fsaudit.checks` entry-point group, by name.
-
-    A checker whose module fails to import is kept with the error, so `fsaudit checks` and the
-    report can say so instead of silently dropping it.
-    """
+    """Every checker registered in the `fsaudit.checks` entry-point group, by name (each imported
+    when first used). A checker whose module fails to import is kept with the error, so
+    `fsaudit checks` and the report can say so instead of silently dropping it."""
     entries: Dict[str, Entry] = {}
     for point in _entry_points():
         if point.name in entries:
             continue
         dist = getattr(point, "dist", None)
         origin = f"{dist.name} {dist.version}" if dist is not None else point.value
-        entry = Entry(name=point.name, origin=origin)
-        try:
-            loaded = point.load()
-        except Exception as error:  # a broken plug-in must not stop the audit
-            LOG.debug("cannot load checker %s", point.name, exc_info=True)
-            entry.error = f"cannot load {point.value}: {type(error).__name__}: {error}"
-        else:
-            if isinstance(loaded, type) and issubclass(loaded, Checker):
-                entry.checker = loaded
-            else:
-                entry.error = f"{point.value} is not a Checker subclass"
-        entries[point.name] = entry
+        entries[point.name] = Entry(point.name, origin, point)
     return dict(sorted(entries.items()))
