@@ -4,8 +4,9 @@
     python benchmarks/debian.py --size-mb 200 --files 5000
     python benchmarks/debian.py --root /mnt/image  # an existing root
 
-The root is built from real packages (dpkg-deb, dpkg --root). Every tool runs warm: the tree is read
-once first, and fsaudit runs with --no-drop-cache, so all three read from the page cache. The floor is
+The root is built from real packages (dpkg-deb, dpkg --root). Every tool runs warm (the tree is read
+once first, and fsaudit runs with --no-drop-cache, so all three read from the page cache), or with
+--cold every tool starts from an empty page cache and reads the disk. The floor is
 bytes ÷ (MD5 speed of one core × cores): what perfect parallel hashing would take.
 """
 
@@ -77,6 +78,13 @@ def warm(root: Path) -> int:
     return total
 
 
+def drop_page_cache() -> None:
+    """Empty the page cache so the next tool reads the disk (cold); needs root."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as handle:
+        handle.write("3\n")
+
+
 def md5_speed() -> float:
     """Bytes per second one core hashes with MD5."""
     data = os.urandom(64 << 20)
@@ -107,6 +115,11 @@ def main() -> int:
     parser.add_argument("--packages", type=int, default=250, help="number of packages in the built root")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="fsaudit --jobs")
     parser.add_argument("--keep", action="store_true", help="keep the built root")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="drop the page cache before each tool (needs root): all three read the disk",
+    )
     args = parser.parse_args()
 
     workdir = None
@@ -121,12 +134,16 @@ def main() -> int:
         speed = md5_speed()
         cores = os.cpu_count() or 1
         results = {}
+        prepare = drop_page_cache if args.cold else (lambda: None)
+        prepare()
         results["dpkg --verify"], dpkg = timed(["dpkg", f"--root={root}", "--verify"])
         debsums = shutil.which("debsums")
         if debsums:
+            prepare()
             results["debsums -a"], _ = timed([debsums, "-a", "-s", f"--root={root}"])
         command = [sys.executable, "-m", "fsaudit", "audit", "--root", str(root), "--check", "debian"]
         command += ["--no-drop-cache", "--format", "json", "--jobs", str(args.jobs)]
+        prepare()
         results["fsaudit"], run = timed(command, cwd=REPO)
         report = json.loads(run.stdout)
         check = next(c for c in report["checks"] if c["name"] == "debian")

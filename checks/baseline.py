@@ -9,7 +9,7 @@ from fsaudit.baseline import BaselineDamaged, Entry, entry_kind, read_baseline
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, HashResult, hash_files
 from fsaudit.target import Target
-from fsaudit.verify import MISSING, UNREADABLE, WRONG_TYPE, describe_error, outcome
+from fsaudit.verify import CONTENT_DIFFERS, OK, outcome, unverified_finding
 
 RESTORE = "restore this file from backup (it changed without any write that the filesystem recorded)"
 
@@ -164,25 +164,8 @@ class BaselineChecker(Checker):
     def _file(self, target: Target, result: HashResult) -> Iterator:
         entry: Entry = result.request.key
         verdict = outcome(result, entry.sha256)
-        if verdict == MISSING:
-            yield self.finding(
-                "missing", "critical", "recorded file is gone", path=entry.path, advice=RESTORE
-            )
-            return
-        if verdict == WRONG_TYPE:
-            yield self.finding(
-                "wrong-type", "critical", describe_error(result), path=entry.path, advice=RESTORE
-            )
-            return
-        if verdict == UNREADABLE:
-            self.count("files_unreadable")
-            yield self.finding(
-                "unreadable",
-                "warning",
-                f"could not be read: {describe_error(result)}",
-                path=entry.path,
-                advice="check the disk; restore the file from backup",
-            )
+        if verdict != OK and verdict != CONTENT_DIFFERS:
+            yield unverified_finding(self, verdict, result, entry.path, RESTORE, "recorded file")
             return
         self.count("files_verified")
         self.context.verified.add(entry.path)

@@ -12,7 +12,7 @@ from typing import Iterator, List, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.target import Target
-from fsaudit.verify import CONTENT_DIFFERS, MISSING, OK, UNREADABLE, WRONG_TYPE, describe_error, outcome
+from fsaudit.verify import CONTENT_DIFFERS, OK, outcome, unverified_finding
 from fsaudit_checks.gitindex import IndexDamaged, IndexEntry, read_index
 
 DEFAULT_PATHS = ("/srv", "/opt", "/home", "/var/www", "/root")
@@ -212,26 +212,8 @@ class GitChecker(Checker):
                 self.context.verified.add(path)
             elif verdict == CONTENT_DIFFERS:
                 mismatched.append((path, entry, result))
-            elif verdict == MISSING:
-                yield self.finding(
-                    "missing",
-                    "critical",
-                    "tracked file is missing from the work tree",
-                    path=path,
-                    details={"work_tree": target.display(tree)},
-                    advice=advice,
-                )
-            elif verdict == WRONG_TYPE:
-                yield self.finding("wrong-type", "critical", describe_error(result), path=path, advice=advice)
-            elif verdict == UNREADABLE:
-                self.count("files_unreadable")
-                yield self.finding(
-                    "unreadable",
-                    "warning",
-                    f"could not be read: {describe_error(result)}",
-                    path=path,
-                    advice="check the disk; restore the file from backup",
-                )
+            else:
+                yield unverified_finding(self, verdict, result, path, advice, "tracked file")
         yield from self._mismatches(target, tree, git_dir, mismatched, advice)
 
     def _symlink(self, target: Target, path: bytes, entry: IndexEntry, advice: str) -> Iterator:

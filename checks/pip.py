@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.target import Target
-from fsaudit.verify import CONTENT_DIFFERS, MISSING, OK, UNREADABLE, WRONG_TYPE, describe_error, outcome
+from fsaudit.verify import CONTENT_DIFFERS, OK, outcome, unverified_finding
 
 # Where virtualenvs usually live, searched when no paths are given (system sites are found apart).
 DEFAULT_PATHS = ("/opt", "/srv", "/home", "/var/www", "/root", "/usr/local")
@@ -226,36 +226,9 @@ class PipChecker(Checker):
                     details=details,
                     advice=_rebuild_advice(path) or advice,
                 )
-            elif verdict == MISSING:
-                yield self.finding(
-                    "missing",
-                    "critical",
-                    "installed file is missing",
-                    path=path,
-                    subject=subject,
-                    details=details,
-                    advice=advice,
-                )
-            elif verdict == WRONG_TYPE:
-                yield self.finding(
-                    "wrong-type",
-                    "critical",
-                    describe_error(result),
-                    path=path,
-                    subject=subject,
-                    details=details,
-                    advice=advice,
-                )
-            elif verdict == UNREADABLE:
-                self.count("files_unreadable")
-                yield self.finding(
-                    "unreadable",
-                    "warning",
-                    f"could not be read: {describe_error(result)}",
-                    path=path,
-                    subject=subject,
-                    details=details,
-                    advice="check the disk; restore the file from backup if it stays unreadable",
+            else:
+                yield unverified_finding(
+                    self, verdict, result, path, advice, "installed file", subject=subject, details=details
                 )
         for record, problem in problems:
             self.count("records_damaged")

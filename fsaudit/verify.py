@@ -45,3 +45,25 @@ def describe_error(result: HashResult) -> str:
     if error is not None:
         return error.strerror or str(error)
     return ""
+
+
+UNREADABLE_ADVICE = "check the disk; restore the file from backup if it stays unreadable"
+
+
+def unverified_finding(
+    checker, verdict: str, result: HashResult, path, advice: str, what: str = "file", **fields
+):
+    """The finding for a file that could not be compared: `missing` and `wrong-type` (critical,
+    with the checker's `advice`) or `unreadable` (a warning, counted in `files_unreadable`).
+    `fields` (subject, details) go into the finding as they are."""
+    if verdict == MISSING:
+        return checker.finding(
+            "missing", "critical", f"{what} is missing", path=path, advice=advice, **fields
+        )
+    if verdict == WRONG_TYPE:
+        return checker.finding(
+            "wrong-type", "critical", describe_error(result), path=path, advice=advice, **fields
+        )
+    checker.count("files_unreadable")
+    message = f"could not be read: {describe_error(result)}"
+    return checker.finding("unreadable", "warning", message, path=path, advice=UNREADABLE_ADVICE, **fields)
