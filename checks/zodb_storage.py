@@ -453,7 +453,6 @@ class StorageAudit:
         return {"last_good_tid": hex_id(walk.last_tid), "last_good_time": tid_text(walk.last_tid)}
 
     @staticmethod
-    @staticmethod
     def _compare_index(walk: Walk, size: int, covered: int, buckets) -> dict:
         """Counts (and a few oids) of index entries that disagree with the walk."""
         dense, sparse = walk.current.dense, walk.current.sparse
