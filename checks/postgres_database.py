@@ -93,7 +93,7 @@ class DatabaseAudit(DatabaseReport):
         # not on what another connection happens to find first, so the report does not depend on
         # timing.
         self.skip_before = self.skipped_oids()
-        deferred = {oid for oid in self.file_candidates}
+        deferred = set(self.file_candidates)
         tasks = self.table_tasks(relations, amcheck if heap_check else None, deferred)
         if amcheck is not None:
             tasks += self.index_tasks(amcheck, relations)
@@ -170,9 +170,9 @@ class DatabaseAudit(DatabaseReport):
         to notice a loss, every table with `full_read`."""
         if rel.kind not in ("r", "m"):
             return False
-        return bool(self.settings.get("full_read")) or self.estimate(rel) >= int(
-            self.settings["row_loss_min"]
-        )
+        if self.settings.get("full_read"):
+            return True
+        return self.estimate(rel) >= int(self.settings["row_loss_min"])
 
     def catalog(self) -> Optional[List[Relation]]:
         try:
