@@ -1,9 +1,12 @@
 """Side by side on the same pgbench database: `pg_amcheck --all --heapallindexed` and
-`fsaudit audit --check postgres`. Prints both wall times and the ratio (goal: at most 1.3x).
+`fsaudit audit --check postgres`. Prints the wall times and the ratios (goal: at most 1.3x).
 
-Run as root from the repository: `.venv/bin/python benchmarks/postgres.py --scale 10`.
-Both run warm (the database was just written and read once by each tool before timing) and on one
-connection at a time (`pg_amcheck` defaults to one job; fsaudit gets `--jobs 1`).
+Run as root from the repository: `.venv/bin/python benchmarks/postgres.py --scale 10 --runs 3`.
+All run warm (the database was just written and read once by each before timing). The goal compares
+each tool as a user runs it: `pg_amcheck --all --heapallindexed` (one connection, its default) and
+`fsaudit audit` with `--jobs` (default: all cores, fsaudit's default), which spreads the checks of a
+database over that many connections. For information, the same number of connections for both is
+timed too: one (`pg_amcheck --jobs 1`, `fsaudit --jobs 1`) and `--jobs` (both).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale factor (100 000 rows each)")
     parser.add_argument("--runs", type=int, default=1, help="timed runs of each tool (the best counts)")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="fsaudit's --jobs (default: all cores)"
+    )
     args = parser.parse_args()
 
     base = make_base_dir("fsaudit-pgbench-")
@@ -60,46 +66,44 @@ def main() -> int:
             "--all",
             "--heapallindexed",
         ]
-        fsaudit = [
-            sys.executable,
-            "-m",
-            "fsaudit",
-            "audit",
-            "--check",
-            "postgres",
-            "--format",
-            "json",
-            "--jobs",
-            "1",
-            "--set",
-            f"postgres.dsn={cluster.dsn}",
-        ]
-        env_note = f"{os.cpu_count()} cores, shared machine"
-        tools = (("pg_amcheck", amcheck), ("fsaudit", fsaudit))
-        times = {name: [] for name, _ in tools}
-        check_seconds = []
-        for _, command in tools:
+        fsaudit = [sys.executable, "-m", "fsaudit", "audit", "--check", "postgres", "--format", "json"]
+        fsaudit += ["--set", f"postgres.dsn={cluster.dsn}"]
+        jobs = args.jobs
+        tools = {
+            "pg_amcheck": amcheck,
+            f"pg_amcheck --jobs {jobs}": amcheck + ["--jobs", str(jobs)],
+            "fsaudit --jobs 1": fsaudit + ["--jobs", "1"],
+            f"fsaudit --jobs {jobs}": fsaudit + ["--jobs", str(jobs)],
+        }
+        if jobs == 1:
+            tools = {name: tools[name] for name in ("pg_amcheck", "fsaudit --jobs 1")}
+        times = {name: [] for name in tools}
+        check_seconds = {name: [] for name in tools}
+        for command in tools.values():
             timed(command)  # warm-up
-        # Alternate the tools, so that a burst of load on a shared machine hits both alike.
+        # Alternate the tools, so that a burst of load on a shared machine hits all alike.
         for _ in range(args.runs):
-            for name, command in tools:
+            for name, command in tools.items():
                 seconds, result = timed(command)
                 if result.returncode != 0:
                     print(f"{name} exited {result.returncode}: {(result.stdout + result.stderr)[-2000:]}")
-                elif name == "fsaudit":
-                    check_seconds.append(json.loads(result.stdout)["checks"][0]["seconds"])
+                elif name.startswith("fsaudit"):
+                    check_seconds[name].append(json.loads(result.stdout)["checks"][0]["seconds"])
                 times[name].append(seconds)
         best = {name: min(values) for name, values in times.items()}
-        ratio = best["fsaudit"] / best["pg_amcheck"]
-        print(f"database: pgbench scale {args.scale} ({size}); {env_note}")
-        print(f"pg_amcheck --all --heapallindexed: {best['pg_amcheck']:.2f} s")
-        print(f"fsaudit audit --check postgres:    {best['fsaudit']:.2f} s")
-        print(f"ratio fsaudit / pg_amcheck:        {ratio:.2f}x (goal <= 1.3x)")
-        if check_seconds:
-            # The process time includes starting Python and importing psycopg, about a second on a
-            # busy machine; the check's own time is what grows with the database.
-            own = min(check_seconds)
-            print(f"fsaudit's check alone (report):    {own:.2f} s, {own / best['pg_amcheck']:.2f}x")
+        print(f"database: pgbench scale {args.scale} ({size}); {os.cpu_count()} cores, shared machine")
+        for name, seconds in best.items():
+            own = f" (the check alone: {min(check_seconds[name]):.2f} s)" if check_seconds[name] else ""
+            print(f"{name + ':':24} {seconds:.2f} s{own}")
+        # The process time includes starting Python and importing psycopg, a few tenths of a second;
+        # the check's own time is what grows with the database.
+        ours, theirs = f"fsaudit --jobs {jobs}", "pg_amcheck"
+        ratio = best[ours] / best[theirs]
+        own = min(check_seconds[ours]) / best[theirs] if check_seconds[ours] else float("nan")
+        print(f"ratio {ours} / {theirs}: {ratio:.2f}x, the check alone {own:.2f}x (goal <= 1.3x)")
+        if jobs > 1:
+            print(f"same connections, one each:  {best['fsaudit --jobs 1'] / best['pg_amcheck']:.2f}x")
+            print(f"same connections, {jobs} each: {best[ours] / best[f'pg_amcheck --jobs {jobs}']:.2f}x")
     finally:
         if cluster is not None:
             cluster.destroy()

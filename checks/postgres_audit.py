@@ -15,6 +15,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from fsaudit_checks.postgres_database import DatabaseAudit
+from fsaudit_checks.postgres_parallel import Slots
 from fsaudit_checks.postgres_report import DatabaseLost
 from fsaudit_checks.postgres_session import Events, connect, server_message
 
@@ -102,36 +103,42 @@ def _spare_connections(conn: psycopg.Connection) -> int:
 def _audit_databases(
     events: Events, out: queue.Queue, conninfo: str, databases: List[str], settings: Dict[str, Any], jobs: int
 ) -> Iterator[dict]:
+    """Check the databases, in parallel and each over several connections, `jobs` sessions at most in
+    all; yield their events database by database, in the order of `databases`."""
     if not databases:
         return
+    slots = Slots(jobs)
 
     def work(index: int, dbname: str) -> None:
+        found: List[dict] = []
+        mine = Events(found.append, events.cluster, events.data_dir)
+        slots.take()
         try:
-            DatabaseAudit(events, conninfo, dbname, settings, shared=index == 0).run()
+            DatabaseAudit(mine, conninfo, dbname, settings, shared=index == 0, slots=slots).run()
         except DatabaseLost as lost:
-            events.incomplete(f"database {dbname}: the connection was lost ({lost})")
+            mine.incomplete(f"database {dbname}: the connection was lost ({lost})")
         except Exception as error:  # one broken database never stops the others
-            events.incomplete(f"database {dbname}: the check failed: {type(error).__name__}: {error}")
+            mine.incomplete(f"database {dbname}: the check failed: {type(error).__name__}: {error}")
         finally:
-            out.put(_DONE)
+            slots.give()
+            out.put((_DONE, index, found))
 
+    done: Dict[int, List[dict]] = {}
+    following = 0
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(databases)))) as pool:
         for index, dbname in enumerate(databases):
             pool.submit(work, index, dbname)
-        remaining = len(databases)
-        while remaining:
-            event = out.get()
-            if event is _DONE:
-                remaining -= 1
-            else:
-                yield event
+        while following < len(databases):
+            _, index, found = out.get()
+            done[index] = found
+            while following in done:
+                yield from done.pop(following)
+                following += 1
 
 
 def _drain(out: queue.Queue) -> Iterator[dict]:
     while not out.empty():
-        event = out.get()
-        if event is not _DONE:
-            yield event
+        yield out.get()
 
 
 def _first_connection(conninfo: str, dbname: Optional[str], settings) -> psycopg.Connection:

@@ -11,6 +11,17 @@ from typing import Dict, Iterator, List, Optional
 import psycopg
 from psycopg import sql
 
+from fsaudit_checks.postgres_parallel import (
+    PHASE_DENIED,
+    PHASE_FILES,
+    PHASE_HEAPS,
+    PHASE_INDEXES,
+    PHASE_RECHECK,
+    PHASE_ROWS,
+    Slots,
+    Task,
+    run_tasks,
+)
 from fsaudit_checks.postgres_report import ADVICE, DatabaseLost, DatabaseReport, Relation
 from fsaudit_checks.postgres_session import connect, error_kind, server_message
 
@@ -19,6 +30,11 @@ MAX_SEGMENTS = 1 << 16
 # Relations smaller than this are checked GROUP_SIZE at a time, in one statement.
 SMALL_RELATION_BYTES = 1 << 20
 GROUP_SIZE = 50
+# What reading a byte costs, against `verify_heapam` or a row count (1), measured on pgbench tables:
+# `heapallindexed` hashes every index entry and every row of the table; a full read detoasts and
+# formats every value.
+HEAPALLINDEXED_COST = 4
+READ_COST = 3
 
 CATALOG_QUERY = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relpages, c.reltuples::float8, c.relisshared,
@@ -40,32 +56,123 @@ ORDER BY c.oid
 
 
 class DatabaseAudit(DatabaseReport):
-    """Every check of one database, on one connection."""
+    """Every check of one database. The per-relation checks (amcheck of each table and index, the row
+    counts, the full reads) run on this connection and, while the cluster's connection budget has
+    free slots, on helper connections too (`postgres_parallel`), the biggest relations first."""
+
+    def __init__(self, *args, slots: Optional[Slots] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = slots or Slots(1)
+        self.skip_before: set = set()
 
     def run(self) -> None:
         try:
             self.conn = connect(self.conninfo, self.dbname, self.settings)
         except psycopg.Error as error:
             self.connection_failed(error)
+            self.flush()
             return
         try:
             self.audit()
         finally:
             self.conn.close()
+            self.flush()
 
     def audit(self) -> None:
+        self.rank = (PHASE_FILES, 0)
         relations = self.catalog()
         if relations is None:
             return
         self.events.count("databases_checked")
         self.check_files(relations)
         amcheck = self.amcheck_schema()
-        if amcheck:
-            self.check_heaps(amcheck, relations)
-            self.check_indexes(amcheck, relations)
+        heap_check = amcheck is not None and self.has_function(amcheck, "verify_heapam")
+        if amcheck is not None and not heap_check:
+            self.events.count("heap_check_unavailable_databases")
+        # What the files already showed gone or unlockable; the parallel checks skip on this alone,
+        # not on what another connection happens to find first, so the report does not depend on
+        # timing.
+        self.skip_before = self.skipped_oids()
+        deferred = set(self.file_candidates)
+        tasks = self.table_tasks(relations, amcheck if heap_check else None, deferred)
+        if amcheck is not None:
+            tasks += self.index_tasks(amcheck, relations)
+        run_tasks(self, tasks)
+        self.rank = (PHASE_RECHECK, 0)
         self.recheck_files(relations)
-        self.check_rows(relations)
+        # A table whose file may have lost blocks is counted only once the recheck said so or not.
+        for position, rel in enumerate(relations):
+            if rel.oid in deferred:
+                self.rank = (PHASE_ROWS, position)
+                self.check_rows(rel)
+        self.rank = (PHASE_DENIED, 0)
         self.report_denied()
+
+    def table_tasks(self, relations: List[Relation], schema: Optional[str], deferred: set) -> List[Task]:
+        """One task per group of tables: `verify_heapam` of the group (with `schema`), then the row
+        count (or full read) of each table of the group, on the same connection, in that order."""
+        position = {rel.oid: index for index, rel in enumerate(relations)}
+        tables = [rel for rel in relations if rel.kind in ("r", "m", "t")]
+        statements = self.heap_statements(schema) if schema else None
+        tasks = []
+        for group in self.groups(tables):
+            counted = [rel for rel in group if rel.oid not in deferred and self.wants_rows(rel)]
+            if statements is None and not counted:
+                continue
+            cost = sum(self.size(rel) for rel in group) if statements else 0
+            cost += sum(self.size(rel) for rel in counted) * (
+                READ_COST if self.settings.get("full_read") else 1
+            )
+
+            def work(group=group, counted=counted) -> None:
+                if statements is not None:
+                    self.check_heaps(statements, group)
+                for rel in counted:
+                    self.rank = (PHASE_ROWS, position[rel.oid])
+                    self.check_rows(rel)
+
+            tasks.append(Task(cost, PHASE_HEAPS, position[group[0].oid], work))
+        return tasks
+
+    def index_tasks(self, schema: str, relations: List[Relation]) -> List[Task]:
+        """One task per group of btree indexes; `heapallindexed` reads the whole table too."""
+        position = {rel.oid: index for index, rel in enumerate(relations)}
+        tables = {(rel.schema, rel.name): rel for rel in relations if not rel.is_index}
+        statements = self.index_statements(schema)
+        indexes = []
+        for rel in relations:
+            if rel.is_index and rel.access_method == "btree":
+                if rel.usable:
+                    indexes.append(rel)
+                else:
+                    self.events.count("indexes_not_valid_skipped")
+        tasks = []
+        for group in self.groups(indexes):
+            cost = 0
+            for rel in group:
+                table = tables.get((rel.owner_schema, rel.owner_name))
+                cost += self.size(rel) + (self.size(table) * HEAPALLINDEXED_COST if table else 0)
+            tasks.append(
+                Task(
+                    cost,
+                    PHASE_INDEXES,
+                    position[group[0].oid],
+                    lambda group=group: self.check_indexes(statements, group),
+                )
+            )
+        return tasks
+
+    def size(self, rel: Relation) -> int:
+        return rel.size if rel.size is not None else rel.pages * self.block_size
+
+    def wants_rows(self, rel: Relation) -> bool:
+        """Whether the rows of `rel` are counted (or read): tables whose statistics expect enough rows
+        to notice a loss, every table with `full_read`."""
+        if rel.kind not in ("r", "m"):
+            return False
+        if self.settings.get("full_read"):
+            return True
+        return self.estimate(rel) >= int(self.settings["row_loss_min"])
 
     def catalog(self) -> Optional[List[Relation]]:
         try:
@@ -75,7 +182,7 @@ class DatabaseAudit(DatabaseReport):
             rows = self.conn.execute(CATALOG_QUERY).fetchall()
         except psycopg.Error as error:
             self.failed(error, "reading the catalog", None)
-            self.events.incomplete(f"database {self.dbname}: the catalog could not be read")
+            self.incomplete(f"database {self.dbname}: the catalog could not be read")
             return None
         in_recovery, self.block_size = recovery
         relations = []
@@ -202,7 +309,7 @@ class DatabaseAudit(DatabaseReport):
         if not found and self.settings.get("install_amcheck"):
             found = self.install_amcheck()
         if not found:
-            self.events.finding(
+            self.finding(
                 "amcheck-missing",
                 "warning",
                 f"the amcheck extension is not installed in database {self.dbname}: its indexes and tables "
@@ -222,7 +329,8 @@ class DatabaseAudit(DatabaseReport):
             step="looking for amcheck",
         )
         if allowed and not all(row[0] for row in allowed):
-            self.denied.setdefault("running the amcheck functions", []).append(self.dbname)
+            with self.lock:
+                self.denied.setdefault("running the amcheck functions", []).append(self.dbname)
             return None
         return schema
 
@@ -234,7 +342,7 @@ class DatabaseAudit(DatabaseReport):
         except psycopg.Error as error:
             self.failed(error, "installing amcheck", None)
             return []
-        self.events.finding(
+        self.finding(
             "amcheck-installed",
             "info",
             f"installed the amcheck extension in database {self.dbname} (postgres.install_amcheck=true)",
@@ -263,8 +371,7 @@ class DatabaseAudit(DatabaseReport):
         check), big ones alone."""
         group: List[Relation] = []
         for rel in relations:
-            size = rel.size if rel.size is not None else rel.pages * self.block_size
-            if size >= SMALL_RELATION_BYTES:
+            if self.size(rel) >= SMALL_RELATION_BYTES:
                 yield [rel]
                 continue
             group.append(rel)
@@ -284,10 +391,8 @@ class DatabaseAudit(DatabaseReport):
                 raise DatabaseLost(server_message(error)) from error
             return None
 
-    def check_heaps(self, schema: str, relations: List[Relation]) -> None:
-        if not self.has_function(schema, "verify_heapam"):
-            self.events.count("heap_check_unavailable_databases")
-            return
+    @staticmethod
+    def heap_statements(schema: str) -> tuple:
         one = sql.SQL(
             "SELECT %s::oid, blkno, offnum, attnum, msg FROM {}.verify_heapam(%s::oid::regclass,"
             " on_error_stop => false, check_toast => true, skip => 'none')"
@@ -297,17 +402,19 @@ class DatabaseAudit(DatabaseReport):
             " CROSS JOIN LATERAL {}.verify_heapam(u.oid::regclass, on_error_stop => false,"
             " check_toast => true, skip => 'none') v"
         ).format(sql.Identifier(schema))
-        tables = [rel for rel in relations if rel.kind in ("r", "m", "t")]
-        for group in self.groups(tables):
-            group = [rel for rel in group if rel.oid not in self.skipped_oids()]
-            rows = self.batch(many, [rel.oid for rel in group]) if len(group) > 1 else None
-            if rows is not None:
-                self.heap_results(group, rows)
-                continue
-            for rel in group:
-                found = self.query(one, (rel.oid, rel.oid), step="verify_heapam", rel=rel)
-                if found is not None:
-                    self.heap_results([rel], found)
+        return one, many
+
+    def check_heaps(self, statements: tuple, group: List[Relation]) -> None:
+        one, many = statements
+        group = [rel for rel in group if rel.oid not in self.skip_before]
+        rows = self.batch(many, [rel.oid for rel in group]) if len(group) > 1 else None
+        if rows is not None:
+            self.heap_results(group, rows)
+            return
+        for rel in group:
+            found = self.query(one, (rel.oid, rel.oid), step="verify_heapam", rel=rel)
+            if found is not None:
+                self.heap_results([rel], found)
 
     def heap_results(self, group: List[Relation], rows: list) -> None:
         self.events.count("tables_checked", len(group))
@@ -322,56 +429,54 @@ class DatabaseAudit(DatabaseReport):
 
     def skipped_oids(self) -> set:
         """Relations not worth another statement: their file is gone, or they could not be locked."""
-        return {oid for code, oid in self.reported if code in ("file-missing", "timeout")}
+        with self.lock:
+            return {oid for code, oid in self.reported if code in ("file-missing", "timeout")}
 
-    def check_indexes(self, schema: str, relations: List[Relation]) -> None:
+    @staticmethod
+    def index_statements(schema: str) -> tuple:
         one = sql.SQL("SELECT {}.bt_index_check(%s::oid::regclass, true)").format(sql.Identifier(schema))
         many = sql.SQL(
             "SELECT {}.bt_index_check(u.oid::regclass, true) FROM unnest(%s::oid[]) AS u(oid)"
         ).format(sql.Identifier(schema))
-        indexes = []
-        for rel in relations:
-            if rel.is_index and rel.access_method == "btree":
-                if rel.usable:
-                    indexes.append(rel)
-                else:
-                    self.events.count("indexes_not_valid_skipped")
-        for group in self.groups(indexes):
-            group = [rel for rel in group if rel.oid not in self.skipped_oids()]
-            if len(group) > 1 and self.batch(many, [rel.oid for rel in group]) is not None:
-                self.events.count("indexes_checked", len(group))
-                continue
-            for rel in group:
-                if self.query(one, (rel.oid,), step="bt_index_check", rel=rel) is not None:
-                    self.events.count("indexes_checked")
+        return one, many
 
-    def check_rows(self, relations: List[Relation]) -> None:
-        """Count the rows of each table (reading every value with `full_read`) and compare with the
+    def check_indexes(self, statements: tuple, group: List[Relation]) -> None:
+        one, many = statements
+        group = [rel for rel in group if rel.oid not in self.skip_before]
+        if len(group) > 1 and self.batch(many, [rel.oid for rel in group]) is not None:
+            self.events.count("indexes_checked", len(group))
+            return
+        for rel in group:
+            if self.query(one, (rel.oid,), step="bt_index_check", rel=rel) is not None:
+                self.events.count("indexes_checked")
+
+    def check_rows(self, rel: Relation) -> None:
+        """Count the rows of a table (reading every value with `full_read`) and compare with the
         statistics: rows that vanish without an error (a zeroed pg_xact) show only here."""
+        if rel.oid in self.skipped_oids():
+            return
         full_read = bool(self.settings.get("full_read"))
         minimum = int(self.settings["row_loss_min"])
-        for rel in relations:
-            if rel.kind not in ("r", "m") or rel.oid in self.skipped_oids():
-                continue
-            # A table whose file lost blocks lost their rows too: that finding says why.
+        # A table whose file lost blocks lost their rows too: that finding says why.
+        with self.lock:
             shortened = ("file-short", rel.oid) in self.reported
-            estimate = 0 if shortened else self.estimate(rel)
-            if not full_read and estimate < minimum:
-                continue
-            rows = self.read_table(rel) if full_read else self.count_table(rel)
-            if rows is None:
-                continue
-            self.events.count("rows_counted", rows)
-            lost = estimate - rows
-            if lost >= minimum and lost >= estimate * float(self.settings["row_loss_ratio"]):
-                self.events.finding(
-                    "rows-lost",
-                    "warning",
-                    f"table {rel.qualified} has {rows} visible rows, its statistics say about {estimate}",
-                    subject=self.subject(rel),
-                    details=self.details(rel, rows=rows, estimated_rows=estimate),
-                    advice=ADVICE["rows-lost"].format(name=rel.qualified),
-                )
+        estimate = 0 if shortened else self.estimate(rel)
+        if not full_read and estimate < minimum:
+            return
+        rows = self.read_table(rel) if full_read else self.count_table(rel)
+        if rows is None:
+            return
+        self.events.count("rows_counted", rows)
+        lost = estimate - rows
+        if lost >= minimum and lost >= estimate * float(self.settings["row_loss_ratio"]):
+            self.finding(
+                "rows-lost",
+                "warning",
+                f"table {rel.qualified} has {rows} visible rows, its statistics say about {estimate}",
+                subject=self.subject(rel),
+                details=self.details(rel, rows=rows, estimated_rows=estimate),
+                advice=ADVICE["rows-lost"].format(name=rel.qualified),
+            )
 
     @staticmethod
     def estimate(rel: Relation) -> int:

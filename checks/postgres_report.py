@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import psycopg
 
@@ -98,8 +100,14 @@ class DatabaseLost(Exception):
 
 
 class DatabaseReport:
-    """The findings of one database's checks, on one connection; one relation's error never stops
-    the rest."""
+    """The findings of one database's checks, on one or more connections (one per thread); one
+    relation's error never stops the rest.
+
+    Findings are held back and emitted together, sorted, when the database is done (`flush`), so the
+    report does not depend on which connection finished first. When two checks find the same thing
+    (one key, e.g. a table's damage seen by `verify_heapam` and again by a row count), the finding of
+    the earlier *phase* is kept, the one the checks in their sequential order would have kept.
+    """
 
     def __init__(self, events: Events, conninfo: str, dbname: str, settings: Dict[str, Any], shared: bool):
         self.events = events
@@ -107,13 +115,80 @@ class DatabaseReport:
         self.dbname = dbname
         self.settings = settings
         self.include_shared = shared
-        self.conn: Optional[psycopg.Connection] = None
-        self.reconnects = 0
+        self.local = threading.local()  # this thread's connection, reconnects and phase
+        self.lock = threading.RLock()
         self.denied: Dict[str, List[str]] = {}
         self.reported: set = set()
         self.by_path: Dict[str, Relation] = {}
         self.block_size = 8192
         self.file_candidates: set = set()
+        self.held: List[dict] = []
+        self.keyed: Dict[tuple, Tuple[tuple, dict]] = {}
+        self.incomplete_reasons: List[str] = []
+
+    # -- this thread's session ------------------------------------------------------------------
+    @property
+    def conn(self) -> Optional[psycopg.Connection]:
+        return getattr(self.local, "conn", None)
+
+    @conn.setter
+    def conn(self, value: Optional[psycopg.Connection]) -> None:
+        self.local.conn = value
+        self.local.reconnects = 0
+
+    @property
+    def rank(self) -> tuple:
+        """Where this thread's current step stands in the checks' sequential order: (phase, task)."""
+        return getattr(self.local, "rank", (0, 0))
+
+    @rank.setter
+    def rank(self, value: tuple) -> None:
+        self.local.rank = value
+
+    # -- findings, held back until the database is done -----------------------------------------
+    def finding(self, code, severity, message, subject=None, path=None, details=None, advice="", key=None):
+        """Hold a finding; with `key`, one finding per key is kept: the one of the earliest rank."""
+        finding = dict(
+            code=code,
+            severity=severity,
+            message=message,
+            subject=subject,
+            path=path,
+            details=details,
+            advice=advice,
+        )
+        with self.lock:
+            if key is None:
+                self.held.append(finding)
+                return
+            seen = self.keyed.get(key)
+            if seen is None or self.rank < seen[0]:
+                self.keyed[key] = (self.rank, finding)
+
+    def claim(self, key: tuple) -> bool:
+        """Mark `key` reported; False when a step of the same or an earlier rank already reported it
+        (the caller then need not build its finding)."""
+        with self.lock:
+            self.reported.add(key)
+            seen = self.keyed.get(key)
+            return seen is None or self.rank < seen[0]
+
+    def incomplete(self, reason: str) -> None:
+        with self.lock:
+            if reason not in self.incomplete_reasons:
+                self.incomplete_reasons.append(reason)
+
+    def flush(self) -> None:
+        """Emit the held findings sorted by subject, code and message, then the incompleteness."""
+        with self.lock:
+            found = self.held + [finding for _, finding in self.keyed.values()]
+            self.held, self.keyed = [], {}
+            reasons, self.incomplete_reasons = self.incomplete_reasons, []
+        found.sort(key=_finding_order)
+        for finding in found:
+            self.events.finding(**finding)
+        for reason in sorted(reasons):
+            self.events.incomplete(reason)
 
     # -- plumbing -------------------------------------------------------------------------------
     def subject(self, rel: Optional[Relation] = None) -> str:
@@ -141,7 +216,7 @@ class DatabaseReport:
             if kind == "permission" or "permission denied" in str(error)
             else "connection-failed"
         )
-        self.events.finding(
+        self.finding(
             code,
             "warning",
             f"cannot connect to database {self.dbname}: {server_message(error)}",
@@ -152,7 +227,7 @@ class DatabaseReport:
             advice="Check the DSN, the password (postgres.password_file or ~/.pgpass) and pg_hba.conf; "
             "as root, give no DSN and fsaudit connects as the cluster's owner.",
         )
-        self.events.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
+        self.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
 
     def query(self, statement, params=None, step: str = "", rel: Optional[Relation] = None) -> Optional[list]:
         """The rows of `statement`, or None after reporting why it failed."""
@@ -163,14 +238,16 @@ class DatabaseReport:
             return None
 
     def reconnect(self) -> bool:
-        if self.reconnects >= MAX_RECONNECTS:
+        reconnects = getattr(self.local, "reconnects", 0)
+        if reconnects >= MAX_RECONNECTS:
             return False
-        self.reconnects += 1
         try:
             self.conn.close()
             self.conn = connect(self.conninfo, self.dbname, self.settings)
         except psycopg.Error:
+            self.local.reconnects = reconnects + 1
             return False
+        self.local.reconnects = reconnects + 1
         return True
 
     def failed(self, error: BaseException, step: str, rel: Optional[Relation]) -> None:
@@ -180,11 +257,12 @@ class DatabaseReport:
         if kind == "corrupt":
             self.corrupt(error, step, rel)
         elif kind == "permission":
-            self.denied.setdefault(step, []).append(rel.qualified if rel else self.dbname)
+            with self.lock:
+                self.denied.setdefault(step, []).append(rel.qualified if rel else self.dbname)
         elif kind == "gone":
             self.events.count("relations_dropped_during_check")
         elif kind == "timeout":
-            self.events.finding(
+            self.finding(
                 "timeout",
                 "warning",
                 f"{step} of {self.what(rel)} did not finish: {message}",
@@ -193,11 +271,12 @@ class DatabaseReport:
                 advice="Re-run when the database is less busy, or raise postgres.statement_timeout and "
                 "postgres.lock_timeout.",
             )
-            self.events.incomplete("some relations were not checked to the end (timeouts)")
+            self.incomplete("some relations were not checked to the end (timeouts)")
             if rel is not None:
-                self.reported.add(("timeout", rel.oid))
+                with self.lock:
+                    self.reported.add(("timeout", rel.oid))
         else:
-            self.events.finding(
+            self.finding(
                 "check-failed",
                 "warning",
                 f"{step} of {self.what(rel)} failed: {message}",
@@ -207,7 +286,7 @@ class DatabaseReport:
                 ),
                 advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
             )
-            self.events.incomplete("some checks failed before the end")
+            self.incomplete("some checks failed before the end")
         if (self.conn.closed or self.conn.broken) and not self.reconnect():
             raise DatabaseLost(message)
 
@@ -217,7 +296,7 @@ class DatabaseReport:
         if match and match.group(1) in self.by_path:
             rel = self.by_path[match.group(1)]
         if rel is None:
-            self.events.finding(
+            self.finding(
                 "check-failed",
                 "warning",
                 f"{step} failed with a data error: {message}",
@@ -227,7 +306,7 @@ class DatabaseReport:
                 ),
                 advice="Read the server log from the time of the audit; the error names the damaged object.",
             )
-            self.events.incomplete("a data error could not be attributed to a relation")
+            self.incomplete("a data error could not be attributed to a relation")
             return
         if getattr(error, "sqlstate", "") == "58P01" or "No such file" in message:
             self.report_missing(rel, message)
@@ -238,12 +317,11 @@ class DatabaseReport:
             self.table_corrupt(rel, [{"message": message}], step, getattr(error, "sqlstate", None))
 
     def index_corrupt(self, rel: Relation, message: str, step: str, sqlstate: Optional[str]) -> None:
-        if ("index-corrupt", rel.oid) in self.reported:
+        if not self.claim(("index-corrupt", rel.oid)):
             return
-        self.reported.add(("index-corrupt", rel.oid))
         mismatch = "lacks matching index tuple" in message
         advice_key = "index-heap-mismatch" if mismatch else "index-corrupt"
-        self.events.finding(
+        self.finding(
             "index-corrupt",
             "critical",
             f"index {rel.qualified} is damaged: {message}",
@@ -253,15 +331,15 @@ class DatabaseReport:
                 rel, step=step, server_message=message, sqlstate=sqlstate, **_location(message)
             ),
             advice=ADVICE[advice_key].format(name=rel.qualified, table=rel.owner_qualified),
+            key=("index-corrupt", rel.oid),
         )
 
     def table_corrupt(self, rel: Relation, problems: List[dict], step: str, sqlstate: Optional[str]) -> None:
         toast = rel.kind == "t" or any("toast" in p.get("message", "").lower() for p in problems)
         code = "toast-corrupt" if toast else "table-corrupt"
         name = rel.owner_qualified if rel.kind == "t" else rel.qualified
-        if (code, rel.oid) in self.reported:
+        if not self.claim((code, rel.oid)):
             return
-        self.reported.add((code, rel.oid))
         first = problems[0]
         where = ""
         if first.get("block") is not None:
@@ -271,7 +349,7 @@ class DatabaseReport:
                 + ")"
             )
         more = f"; {len(problems)} problems in all" if len(problems) > 1 else ""
-        self.events.finding(
+        self.finding(
             code,
             "critical",
             f"{rel.word} {rel.qualified} is damaged{where}: {first.get('message', '')}{more}",
@@ -288,14 +366,14 @@ class DatabaseReport:
                 server_message=first.get("message"),
             ),
             advice=ADVICE[code].format(name=name),
+            key=(code, rel.oid),
         )
 
     def report_missing(self, rel: Relation, message: str) -> None:
-        if ("file-missing", rel.oid) in self.reported:
+        if not self.claim(("file-missing", rel.oid)):
             return
-        self.reported.add(("file-missing", rel.oid))
         kind = "index" if rel.is_index else "table"
-        self.events.finding(
+        self.finding(
             "file-missing",
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) is gone: {message}",
@@ -305,17 +383,18 @@ class DatabaseReport:
             advice=ADVICE[f"file-missing-{kind}"].format(
                 name=rel.qualified if rel.is_index else rel.owner_qualified
             ),
+            key=("file-missing", rel.oid),
         )
 
     def report_short(self, rel: Relation) -> None:
-        self.reported.add(("file-short", rel.oid))
+        self.claim(("file-short", rel.oid))
         kind = "index" if rel.is_index else "table"
         expected = rel.pages * self.block_size
         if rel.size % self.block_size:
             what = f"is {rel.size} bytes, not a whole number of {self.block_size}-byte blocks"
         else:
             what = f"has {rel.size // self.block_size} blocks, the catalog says {rel.pages}"
-        self.events.finding(
+        self.finding(
             "file-short",
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) {what}",
@@ -325,11 +404,13 @@ class DatabaseReport:
             advice=ADVICE[f"file-short-{kind}"].format(
                 name=rel.qualified if rel.is_index else rel.owner_qualified
             ),
+            key=("file-short", rel.oid),
         )
 
     def report_denied(self) -> None:
         for step, names in self.denied.items():
-            self.events.finding(
+            names = sorted(names)
+            self.finding(
                 "permission-denied",
                 "warning",
                 f"permission denied for {step} on {len(names)} object(s) of database {self.dbname}: "
@@ -340,7 +421,12 @@ class DatabaseReport:
                 "the role pg_read_all_data, pg_read_server_files and EXECUTE on the amcheck functions.",
             )
         if self.denied:
-            self.events.incomplete("some objects were not checked: permission denied")
+            self.incomplete("some objects were not checked: permission denied")
+
+
+def _finding_order(finding: dict) -> tuple:
+    details = json.dumps(finding["details"], sort_keys=True, default=str)
+    return (finding["subject"] or "", finding["code"], finding["message"], details)
 
 
 def _location(message: str) -> dict:

@@ -7,7 +7,9 @@ DSN) or in a child process that dropped privileges to the cluster's owner (disco
 - `{"incomplete": reason}`
 
 Safety on a live server: every session is read-only (`default_transaction_read_only`), autocommit
-(no long snapshot holds back VACUUM), with `statement_timeout` and `lock_timeout`.
+(no long snapshot holds back VACUUM), with `statement_timeout` and `lock_timeout`, and takes no
+parallel query workers (`max_parallel_workers_per_gather=0`): the audit's load is its `--jobs`
+sessions, and the application keeps the server's workers.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def connect(conninfo: str, dbname: Optional[str], settings: Dict[str, Any]) -> p
     options.append(f"-c statement_timeout={int(float(settings['statement_timeout']) * 1000)}")
     options.append(f"-c lock_timeout={int(float(settings['lock_timeout']) * 1000)}")
     options.append("-c idle_in_transaction_session_timeout=60000")
+    options.append("-c max_parallel_workers_per_gather=0")
     kwargs: Dict[str, Any] = {"options": " ".join(o for o in options if o), "application_name": "fsaudit"}
     kwargs["connect_timeout"] = int(settings.get("connect_timeout") or 10)
     if dbname:

@@ -64,8 +64,8 @@ def shared_cluster(pg_template):
         cluster.destroy()
 
 
-def audit(cluster, *sets, dsn=None):
-    args = ["audit", "--check", "postgres", "--format", "json", "--jobs", "2"]
+def audit(cluster, *sets, dsn=None, jobs=2):
+    args = ["audit", "--check", "postgres", "--format", "json", "--jobs", str(jobs)]
     args += ["--set", f"postgres.dsn={dsn or cluster.dsn}"]
     for item in sets:
         args += ["--set", f"postgres.{item}"]
@@ -266,6 +266,53 @@ def test_zeroed_pg_xact_segment_loses_rows_without_an_error(new_cluster):
     assert run.code == 1, run.stdout + run.stderr
 
 
+def test_findings_do_not_depend_on_how_many_connections_check_a_database(new_cluster):
+    """Checks of one database spread over several connections: the report is the same as with one."""
+    cluster = new_cluster(checksums=False)
+    for dbname in ("postgres", "shop"):
+        if dbname == "shop":
+            cluster.sql("CREATE DATABASE shop")  # amcheck comes with template1
+        # A table big enough to be checked on its own connection, and small ones checked in groups.
+        cluster.sql("CREATE TABLE big (id int PRIMARY KEY, pad text)", dbname)
+        cluster.sql("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 30000) g", dbname)
+        cluster.sql("CREATE TABLE people (id int PRIMARY KEY, name text)", dbname)
+        cluster.sql("INSERT INTO people SELECT g, 'person ' || g FROM generate_series(1, 300) g", dbname)
+        cluster.sql("CREATE TABLE events (id int, pad text)", dbname)
+        cluster.sql("INSERT INTO events SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g", dbname)
+        cluster.sql("CREATE TABLE tags (id int, name text)", dbname)
+        cluster.sql("CREATE INDEX tags_name ON tags (name)", dbname)
+        cluster.sql("INSERT INTO tags SELECT g, 'tag ' || g FROM generate_series(1, 500) g", dbname)
+        cluster.sql("VACUUM ANALYZE", dbname)
+    damage = {}
+    for dbname in ("postgres", "shop"):
+        block, offset = cluster.ctid("SELECT ctid FROM people WHERE id = 10", dbname)
+        big_block, big_offset = cluster.ctid("SELECT ctid FROM big WHERE id = 20000", dbname)
+        damage[dbname] = (
+            (cluster.relation_file("people", dbname), block, offset),
+            (cluster.relation_file("big", dbname), big_block, big_offset),
+            cluster.relation_file("events", dbname),
+            cluster.relation_file("tags_name", dbname),
+        )
+    cluster.stop()
+    for (heap, block, offset), (big, big_block, big_offset), events, index in damage.values():
+        for path, page, item in ((heap, block, offset), (big, big_block, big_offset)):
+            lp_off, _ = line_pointer(read_page(path, page), item)
+            write_at(path, page * BLOCK + lp_off, b"\xff" * 23)
+        truncate(events, BLOCK)
+        os.unlink(index)
+    cluster.start()
+
+    runs = [audit(cluster, jobs=jobs) for jobs in (1, 3, 3)]
+    for run in runs:
+        assert run.code == 2, run.stdout + run.stderr
+    one = runs[0].check("postgres")
+    assert {"table-corrupt", "file-short", "file-missing"} <= {f["code"] for f in one["findings"]}
+    assert {f["details"].get("database") for f in one["findings"]} == {None, "postgres", "shop"}
+    for run in runs[1:]:
+        assert run.check("postgres")["findings"] == one["findings"]
+        assert run.check("postgres")["stats"] == one["stats"]
+
+
 def test_cluster_that_cannot_start_is_unknown_with_its_log(new_cluster):
     cluster = new_cluster()
     cluster.stop()
@@ -377,6 +424,44 @@ def test_errors_are_classified_by_sqlstate():
         "heap_block": 3,
         "heap_offset": 7,
     }
+
+
+def test_the_finding_a_sequential_run_would_keep_wins_and_findings_come_sorted():
+    from fsaudit_checks.postgres_parallel import PHASE_HEAPS, PHASE_ROWS, Slots, Task, run_tasks
+    from fsaudit_checks.postgres_report import DatabaseReport, Relation
+    from fsaudit_checks.postgres_session import Events
+
+    emitted = []
+    report = DatabaseReport(Events(emitted.append, "c", None), "", "db", {}, shared=False)
+    people = Relation(
+        1, "public", "people", "r", 1, 10.0, False, "p", "base/5/1", 8192, "heap", True, None, None, 10
+    )
+    parts = Relation(
+        2, "public", "parts", "r", 1, 10.0, False, "p", "base/5/2", 8192, "heap", True, None, None, 10
+    )
+    report.rank = (PHASE_ROWS, 0)  # a row count saw the damage first ...
+    report.table_corrupt(people, [{"message": "could not read"}], "counting rows", "XX001")
+    report.rank = (PHASE_HEAPS, 0)  # ... verify_heapam, which runs before it in sequence, too
+    report.table_corrupt(people, [{"block": 3, "offset": 7, "message": "bad xmin"}], "verify_heapam", None)
+    report.rank = (PHASE_ROWS, 1)
+    report.table_corrupt(people, [{"message": "again"}], "counting rows", "XX001")
+    report.table_corrupt(parts, [{"message": "bad"}], "counting rows", "XX001")
+    report.incomplete("b")
+    report.incomplete("a")
+    report.flush()
+    findings = [event["finding"] for event in emitted if "finding" in event]
+    assert [f["details"]["relation"] for f in findings] == ["parts", "people"]
+    assert findings[1]["details"]["step"] == "verify_heapam" and findings[1]["details"]["block"] == 3
+    assert [event["incomplete"] for event in emitted if "incomplete" in event] == ["a", "b"]
+
+    # Biggest task first; with one slot everything runs on the calling thread, in that order.
+    done = []
+    report.slots = Slots(1)
+    tasks = [
+        Task(cost, 1, rank, lambda rank=rank: done.append(rank)) for rank, cost in enumerate((5, 50, 5, 9))
+    ]
+    run_tasks(report, tasks)
+    assert done == [1, 3, 0, 2]
 
 
 def test_password_comes_from_a_file_never_the_command_line(tmp_path):
