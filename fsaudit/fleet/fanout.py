@@ -5,6 +5,7 @@ so `--resume` audits them again)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -102,6 +103,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
     for host in todo:
         queue.put_nowait(host)
     state = {"index_written": 0.0}
+    loop = asyncio.get_running_loop()
 
     def write_index(force: bool = False) -> None:
         if force or time.monotonic() - state["index_written"] >= INDEX_EVERY:
@@ -123,14 +125,19 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
                 result = audit.result
                 result.outcome, result.status = "internal-error", Status.UNKNOWN.value
                 result.message = f"{type(error).__name__}: {error}"
-            run.results.save(result, audit.spool)
-            finished[host.name] = result
+            await loop.run_in_executor(writer, record, result, audit.spool)
             progress.finished(host.name, failed=result.outcome != "report")
-            write_index()
+
+    def record(result: HostResult, spool: str) -> None:
+        """Save a host's report and record (fsync'ed) and now and then the index, in the writer
+        thread: one at a time and in order, while the loop goes on talking to the other hosts."""
+        run.results.save(result, spool)
+        finished[result.name] = result
+        write_index()
 
     write_index(force=True)
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsaudit-fleet-writer")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     ticker = asyncio.ensure_future(_tick(progress))
@@ -154,6 +161,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
         ticker.cancel()
         everything.cancel()
         progress.close()
+        writer.shutdown(wait=True)  # a host whose audit was cut short while being saved is still saved
         write_index(force=True)
     order = {host.name: i for i, host in enumerate(run.hosts)}
     return sorted(finished.values(), key=lambda r: order.get(r.name, 0)), interrupted
