@@ -18,13 +18,14 @@ from typing import Any, Dict, List, TextIO, Tuple
 from fsaudit.errors import UsageError
 from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.fleet.inventory import Host, limit, load_inventory, parse_shard, shard
-from fsaudit.fleet.remote import HostAudit, HostResult
+from fsaudit.fleet.remote import HandshakePacer, HostAudit, HostResult
 from fsaudit.fleet.results import ResultDir
 from fsaudit.fleet.ssh import SshSettings, host_audit_args, ssh_argv
 from fsaudit.model import Status, worst
 
 LOG = logging.getLogger(__name__)
 INDEX_EVERY = 2.0  # seconds between rewrites of index.json while hosts finish
+HANDSHAKES_PER_CPU = 2  # ssh connections in their handshake at once, per CPU of the control host
 
 
 @dataclass
@@ -103,6 +104,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
     for host in todo:
         queue.put_nowait(host)
     state = {"index_written": 0.0}
+    pacer = HandshakePacer(max(4, HANDSHAKES_PER_CPU * (os.cpu_count() or 1)))
     loop = asyncio.get_running_loop()
 
     def write_index(force: bool = False) -> None:
@@ -116,7 +118,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
             progress.started(host.name)
             audit = HostAudit(
                 host.name, host.address, ssh_argv(host, run.settings, sha), zipapp, run.timeout,
-                run.results.spool_path(host.name),
+                run.results.spool_path(host.name), pacer,
             )  # fmt: skip
             try:
                 result, _ = await audit.run()
