@@ -8,7 +8,7 @@ from fsaudit.fleet.remote import HandshakePacer
 
 def test_pacer_lets_a_few_in_and_gives_each_slot_back_once():
     async def scenario():
-        pacer = HandshakePacer(2, grace=0.3)
+        pacer = HandshakePacer(2, grace=1.0)
         first = await pacer.enter()
         await pacer.enter()  # never left: the grace period gives its slot back
         third = asyncio.ensure_future(pacer.enter())
