@@ -25,7 +25,7 @@ from fsaudit.model import Status, worst
 
 LOG = logging.getLogger(__name__)
 INDEX_EVERY = 2.0  # seconds between rewrites of index.json while hosts finish
-HANDSHAKES_PER_CPU = 2  # ssh connections in their handshake at once, per CPU of the control host
+HANDSHAKES_PER_CPU = 3  # ssh connections in their handshake at once, per CPU of the control host
 
 
 @dataclass
