@@ -40,11 +40,14 @@ ENTRY_POINT_GROUPS = ("fsaudit.checks",)
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
-# Runs on the VM with `python3 -I -c`; keep it Python 3.6-compatible so that an old interpreter can
+# Runs on the VM with `python3 -I -S -c`; keep it Python 3.6-compatible so that an old interpreter can
 # still say it is too old. argv[1] is the base64 JSON config: command (argv of an installed fsaudit
 # or null), args (the audit options), bootstrap (bool), sha256 (of the zipapp).
+# It runs once per host and per audit, so it stays cheap: only builtin modules on the path to an
+# installed fsaudit (no site, json, re, subprocess, threading or shutil: together they cost more CPU
+# than the interpreter's own start), and the site directories are added only for the zipapp.
 LOADER = r'''
-import base64, hashlib, json, os, shutil, signal, subprocess, sys, threading
+import binascii, os, sys, _thread
 MAGIC = "FSAUDIT-FLEET/1"
 
 
@@ -62,9 +65,9 @@ def stop_session(child):
     """The control host is gone: end the audit and everything it started."""
     try:
         if os.getpgid(0) == os.getsid(0):
-            os.killpg(0, signal.SIGKILL)
+            os.killpg(0, 9)  # SIGKILL
         elif child is not None:
-            child.kill()
+            os.kill(child, 9)
     finally:
         os._exit(3)
 
@@ -78,9 +81,42 @@ def watch_stdin(child=None):
             pass
         stop_session(child)
 
-    thread = threading.Thread(target=run)
-    thread.daemon = True
-    thread.start()
+    _thread.start_new_thread(run, ())
+
+
+def parse_config(text):
+    """The control host's JSON (json.dumps, ASCII only) read as the Python literal it also is: the
+    json module would import re, which costs more than the rest of the loader."""
+    config = eval(text, {"__builtins__": {}}, {"true": True, "false": False, "null": None})
+
+    def joined(value):  # json.dumps writes a character beyond U+FFFF as a surrogate pair
+        if isinstance(value, str) and any("\ud800" <= c <= "\udbff" for c in value):
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        if isinstance(value, list):
+            return [joined(v) for v in value]
+        return value
+
+    return dict((key, joined(value)) for key, value in config.items())
+
+
+def which(name):
+    """shutil.which, without importing shutil."""
+    def runnable(path):
+        return os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path)
+
+    if os.path.dirname(name):
+        return name if runnable(name) else None
+    path = os.environ.get("PATH")
+    if path is None:
+        try:
+            path = os.confstr("CS_PATH")
+        except (AttributeError, ValueError):
+            path = os.defpath
+    for directory in (path or "").split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if runnable(candidate):
+            return candidate
+    return None
 
 
 def read_exactly(size):
@@ -108,10 +144,24 @@ def run_installed(command, args):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     hello("installed")
     argv = command + ["audit", "--format", "json"] + args
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
+    child = os.fork()
+    if child == 0:
+        try:
+            import signal
+
+            for name in ("SIGPIPE", "SIGXFSZ"):  # python ignores them; the audit gets the defaults
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            os.execve(argv[0], argv, env)
+        except BaseException as error:
+            os.write(2, ("%s: %s\n" % (type(error).__name__, error)).encode("utf-8", "replace"))
+        os._exit(1)
     watch_stdin(child)
-    code = child.wait()
-    os._exit(code if code >= 0 else 128 - code)
+    status = os.waitpid(child, 0)[1]
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 
 
 def import_from_memfd(data):
@@ -211,7 +261,7 @@ class MemoryZip:
 
 
 def check_python(data):
-    import io, zipfile
+    import io, json, zipfile
 
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("fsaudit-bootstrap.json").decode("utf-8"))
     needed = tuple(manifest["requires_python"])
@@ -230,11 +280,17 @@ def run_zip(config):
     except ValueError:
         fail("bootstrap", "bad zipapp header %r" % header)
     data = read_exactly(size)
+    import hashlib
+
     if hashlib.sha256(data).hexdigest() != config["sha256"]:
         fail("bootstrap", "the zipapp arrived damaged (sha256 differs)")
     check_python(data)
     watch_stdin()
     sys.dont_write_bytecode = True
+    if sys.flags.no_site:  # run with -S: the VM's site-packages (database drivers...) count here
+        import site
+
+        site.main()
     try:
         if config.get("importer") == "memory":
             raise OSError("the in-memory importer was asked for")
@@ -249,16 +305,16 @@ def run_zip(config):
 
 
 def start():
-    config = json.loads(base64.b64decode(sys.argv[1]).decode("utf-8"))
+    config = parse_config(binascii.a2b_base64(sys.argv[1]).decode("utf-8"))
     command = config.get("command")
     if command:
-        found = shutil.which(command[0])
+        found = which(command[0])
         if found:
             run_installed([found] + command[1:], config["args"])
         if not config.get("bootstrap"):
             fail("not-installed", "%s is not an executable on this host" % command[0], 127)
     else:
-        found = shutil.which("fsaudit")
+        found = which("fsaudit")
         if found:
             run_installed([found], config["args"])
     if not config.get("bootstrap"):
@@ -371,7 +427,7 @@ def loader_config(
 def loader_inline() -> str:
     """The `python -c` program that decodes and runs LOADER; base64 keeps it free of shell quotes."""
     encoded = base64.b64encode(LOADER.encode("utf-8")).decode("ascii")
-    return f'import base64;exec(base64.b64decode("{encoded}").decode())'
+    return f'import binascii;exec(binascii.a2b_base64("{encoded}").decode())'
 
 
 def digest(data: bytes) -> str:

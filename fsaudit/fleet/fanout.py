@@ -5,6 +5,7 @@ so `--resume` audits them again)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -17,13 +18,14 @@ from typing import Any, Dict, List, TextIO, Tuple
 from fsaudit.errors import UsageError
 from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.fleet.inventory import Host, limit, load_inventory, parse_shard, shard
-from fsaudit.fleet.remote import HostAudit, HostResult
+from fsaudit.fleet.remote import HandshakePacer, HostAudit, HostResult
 from fsaudit.fleet.results import ResultDir
 from fsaudit.fleet.ssh import SshSettings, host_audit_args, ssh_argv
 from fsaudit.model import Status, worst
 
 LOG = logging.getLogger(__name__)
 INDEX_EVERY = 2.0  # seconds between rewrites of index.json while hosts finish
+HANDSHAKES_PER_CPU = 3  # ssh connections in their handshake at once, per CPU of the control host
 
 
 @dataclass
@@ -102,6 +104,8 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
     for host in todo:
         queue.put_nowait(host)
     state = {"index_written": 0.0}
+    pacer = HandshakePacer(max(4, HANDSHAKES_PER_CPU * (os.cpu_count() or 1)))
+    loop = asyncio.get_running_loop()
 
     def write_index(force: bool = False) -> None:
         if force or time.monotonic() - state["index_written"] >= INDEX_EVERY:
@@ -114,7 +118,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
             progress.started(host.name)
             audit = HostAudit(
                 host.name, host.address, ssh_argv(host, run.settings, sha), zipapp, run.timeout,
-                run.results.spool_path(host.name),
+                run.results.spool_path(host.name), pacer,
             )  # fmt: skip
             try:
                 result, _ = await audit.run()
@@ -123,14 +127,19 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
                 result = audit.result
                 result.outcome, result.status = "internal-error", Status.UNKNOWN.value
                 result.message = f"{type(error).__name__}: {error}"
-            run.results.save(result, audit.spool)
-            finished[host.name] = result
+            await loop.run_in_executor(writer, record, result, audit.spool)
             progress.finished(host.name, failed=result.outcome != "report")
-            write_index()
+
+    def record(result: HostResult, spool: str) -> None:
+        """Save a host's report and record (fsync'ed) and now and then the index, in the writer
+        thread: one at a time and in order, while the loop goes on talking to the other hosts."""
+        run.results.save(result, spool)
+        finished[result.name] = result
+        write_index()
 
     write_index(force=True)
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsaudit-fleet-writer")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     ticker = asyncio.ensure_future(_tick(progress))
@@ -154,6 +163,7 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
         ticker.cancel()
         everything.cancel()
         progress.close()
+        writer.shutdown(wait=True)  # a host whose audit was cut short while being saved is still saved
         write_index(force=True)
     order = {host.name: i for i, host in enumerate(run.hosts)}
     return sorted(finished.values(), key=lambda r: order.get(r.name, 0)), interrupted

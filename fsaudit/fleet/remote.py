@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 from fsaudit.fleet.bootstrap import MAGIC
 from fsaudit.model import Report, Status
@@ -175,6 +175,39 @@ async def _keep_tail(stream: asyncio.StreamReader, kept: List[bytes]) -> None:
             size -= len(kept.pop(0))
 
 
+class HandshakePacer:
+    """Lets only a few ssh connections be in their handshake at once. Key exchange costs CPU (OpenSSH's
+    default post-quantum exchange ~0.1 s per connection on the control host): N handshakes started
+    together share the CPU and all end late, and as their audits then take about as long, they end
+    together too, so every wave of hosts repeats the crowd while the CPU idles in between. Paced, the
+    connections spread out and overlap with the other hosts' audits. A connection leaves the handshake
+    when the loader's hello arrives, when ssh ends, or after `grace` seconds: a host that does not
+    answer must not hold up the others (ssh's own ConnectTimeout still applies to it)."""
+
+    def __init__(self, slots: int, grace: float = 1.0):
+        self._slots = asyncio.Semaphore(slots)
+        self.grace = grace
+
+    async def enter(self) -> Callable[[], None]:
+        """Wait for a free slot; return the function that gives it back (once, however often called)."""
+        await self._slots.acquire()
+        given_back = False
+
+        def leave() -> None:
+            nonlocal given_back
+            if not given_back:
+                given_back = True
+                timer.cancel()
+                self._slots.release()
+
+        timer = asyncio.get_running_loop().call_later(self.grace, leave)
+        return leave
+
+
+def _no_pacer() -> None:
+    """The `leave` of a host audited without a pacer."""
+
+
 class ReportTooLarge(Exception):
     """The host sent more than MAX_REPORT_BYTES."""
 
@@ -183,7 +216,9 @@ class HostAudit:
     """Audits one host: `await HostAudit(...).run()` returns the HostResult and the report's text."""
 
     def __init__(self, name: str, address: str, argv: List[str], zipapp: bytes | None, timeout: float,
-                 spool: str):  # fmt: skip
+                 spool: str, pacer: HandshakePacer | None = None):  # fmt: skip
+        self.pacer = pacer
+        self._leave_handshake = _no_pacer
         self.result = HostResult(name=name, address=address, outcome="", status=Status.UNKNOWN.value)
         self.argv = argv
         self.zipapp = zipapp
@@ -193,6 +228,14 @@ class HostAudit:
         self.started = 0.0
 
     async def run(self) -> Tuple[HostResult, Report | None]:
+        if self.pacer is not None:
+            self._leave_handshake = await self.pacer.enter()
+        try:
+            return await self._run()
+        finally:
+            self._leave_handshake()
+
+    async def _run(self) -> Tuple[HostResult, Report | None]:
         self.started = time.monotonic()
         self.result.started = _now()
         report = None
@@ -256,6 +299,7 @@ class HostAudit:
 
     async def _converse(self, process: asyncio.subprocess.Process) -> None:
         hello, first = await self._hello(process)
+        self._leave_handshake()
         with open(self.spool, "wb") as spool:
             if hello is not None:
                 words = hello.decode("ascii", "replace").split()

@@ -112,7 +112,7 @@ class ResultDir:
             "format": INDEX_FORMAT,
             "run": run,
             "hosts": [
-                {k: r.to_dict()[k] for k in ("name", "address", "outcome", "status", "message", "report")}
+                {k: getattr(r, k) for k in ("name", "address", "outcome", "status", "message", "report")}
                 for r in sorted(results, key=lambda r: r.name)
             ],
         }

@@ -56,7 +56,7 @@ def remote_command(host: Host, settings: SshSettings, zip_sha256: str) -> str:
     words = shlex.split(host.python)
     if settings.become:
         words = ["sudo", "-n", "--", *words]
-    words += ["-I", "-c", loader_inline(), config]
+    words += ["-I", "-S", "-c", loader_inline(), config]  # -S: see bootstrap.LOADER
     return " ".join(shlex.quote(word) for word in words)
 
 
