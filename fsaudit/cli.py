@@ -138,6 +138,12 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
         progress=Progress.for_terminal(),
     )
     report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
+    return _deliver(report, interrupted, fmt, output)
+
+
+def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) -> int:
+    """Write the rendered report and return the audit's exit code (3 when interrupted, unless
+    damage was already found)."""
     colour = fmt == "text" and output is None and _colour_wanted(sys.stdout)
     write_output(render(report, fmt, colour=colour), output)
     if interrupted:
@@ -182,15 +188,11 @@ def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
         jobs=jobs or os.cpu_count() or 1, window=_window(window, "/"), progress=Progress.for_terminal()
     )
     report, interrupted = run_audit(Target("/"), selected, context)
-    write_output(
-        render(report, fmt, colour=fmt == "text" and output is None and _colour_wanted(sys.stdout)), output
-    )
+    code = _deliver(report, interrupted, fmt, output)
     if output:
         click.echo(verdict(report))
         click.echo(f"The full report is in {output}")
-    if interrupted:
-        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
-    return report.exit_code
+    return code
 
 
 @cli.group()
