@@ -1,1 +1,2 @@
-"""fsaudit's built-in checkers, one module each; installed as the `fsaudit_checks` package."""
+"""fsaudit's built-in checkers, one package per family (a package's `__init__` is the checker,
+the other modules its helpers); installed as the `fsaudit_checks` package."""

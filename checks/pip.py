@@ -15,8 +15,8 @@ from typing import Iterator, List, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
+from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
 from fsaudit.target import Target
-from fsaudit.verify import CONTENT_DIFFERS, OK, outcome, unverified_finding
 
 # Where virtualenvs usually live, searched when no paths are given (system sites are found apart).
 DEFAULT_PATHS = ("/opt", "/srv", "/home", "/var/www", "/root", "/usr/local")

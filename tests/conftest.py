@@ -49,7 +49,7 @@ class Run:
 def assert_valid_report(data) -> None:
     """Every JSON report the suite reads must satisfy the shipped schema (`fsaudit report --validate`).
     Other JSON documents (the fleet's index and view) declare another `format` and are left alone."""
-    from fsaudit.validate import report_problems
+    from fsaudit.schema import report_problems
 
     declared = str(data.get("format", "")) if isinstance(data, dict) else ""
     if declared.startswith("fsaudit-") and not declared.startswith("fsaudit-report/"):

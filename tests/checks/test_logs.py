@@ -11,10 +11,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fixtures.logs import JOURNAL_REMOTE, make_journal, write_gzip_log, write_log
-from fsaudit_checks.log_scan import quote
-from fsaudit_checks.log_signatures import CODES, SIGNATURES, TRIGGERS, match, trigger_positions
-from fsaudit_checks.log_times import line_time
 from fsaudit_checks.logs import LogsChecker
+from fsaudit_checks.logs.scan import quote
+from fsaudit_checks.logs.signatures import CODES, SIGNATURES, TRIGGERS, match, trigger_positions
+from fsaudit_checks.logs.times import line_time
 from tests.conftest import Run, fsaudit, require_program
 
 UTC = timezone.utc

@@ -101,7 +101,7 @@ def test_clean_cluster_is_ok_by_dsn_and_as_its_owner(shared_cluster):
 
     # A running postmaster is found by its working directory, which is its data directory.
     from fsaudit.target import Target
-    from fsaudit_checks.postgres_clusters import discover
+    from fsaudit_checks.postgres.clusters import discover
 
     [found] = [c for c in discover(Target("/"), []) if c.data_dir == str(cluster.data)]
     assert found.running and found.port == cluster.port and found.owner_name == OWNER
@@ -372,7 +372,7 @@ def test_unreachable_dsn_is_unknown(tmp_path):
 
 def test_discovery_reads_debian_layout_and_log_tail(tmp_path):
     from fsaudit.target import Target
-    from fsaudit_checks.postgres_clusters import discover, log_tail, parse_conf
+    from fsaudit_checks.postgres.clusters import discover, log_tail, parse_conf
 
     conf = tmp_path / "etc/postgresql/15/main"
     conf.mkdir(parents=True)
@@ -404,8 +404,8 @@ def test_discovery_reads_debian_layout_and_log_tail(tmp_path):
 
 
 def test_errors_are_classified_by_sqlstate():
-    from fsaudit_checks.postgres_report import _location
-    from fsaudit_checks.postgres_session import error_kind
+    from fsaudit_checks.postgres.report import _location
+    from fsaudit_checks.postgres.session import error_kind
 
     class Fake(Exception):
         def __init__(self, sqlstate):
@@ -427,9 +427,9 @@ def test_errors_are_classified_by_sqlstate():
 
 
 def test_the_finding_a_sequential_run_would_keep_wins_and_findings_come_sorted():
-    from fsaudit_checks.postgres_parallel import PHASE_HEAPS, PHASE_ROWS, Slots, Task, run_tasks
-    from fsaudit_checks.postgres_report import DatabaseReport, Relation
-    from fsaudit_checks.postgres_session import Events
+    from fsaudit_checks.postgres.parallel import PHASE_HEAPS, PHASE_ROWS, Slots, Task, run_tasks
+    from fsaudit_checks.postgres.report import DatabaseReport, Relation
+    from fsaudit_checks.postgres.session import Events
 
     emitted = []
     report = DatabaseReport(Events(emitted.append, "c", None), "", "db", {}, shared=False)

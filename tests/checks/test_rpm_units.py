@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from fsaudit_checks import rpm_header as hdr
-from fsaudit_checks.rpm_verify import (
+from fsaudit_checks.rpm import header as hdr
+from fsaudit_checks.rpm.compare import (
     Accounts,
     Outcome,
     attribute_marker,

@@ -21,8 +21,8 @@ from fixtures.window import IN_WINDOW, OLD, WINDOW, age_directories, build_awkwa
 from fsaudit.checker import Context
 from fsaudit.target import Target
 from fsaudit.window import parse_window
-from fsaudit_checks.mounts import Mount, excluded_mounts, parse_mountinfo
 from fsaudit_checks.window import WindowChecker, _outermost
+from fsaudit_checks.window.mounts import Mount, excluded_mounts, parse_mountinfo
 from tests.conftest import REPO, Run, fsaudit, require_program
 
 SCHEMA = json.loads((REPO / "fsaudit" / "schema" / "report.schema.json").read_text())

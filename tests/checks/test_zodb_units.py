@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.zodb import build_storage
-from fsaudit_checks.zodb_discovery import parse_config
-from fsaudit_checks.zodb_format import tid_time, time_tid
-from fsaudit_checks.zodb_pickle import UnreadablePickle, class_name, read_index, record_references
-from fsaudit_checks.zodb_walk import Walk
+from fsaudit_checks.zodb.discovery import parse_config
+from fsaudit_checks.zodb.format import tid_time, time_tid
+from fsaudit_checks.zodb.pickle import UnreadablePickle, class_name, read_index, record_references
+from fsaudit_checks.zodb.walk import Walk
 
 pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
 
@@ -155,7 +155,7 @@ def test_blob_layout_as_zodb_selects_it(tmp_path):
     from ZODB.blob import auto_layout_select
 
     from fsaudit.target import Target
-    from fsaudit_checks.zodb_discovery import blob_layout
+    from fsaudit_checks.zodb.discovery import blob_layout
 
     target = Target(tmp_path)
     for setup in ("", "used", "marker"):
@@ -172,7 +172,7 @@ def test_blob_layout_as_zodb_selects_it(tmp_path):
 
 def test_fs_named_files_are_storages_only_when_they_look_like_one(tmp_path):
     from fsaudit.target import Target
-    from fsaudit_checks.zodb_discovery import looks_like_storage
+    from fsaudit_checks.zodb.discovery import looks_like_storage
 
     (tmp_path / "Program.fs").write_text("module Program\n\n[<EntryPoint>]\nlet main argv = 0\n")
     layout = build_storage(tmp_path / "db", documents=5, blobs=False)
@@ -185,7 +185,7 @@ def test_fs_named_files_are_storages_only_when_they_look_like_one(tmp_path):
 
 
 def test_oid_map_keeps_sparse_oids_when_the_array_grows():
-    from fsaudit_checks.zodb_format import OidMap
+    from fsaudit_checks.zodb.format import OidMap
 
     oids = OidMap()
     oids.set(5_000_000, 100, False)  # far beyond the dense part: kept aside
@@ -201,7 +201,7 @@ def test_oid_map_keeps_sparse_oids_when_the_array_grows():
 def test_a_pickle_announcing_a_huge_memo_is_unreadable_not_a_memory_spike():
     import resource
 
-    from fsaudit_checks.zodb_pickle import memory_ceiling
+    from fsaudit_checks.zodb.pickle import memory_ceiling
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     limit = resource.getrlimit(resource.RLIMIT_DATA)
@@ -214,7 +214,7 @@ def test_a_pickle_announcing_a_huge_memo_is_unreadable_not_a_memory_spike():
 
 
 def test_a_reused_parser_is_not_confused_by_damage_before():
-    from fsaudit_checks.zodb_pickle import RecordParser
+    from fsaudit_checks.zodb.pickle import RecordParser
 
     parser = RecordParser()
     good = _record("x", [(1).to_bytes(8, "big")])

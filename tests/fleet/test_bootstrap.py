@@ -37,7 +37,8 @@ def test_zipapp_is_deterministic_and_registers_the_builtin_checkers(zipapp):
     archive = zipfile.ZipFile(io.BytesIO(zipapp))
     names = set(archive.namelist())
     assert {
-        "fsaudit/cli.py",
+        "fsaudit/cli/__init__.py",
+        "fsaudit_checks/debian/__init__.py",
         "fsaudit/schema/report.schema.json",
         "click/__init__.py",
         "debian/deb822.py",

@@ -1,0 +1,270 @@
+"""The entries of one naming context, read once while streaming: each against the schema, and
+the DNs they name (parents, references) and their entryUUIDs kept as 64-bit hashes, so checking
+references and duplicates costs a few bytes per entry. A second read names the culprits, only
+when something is missing or duplicated."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterator, List
+
+from fsaudit_checks.ldap.directory import Directory, SearchFailed, text
+from fsaudit_checks.ldap.dn import (
+    DnNames,
+    HashSet,
+    dn_hash,
+    parent_of,
+    parent_text,
+    reference_dn,
+    within,
+)
+from fsaudit_checks.ldap.replica import CsnIndex, csn_key, entry_csn
+from fsaudit_checks.ldap.schema import Schema
+
+REFERENCES = ("member", "uniqueMember", "manager", "seeAlso", "owner", "secretary")
+MAX_DUPLICATES_LISTED = 100
+NO_SUCH_OBJECT = 32
+PROGRESS_STEP = 100
+
+
+class EntriesAudit:
+    """One naming context: schema per entry while streaming, then references, parents and
+    entryUUIDs from hashes (a second pass names the culprits only when something is missing)."""
+
+    def __init__(
+        self,
+        checker,
+        directory: Directory,
+        schema: Schema | None,
+        names: DnNames,
+        base: str,
+        key: str,
+        listed: bool = False,
+        csns: CsnIndex | None = None,
+    ):
+        self.checker = checker
+        self.directory = directory
+        self.schema = schema
+        self.base = base
+        self.key = key
+        self.names = names
+        self.dns = HashSet()
+        self.wanted = HashSet()
+        # References into the other audited naming contexts, checked once all are read.
+        self.others: List[str] = []
+        self.foreign = HashSet()
+        self.uuids = HashSet()
+        self.references = self._reference_keys(checker.settings["reference_attributes"])
+        # The base is a naming context the server itself lists (not one the user named).
+        self.listed = listed
+        # DN hash -> entryCSN of every entry, kept for comparing replicas (None: no replicas).
+        self.csns = csns
+        # Whether the whole naming context was read.
+        self.complete = False
+
+    def _reference_keys(self, names: List[str]) -> set:
+        keys = {self.names.attribute(n) for n in names}
+        if self.schema:
+            keys |= self.schema.dn_valued()
+        return keys
+
+    def _attribute_key(self, name: str) -> str:
+        attribute = self.schema.attribute(name) if self.schema else None
+        return attribute.key if attribute else name.split(";", 1)[0].lower()
+
+    def _read(self, attributes: List[str]):
+        return self.directory.entries(self.base, attributes, self.checker.settings["page_size"])
+
+    def run(self) -> Iterator:
+        checker = self.checker
+        progress = checker.context.progress
+        progress.start(f"ldap: reading {self.base}")
+        attributes = ["*", "entryUUID", "entryCSN"] if self.csns is not None else ["*", "entryUUID"]
+        try:
+            for count, item in enumerate(self._read(attributes), 1):
+                if count % PROGRESS_STEP == 0:
+                    progress.advance(PROGRESS_STEP)
+                yield from self._first_pass(item)
+        except SearchFailed as error:
+            yield from self._search_failed(error)
+            return
+        finally:
+            progress.stop()
+        self.complete = True
+        if self.csns is not None:
+            self.csns.freeze()
+        # hash -> whether the server cannot read it by name either (None: not asked yet)
+        missing: Dict[int, bool | None] = dict.fromkeys(self.wanted.missing_from(self.dns.freeze()))
+        duplicates = self.uuids.duplicates()
+        if not missing and not duplicates:
+            return
+        try:
+            yield from self._second_pass(missing, duplicates)
+        except SearchFailed as error:
+            checker.incomplete(
+                f"second read of {self.base} failed ({error}): some damage is not listed by name"
+            )
+
+    def check_foreign(self, audits: List[EntriesAudit]) -> Iterator:
+        """Dangling references into the other naming contexts, once every one of them was read."""
+        if not self.foreign or not all(audit.complete for audit in audits):
+            return
+        missing: Dict[int, bool | None] = dict.fromkeys(self.foreign.missing_from(*(a.dns for a in audits)))
+        if not missing:
+            return
+        try:
+            yield from self._second_pass(missing, set())
+        except SearchFailed as error:
+            self.checker.incomplete(f"second read of {self.base} failed ({error}): some damage is not listed")
+
+    def _search_failed(self, error: SearchFailed) -> Iterator:
+        reason = f"the server stopped returning {self.base} after {error.entries} entries: {error}"
+        if error.code == NO_SUCH_OBJECT and not error.entries:
+            if not self.listed:
+                self.checker.incomplete(f"ldap.base {self.base} does not exist on {self.directory.url}")
+                return
+            reason = f"the server lists {self.base} as a naming context but has no entry there"
+        if error.damage or error.code == NO_SUCH_OBJECT:
+            yield self.checker.finding(
+                "search-failed",
+                "critical",
+                reason,
+                subject=self.base,
+                details={
+                    "base": self.base,
+                    "url": self.directory.url,
+                    "result": error.code,
+                    "description": error.description,
+                    "entries_read": error.entries,
+                },
+                advice="the server cannot read part of its database: stop slapd, keep a copy of its files, "
+                "export what slapcat can read and restore the directory from a backup",
+            )
+        self.checker.incomplete(reason + "; references and parents were not checked")
+
+    def _first_pass(self, item: dict) -> Iterator:
+        checker = self.checker
+        dn = item["dn"]
+        raw: Dict[str, list] = item.get("raw_attributes") or {}
+        checker.count("entries_read")
+        key = self.names.key(dn)
+        if key is None:
+            checker.count("entries_with_unreadable_dn")
+            return
+        hashed = dn_hash(key)
+        self.dns.add(hashed)
+        if self.csns is not None:
+            self.csns.add(hashed, csn_key(entry_csn(raw)))
+        if key != self.key:
+            self.wanted.add(dn_hash(parent_of(key)))
+        if self.schema:
+            for problem in self.schema.check(raw):
+                yield checker.finding(
+                    problem.code,
+                    "critical",
+                    problem.message,
+                    subject=dn,
+                    details={"dn": dn, "attribute": problem.attribute},
+                    advice=f"restore {dn} from a backup (or an LDIF export), or fix {problem.attribute}",
+                )
+        for name, values in raw.items():
+            attribute = self._attribute_key(name)
+            if attribute == "entryuuid":
+                for value in values:
+                    self.uuids.add(dn_hash(text(value).strip().lower()))
+            elif attribute in self.references:
+                yield from self._note_references(dn, name, values)
+
+    def _note_references(self, dn: str, name: str, values: list) -> Iterator:
+        checker = self.checker
+        for value in values:
+            target = reference_dn(text(value))
+            key = self.names.key(target)
+            if key is None:
+                yield checker.finding(
+                    "dangling-reference",
+                    "critical",
+                    f"{name} holds {target!r}, which is not a DN",
+                    subject=dn,
+                    details={"dn": dn, "attribute": name, "target": target},
+                    advice=f"restore the value from a backup, or remove it from {name}",
+                )
+            elif within(key, self.key):
+                checker.count("references_checked")
+                self.wanted.add(dn_hash(key))
+            elif any(within(key, other) for other in self.others):
+                checker.count("references_checked")
+                self.foreign.add(dn_hash(key))
+            else:
+                checker.count("references_outside_base")
+
+    def _second_pass(self, missing: Dict[int, bool | None], duplicates: set) -> Iterator:
+        checker = self.checker
+        holders: Dict[int, List[str]] = {}
+        uuid_text: Dict[int, str] = {}
+        for item in self._read(sorted(self.references) + ["entryUUID"]):
+            dn = item["dn"]
+            key = self.names.key(dn)
+            if key is None:
+                continue
+            parent = parent_text(dn)
+            if key != self.key and self._missing(parent_of(key), parent, missing):
+                yield checker.finding(
+                    "orphan-entry",
+                    "critical",
+                    f"its parent {parent} does not exist",
+                    subject=dn,
+                    details={"dn": dn, "parent": parent},
+                    advice=f"restore {parent} from a backup; until then searches below it miss this entry",
+                )
+            for name, values in (item.get("raw_attributes") or {}).items():
+                attribute = self._attribute_key(name)
+                if attribute == "entryuuid":
+                    for value in values:
+                        hashed = dn_hash(text(value).strip().lower())
+                        if (
+                            hashed in duplicates
+                            and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED
+                        ):
+                            holders[hashed].append(dn)
+                            uuid_text[hashed] = text(value)
+                elif attribute in self.references:
+                    yield from self._dangling(dn, name, values, missing)
+        for hashed, dns in holders.items():
+            yield checker.finding(
+                "duplicate-entry-uuid",
+                "critical",
+                f"{len(dns)} entries share the entryUUID {uuid_text[hashed]}: {'; '.join(dns)}",
+                subject=uuid_text[hashed],
+                details={"entry_uuid": uuid_text[hashed], "dns": dns},
+                advice="entries lost their own identity (an old copy of one came back?): keep the right one, "
+                "restore the others from a backup; replication cannot tell them apart until then",
+            )
+
+    def _missing(self, key: str, dn: str, missing: Dict[int, bool | None]) -> bool:
+        """Is the entry `dn` (normal form `key`) missing? Searches leave out subentries, referral
+        objects and glue entries: one read by name (per DN) tells those from lost entries."""
+        hashed = dn_hash(key)
+        if hashed not in missing:
+            return False
+        if missing[hashed] is None:
+            try:
+                missing[hashed] = self.directory.read(dn, ["1.1"], as_stored=True) is None
+            except SearchFailed:
+                missing[hashed] = True
+            if not missing[hashed]:
+                self.checker.count("hidden_entries_referenced")
+        return bool(missing[hashed])
+
+    def _dangling(self, dn: str, name: str, values: list, missing: Dict[int, bool | None]) -> Iterator:
+        for value in values:
+            target = reference_dn(text(value))
+            key = self.names.key(target)
+            if key is not None and self._missing(key, target, missing):
+                yield self.checker.finding(
+                    "dangling-reference",
+                    "critical",
+                    f"{name} points at {target}, which does not exist",
+                    subject=dn,
+                    details={"dn": dn, "attribute": name, "target": target},
+                    advice=f"restore {target} from a backup, or remove the reference from {name} of {dn}",
+                )

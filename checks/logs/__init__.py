@@ -1,0 +1,348 @@
+"""Checker `logs`: the corruption signatures the system's own logs recorded since the window began.
+
+After lost writes, the kernel, the filesystems and the services often said so in their logs: I/O
+errors, "structure needs cleaning", "invalid page in block", POSKeyError, "bad marshal data". This
+checker reads the kernel and system logs (and their rotated, compressed copies), the systemd journal
+through `journalctl --directory` (the audited system's journal, never this machine's), and the logs of
+PostgreSQL, slapd, ZEO/Zope and the web servers, and reports every line that matches a signature of
+log_signatures.SIGNATURES, quoting it with its file, line and time.
+
+Logs are read block by block (memory stays flat whatever their size), compressed ones are
+decompressed on the fly, and each file is read up to `max_file_mb`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from datetime import datetime, timedelta, timezone
+from typing import Iterator, List
+
+from fsaudit.checker import Checker, Option, Skip
+from fsaudit.model import Finding, Severity
+from fsaudit.target import NotRegularFile, Target
+from fsaudit.window import target_timezone
+from fsaudit_checks.logs.files import Decompressed, compression, target_glob
+from fsaudit_checks.logs.journal import JournalReader
+from fsaudit_checks.logs.scan import LogScan, quote
+from fsaudit_checks.logs.signatures import CODES, Signature
+
+# Kernel and system logs, then the logs of the managed services; rotated copies match the `*`.
+SYSTEM_LOGS = (
+    "/var/log/kern.log*",
+    "/var/log/messages*",
+    "/var/log/syslog*",
+    "/var/log/daemon.log*",
+    "/var/log/dmesg*",
+    "/var/log/slapd.log*",
+    "/var/log/ldap.log*",
+)
+SERVICE_LOGS = (
+    "/var/log/postgresql/*",
+    "/var/lib/postgresql/*/*/log/*",
+    "/var/lib/postgresql/*/*/pg_log/*",
+    "/var/lib/pgsql/data/log/*",
+    "/var/lib/pgsql/*/data/log/*",
+    "/var/lib/pgsql/data/pg_log/*",
+    "/var/log/zope*/*",
+    "/var/log/zeo*/*",
+    "/var/log/plone*/*",
+    "/opt/*/var/log/*",
+    "/opt/*/*/var/log/*",
+    "/srv/*/var/log/*",
+    "/home/*/*/var/log/*",
+    "/var/log/nginx/*error*",
+    "/var/log/apache2/*error*",
+    "/var/log/httpd/*error*",
+)
+JOURNAL_DIRECTORIES = ("/var/log/journal", "/run/log/journal")
+# Access logs are huge and never hold these signatures; the rest are not logs.
+SKIPPED_NAMES = ("*access*", "*Z2.log*", "*.pid", "*.lock", "*.sock", "*.journal", "*.journal~")
+
+_DAMAGE_ERRNOS = {errno.EIO, errno.EBADMSG, getattr(errno, "EUCLEAN", 117)}
+
+ADVICE_ZEROS = (
+    "Zeros in a text log are blocks the filesystem allocated but whose data never reached the disk: "
+    "the storage lost writes around the time of the last good line. Check what else was written then."
+)
+ADVICE_DAMAGED = "The archived log is damaged: restore it from a backup if its content matters."
+ADVICE_JOURNAL = (
+    "Read the journal with `journalctl --directory=DIR` by hand, or install journalctl (systemd)."
+)
+
+
+def _matches_any(name: bytes, patterns) -> bool:
+    text = os.fsdecode(name)
+    return any(fnmatch.fnmatchcase(text, pattern) for pattern in patterns)
+
+
+class LogsChecker(Checker):
+    """Corruption signatures in the kernel, system and service logs since the suspect window began."""
+
+    name = "logs"
+    options = (
+        Option(
+            "lookback",
+            "days before the window's start to scan from (without a window: days before now; default 30)",
+            kind=float,
+        ),
+        Option("paths", "more log files to scan, inside the audited system (globs allowed)", multiple=True),
+        Option("journal", "read the systemd journal with journalctl", kind=bool, default=True),
+        Option(
+            "max_per_signature",
+            "lines listed per signature and log; the rest are counted in one finding",
+            kind=int,
+            default=20,
+        ),
+        Option("max_file_mb", "MiB read per log at most (of a plain file: its end)", kind=int, default=1024),
+    )
+    codes = {
+        **CODES,
+        "log-zero-filled": "a text log holds runs of zero bytes: blocks allocated whose data never reached "
+        "the disk (lost writes or a crash)",
+        "log-damaged": "a compressed (rotated) log cannot be decompressed to its end",
+        "log-unreadable": "a log could not be read (critical when the filesystem answered with an I/O error)",
+        "log-partly-read": "a log is larger than `max_file_mb`: only part of it was read",
+        "journal-unreadable": "journalctl is missing, failed, or reported damaged journal files",
+    }
+
+    def applies(self, target: Target) -> bool:
+        if not self.settings["paths"] and not target.exists("/var/log", follow=True):
+            raise Skip("no /var/log on this system and no logs.paths given")
+        return True
+
+    def run(self, target: Target) -> Iterator[Finding]:
+        self._target = target
+        self.tz = target_timezone(target.root_text)
+        self.since = self._since_time()
+        self.stats["since"] = self.since.isoformat(timespec="seconds")
+        for key in ("logs_read", "logs_older_than_since", "lines_matched", "bytes_read"):
+            self.stats[key] = 0
+        logs = self._log_files(target)
+        self.context.progress.update(total=len(logs), description="logs: reading")
+        for path in logs:
+            yield from self._read_log(target, path)
+            self.context.progress.advance()
+        if self.settings["journal"]:
+            yield from self._journals(target)
+
+    def _since_time(self) -> datetime:
+        lookback = self.settings["lookback"]
+        window = self.context.window
+        if window is not None and window.start is not None:
+            return window.start - timedelta(days=lookback or 0)
+        return datetime.now(timezone.utc).astimezone(self.tz) - timedelta(
+            days=30 if lookback is None else lookback
+        )
+
+    def _log_files(self, target: Target) -> List[bytes]:
+        """Every log to read, each once (a symlinked copy is read at its real place)."""
+        seen = set()
+        logs = []
+        for pattern in SYSTEM_LOGS + SERVICE_LOGS + tuple(self.settings["paths"]):
+            for path in target_glob(target, pattern):
+                if (
+                    _matches_any(path.rsplit(b"/", 1)[-1], SKIPPED_NAMES)
+                    and pattern not in self.settings["paths"]
+                ):
+                    continue
+                try:
+                    real = target.resolve(path)
+                    st = os.lstat(real)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode) or real in seen:
+                    continue
+                seen.add(real)
+                logs.append(target.inner_path(real))
+        return logs
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def _read_log(self, target: Target, path: bytes) -> Iterator[Finding]:
+        try:
+            handle = target.open(path)
+        except NotRegularFile as error:
+            yield self._unreadable(
+                path, f"a {error.kind} stands where a log file was expected", Severity.WARNING
+            )
+            return
+        except OSError as error:
+            yield self._unreadable(path, error.strerror or str(error), self._severity(error))
+            return
+        with handle:
+            if handle.st.st_mtime < self.since.timestamp():
+                # Last written before the window: none of its lines can be in it.
+                self.stats["logs_older_than_since"] += 1
+                return
+            self.stats["logs_read"] += 1
+            reference = datetime.fromtimestamp(handle.st.st_mtime, self.tz)
+            try:
+                kind = compression(handle.read(6))
+                handle.seek(0)
+                yield from self._read_stream(path, handle, kind, reference)
+            except OSError as error:
+                yield self._unreadable(path, error.strerror or str(error), self._severity(error))
+
+    def _read_stream(self, path: bytes, handle, kind: str, reference: datetime) -> Iterator[Finding]:
+        cap = max(self.settings["max_file_mb"], 1) << 20
+        start = 0
+        if kind == "plain" and handle.st.st_size > cap:
+            # The newest lines matter most: read the end.
+            start = handle.st.st_size - cap
+            handle.seek(start)
+            yield self._partly_read(path, f"only its last {cap >> 20:,} MiB were read", handle.st.st_size)
+        if kind == "zstd":
+            yield from self._read_zstd(path, handle, reference, cap)
+            return
+        stream = Decompressed(handle, kind) if kind != "plain" else handle
+        scan = LogScan(self, path, reference, start, line_known=start == 0)
+        yield from scan.read(stream, cap)
+        yield from scan.finish()
+        if kind != "plain" and stream.error:
+            yield self._damaged(path, kind, scan.lines, stream.error)
+        elif kind != "plain" and scan.truncated:
+            yield self._partly_read(path, f"only its first {cap >> 20:,} MiB (decompressed) were read", None)
+
+    def _read_zstd(self, path: bytes, handle, reference: datetime, cap: int) -> Iterator[Finding]:
+        zstd = shutil.which("zstd")
+        if not zstd:
+            yield self._unreadable(
+                path, "compressed with zstd, and the zstd program is missing", Severity.WARNING
+            )
+            return
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen([zstd, "-dc"], stdin=handle, stdout=subprocess.PIPE, stderr=errors)
+            scan = LogScan(self, path, reference, 0, line_known=True)
+            try:
+                yield from scan.read(process.stdout, cap)
+            finally:
+                process.stdout.close()
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+            yield from scan.finish()
+            if process.returncode not in (0, -9):
+                errors.seek(0)
+                yield self._damaged(
+                    path, "zstd", scan.lines, errors.read(500).decode("utf-8", "replace").strip()
+                )
+
+    # -- the journal ------------------------------------------------------------------------------
+
+    def _journals(self, target: Target) -> Iterator[Finding]:
+        for directory in JOURNAL_DIRECTORIES:
+            if not self._holds_journal_files(target, directory):
+                continue
+            journalctl = shutil.which("journalctl") or next(
+                (p for p in ("/usr/bin/journalctl", "/bin/journalctl") if os.access(p, os.X_OK)), None
+            )
+            if journalctl is None:
+                self.incomplete(f"the journal in {directory} was not read: journalctl is missing")
+                yield self.finding(
+                    "journal-unreadable",
+                    Severity.WARNING,
+                    "the journal was not read: journalctl (systemd) is missing on this machine",
+                    path=directory,
+                    advice=ADVICE_JOURNAL,
+                )
+                continue
+            yield from JournalReader(self, target, directory, journalctl).read()
+
+    def _holds_journal_files(self, target: Target, directory: str) -> bool:
+        try:
+            names = target.listdir(directory)
+        except OSError:
+            return False
+        for name in names[:1000]:
+            if name.endswith(b".journal"):
+                return True
+            try:
+                inner = target.listdir(directory + "/" + os.fsdecode(name))
+            except OSError:
+                continue
+            if any(n.endswith((b".journal", b".journal~")) for n in inner[:10_000]):
+                return True
+        return False
+
+    # -- findings ------------------------------------------------------------------------------------
+
+    def signature_finding(
+        self, signature: Signature, log: bytes, line: bytes, when: datetime | None, details: dict
+    ) -> Finding:
+        self.stats["lines_matched"] += 1
+        time_text = when.astimezone(self.tz).isoformat(timespec="seconds") if when else None
+        where = f"line {details['line_number']:,}" if details.get("line_number") else "an entry"
+        at = f" at {time_text}" if time_text else " (time unknown)"
+        quoted = quote(line)
+        return self.finding(
+            signature.code,
+            signature.severity,
+            f"{where}{at}: {signature.meaning}: {quoted}",
+            path=log,
+            subject=signature.name,
+            details={"signature": signature.name, "line": quoted, "time": time_text, **details},
+            advice=signature.advice,
+        )
+
+    def overflow_finding(self, log: bytes, signature: Signature, more: int, last: str) -> Finding:
+        return self.finding(
+            signature.code,
+            signature.severity,
+            f"{more:,} more lines matched this signature (not listed; the last at "
+            f"{last or 'an unknown time'}): {signature.meaning}",
+            path=log,
+            subject=signature.name,
+            details={"signature": signature.name, "not_listed": more, "last_time": last or None},
+            advice=signature.advice,
+        )
+
+    def _severity(self, error: OSError) -> Severity:
+        return Severity.CRITICAL if error.errno in _DAMAGE_ERRNOS else Severity.WARNING
+
+    def _unreadable(self, path: bytes, reason: str, severity: Severity) -> Finding:
+        self.count("logs_unreadable")
+        return self.finding(
+            "log-unreadable",
+            severity,
+            f"could not be read: {reason}",
+            path=path,
+            advice="Read this log by hand if it matters; an I/O error here means the disk is failing."
+            if severity is Severity.CRITICAL
+            else "",
+        )
+
+    def _damaged(self, path: bytes, kind: str, lines: int, error) -> Finding:
+        return self.finding(
+            "log-damaged",
+            Severity.WARNING,
+            f"the {kind} data is damaged after line {lines:,}: {error}; the lines before it were checked",
+            path=path,
+            details={"compression": kind, "lines_read": lines},
+            advice=ADVICE_DAMAGED,
+        )
+
+    def _partly_read(self, path: bytes, what: str, size) -> Finding:
+        return self.finding(
+            "log-partly-read",
+            Severity.WARNING,
+            f"{what} (logs.max_file_mb)",
+            path=path,
+            details={"size": size, "max_file_mb": self.settings["max_file_mb"]},
+            advice="Raise logs.max_file_mb to read all of it.",
+        )
+
+    def zero_finding(self, path: bytes, first: int, runs: int, zero_bytes: int) -> Finding:
+        return self.finding(
+            "log-zero-filled",
+            Severity.WARNING,
+            f"{zero_bytes:,} zero bytes in {runs:,} runs, the first at offset {first:,}",
+            path=path,
+            details={"first_offset": first, "runs": runs, "zero_bytes": zero_bytes},
+            advice=ADVICE_ZEROS,
+        )

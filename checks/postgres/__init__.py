@@ -1,0 +1,243 @@
+"""The `postgres` checker: damaged data in every PostgreSQL cluster of the VM.
+
+Page checksums do not catch a lost write (an old page image is valid, checksum included); what
+catches it is cross-checking: indexes against their tables (amcheck with `heapallindexed`), tables
+against the rules of the heap (`verify_heapam`), relation files against the catalog, rows against
+the statistics. Modules: `postgres_clusters` finds the clusters; `postgres_audit` checks one
+cluster, `postgres_database` one database, `postgres_report` turns what they find into findings,
+`postgres_session` holds the read-only session and the events. This module picks the clusters and
+runs the audit of each, as the cluster's owner when fsaudit runs as root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from typing import Dict, Iterator, List
+
+from fsaudit.checker import Checker, Option, Skip
+from fsaudit_checks.postgres.clusters import Cluster, discover, log_tail
+
+LOG = logging.getLogger(__name__)
+# libpq environment variables that name a server: with one of them set and no DSN, libpq's defaults
+# (and ~/.pgpass) say where to connect, as they do for psql.
+LIBPQ_SERVER_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGSERVICE", "PGDATABASE")
+
+
+class PostgresChecker(Checker):
+    """PostgreSQL: indexes against tables (amcheck), heap pages, files against the catalog, lost rows."""
+
+    name = "postgres"
+    requires = ("psycopg",)
+    extra = "postgres"
+    options = (
+        Option("dsn", "libpq connection string of a cluster to check (all its databases)", multiple=True),
+        Option("databases", "check only these databases", multiple=True),
+        Option(
+            "data_dir",
+            "data directory of a local cluster to check (instead of discovering them)",
+            multiple=True,
+        ),
+        Option("password_file", "file holding the password for the DSNs (else PGPASSWORD or ~/.pgpass)"),
+        Option(
+            "install_amcheck",
+            "CREATE EXTENSION amcheck where it is missing (writes!)",
+            kind=bool,
+            default=False,
+        ),
+        Option(
+            "full_read",
+            "read every row with every value detoasted (finds TOAST damage)",
+            kind=bool,
+            default=False,
+        ),
+        Option("statement_timeout", "seconds any one statement may run", kind=float, default=3600.0),
+        Option(
+            "lock_timeout",
+            "seconds to wait for a lock before giving up on a relation",
+            kind=float,
+            default=10.0,
+        ),
+        Option(
+            "row_loss_ratio",
+            "report a table whose rows fell by this fraction of its statistics",
+            kind=float,
+            default=0.5,
+        ),
+        Option("row_loss_min", "... and by at least this many rows", kind=int, default=100),
+    )
+    codes = {
+        "cluster-down": "a cluster is not running or its data directory is unreadable; its log says why",
+        "connection-failed": "a cluster or database could not be reached; it was not checked",
+        "permission-denied": "the role may not read some objects or run amcheck; they were not checked",
+        "amcheck-missing": "amcheck is not installed in a database; page-level checks did not run",
+        "amcheck-installed": "fsaudit installed amcheck because postgres.install_amcheck=true",
+        "index-corrupt": "amcheck found a damaged index, or an index and its table that disagree",
+        "table-corrupt": "verify_heapam or a read found damaged table pages or rows",
+        "toast-corrupt": "values stored out of line (TOAST) are damaged",
+        "file-missing": "the data file of a table or index is gone",
+        "file-short": "a relation file has fewer blocks than the catalog says, or a partial block",
+        "rows-lost": "a table holds far fewer visible rows than its statistics say (vanished rows)",
+        "checksum-failures": "the server counted data checksum failures",
+        "checksums-disabled": "the cluster runs without data checksums (the server cannot see some damage)",
+        "timeout": "a check hit statement_timeout or lock_timeout and did not finish",
+        "check-failed": "a check failed for a reason other than damage or permissions",
+    }
+
+    def applies(self, target) -> bool:
+        if self.dsns():
+            return True
+        if not target.live:
+            raise Skip("PostgreSQL servers are checked on the running system: give postgres.dsn")
+        if not self.clusters(target):
+            raise Skip("no PostgreSQL cluster found (give postgres.dsn or postgres.data_dir)")
+        return True
+
+    def dsns(self) -> List[str]:
+        """The DSNs given, or libpq's defaults ("") when its environment names a server and no
+        data directory was given."""
+        if self.settings["dsn"]:
+            return self.settings["dsn"]
+        if not self.settings["data_dir"] and any(os.environ.get(name) for name in LIBPQ_SERVER_ENV):
+            return [""]
+        return []
+
+    def clusters(self, target) -> List[Cluster]:
+        return discover(target, self.settings["data_dir"])
+
+    def run(self, target) -> Iterator:
+        from fsaudit_checks.postgres import audit as postgres_audit
+
+        settings = self.audit_settings()
+        jobs = max(1, int(self.context.jobs or 1))
+        if self.dsns():
+            for dsn in self.dsns():
+                label = postgres_audit.safe_label(dsn)
+                yield from self.translate(postgres_audit.audit_cluster(label, dsn, settings, jobs))
+            return
+        for cluster in self.clusters(target):
+            if cluster.problem or not cluster.running:
+                yield self.cluster_down(target, cluster)
+                continue
+            if os.geteuid() == 0 and cluster.owner_uid not in (None, 0):
+                events = events_as_owner(cluster, settings, jobs)
+            else:
+                conninfo = cluster.socket_conninfo(as_owner=os.geteuid() == cluster.owner_uid)
+                events = postgres_audit.audit_cluster(
+                    cluster.label, conninfo, settings, jobs, cluster.data_dir
+                )
+            yield from self.translate(events)
+
+    def audit_settings(self) -> Dict:
+        settings = dict(self.settings)
+        path = settings.get("password_file")
+        if path:
+            with open(path, encoding="utf-8") as handle:
+                settings["password"] = handle.readline().rstrip("\r\n")
+        return settings
+
+    def translate(self, events: Iterator[dict]) -> Iterator:
+        """Findings, counters and incompleteness from the events of `postgres_audit`."""
+        for event in events:
+            if "finding" in event:
+                found = event["finding"]
+                yield self.finding(
+                    found["code"],
+                    found["severity"],
+                    found["message"],
+                    path=found.get("path"),
+                    subject=found.get("subject"),
+                    details=found.get("details"),
+                    advice=found.get("advice") or "",
+                )
+            elif "count" in event:
+                self.count(*event["count"])
+            elif "incomplete" in event:
+                self.incomplete(event["incomplete"])
+
+    def cluster_down(self, target, cluster: Cluster):
+        lines, log_file = log_tail(target, cluster)
+        where = "" if cluster.label == cluster.data_dir else f" ({cluster.data_dir})"
+        why = cluster.problem or f"cluster {cluster.label}{where} is not running"
+        said = (
+            f"; its log ends with: {lines[-1]}" if lines else "; no log lines found where its log usually is"
+        )
+        self.incomplete(f"cluster {cluster.label} was not checked: it is not running")
+        return self.finding(
+            "cluster-down",
+            "warning",
+            why + said,
+            path=cluster.data_dir,
+            subject=cluster.label,
+            details={
+                "cluster": cluster.label,
+                "data_dir": cluster.data_dir,
+                "log_file": log_file,
+                "log_tail": lines,
+                "log_places": [] if lines else cluster.log_candidates,
+            },
+            advice="Start the cluster and read its log: lines like 'could not access status of "
+            "transaction' or 'invalid page' name the damage. If it cannot start, restore it from a backup.",
+        )
+
+
+def events_as_owner(cluster: Cluster, settings: Dict, jobs: int) -> Iterator[dict]:
+    """The audit events of `cluster`, checked by a forked child that became the cluster's owner, so it
+    connects over the Unix socket with peer authentication and needs no password.
+
+    A fork, not a new interpreter: the owner may not be allowed to read fsaudit's own files. The
+    child therefore imports nothing new; it sends its events back as JSON lines over a pipe.
+    """
+    from fsaudit_checks.postgres import audit as postgres_audit
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its events are what the tests see
+        os.close(read_fd)
+        os._exit(_child(cluster, settings, jobs, write_fd, postgres_audit.audit_cluster))
+    os.close(write_fd)
+    finished = False
+    try:
+        with os.fdopen(read_fd, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    yield {"incomplete": f"cluster {cluster.label}: unreadable result from the child process"}
+        finished = True
+    finally:
+        if not finished:
+            os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        yield {
+            "incomplete": f"cluster {cluster.label}: the check as user {cluster.owner_name} did not finish"
+        }
+
+
+def _child(cluster: Cluster, settings: Dict, jobs: int, write_fd: int, audit_cluster) -> int:
+    out = os.fdopen(write_fd, "w", encoding="utf-8")
+    status = 0
+    try:
+        os.setgroups([])
+        os.setgid(cluster.owner_gid)
+        os.setuid(cluster.owner_uid)
+        os.chdir("/")
+        os.environ.update(HOME=cluster.owner_home, USER=cluster.owner_name, LOGNAME=cluster.owner_name)
+        for event in audit_cluster(
+            cluster.label, cluster.socket_conninfo(), settings, jobs, cluster.data_dir
+        ):
+            out.write(json.dumps(event) + "\n")
+            out.flush()
+    except BaseException as error:  # whatever happens, the parent hears of it
+        status = 1
+        out.write(
+            json.dumps({"incomplete": f"cluster {cluster.label}: {type(error).__name__}: {error}"}) + "\n"
+        )
+    try:
+        out.close()
+    except OSError:
+        status = 1
+    return status

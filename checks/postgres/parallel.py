@@ -1,0 +1,123 @@
+"""Spreading the per-relation checks of one database over several connections.
+
+A cluster's audit gets a budget of connection slots (`Slots`: at most `--jobs`, and at most a
+quarter of the server's free connections). Each database being checked holds one slot for its own
+connection; its checks are `Task`s, run biggest first, by its own thread and by helper threads that
+open their own read-only sessions while slots are free. A helper that cannot connect just leaves its
+share to the others; one whose session dies reports that its database was not checked to the end.
+
+The order of the report does not depend on which connection finished first: every task carries its
+place in the checks' sequential order (`rank`), and `DatabaseReport` keeps the finding of the earliest
+rank when two checks see the same damage, and sorts the findings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import psycopg
+
+from fsaudit_checks.postgres.report import DatabaseLost
+from fsaudit_checks.postgres.session import connect
+
+# The checks' sequential order: files against the catalog, heaps, indexes, files again, rows,
+# permissions.
+PHASE_FILES, PHASE_HEAPS, PHASE_INDEXES, PHASE_RECHECK, PHASE_ROWS, PHASE_DENIED = range(6)
+
+
+class Slots:
+    """At most `limit` sessions of one cluster's audit at once."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self.used = 0
+        self.changed = threading.Condition()
+
+    def take(self) -> None:
+        with self.changed:
+            while self.used >= self.limit:
+                self.changed.wait()
+            self.used += 1
+
+    def take_while(self, needed: Callable[[], bool]) -> bool:
+        """Take a slot as soon as one is free, unless `needed()` turns false first (then False)."""
+        with self.changed:
+            while needed():
+                if self.used < self.limit:
+                    self.used += 1
+                    return True
+                self.changed.wait(0.05)
+            return False
+
+    def give(self) -> None:
+        with self.changed:
+            self.used -= 1
+            self.changed.notify()
+
+
+@dataclass(order=True)
+class Task:
+    """One statement or a few on one connection: `cost` is about the bytes it reads, `phase` and
+    `rank` its place in the sequential order."""
+
+    cost: int
+    phase: int
+    rank: int
+    work: Callable[[], None] = field(compare=False)
+
+
+def run_tasks(audit, tasks: List[Task]) -> None:
+    """Run `tasks` on `audit`'s connection (this thread) and on helper connections as soon as slots
+    are free, the costliest first, so that the biggest relation does not start last. Returns when
+    all are done; a lost session of this thread is raised (`DatabaseLost`) after the helpers ended."""
+    pending = deque(sorted(tasks, key=lambda task: (-task.cost, task.phase, task.rank)))
+    taking = threading.Lock()
+
+    def next_task() -> Optional[Task]:
+        with taking:
+            return pending.popleft() if pending else None
+
+    def work() -> None:
+        while True:
+            task = next_task()
+            if task is None:
+                return
+            audit.rank = (task.phase, task.rank)
+            task.work()
+
+    def helper() -> None:
+        if not audit.slots.take_while(lambda: bool(pending)):
+            return
+        try:
+            try:
+                audit.conn = connect(audit.conninfo, audit.dbname, audit.settings)
+            except psycopg.Error:
+                audit.events.count("helper_connections_failed")
+                return
+            try:
+                work()
+            except DatabaseLost as lost:
+                audit.incomplete(f"database {audit.dbname}: a connection was lost ({lost})")
+            except Exception as error:  # one failed helper never stops the others
+                audit.incomplete(
+                    f"database {audit.dbname}: the check failed: {type(error).__name__}: {error}"
+                )
+            finally:
+                audit.conn.close()
+        finally:
+            audit.slots.give()
+
+    helpers = [
+        threading.Thread(target=helper, name=f"fsaudit-pg-{audit.dbname}", daemon=True)
+        for _ in range(min(audit.slots.limit, len(pending)) - 1)
+    ]
+    for thread in helpers:
+        thread.start()
+    try:
+        work()
+    finally:
+        for thread in helpers:
+            thread.join()

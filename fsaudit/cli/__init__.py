@@ -1,0 +1,67 @@
+"""The `fsaudit` command: parses, calls, and maps outcomes to the monitoring exit codes.
+
+One module per command (as borg does); this one holds the group and `main()`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List
+
+import click
+
+from fsaudit import __version__
+from fsaudit.cli import audit, baseline, fleet, repair, report
+from fsaudit.cli.common import EXIT_UNKNOWN, LOG
+from fsaudit.errors import FsauditError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fsaudit")
+@click.option("--debug", is_flag=True, help="Log what happens, with tracebacks, on stderr.")
+def cli(debug: bool) -> None:
+    """Find the data a storage incident damaged, and say what to do about it."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if debug:
+        LOG.setLevel(logging.DEBUG)
+
+
+cli.add_command(audit.audit)
+cli.add_command(audit.self_check)
+cli.add_command(audit.checks)
+cli.add_command(baseline.baseline)
+cli.add_command(report.report)
+cli.add_command(fleet.fleet)
+cli.add_command(fleet.fleet_report)
+cli.add_command(repair.repair)
+
+
+def main(argv: List[str] | None = None) -> None:
+    """Entry point: runs the CLI and exits with the monitoring exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="fsaudit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("fsaudit: interrupted", err=True)
+        code = EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        click.echo("\nfsaudit: interrupted", err=True)
+        code = EXIT_UNKNOWN
+    except click.exceptions.ClickException as error:
+        error.show()
+        code = EXIT_UNKNOWN
+    except FsauditError as error:
+        click.echo(f"fsaudit: {error}", err=True)
+        code = EXIT_UNKNOWN
+    except BrokenPipeError:
+        code = EXIT_UNKNOWN
+    except Exception as error:
+        LOG.debug("internal error", exc_info=True)
+        click.echo(
+            f"fsaudit: internal error: {type(error).__name__}: {error} (run with --debug for details)",
+            err=True,
+        )
+        code = EXIT_UNKNOWN
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,165 @@
+"""`fsaudit audit`, `fsaudit self-check` and `fsaudit checks`: running the checkers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Tuple
+
+import click
+
+from fsaudit.checker import Context
+from fsaudit.cli.common import (
+    EXIT_UNKNOWN,
+    LOG,
+    colour_wanted,
+    select_checkers,
+    window_option,
+    write_output,
+)
+from fsaudit.config import load_config, merge_options, parse_sets
+from fsaudit.model import Report
+from fsaudit.progress import Progress
+from fsaudit.registry import Entry, load_checkers
+from fsaudit.report import RENDERERS, check_format, format_available, render
+from fsaudit.report.text import verdict
+from fsaudit.runner import install_hint, missing_module, run_audit
+from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_options
+from fsaudit.target import Target
+
+
+@click.command()
+@click.option(
+    "--root",
+    default="/",
+    show_default=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="The root of the system to audit (a mounted image or snapshot).",
+)
+@click.option("--check", "only", multiple=True, metavar="NAME", help="Run only this checker (repeatable).")
+@click.option("--skip", multiple=True, metavar="NAME", help="Do not run this checker (repeatable).")
+@click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
+@click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: /etc/fsaudit/fsaudit.toml when present).",
+)
+@click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers per checker (default: all cores).")
+@click.option(
+    "--drop-cache/--no-drop-cache",
+    default=None,
+    help="Drop each file's cached pages before reading it, so the disk is read "
+    "(default: on for /, off under --root).",
+)
+def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_cache) -> int:
+    """Audit ROOT and report what is damaged; the exit code says how bad (0 ok .. 3 unknown)."""
+    config = load_config(config_path)
+    settings = config.get("audit", {})
+    window_text = window if window is not None else settings.get("window")
+    only = list(only) or list(settings.get("check", []))
+    skip = list(skip) or list(settings.get("skip", []))
+    if drop_cache is None:
+        drop_cache = settings.get("drop_cache")
+    check_format(fmt)
+    selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
+    context = Context(
+        jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,
+        window=window_option(window_text, root),
+        progress=Progress.for_terminal(),
+    )
+    report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
+    return _deliver(report, interrupted, fmt, output)
+
+
+def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) -> int:
+    """Write the rendered report and return the audit's exit code (3 when interrupted, unless
+    damage was already found)."""
+    colour = fmt == "text" and output is None and colour_wanted(sys.stdout)
+    write_output(render(report, fmt, colour=colour), output)
+    if interrupted:
+        click.echo("fsaudit: interrupted; the report covers what was checked before", err=True)
+        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
+    return report.exit_code
+
+
+@click.command("self-check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
+@click.option(
+    "--baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A baseline recorded earlier with `fsaudit baseline create`.",
+)
+@click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(RENDERERS)),
+    help="Report format (default: html, written to fsaudit-self-check.html).",
+)
+@click.option("--output", type=click.Path(dir_okay=False), help="Where to write the report.")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers (default: all cores).")
+def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
+    """Check your own files under PATHS (no root needed): Python environments, git checkouts,
+    file formats, and a baseline if you recorded one."""
+    raw = parse_sets(list(sets))
+    if baseline_file:
+        raw.setdefault("baseline", {})["file"] = [os.path.abspath(baseline_file)]
+    if fmt is not None:
+        check_format(fmt)
+    entries = load_checkers()
+    names, options = self_check_options(entries, list(paths), raw)
+    selected = select_checkers(entries, names, [], options)
+    if fmt is None:
+        fmt = next(f for f in DEFAULT_FORMATS if format_available(f))
+        output = output or DEFAULT_REPORT.format(extension="html" if fmt == "html" else "txt")
+    context = Context(
+        jobs=jobs or os.cpu_count() or 1, window=window_option(window, "/"), progress=Progress.for_terminal()
+    )
+    report, interrupted = run_audit(Target("/"), selected, context)
+    code = _deliver(report, interrupted, fmt, output)
+    if output:
+        click.echo(verdict(report))
+        click.echo(f"The full report is in {output}")
+    return code
+
+
+@click.command()
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False, exists=True))
+def checks(root) -> int:
+    """List the checkers, whether each applies to ROOT, and why not."""
+    target = Target(root)
+    rows = []
+    for name, entry in load_checkers().items():
+        rows.append((name, *_applicability(entry, target), entry.origin))
+    width = max((len(r[0]) for r in rows), default=4)
+    for name, applies, why, summary, origin in rows:
+        click.echo(f"{name:<{width}}  {'yes' if applies else 'no ':<3}  {summary}")
+        if why:
+            click.echo(f"{'':<{width}}       {why}")
+        click.echo(f"{'':<{width}}       from {origin}")
+    return 0
+
+
+def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
+    from fsaudit.checker import Skip
+
+    if entry.checker is None:
+        return False, entry.error, ""
+    summary = entry.checker.summary()
+    module = missing_module(entry.checker)
+    if module:
+        return False, install_hint(entry.checker, module), summary
+    try:
+        applies = entry.checker(None, Context()).applies(target)
+    except Skip as skip:
+        return False, str(skip), summary
+    except Exception as error:  # a checker's own bug: report it, list the rest
+        LOG.debug("applies() of %s failed", entry.name, exc_info=True)
+        return False, f"cannot tell: {type(error).__name__}: {error}", summary
+    return applies is not False, "" if applies is not False else "does not apply to this system", summary

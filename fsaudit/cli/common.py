@@ -1,0 +1,91 @@
+"""What every command shares: reading reports, writing output, choosing checkers, the window."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Tuple
+
+import click
+
+from fsaudit.checker import OptionError
+from fsaudit.errors import FsauditError, UsageError
+from fsaudit.model import Report
+from fsaudit.output import output_file
+from fsaudit.registry import Entry
+from fsaudit.window import Window, WindowError, parse_window, target_timezone
+
+LOG = logging.getLogger("fsaudit")
+EXIT_UNKNOWN = 3
+
+
+def colour_wanted(stream) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def write_output(text: str, output: str | None) -> None:
+    """Write the rendered report to `output` (atomically) or to stdout."""
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with output_file(output) as handle:
+            handle.write(text)
+    except OSError as error:
+        raise FsauditError(f"cannot write the report to {output}: {error.strerror}") from None
+
+
+def select_checkers(
+    entries: Dict[str, Entry], only: List[str], skip: List[str], raw_options: Dict[str, Dict[str, list]]
+) -> List[Tuple[Entry, Dict[str, Any]]]:
+    """The checkers to run with their validated settings; every problem is raised before any runs."""
+    for name in list(only) + list(skip) + list(raw_options):
+        if name not in entries:
+            known = ", ".join(entries) or "none"
+            raise UsageError(f"unknown checker {name!r} (checkers: {known})")
+    names = [n for n in (only or entries) if n not in skip]
+    names.sort(key=lambda n: (entries[n].checker.order if entries[n].checker else 50, n))
+    selected = []
+    for name in names:
+        entry = entries[name]
+        settings: Dict[str, Any] = {}
+        if entry.checker is not None:
+            try:
+                settings = entry.checker.validate_options(raw_options.get(name, {}))
+            except OptionError as error:
+                raise UsageError(str(error)) from None
+        selected.append((entry, settings))
+    return selected
+
+
+def window_option(text: str | None, root: str) -> Window | None:
+    if text is None:
+        return None
+    try:
+        return parse_window(text, target_timezone(root))
+    except WindowError as error:
+        raise UsageError(f"--window: {error}") from None
+
+
+def read_json(path: str) -> Any:
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        return json.loads(text)
+    except OSError as error:
+        raise FsauditError(f"cannot read {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise FsauditError(f"{path} is not a valid fsaudit report: not JSON: {error}") from None
+
+
+def read_report(path: str) -> Report:
+    data = read_json(path)
+    try:
+        return Report.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FsauditError(f"{path} is not a valid fsaudit report: {error}") from None

@@ -1,0 +1,148 @@
+"""Pure logic of the `debian` checker: database parsing, path filters, damage classification,
+reading .deb files, and the mapping of read errors to findings."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+
+import pytest
+
+from fixtures.debian import make_deb, make_root
+from fsaudit.checker import Context
+from fsaudit.target import Target
+from fsaudit_checks.debian import DebianChecker, _Audit, _Item, _Owner, classify, debfile, dpkg_db
+
+
+def test_paragraph_with_garbage_is_damage_and_the_rest_is_kept():
+    lines = [b"Package: a", b"\x00garbage", b"Version: 1", b" continued"]
+    fields, damage = dpkg_db.parse_paragraph(lines, b"/status", 10)
+    assert fields == {"package": "a", "version": "1\n continued"}
+    assert [(d.line, d.problem.startswith("malformed line")) for d in damage] == [(11, True)]
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (
+            " /etc/a.conf 0123456789abcdef0123456789abcdef",
+            (b"/etc/a.conf", "0123456789abcdef0123456789abcdef", False),
+        ),
+        (
+            " /etc/with space.conf 0123456789abcdef0123456789abcdef obsolete",
+            (b"/etc/with space.conf", "0123456789abcdef0123456789abcdef", True),
+        ),
+        (" /etc/new.conf newconffile", (b"/etc/new.conf", "newconffile", False)),
+        (" /etc/x.conf 0123 remove-on-upgrade", None),
+        (" etc/relative 0123456789abcdef0123456789abcdef", None),
+    ],
+)
+def test_conffile_lines(line, expected):
+    conffile = dpkg_db.parse_conffile(line)
+    assert (conffile and (conffile.path, conffile.md5, conffile.obsolete)) == expected
+
+
+def test_later_path_rules_win():
+    rules = dpkg_db.PathFilter([(True, b"/usr/share/doc/*"), (False, b"/usr/share/doc/*/copyright")])
+    assert rules.excluded(b"/usr/share/doc/a/README")
+    assert not rules.excluded(b"/usr/share/doc/a/copyright")
+    assert not rules.excluded(b"/usr/bin/a")
+
+
+def test_truncated_md5sums_drops_the_cut_line(tmp_path):
+    root = make_root(tmp_path / "root")
+    info = root / "var/lib/dpkg/info/p.md5sums"
+    info.write_bytes(
+        b"d41d8cd98f00b204e9800998ecf8427e  usr/bin/a\nnot a line\nd41d8cd98f00b204e9800998ecf8427e  usr/bi"
+    )
+    sums, damage = dpkg_db.read_md5sums(Target(root), b"/var/lib/dpkg/info/p.md5sums")
+    assert sums == {b"/usr/bin/a": "d41d8cd98f00b204e9800998ecf8427e"}
+    assert sorted(d.problem.split(":")[0] for d in damage) == [
+        "malformed lines",
+        "the file does not end with a newline",
+    ]
+
+
+def test_diversions_and_their_owner(tmp_path):
+    root = make_root(tmp_path / "root")
+    (root / "var/lib/dpkg/diversions").write_bytes(b"/a\n/a.real\nwrap\n/b\n/b.local\n:\n/c\n")
+    diversions, damage = dpkg_db.read_diversions(Target(root))
+    assert dpkg_db.diverted_location(b"/a", "orig", diversions) == b"/a.real"
+    assert dpkg_db.diverted_location(b"/a", "wrap", diversions) == b"/a"
+    assert dpkg_db.diverted_location(b"/b", "any", diversions) == b"/b.local"
+    assert len(damage) == 1
+
+
+def _blocks(*values) -> bytes:
+    return b"".join(bytes([v]) * 4096 for v in values)
+
+
+@pytest.mark.parametrize(
+    "actual, classification",
+    [
+        (_blocks(1, 2), "truncated"),
+        (_blocks(1, 0, 3), "zero-filled"),
+        (_blocks(1, 9, 3), "random"),
+        (_blocks(1, 2, 3, 4), "random"),
+    ],
+)
+def test_compare_classifies(actual, classification):
+    packaged = _blocks(1, 2, 3)
+    result = classify.compare(io.BytesIO(actual), io.BytesIO(packaged), len(actual), len(packaged))
+    assert result["classification"] == classification
+
+
+def test_evidence_without_a_package():
+    assert classify.evidence(io.BytesIO(b""), 0) == {"classification": "empty"}
+    data = _blocks(1, 0, 0)
+    assert classify.evidence(io.BytesIO(data), len(data)) == {
+        "classification": "unknown",
+        "zero_blocks": 2,
+    }
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd", "none"])
+def test_deb_members_for_every_compression(tmp_path, compression):
+    files = {"/usr/bin/a": b"a" * 100_000, "/usr/lib/l": ("symlink", "../bin/a")}
+    deb = make_deb(tmp_path, "p", files=files, compression=compression)
+    root = make_root(tmp_path / "root")
+    (root / "p.deb").write_bytes(deb.read_bytes())
+    sums = debfile.md5sums(Target(root), b"/p.deb")
+    assert sums[b"/usr/bin/a"] == ("file", hashlib.md5(b"a" * 100_000).hexdigest())
+    assert sums[b"/usr/lib/l"] == ("symlink", None)
+
+
+def test_damaged_deb_is_an_error_not_a_crash(tmp_path):
+    deb = make_deb(tmp_path, "p", files={"/usr/bin/a": bytes(range(256)) * 1000})
+    root = make_root(tmp_path / "root")
+    data = deb.read_bytes()
+    (root / "p.deb").write_bytes(data[: len(data) // 2])
+    with pytest.raises(debfile.DebError):
+        debfile.md5sums(Target(root), b"/p.deb")
+    (root / "q.deb").write_bytes(b"not a deb at all")
+    with pytest.raises(debfile.DebError):
+        debfile.md5sums(Target(root), b"/q.deb")
+
+
+def test_cache_names():
+    assert debfile.cache_name("sed", "1:4.9-1", "amd64") == b"sed_1%3a4.9-1_amd64.deb"
+    assert debfile.parse_cache_name(b"sed_1%3a4.9-1_amd64.deb") == ("sed", "1:4.9-1", "amd64")
+    assert debfile.parse_cache_name(b"partial") is None
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES])
+def test_read_errors_are_unreadable_warnings_and_counted(tmp_path, code):
+    # Root reads through chmod 000, and EIO cannot be made on demand: feed the error in directly.
+    root = make_root(tmp_path / "root")
+    checker = DebianChecker(context=Context(jobs=1))
+    audit = _Audit(checker, Target(root))
+    audit.filter = dpkg_db.PathFilter([])
+    owner = _Owner(dpkg_db.Package("p", "1", "all", "install ok installed"), True, None)
+    item = _Item(owner, "file", b"/usr/bin/p", b"/usr/bin/p", expected="0" * 32)
+    (finding,) = audit._file_error(item, OSError(code, "boom"), {})
+    assert (finding.code, finding.severity.value) == ("unreadable", "warning")
+    assert finding.details["errno"] == errno.errorcode[code]
+    audit._summarise()
+    assert checker.stats["unreadable"] == 1
+    assert checker.incomplete_reasons
