@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 
 from tests.conftest import Run
 
 GIB = 1 << 30
+
+# The peak RSS of a process counts what it held before exec(): a child forked from a large test
+# process would report the test's memory. So a small launcher starts fsaudit and reports fsaudit's
+# own wait4() usage, which also covers the descendants fsaudit waited for (its worker processes).
+_LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], dict(os.environ))
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
 
 
 @dataclass
@@ -21,38 +34,26 @@ class Cost:
 
 
 def fsaudit_measured(*args, timeout: float = 300) -> tuple:
-    """(Run, Cost) of `python -m fsaudit ARGS`. The peak RSS comes from wait4() of this very child:
-    on Linux it is the largest of the child's own and that of the descendants it reaped (its worker
-    processes, git, ...), and no other test's processes."""
+    """(Run, Cost) of `python -m fsaudit ARGS`."""
     command = [sys.executable, "-m", "fsaudit", *map(str, args)]
-    start = time.monotonic()
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"}
-    )
-    output = {}
-    readers = [
-        threading.Thread(target=lambda name, pipe: output.__setitem__(name, pipe.read()), args=(name, pipe))
-        for name, pipe in (("stdout", process.stdout), ("stderr", process.stderr))
-    ]
-    for reader in readers:
-        reader.start()
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - start > timeout:
-            process.kill()
-            os.wait4(process.pid, 0)
-            raise AssertionError(f"fsaudit {' '.join(map(str, args))} took longer than {timeout} s")
-        time.sleep(0.05)
-    seconds = time.monotonic() - start
-    for reader in readers:
-        reader.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    completed = subprocess.CompletedProcess(
-        command,
-        process.returncode,
-        output["stdout"].decode("utf-8", "replace"),
-        output["stderr"].decode("utf-8", "replace"),
-    )
-    return Run(completed), Cost(seconds, usage.ru_maxrss * 1024)
+    with tempfile.NamedTemporaryFile("r", prefix="fsaudit-rusage-") as usage:
+        start = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, usage.name, *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # The launcher's session holds fsaudit and its workers: end them all.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise AssertionError(f"fsaudit {' '.join(map(str, args))} took longer than {timeout} s") from None
+        completed = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+        seconds = time.monotonic() - start
+        max_rss = int(usage.read() or 0)
+    return Run(completed), Cost(seconds, max_rss)
