@@ -325,7 +325,9 @@ def parse_conffile(entry: str) -> Conffile | None:
             break
         text = head
     path, _, md5 = text.rpartition(" ")
-    if not path.startswith("/") or not (md5 == "newconffile" or _MD5.match(md5.encode())):
+    if not path.startswith("/") or not (
+        md5 == "newconffile" or _MD5.match(md5.encode("utf-8", "surrogateescape"))
+    ):
         return None
     return Conffile(path.encode("utf-8", "surrogateescape"), md5.lower(), obsolete)
 

@@ -55,6 +55,11 @@ class _Parser:
     def _peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
+    def _blank(self) -> bool:
+        # Not `in " \t"` alone: the empty string of the end of the text is in every string.
+        char = self._peek()
+        return char != "" and char in " \t"
+
     def entries(self) -> List[Tuple[str, Optional[str]]]:
         found: List[Tuple[str, Optional[str]]] = []
         while self.pos < len(self.text):
@@ -91,9 +96,9 @@ class _Parser:
         if self._peek() == "]":
             self.pos += 1
             return name
-        if self._peek() not in " \t" or "." in name:
+        if not self._blank() or "." in name:
             raise ConfigDamaged(f"a malformed section header at offset {start}")
-        while self._peek() in " \t":
+        while self._blank():
             self.pos += 1
         if self._peek() != '"':
             raise ConfigDamaged(f"a malformed section header at offset {start}")
@@ -124,7 +129,7 @@ class _Parser:
         return self.text[start : self.pos].lower()
 
     def _value(self) -> Optional[str]:
-        while self._peek() in " \t":
+        while self._blank():
             self.pos += 1
         char = self._peek()
         if char in ("", "\n", "\r", "#", ";"):

@@ -2,6 +2,7 @@
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -167,8 +168,8 @@ def test_hash_based_bytecode_is_compared_when_the_hash_matches(tmp_path):
     assert run.code == 0, run.stdout
     assert run.check("content")["stats"]["bytecode_compared_with_source"] == 1
     # Damage to the bytecode that still loads: the source's hash matches, the code does not.
-    data = bytearray(open(cfile, "rb").read())
+    data = bytearray(Path(cfile).read_bytes())
     data[data.index(b"EUR")] = ord("X")
-    open(cfile, "wb").write(bytes(data))
+    Path(cfile).write_bytes(bytes(data))
     run = audit("--set", f"content.paths={tmp_path}")
     assert run.codes("content") == {"bytecode-mismatch"}
