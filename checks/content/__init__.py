@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,9 @@ class ContentChecker(Checker):
         finally:
             pool.close()
         yield from self._left_out()
+        denied = self.stats.get("not_checked_permission", 0)
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _validate(
         self, target: Target, pool: WorkerPool, path: bytes
@@ -188,6 +192,10 @@ class ContentChecker(Checker):
             return
         if isinstance(result, str):
             self.count("files_unsupported")
+            return
+        if isinstance(result, OSError) and result.errno in (errno.EACCES, errno.EPERM):
+            # Permission denied is not damage: counted, and the check says it is incomplete.
+            self.count("not_checked_permission")
             return
         if isinstance(result, OSError):
             self.count("files_unreadable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -23,6 +24,7 @@ INDEX_LIMIT = 512 << 20
 FSCK_LINES = 50
 FSCK_LINE_LENGTH = 500
 ATTRIBUTES_TIMEOUT = 300
+PERMISSION = (errno.EACCES, errno.EPERM)
 _FSCK_PROBLEM = re.compile(r"^(error|fatal|missing|broken link|bad|warning in|hash mismatch)", re.I)
 
 
@@ -122,6 +124,9 @@ class GitChecker(Checker):
             except OSError as error:
                 # The scratch repository is on this machine: failing to make it is our failure.
                 self.incomplete(f"{target.display(tree)} was not checked: {error.strerror or error}")
+        denied = self.stats.get("not_checked_permission", 0)
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _repository_damaged(self, target: Target, tree: bytes, where: bytes, problem: str):
         return self.finding(
@@ -158,6 +163,13 @@ class GitChecker(Checker):
         output = sandbox.display((done.stdout + done.stderr).decode("utf-8", "replace")).splitlines()
         output = [line[:FSCK_LINE_LENGTH] for line in output]
         problems = [line for line in output if _FSCK_PROBLEM.match(line.strip())]
+        denied = [line for line in problems if "Permission denied" in line]
+        if denied:
+            # Objects this user may not read are not damaged: the check is incomplete instead.
+            self.count("not_checked_permission", len(denied))
+            problems = [line for line in problems if line not in denied]
+            if not problems:
+                return
         if done.returncode == 0 and not problems:
             self.count("repositories_fsck_clean")
             return
@@ -183,6 +195,9 @@ class GitChecker(Checker):
         try:
             data = target.read_bytes(index, limit=INDEX_LIMIT, follow=False)
         except FileNotFoundError:
+            return [], None
+        except PermissionError:
+            self.count("not_checked_permission")
             return [], None
         except OSError as error:
             return [], f"cannot read the index: {error.strerror or error}"
@@ -234,6 +249,10 @@ class GitChecker(Checker):
             elif verdict == CONTENT_DIFFERS:
                 mismatched.append((path, entry, result))
             else:
+                if getattr(result.error, "errno", None) in PERMISSION:
+                    # Permission denied is not damage (run as root to check them).
+                    self.count("not_checked_permission")
+                    continue
                 yield unverified_finding(self, verdict, result, path, advice, "tracked file")
         yield from self._mismatches(target, tree, config, sandbox, mismatched, advice)
 

@@ -130,6 +130,9 @@ class LogsChecker(Checker):
             self.context.progress.advance()
         if self.settings["journal"]:
             yield from self._journals(target)
+        denied = self.stats.get("not_checked_permission", 0)
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _since_time(self) -> datetime:
         lookback = self.settings["lookback"]
@@ -171,6 +174,10 @@ class LogsChecker(Checker):
             yield self._unreadable(
                 path, f"a {error.kind} stands where a log file was expected", Severity.WARNING
             )
+            return
+        except PermissionError:
+            # Permission denied is not damage: counted, and the check says it is incomplete.
+            self.count("not_checked_permission")
             return
         except OSError as error:
             yield self._unreadable(path, error.strerror or str(error), self._severity(error))

@@ -173,3 +173,29 @@ def test_hash_based_bytecode_is_compared_when_the_hash_matches(tmp_path):
     Path(cfile).write_bytes(bytes(data))
     run = audit("--set", f"content.paths={tmp_path}")
     assert run.codes("content") == {"bytecode-mismatch"}
+
+
+def test_permission_denied_is_not_damage(tmp_path):
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="fsaudit-content-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        for name, data in sample_files().items():
+            (base / name).write_bytes(data)
+            os.chmod(base / name, 0o644)
+        os.chmod(base / "text.gz", 0o600)  # root's: nobody may not read it
+        flip_byte(base / "image.png", 40)
+        run = fsaudit(
+            "audit", "--check", "content", "--set", f"content.paths={base}", "--format", "json", user="nobody"
+        )
+        assert {f["path"].rsplit("/", 1)[1]: f["code"] for f in run.findings("content")} == {
+            "image.png": "checksum-mismatch"
+        }
+        check = run.check("content")
+        assert check["stats"]["not_checked_permission"] == 1
+        assert "1 files not checked: permission denied" in check["reason"]
+        assert run.code == 2  # critical wins over unknown
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

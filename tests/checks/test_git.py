@@ -167,3 +167,27 @@ def test_damaged_head_and_config_are_reported(repo):
     assert run.codes("git") == {"repository-damaged"}
     assert len(run.findings("git")) == 2
     assert run.code == 2
+
+
+def test_permission_denied_is_not_damage():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    require_program("git", "git")
+    base = Path(tempfile.mkdtemp(prefix="fsaudit-git-", dir="/tmp"))
+    try:
+        tree = make_repo(base / "site", FILES)
+        for path in [base, *base.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chmod(tree / "README", 0o600)  # root's: nobody may not read it
+        run = fsaudit(
+            "audit", "--check", "git", "--set", f"git.paths={base}", "--format", "json", user="nobody"
+        )
+        check = run.check("git")
+        assert check["findings"] == [], check
+        assert check["stats"]["not_checked_permission"] == 1
+        assert check["status"] == "unknown"
+        assert run.code == 3
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
