@@ -115,12 +115,20 @@ class GitChecker(Checker):
             fsck = self.settings["fsck"] and common_dir not in checked
             checked.add(common_dir)
             try:
+                if fsck and git_dir != common_dir:
+                    # fsck sees the repository from its own git directory, with every work tree's
+                    # HEAD and index as roots, whichever work tree was found first.
+                    with GitSandbox(target, common_dir, common_dir, config) as sandbox:
+                        yield from self._fsck(target, tree, common_dir, config, sandbox)
+                    fsck = False
                 with GitSandbox(target, git_dir, common_dir, config) as sandbox:
                     if sandbox.head_damage:
                         yield self._repository_damaged(target, tree, git_dir, sandbox.head_damage)
                     if fsck:
                         yield from self._fsck(target, tree, common_dir, config, sandbox)
                     yield from self._tracked_files(target, tree, git_dir, config, sandbox)
+                    if self.settings["fsck"] and git_dir != common_dir and not config.partial_clone:
+                        yield from self._linked_index_objects(target, tree, git_dir, config, sandbox)
             except OSError as error:
                 # The scratch repository is on this machine: failing to make it is our failure.
                 self.incomplete(f"{target.display(tree)} was not checked: {error.strerror or error}")
@@ -206,6 +214,45 @@ class GitChecker(Checker):
             return read_index(data, hash_size), None
         except IndexDamaged as error:
             return [], str(error)
+
+    def _linked_index_objects(
+        self, target: Target, tree: bytes, git_dir: bytes, config: RepositoryConfig, sandbox: GitSandbox
+    ) -> Iterator:
+        """The objects a linked work tree's index names must exist: git fsck before 2.41 checks the
+        index of the work tree it runs in only, so the repository's fsck does not cover this one."""
+        entries, damage = self._entries(target, git_dir, config)
+        ids = sorted({entry.object_id for entry in entries if entry.kind != "submodule"})
+        if damage or not ids:
+            return
+        try:
+            done = sandbox.run(
+                "cat-file",
+                "--batch-check",
+                stdin=("\n".join(ids) + "\n").encode(),
+                timeout=ATTRIBUTES_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            self.incomplete(f"the objects of {target.display(tree)}'s index could not be checked in time")
+            return
+        missing = [
+            line.split()[0]
+            for line in done.stdout.decode("ascii", "replace").splitlines()
+            if line.endswith(" missing")
+        ]
+        if not missing:
+            return
+        yield self.finding(
+            "object-damaged",
+            "critical",
+            f"{len(missing)} object(s) this work tree's index names are missing from the repository",
+            path=tree,
+            details={
+                "fsck": [f"missing blob {oid}" for oid in missing[:FSCK_LINES]],
+                "problems": len(missing),
+                "git_dir": target.display(git_dir),
+            },
+            advice="re-deploy this tree from its remote (git clone), or restore the repository from backup",
+        )
 
     def _tracked_files(
         self, target: Target, tree: bytes, git_dir: bytes, config: RepositoryConfig, sandbox: GitSandbox
