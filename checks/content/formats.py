@@ -336,7 +336,8 @@ def check_pyc(handle, job: Job) -> Optional[Problem]:
     except MemoryError:
         # The worker's memory cap stopped an allocation far beyond what the file can hold.
         return Problem("structure-damaged", "the bytecode announces more data than the file holds")
-    except (ValueError, EOFError, TypeError) as error:
+    except (ValueError, EOFError, TypeError, SystemError) as error:
+        # SystemError: CPython's code object constructor rejecting what marshal read.
         return Problem("structure-damaged", f"the bytecode cannot be loaded ({error})")
     if not isinstance(code, types.CodeType):
         return Problem("structure-damaged", f"the bytecode holds a {type(code).__name__}, not a code object")
