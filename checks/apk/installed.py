@@ -4,8 +4,7 @@ block of `X:value` lines per package, blocks separated by an empty line. `P:` na
 digests are SHA-256 cut to 160 bits); then per directory `F:` (relative to the root) and its `M:`
 owner and mode, per file `R:` (its name in that directory), `a:` owner and mode, `Z:` digest.
 Digests are `Q1` + base64 (SHA-1; SHA-256 when 32 bytes long), `Q2` + base64 (SHA-256), or `X1`/`X2`
-+ hex. A file without `a:` is root's with mode 0644, a directory without `M:` root's with 0755; the
-digest of a symlink is that of its target."""
++ hex. A file without `a:` is root's with mode 0644; the digest of a symlink is that of its target."""
 
 from __future__ import annotations
 
@@ -36,7 +35,6 @@ VERSION = re.compile(r"^[A-Za-z0-9._+~-]{1,255}$")
 ARCH = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _ACL = re.compile(rb"^([0-9]+):([0-9]+):([0-7]{1,6})(?::.*)?$")
 DEFAULT_FILE_MODE = 0o644
-DEFAULT_DIR_MODE = 0o755
 
 
 class DigestError(ValueError):
@@ -93,14 +91,16 @@ def _line(block: _Block, field: bytes, value: bytes, source: bytes, number: int,
         path = b"/" + value.strip(b"/")
         if path != b"/" and valid_path(path):
             raise ValueError(f"an impossible directory {value[:80]!r}")
-        block.directory = Entry(path, DIRECTORY, mode=DEFAULT_DIR_MODE, uid=0, gid=0)
+        # A directory's owner and mode are not compared: several packages may list one directory
+        # with different `M:` values, and only one of them is on the disk.
+        block.directory = Entry(path, DIRECTORY)
         block.file = None
         if path != b"/":
             block.entries.append(block.directory)
     elif field == b"M":
         if block.directory is None:
             raise ValueError("an owner and mode before any directory")
-        block.directory.uid, block.directory.gid, block.directory.mode = _acl(value)
+        _acl(value)
     elif field == b"R":
         if block.directory is None:
             raise ValueError("a file before any directory")
