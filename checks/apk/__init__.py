@@ -9,7 +9,8 @@ from fsaudit.checker import Skip
 from fsaudit.target import Target
 from fsaudit_checks.apk import cache, installed
 from fsaudit_checks.apk.protected import read_protected_paths
-from fsaudit_checks.manifest import Damage, ManifestChecker, Package
+from fsaudit_checks.manifest import ManifestChecker
+from fsaudit_checks.manifest.entries import Damage, Package
 
 
 class ApkChecker(ManifestChecker):

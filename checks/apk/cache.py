@@ -16,7 +16,7 @@ from typing import IO, Dict, Iterator, Optional, Tuple
 
 from fsaudit.target import Target
 from fsaudit_checks.apk.installed import identity_hex
-from fsaudit_checks.manifest import Package
+from fsaudit_checks.manifest.entries import Package
 
 CACHE_DIRS = (b"/etc/apk/cache", b"/var/cache/apk")
 MEMBER_LIMIT = 4 << 30

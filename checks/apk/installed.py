@@ -15,16 +15,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from fsaudit.target import Target
 from fsaudit_checks.apk.protected import ProtectedPaths
-from fsaudit_checks.manifest import (
-    DIRECTORY,
-    FILE_OR_SYMLINK,
-    Damage,
-    Entry,
-    Package,
-    TooBig,
-    read_lines,
-    valid_path,
-)
+from fsaudit_checks.manifest.entries import DIRECTORY, FILE_OR_SYMLINK, Damage, Entry, Package, valid_path
+from fsaudit_checks.manifest.lines import TooBig, read_lines
 
 INSTALLED = b"/lib/apk/db/installed"
 INSTALLED_LIMIT = 512 << 20

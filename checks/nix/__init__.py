@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding
 from fsaudit.target import Target
-from fsaudit_checks.manifest import MTIME_SLACK, iso
+from fsaudit_checks.manifest.entries import MTIME_SLACK, iso
 from fsaudit_checks.nix import nar, store
 from fsaudit_checks.nix.store import Damage, ValidPath
 

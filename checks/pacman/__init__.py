@@ -9,7 +9,8 @@ from typing import Iterator, Union
 
 from fsaudit.checker import Option, Skip
 from fsaudit.target import Target
-from fsaudit_checks.manifest import Damage, ManifestChecker, Package
+from fsaudit_checks.manifest import ManifestChecker
+from fsaudit_checks.manifest.entries import Damage, Package
 from fsaudit_checks.pacman import cache, localdb
 from fsaudit_checks.pacman.conf import Settings, read_settings
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import IO, Dict, Iterator, Optional, Tuple
 
 from fsaudit.target import Target
-from fsaudit_checks.manifest import Package
+from fsaudit_checks.manifest.entries import Package
 from fsaudit_checks.pacman.conf import Settings
 
 SUFFIXES = (b".pkg.tar.zst", b".pkg.tar.xz", b".pkg.tar.gz", b".pkg.tar.bz2", b".pkg.tar")

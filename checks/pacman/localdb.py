@@ -12,7 +12,8 @@ import zlib
 from typing import Dict, Iterator, List, Tuple, Union
 
 from fsaudit.target import Target
-from fsaudit_checks.manifest import DIRECTORY, FILE, Damage, Entry, Package, TooBig, read_lines, valid_path
+from fsaudit_checks.manifest.entries import DIRECTORY, FILE, Damage, Entry, Package, valid_path
+from fsaudit_checks.manifest.lines import TooBig, read_lines
 from fsaudit_checks.pacman import mtree
 from fsaudit_checks.pacman.conf import Settings
 

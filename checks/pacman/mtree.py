@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, Iterator, List, Tuple, Union
 
-from fsaudit_checks.manifest import DIRECTORY, FILE, SPECIAL, SYMLINK, Damage, Entry, valid_path
+from fsaudit_checks.manifest.entries import DIRECTORY, FILE, SPECIAL, SYMLINK, Damage, Entry, valid_path
 
 _HEX = {"md5": re.compile(rb"^[0-9a-f]{32}$"), "sha256": re.compile(rb"^[0-9a-f]{64}$")}
 _DIGEST_KEYS = {

@@ -8,7 +8,8 @@ from typing import Iterator, Union
 
 from fsaudit.checker import Skip
 from fsaudit.target import Target
-from fsaudit_checks.manifest import CODES, Damage, ManifestChecker, Package
+from fsaudit_checks.manifest import CODES, ManifestChecker
+from fsaudit_checks.manifest.entries import Damage, Package
 from fsaudit_checks.portage import vdb
 from fsaudit_checks.portage.protect import read_config_protect
 

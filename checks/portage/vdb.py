@@ -10,7 +10,7 @@ import re
 from typing import Iterator, List, Tuple, Union
 
 from fsaudit.target import Target
-from fsaudit_checks.manifest import (
+from fsaudit_checks.manifest.entries import (
     DIRECTORY,
     FILE,
     SPECIAL,
@@ -18,10 +18,9 @@ from fsaudit_checks.manifest import (
     Damage,
     Entry,
     Package,
-    TooBig,
-    read_lines,
     valid_path,
 )
+from fsaudit_checks.manifest.lines import TooBig, read_lines
 from fsaudit_checks.portage.protect import ConfigProtect
 
 VDB = b"/var/db/pkg"

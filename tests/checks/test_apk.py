@@ -18,7 +18,7 @@ from fixtures.corrupt import flip_byte, kept_times, replace_with_fifo, truncate
 from fsaudit.target import Target
 from fsaudit_checks.apk import cache, installed
 from fsaudit_checks.apk.protected import ProtectedPaths, read_protected_paths
-from fsaudit_checks.manifest import Package
+from fsaudit_checks.manifest.entries import Package
 from tests.conftest import fsaudit
 
 HOSTILE = os.fsdecode(b"/usr/share/demo/caf\xe9 \x1b[31mred")

@@ -17,7 +17,7 @@ import pytest
 from fixtures import pacman as pacfix
 from fixtures.corrupt import flip_byte, kept_times, replace_with_fifo, truncate
 from fsaudit.target import Target
-from fsaudit_checks.manifest import Package
+from fsaudit_checks.manifest.entries import Package
 from fsaudit_checks.pacman import cache
 from fsaudit_checks.pacman.conf import read_settings
 from tests.conftest import fsaudit, require_program

@@ -1,7 +1,6 @@
-"""Verifying installed files against a package manager's manifest: what `portage`, `pacman` and `apk`
-share. Each of them reads its own database into `Package`s, each with its `Entry`s (or the `Damage`
-found while reading them); `ManifestChecker` hashes the files through the shared engine and turns
-every difference into the same findings, with the same severities, as `debian`."""
+"""One run of a manifest checker: the packages' entries turned into hash requests for the shared
+engine, in database order, and every result (or missing, unreadable or foreign thing on the disk)
+judged into a Finding."""
 
 from __future__ import annotations
 
@@ -10,191 +9,30 @@ import hashlib
 import os
 import stat
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, Iterator, Set, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Set
 
-from fsaudit.checker import Checker
 from fsaudit.hashing import HashRequest, HashResult, hash_files
 from fsaudit.model import Finding
 from fsaudit.target import NotRegularFile, Target, file_kind
+from fsaudit_checks.manifest.entries import (
+    DIRECTORY,
+    FILE,
+    FILE_OR_SYMLINK,
+    MTIME_SLACK,
+    SPECIAL,
+    SYMLINK,
+    Damage,
+    Entry,
+    Package,
+    digest_matches,
+    iso,
+)
 
-FILE = "file"
-DIRECTORY = "directory"
-SYMLINK = "symlink"
-# apk records one digest per path: of the content of a regular file, of the target of a symlink.
-FILE_OR_SYMLINK = "file-or-symlink"
-SPECIAL = "special"
-
-# A file whose mtime is later than this many seconds after the reference time was written after the
-# package manager installed it (recorded times are whole seconds).
-MTIME_SLACK = 1
 MAX_LINK = 4096
 # Directories already seen intact (many packages list /usr/bin): remembered up to this many.
 DIRECTORY_CACHE = 200_000
-SAMPLE = 20
 _PERMISSION = (errno.EACCES, errno.EPERM)
-
-CODES = {
-    "missing": "a file or symlink the package installed is gone",
-    "content-differs": "a file's content differs from the packaged one, and its mtime does not show a "
-    "later write (or shows one inside the suspect window): silent damage",
-    "modified-after-install": "a file's content differs and its mtime is after the package's "
-    "installation, outside the suspect window: a local modification (or damage: look at it)",
-    "wrong-type": "a directory, FIFO, device, socket or symlink stands where the package installed "
-    "something else",
-    "link-differs": "a packaged symlink points somewhere else",
-    "metadata-differs": "mode, owner or group differ from the package while the content is intact",
-    "directory-missing": "a directory the package installed is gone",
-    "unreadable": "a packaged file could not be read (I/O error): it was not verified",
-    "conffile-changed": "a configuration file differs from the packaged one (an edit by the "
-    "administrator?); details say whether its mtime is after the installation",
-    "conffile-missing": "a configuration file of a package is gone",
-    "database-damaged": "the package database is malformed or inconsistent; everything readable was "
-    "still verified",
-}
-
-
-@dataclass
-class Damage:
-    """A problem of the package database itself: which file, what is wrong, where."""
-
-    path: bytes
-    problem: str
-    line: int = 0
-    count: int = 1
-
-
-@dataclass
-class Entry:
-    """One path a package installed, with what its database recorded about it.
-
-    `digest` is lower-case hex of `algorithm` (a hashlib name); a shorter digest than the algorithm
-    gives is a prefix of it (apk's SHA-256 cut to 160 bits). `mtime` is the recorded mtime in whole
-    seconds; `mode` the permission bits (07777); `link` a symlink's recorded target.
-    """
-
-    path: bytes
-    kind: str = FILE
-    digest: str | None = None
-    algorithm: str = ""
-    size: int | None = None
-    mtime: int | None = None
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    link: bytes | None = None
-    conffile: bool = False
-    # For SPECIAL entries: "fifo" or "device".
-    special: str = ""
-
-
-@dataclass
-class Package:
-    """One installed package: its identity as every finding carries it, and its entries.
-
-    `installed` is the time after which no write to its files was the package manager's (pacman's
-    install date; apk's build time, since apk gives every file the archive's mtime); None: compare
-    with each entry's recorded mtime. `entries` yields `Entry` and `Damage` (read lazily, once).
-    """
-
-    name: str
-    version: str
-    architecture: str = ""
-    installed: float | None = None
-    database: bytes = b""
-    identity: Dict[str, Any] = field(default_factory=dict)
-    entries: Iterable[Union[Entry, Damage]] = ()
-
-    @property
-    def subject(self) -> str:
-        return f"{self.name} {self.version}".strip()
-
-    def details(self) -> Dict[str, Any]:
-        return {
-            "package": self.name,
-            "version": self.version,
-            "architecture": self.architecture,
-            **self.identity,
-        }
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    try:
-        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def valid_path(path: bytes) -> str | None:
-    """Why `path` cannot be a path a package manager installed, or None when it can."""
-    if not path.startswith(b"/"):
-        return "not an absolute path"
-    if b"\0" in path:
-        return "a NUL byte in the path"
-    if len(path) > 4096:
-        return "a path longer than 4096 bytes"
-    if any(part in (b"..", b".") for part in path.split(b"/")):
-        return "a '.' or '..' component in the path"
-    return None
-
-
-class TooBig(Exception):
-    """A database file larger than any real one: what was read so far is used, the rest is not."""
-
-
-LINE_LIMIT = 1 << 16
-CHUNK = 1 << 20
-
-
-def read_lines(stream, max_bytes: int, max_line: int = LINE_LIMIT) -> Iterator[tuple]:
-    """(line number, line without its newline) of a binary stream, in bounded memory.
-
-    A line longer than `max_line` comes as None (what follows it up to its newline is skipped);
-    more than `max_bytes` in all raises TooBig. Errors of the stream (a damaged gzip) propagate.
-    """
-    pending = b""
-    overlong = False
-    number = 0
-    total = 0
-    while True:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > max_bytes:
-            raise TooBig(f"larger than {max_bytes:,} bytes: read no further")
-        start = 0
-        while True:
-            end = chunk.find(b"\n", start)
-            if end < 0:
-                if not overlong:
-                    pending += chunk[start:]
-                    if len(pending) > max_line:
-                        overlong, pending = True, b""
-                break
-            number += 1
-            if overlong:
-                yield number, None
-            else:
-                line = pending + chunk[start:end]
-                yield number, (line if len(line) <= max_line else None)
-            pending, overlong = b"", False
-            start = end + 1
-    if overlong:
-        yield number + 1, None
-    elif pending:
-        yield number + 1, pending
-
-
-def digest_matches(actual: str | None, expected: str) -> bool:
-    if actual is None:
-        return False
-    if len(expected) < len(actual):
-        return len(expected) >= 40 and actual.startswith(expected)
-    return actual == expected
 
 
 @dataclass
@@ -209,48 +47,7 @@ class _Item:
     error: OSError | None = None
 
 
-class ManifestChecker(Checker):
-    """Base of the checkers that verify files against a package manager's per-file manifest.
-
-    Subclasses set `name`, `covers`, the docstring, and write `packages(target)` (the database read
-    into `Package`s and top-level `Damage`s) and `reinstall_command(package)`."""
-
-    category = "os-files"
-    codes = CODES
-    # Words for the database in findings and advice.
-    database_advice = "restore the package database from a backup"
-
-    def packages(self, target: Target) -> Iterator[Union[Package, Damage]]:
-        raise NotImplementedError
-
-    def reinstall_command(self, package: Package) -> str:
-        raise NotImplementedError
-
-    def package_count(self, target: Target) -> int | None:
-        """How many packages there are, for progress (None: not known in advance)."""
-        return None
-
-    def excluded(self, path: bytes) -> bool:
-        """Whether a missing `path` is expected (the package manager was told not to install it)."""
-        return False
-
-    def advice(self, package: Package) -> str:
-        """Reinstalling the package, said for the machine where it must happen."""
-        command = self.reinstall_command(package)
-        root = getattr(self, "_root_text", None)
-        if root is None:
-            return f"reinstall the package {package.name}: {command}"
-        return (
-            f"reinstall the package {package.name} inside the VM, not on this host (this audit read the "
-            f"image at {root}): {command}"
-        )
-
-    def run(self, target: Target) -> Iterator[Finding]:
-        self._root_text = None if target.live else target.root_text
-        yield from _Verification(self, target).run()
-
-
-class _Verification:
+class Verification:
     """One run of a manifest checker over one target."""
 
     _COUNTERS = (
@@ -267,7 +64,7 @@ class _Verification:
         "mtime_differs",
     )
 
-    def __init__(self, checker: ManifestChecker, target: Target):
+    def __init__(self, checker, target: Target):
         self.checker = checker
         self.target = target
         self.window = checker.context.window
