@@ -40,13 +40,15 @@ BUSYBOX = {"/bin/busybox": ("busybox\n" * 100, 0o755), "/bin/sh": ("link", "/bin
 @pytest.fixture(scope="module")
 def pristine():
     base = Path(tempfile.mkdtemp(prefix="fsaudit-apk-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    root = alpine.make_root(base / "root")
-    (root / "etc/apk/protected_paths.d/ca-certificates.list").write_text("-etc/ssl/certs/ca-cert-*.pem\n")
-    alpine.install(root, "busybox", "1.36.1-r15", BUSYBOX)
-    alpine.install(root, "demo", "1.2-r0", DEMO)
-    yield root
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        os.chmod(base, 0o755)
+        root = alpine.make_root(base / "root")
+        (root / "etc/apk/protected_paths.d/ca-certificates.list").write_text("-etc/ssl/certs/ca-cert-*.pem\n")
+        alpine.install(root, "busybox", "1.36.1-r15", BUSYBOX)
+        alpine.install(root, "demo", "1.2-r0", DEMO)
+        yield root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

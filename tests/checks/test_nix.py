@@ -26,25 +26,27 @@ SMALL = 60
 def pristine(tmp_path_factory):
     require_program("nix-store", "nix-bin")
     base = Path(tempfile.mkdtemp(prefix="fsaudit-nix-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    work = base / "work"
-    (work / "tree/bin").mkdir(parents=True)
-    (work / "tree/bin/hello").write_text("#!/bin/sh\necho hello\n" * 30)
-    os.chmod(work / "tree/bin/hello", 0o755)
-    (work / "tree/share").mkdir()
-    (work / "tree/share/data").write_bytes(bytes(range(256)) * 40)
-    os.symlink("../bin/hello", work / "tree/share/hello-link")
-    (work / "tree" / HOSTILE).write_text("hostile name\n")
-    (work / "small").mkdir()
-    for i in range(SMALL):
-        (work / "small" / f"file{i:03}").write_text(f"small file {i}\n" * 10)
-    root = base / "root"
-    paths = {"tree": nixfix.add(root, [work / "tree"])[0]}
-    paths["small"] = nixfix.add(root, sorted((work / "small").iterdir()))
-    paths["built"] = nixfix.build(root, work / "build", "payload-1.0", "payload\n" * 100)
-    yield root, paths
-    subprocess.run(["chmod", "-R", "u+w", str(base)], check=True)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        os.chmod(base, 0o755)
+        work = base / "work"
+        (work / "tree/bin").mkdir(parents=True)
+        (work / "tree/bin/hello").write_text("#!/bin/sh\necho hello\n" * 30)
+        os.chmod(work / "tree/bin/hello", 0o755)
+        (work / "tree/share").mkdir()
+        (work / "tree/share/data").write_bytes(bytes(range(256)) * 40)
+        os.symlink("../bin/hello", work / "tree/share/hello-link")
+        (work / "tree" / HOSTILE).write_text("hostile name\n")
+        (work / "small").mkdir()
+        for i in range(SMALL):
+            (work / "small" / f"file{i:03}").write_text(f"small file {i}\n" * 10)
+        root = base / "root"
+        paths = {"tree": nixfix.add(root, [work / "tree"])[0]}
+        paths["small"] = nixfix.add(root, sorted((work / "small").iterdir()))
+        paths["built"] = nixfix.build(root, work / "build", "payload-1.0", "payload\n" * 100)
+        yield root, paths
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(base)], check=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -59,11 +59,13 @@ def packages(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pristine(packages, tmp_path_factory):
     base = Path(tempfile.mkdtemp(prefix="fsaudit-pacman-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    root = pacfix.make_root(base / "root", conf_extra="NoExtract = usr/share/skipped/*\n")
-    pacfix.install(root, [packages["demo"], packages["other"], packages["skipped"]])
-    yield root
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        os.chmod(base, 0o755)
+        root = pacfix.make_root(base / "root", conf_extra="NoExtract = usr/share/skipped/*\n")
+        pacfix.install(root, [packages["demo"], packages["other"], packages["skipped"]])
+        yield root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -39,12 +39,14 @@ OTHER = {"/usr/bin/other": ("other program\n" * 50, 0o755), "/usr/share/other/da
 @pytest.fixture(scope="module")
 def pristine():
     base = Path(tempfile.mkdtemp(prefix="fsaudit-portage-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    root = gentoo.make_root(base / "root")
-    gentoo.install(root, "app-misc", "demo-1.2.3_p4-r1", DEMO, slot="1")
-    gentoo.install(root, "dev-libs", "other-2.0", OTHER)
-    yield root
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        os.chmod(base, 0o755)
+        root = gentoo.make_root(base / "root")
+        gentoo.install(root, "app-misc", "demo-1.2.3_p4-r1", DEMO, slot="1")
+        gentoo.install(root, "dev-libs", "other-2.0", OTHER)
+        yield root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
