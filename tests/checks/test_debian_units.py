@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from fixtures.debian import make_deb, make_root
+from fixtures.debian import bomb_deb, make_deb, make_root
 from fsaudit.checker import Context
 from fsaudit.target import Target
 from fsaudit_checks.debian import DebianChecker, _Audit, _Item, _Owner, classify, debfile, dpkg_db
@@ -123,6 +123,23 @@ def test_damaged_deb_is_an_error_not_a_crash(tmp_path):
     (root / "q.deb").write_bytes(b"not a deb at all")
     with pytest.raises(debfile.DebError):
         debfile.md5sums(Target(root), b"/q.deb")
+
+
+def test_a_pax_header_claiming_2_to_the_62_bytes_is_refused_not_read(tmp_path):
+    root = make_root(tmp_path / "root")
+    bomb_deb(root / "p.deb", claimed=2**62, zeros=64 << 20)
+    with pytest.raises(debfile.DebError, match="extended header claims 4,611,686,018,427,387,904 bytes"):
+        list(debfile.members(Target(root), b"/p.deb"))
+
+
+def test_a_data_archive_that_decompresses_far_beyond_its_size_is_refused(tmp_path, monkeypatch):
+    root = make_root(tmp_path / "root")
+    # A regular file member of zeros: legitimate tar, but 1,000 times its compressed size.
+    bomb_deb(root / "p.deb", claimed=40 << 20, zeros=40 << 20, kind=b"0")
+    monkeypatch.setattr(debfile, "MIN_DECOMPRESSED", 1 << 20)
+    with pytest.raises(debfile.DebError, match="decompression bomb"):
+        for member in debfile.members(Target(root), b"/p.deb"):
+            member.fileobj.read()
 
 
 def test_cache_names():
