@@ -10,9 +10,11 @@ import io
 import pytest
 
 from fixtures.debian import bomb_deb, make_deb, make_root
-from fsaudit.checker import Context
+from fsaudit.hashing import HashRequest, HashResult
 from fsaudit.target import Target
-from fsaudit_checks.debian import DebianChecker, _Audit, _Item, _Owner, classify, debfile, dpkg_db
+from fsaudit_checks.debian import classify, debfile, dpkg_db
+from fsaudit_checks.debian.plan import Item, Owner
+from fsaudit_checks.debian.verdicts import Judge
 
 
 def test_paragraph_with_garbage_is_damage_and_the_rest_is_kept():
@@ -148,18 +150,28 @@ def test_cache_names():
     assert debfile.parse_cache_name(b"partial") is None
 
 
-@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES])
-def test_read_errors_are_unreadable_warnings_and_counted(tmp_path, code):
-    # Root reads through chmod 000, and EIO cannot be made on demand: feed the error in directly.
+def _judge(root, counts):
+    return Judge(
+        Target(root),
+        dpkg_db.PathFilter([]),
+        classify.AptCache(Target(root)),
+        lambda key, amount: counts.__setitem__(key, counts.get(key, 0) + amount),
+        set(),
+    )
+
+
+def test_read_errors_are_unreadable_warnings_and_permission_is_not_damage(tmp_path):
+    # Root reads through chmod 000, and EIO cannot be made on demand: feed the errors in directly.
     root = make_root(tmp_path / "root")
-    checker = DebianChecker(context=Context(jobs=1))
-    audit = _Audit(checker, Target(root))
-    audit.filter = dpkg_db.PathFilter([])
-    owner = _Owner(dpkg_db.Package("p", "1", "all", "install ok installed"), True, None)
-    item = _Item(owner, "file", b"/usr/bin/p", b"/usr/bin/p", expected="0" * 32)
-    (finding,) = audit._file_error(item, OSError(code, "boom"), {})
-    assert (finding.code, finding.severity.value) == ("unreadable", "warning")
-    assert finding.details["errno"] == errno.errorcode[code]
-    audit._summarise()
-    assert checker.stats["unreadable"] == 1
-    assert checker.incomplete_reasons
+    counts = {}
+    judge = _judge(root, counts)
+    owner = Owner(dpkg_db.Package("p", "1", "all", "install ok installed"), True, None)
+    item = Item(owner, "file", b"/usr/bin/p", b"/usr/bin/p", expected="0" * 32)
+    failed = HashResult(HashRequest(b"/usr/bin/p"), error=OSError(errno.EIO, "boom"))
+    (finding,) = judge.file(item, failed)
+    assert (finding.code, finding.severity) == ("unreadable", "warning")
+    assert finding.details["errno"] == "EIO"
+    assert counts == {"unreadable": 1}
+    denied = HashResult(HashRequest(b"/usr/bin/p"), error=PermissionError(errno.EACCES, "denied"))
+    assert list(judge.file(item, denied)) == []
+    assert counts == {"unreadable": 1, "not_checked_permission": 1}
