@@ -44,6 +44,7 @@ class DebianChecker(Checker):
     name = "debian"
     covers = "system files (Debian packages)"
     category = "os-files"
+    repairer = "fsaudit_checks.debian.repair:DebianRepairer"
     options = (
         Option(
             "hashes_from_cache",
@@ -57,6 +58,7 @@ class DebianChecker(Checker):
             kind=bool,
             default=True,
         ),
+        Option("packages", "verify only these packages (names)", multiple=True),
     )
     codes = {
         "missing": "a file installed by a package is gone",
@@ -150,11 +152,16 @@ class _Audit:
             target, database, self.judge, self.count, self.checker.settings["hashes_from_cache"], self.cache
         )
         self.count("packages", len(packages))
+        wanted = set(self.checker.settings["packages"])
         installed = sorted(
-            (p for p in packages.values() if p.state in dpkg_db.UNPACKED_STATES),
+            (
+                p
+                for p in packages.values()
+                if p.state in dpkg_db.UNPACKED_STATES and (not wanted or p.name in wanted)
+            ),
             key=lambda p: (p.name, p.architecture),
         )
-        orphans = self._orphan_lists(packages)
+        orphans = [p for p in self._orphan_lists(packages) if not wanted or p.name in wanted]
         for package in orphans:
             yield self.finding(self.judge.orphan(package))
         everything = installed + orphans

@@ -20,7 +20,7 @@ ACCOUNT_FILE_LIMIT = 16 << 20
 MTIME_SLACK = 1.0
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
@@ -69,6 +69,7 @@ class RpmChecker(Checker):
     name = "rpm"
     covers = "system files (RPM packages)"
     category = "os-files"
+    repairer = "fsaudit_checks.rpm.repair:RpmRepairer"
     options = (
         Option("dbpath", "directory of the RPM database inside the root (default: found automatically)"),
         Option("packages", "verify only these packages (names)", multiple=True),
@@ -337,13 +338,13 @@ class RpmChecker(Checker):
         installed = package.install_time
         window = self.context.window
         if installed is not None and mtime is not None and mtime > installed + MTIME_SLACK:
-            outcome.actual.update(modified=_iso(mtime), installed=_iso(installed))
+            outcome.actual.update(modified=iso(mtime), installed=iso(installed))
             if window is None or not window.contains(mtime):
                 return (
                     "modified-after-install",
                     "warning",
-                    f"content differs from the packaged file; it was changed on {_iso(mtime)}, after the "
-                    f"package was installed on {_iso(installed)}: a change made on this system, not damage "
+                    f"content differs from the packaged file; it was changed on {iso(mtime)}, after the "
+                    f"package was installed on {iso(installed)}: a change made on this system, not damage "
                     "from lost writes",
                     "if this change was made on purpose (a local edit, an update outside the package "
                     f"manager), there is nothing to do; otherwise {package.reinstall}",
