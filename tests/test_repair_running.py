@@ -210,3 +210,26 @@ def test_a_version_nowhere_to_be_found_is_said_and_the_rest_is_restored(tmp_path
     assert "FAILED: ca-certificates 20230311fsaudit1 (all): apt cannot get" in run.stdout
     assert "--archives DIR" in run.stdout
     assert "Restored: libc6 2.36-9fsaudit1 (all)" in run.stdout
+
+
+def test_a_package_with_a_local_change_is_reinstalled_only_when_asked(tmp_path):
+    libc = libc6(tmp_path)
+    tool = make_deb(
+        tmp_path, "tool", "1", {"/usr/bin/tool": b"#!/bin/sh\necho tool\n", "/usr/share/tool/a": b"a\n" * 50}
+    )
+    system = RunningSystem(tmp_path / "system")
+    system.install([libc, tool])
+    # The admin replaced the program (a day after installation); a lost write hit the data file.
+    system.must("echo '#!/bin/sh' > /usr/bin/tool; touch -d '+1 day' /usr/bin/tool")
+    flip_byte(system.path("/usr/share/tool/a"), 1)
+    zero_block(system.path(LIBC), 0, 4096)
+    audit(system)
+    run = system.run(f"{FSAUDIT} repair /tmp/report.json --apply --yes")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "reinstalling tool would also undo the 1 local change(s) left alone in it" in run.stdout
+    assert "Restored: libc6 2.36-9fsaudit1 (all)" in run.stdout
+    assert system.path("/usr/bin/tool").read_text() == "#!/bin/sh\n"
+    run = system.run(f"{FSAUDIT} repair /tmp/report.json --apply --yes --include-modified")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Restored: tool 1 (all)" in run.stdout
+    assert system.path("/usr/bin/tool").read_text() == "#!/bin/sh\necho tool\n"
