@@ -459,3 +459,33 @@ def test_package_names_follow_each_managers_grammar():
     assert RpmRepairer.transaction(["sed-4.8-9.el9.x86_64"]) == [
         "dnf", "reinstall", "-y", "--", "sed-4.8-9.el9.x86_64"
     ]  # fmt: skip
+
+
+def test_a_diverted_file_is_restored_where_it_lives(tmp_path):
+    from fixtures import debian
+
+    root = debian.make_root(tmp_path / "root")
+    original = debian.make_deb(tmp_path, "original", files={"/usr/bin/prog": b"the real program\n" * 100})
+    wrapper = debian.make_deb(tmp_path, "wrapper", files={"/usr/bin/prog": b"#!/bin/sh\nexec prog.real\n"})
+    debian.install(root, original)
+    debian.divert(root, "/usr/bin/prog", "/usr/bin/prog.real", "wrapper")
+    debian.install(root, wrapper)
+    (root / CACHE / original.name).write_bytes(original.read_bytes())
+    flip_byte(root / "usr/bin/prog.real", 3)
+    report = report_of(root, tmp_path)
+    run = repair(report, root, "--apply", "--yes")
+    assert run.code == 0, run.stdout + run.stderr
+    assert "Restored: original 1.0-1 (all)" in run.stdout
+    assert (root / "usr/bin/prog.real").read_bytes() == b"the real program\n" * 100
+    assert (root / "usr/bin/prog").read_bytes() == b"#!/bin/sh\nexec prog.real\n"
+
+
+def test_owner_and_mode_follow_the_images_statoverride(root, tmp_path):
+    # As dpkg-statoverride leaves it: a setuid program owned by ids the image knows.
+    (root / "var/lib/dpkg/statoverride").write_text("#1234 #5678 4750 /usr/bin/alpha\n")
+    (root / "usr/bin/alpha").unlink()
+    report = report_of(root, tmp_path)
+    run = repair(report, root, "--apply", "--yes")
+    assert run.code == 0, run.stdout + run.stderr
+    st = (root / "usr/bin/alpha").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o4750)
