@@ -107,6 +107,8 @@ class Checker:
       a `paths` option, which self-check sets to the customer's paths.
     - `order`: checkers run by ascending order, then name; a checker that uses what others found
       (e.g. `window`, which reads `context.verified`) sets a higher one.
+    - `repairer`: `"module:Class"` of the `fsaudit.repair.Repairer` that restores what this checker
+      finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
     """
 
     name: str = ""
@@ -116,6 +118,7 @@ class Checker:
     extra: str = ""
     order: int = 50
     self_check: bool = False
+    repairer: str = ""
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
         self.settings = self.validate_options(options or {})

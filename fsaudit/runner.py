@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ def _now() -> str:
 
 
 def host_info(target: Target) -> Dict[str, str]:
-    """Hostname and OS name of the audited system, read from its files under `--root`."""
+    """Hostname, machine-id and OS name of the audited system, read from its files under `--root`
+    (`fsaudit repair` refuses a report whose hostname and machine-id are not its machine's)."""
     hostname = ""
     if not target.live:
         try:
@@ -50,7 +52,14 @@ def host_info(target: Target) -> Dict[str, str]:
             break
     if not os_name and target.live:
         os_name = f"{platform.system()} {platform.release()}"
-    return {"hostname": hostname, "os": os_name}
+    info = {"hostname": hostname, "os": os_name}
+    try:
+        machine_id = target.read_text("/etc/machine-id", limit=256).strip().lower()
+    except OSError:
+        machine_id = ""
+    if re.match(r"^[0-9a-f]{32}$", machine_id):
+        info["machine_id"] = machine_id
+    return info
 
 
 def missing_module(checker: type) -> str | None:

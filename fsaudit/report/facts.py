@@ -145,10 +145,15 @@ def verdict_sentences(report: Report) -> List[str]:
     sentences: List[str] = []
     damage = package_damage(report)
     if damage.files:
+        # Under --root the system is an image mounted here: a reinstall must happen inside the VM,
+        # or `fsaudit repair` restores the files from the image's own package cache.
+        image = report.root != "/"
+        where = " inside the VM" if image else ""
+        host = f" (from this host: fsaudit repair REPORT.json --root {report.root})" if image else ""
         sentences.append(
             f"{plural(damage.files, 'system file')} {'was' if damage.files == 1 else 'were'} damaged; "
             f"reinstalling {plural(len(damage.packages), 'package')} "
-            f"({_short_list(damage.packages)}) restores {'it' if damage.files == 1 else 'them'}."
+            f"({_short_list(damage.packages)}){where} restores {'it' if damage.files == 1 else 'them'}{host}."
         )
     for check in report.checks:
         counts = check.counts()
