@@ -39,7 +39,12 @@ class LdapChecker(Checker):
     extra = "ldap"
     options = (
         Option("url", "server URL: ldap://, ldaps:// or ldapi:// (default: slapd's ldapi socket, as root)"),
-        Option("base", "naming contexts to audit (default: those the root DSE lists)", multiple=True),
+        Option(
+            "base",
+            "naming contexts to audit, one DN per --set (default: those the root DSE lists)",
+            multiple=True,
+            split=False,
+        ),
         Option("bind_dn", "DN for a simple bind (default: SASL EXTERNAL over ldapi, else anonymous)"),
         Option("password_file", "file whose first line is the bind password"),
         Option("ca_file", "CA certificates to verify an ldaps:// server"),
@@ -50,7 +55,10 @@ class LdapChecker(Checker):
             default=REFERENCES,
         ),
         Option(
-            "replica_urls", "replicas to compare with the server (same bind DN and password)", multiple=True
+            "replica_urls",
+            "replicas to compare with the server, one URL per --set (same bind DN and password)",
+            multiple=True,
+            split=False,
         ),
         Option(
             "slapd_config",

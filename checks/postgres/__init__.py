@@ -33,7 +33,12 @@ class PostgresChecker(Checker):
     requires = ("psycopg",)
     extra = "postgres"
     options = (
-        Option("dsn", "libpq connection string of a cluster to check (all its databases)", multiple=True),
+        Option(
+            "dsn",
+            "libpq connection string of a cluster to check (all its databases); repeat for more",
+            multiple=True,
+            split=False,
+        ),
         Option("databases", "check only these databases", multiple=True),
         Option(
             "data_dir",
