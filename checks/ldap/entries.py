@@ -198,39 +198,17 @@ class EntriesAudit:
                 checker.count("references_outside_base")
 
     def _second_pass(self, missing: Dict[int, bool | None], duplicates: set) -> Iterator:
-        checker = self.checker
         holders: Dict[int, List[str]] = {}
         uuid_text: Dict[int, str] = {}
-        for item in self._read(sorted(self.references) + ["entryUUID"]):
-            dn = item["dn"]
-            key = self.names.key(dn)
-            if key is None:
-                continue
-            parent = parent_text(dn)
-            if key != self.key and self._missing(parent_of(key), parent, missing):
-                yield checker.finding(
-                    "orphan-entry",
-                    "critical",
-                    f"its parent {parent} does not exist",
-                    subject=dn,
-                    details={"dn": dn, "parent": parent},
-                    advice=f"restore {parent} from a backup; until then searches below it miss this entry",
-                )
-            for name, values in (item.get("raw_attributes") or {}).items():
-                attribute = self._attribute_key(name)
-                if attribute == "entryuuid":
-                    for value in values:
-                        hashed = dn_hash(text(value).strip().lower())
-                        if (
-                            hashed in duplicates
-                            and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED
-                        ):
-                            holders[hashed].append(dn)
-                            uuid_text[hashed] = text(value)
-                elif attribute in self.references:
-                    yield from self._dangling(dn, name, values, missing)
+        stopped: SearchFailed | None = None
+        try:
+            for item in self._read(sorted(self.references) + ["entryUUID"]):
+                yield from self._name_culprits(item, missing, duplicates, holders, uuid_text)
+        except SearchFailed as error:
+            # The entries already seen sharing an entryUUID are named all the same.
+            stopped = error
         for hashed, dns in holders.items():
-            yield checker.finding(
+            yield self.checker.finding(
                 "duplicate-entry-uuid",
                 "critical",
                 f"{len(dns)} entries share the entryUUID {uuid_text[hashed]}: {'; '.join(dns)}",
@@ -239,17 +217,57 @@ class EntriesAudit:
                 advice="entries lost their own identity (an old copy of one came back?): keep the right one, "
                 "restore the others from a backup; replication cannot tell them apart until then",
             )
+        if stopped is not None:
+            raise stopped
+
+    def _name_culprits(self, item: dict, missing, duplicates, holders: dict, uuid_text: dict) -> Iterator:
+        """Findings for one entry of the second read: its parent or references missing; its DN noted
+        in `holders` when its entryUUID is one of the `duplicates`."""
+        dn = item["dn"]
+        key = self.names.key(dn)
+        if key is None:
+            return
+        parent = parent_text(dn)
+        if key != self.key and self._missing(parent_of(key), parent, missing):
+            yield self.checker.finding(
+                "orphan-entry",
+                "critical",
+                f"its parent {parent} does not exist",
+                subject=dn,
+                details={"dn": dn, "parent": parent},
+                advice=f"restore {parent} from a backup; until then searches below it miss this entry",
+            )
+        for name, values in (item.get("raw_attributes") or {}).items():
+            attribute = self._attribute_key(name)
+            if attribute == "entryuuid":
+                for value in values:
+                    hashed = dn_hash(text(value).strip().lower())
+                    if hashed in duplicates and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED:
+                        holders[hashed].append(dn)
+                        uuid_text[hashed] = text(value)
+            elif attribute in self.references:
+                yield from self._dangling(dn, name, values, missing)
 
     def _missing(self, key: str, dn: str, missing: Dict[int, bool | None]) -> bool:
         """Is the entry `dn` (normal form `key`) missing? Searches leave out subentries, referral
-        objects and glue entries: one read by name (per DN) tells those from lost entries."""
+        objects and glue entries: one read by name (per DN) tells those from lost entries. The
+        server's answer noSuchObject is that answer (the reference dangles); a read that fails for
+        another reason (busy, refused) proves nothing and leaves the reference unverified."""
         hashed = dn_hash(key)
         if hashed not in missing:
             return False
         if missing[hashed] is None:
             try:
                 missing[hashed] = self.directory.read(dn, ["1.1"], as_stored=True) is None
-            except SearchFailed:
+            except SearchFailed as error:
+                if not error.damage:
+                    missing[hashed] = False
+                    self.checker.count("references_not_verified")
+                    self.checker.incomplete(
+                        f"some entries could not be read by name on {self.directory.url} ({error}): "
+                        "references to them were not verified"
+                    )
+                    return False
                 missing[hashed] = True
             if not missing[hashed]:
                 self.checker.count("hidden_entries_referenced")
