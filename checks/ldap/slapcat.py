@@ -23,6 +23,7 @@ SERVICE_FILES = ("/etc/default/slapd", "/etc/sysconfig/slapd")
 _LDAPI_URL = re.compile(r"ldapi://([^\s\"'/]*)")
 CONFIGS = ("/etc/ldap/slapd.d", "/etc/openldap/slapd.d", "/etc/ldap/slapd.conf", "/etc/openldap/slapd.conf")
 MAX_CONFIG = 4 << 20
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 STDERR_KEPT = 4096
 REIMPORT = (
     "the server's indexes no longer reach this entry: stop slapd, export with slapcat, check the export "
@@ -148,8 +149,13 @@ class Slapcat:
         self.timed_out = False
 
     def dns(self) -> Iterator[str]:
+        # A clean environment: slapcat reads LDAPCONF, LDAPRC and the like from it.
         process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=CLEAN_ENV,
         )
         tail = bytearray()
 
