@@ -14,10 +14,25 @@ from typing import Any, Dict, Iterator, List, Optional
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from fsaudit_checks.postgres.commitlog import (
+    DamagedPage,
+    NamedFile,
+    find_damaged_pages,
+    refused_for_damage,
+    xid_in_message,
+)
 from fsaudit_checks.postgres.database import DatabaseAudit
 from fsaudit_checks.postgres.parallel import Slots
-from fsaudit_checks.postgres.report import DatabaseLost
-from fsaudit_checks.postgres.session import Events, connect, server_message
+from fsaudit_checks.postgres.report import ADVICE, DatabaseLost, ServerRestarted
+from fsaudit_checks.postgres.session import Events, ServerWatch, connect, server_message
+
+RESTARTED_ADVICE = (
+    "The server restarted while fsaudit was reading {what}: a damaged row or page can crash the server "
+    "when it is read, and every client of the server was disconnected. Find the crash in the server log "
+    "('terminated by signal'); keep applications away from {name} and restore it from a backup (the other "
+    "findings name what was found damaged before). fsaudit stopped checking this cluster: re-run the "
+    "audit once that is done."
+)
 
 _DONE = object()
 
@@ -41,6 +56,11 @@ def audit_cluster(
     try:
         conn = _first_connection(conninfo, conninfo_to_dict(conninfo).get("dbname"), settings)
     except psycopg.Error as error:
+        damage = refused_for_damage(str(error))
+        if damage is not None:
+            _refused(events, damage, error)
+            yield from _drain(out)
+            return
         events.finding(
             "connection-failed",
             "warning",
@@ -69,14 +89,22 @@ def audit_cluster(
                 advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
             )
             events.incomplete(f"cluster {label} was not checked")
+            yield from _drain(out)
             return
         # Paths in the report are paths on the audited system: only a server reached over a Unix
         # socket is known to run here.
         if events.data_dir is None and (conn.info.host or "").startswith("/"):
             events.data_dir = _data_directory(conn)
+        damaged = _commit_log(conn, events, version)
         yield from _drain(out)
         workers = min(jobs, _spare_connections(conn) // 4 or 1)
-        yield from _audit_databases(events, out, conninfo, databases, settings, workers)
+        # The first session stays idle from here on: if it dies too, the server restarted.
+        watch = ServerWatch(conn)
+        yield from _audit_databases(events, out, conninfo, databases, settings, workers, watch, damaged)
+        if watch.restarted.is_set():
+            _server_restarted(events, watch)
+            yield from _drain(out)
+            return
         # Read last, so that pages this audit found damaged are counted too.
         try:
             _checksum_failures(conn, events, version)
@@ -101,7 +129,14 @@ def _spare_connections(conn: psycopg.Connection) -> int:
 
 
 def _audit_databases(
-    events: Events, out: queue.Queue, conninfo: str, databases: List[str], settings: Dict[str, Any], jobs: int
+    events: Events,
+    out: queue.Queue,
+    conninfo: str,
+    databases: List[str],
+    settings: Dict[str, Any],
+    jobs: int,
+    watch: ServerWatch,
+    damaged: List[DamagedPage],
 ) -> Iterator[dict]:
     """Check the databases, in parallel and each over several connections, `jobs` sessions at most in
     all; yield their events database by database, in the order of `databases`."""
@@ -114,7 +149,18 @@ def _audit_databases(
         mine = Events(found.append, events.cluster, events.data_dir)
         slots.take()
         try:
-            DatabaseAudit(mine, conninfo, dbname, settings, shared=index == 0, slots=slots).run()
+            DatabaseAudit(
+                mine,
+                conninfo,
+                dbname,
+                settings,
+                shared=index == 0,
+                slots=slots,
+                watch=watch,
+                damaged_pages=damaged,
+            ).run()
+        except ServerRestarted:
+            pass  # said once for the cluster
         except DatabaseLost as lost:
             mine.incomplete(f"database {dbname}: the connection was lost ({lost})")
         except Exception as error:  # one broken database never stops the others
@@ -219,3 +265,77 @@ def _checksum_failures(conn: psycopg.Connection, events: Events, version: int) -
                 advice="The server read pages whose checksum did not match: find them in the server log "
                 '("page verification failed") and restore the affected relations from a backup.',
             )
+
+
+def _commit_log(conn: psycopg.Connection, events: Events, version: int) -> List[DamagedPage]:
+    """The damaged pages of the cluster's commit log (`commitlog`); none when it cannot be read (the
+    row counts against the statistics remain, as the fallback)."""
+    try:
+        damaged, pages = find_damaged_pages(conn, version)
+    except psycopg.Error:
+        if conn.broken or conn.closed:
+            raise
+        events.count("commit_log_not_read_clusters")
+        return []
+    events.count("commit_log_pages_read", pages)
+    return damaged
+
+
+def _server_restarted(events: Events, watch: ServerWatch) -> None:
+    """Say plainly that the server restarted during the audit, and what fsaudit was reading then."""
+    label = events.cluster
+    reading = [item for item in watch.reading if item.get("crashed")] or watch.reading
+    named = [item for item in reading if item.get("relation") or item.get("relations")]
+    first = (named or reading or [{}])[0]
+    step = f" ({first['step']})" if first.get("step") else ""
+    if first.get("relation"):
+        what = f"{first.get('kind', 'relation')} {first['relation']} of database {first['database']}{step}"
+        name = first["relation"]
+    elif first.get("relations"):
+        names = first["relations"]
+        listed = ", ".join(names) + (", ..." if first.get("relation_count", 0) > len(names) else "")
+        count = first.get("relation_count", len(names))
+        what = f"one of {count} relations of database {first['database']}{step}: {listed}"
+        name = "those relations"
+    elif first.get("database"):
+        what = f"database {first['database']}{step}"
+        name = f"database {first['database']}"
+    else:
+        what, name = "it", "the damaged relations"
+    events.finding(
+        "server-restarted",
+        "critical",
+        f"the server of cluster {label} restarted while fsaudit was reading {what}: every client "
+        "was disconnected; the check of this cluster stopped there",
+        subject=label,
+        path=None,
+        details={
+            "database": first.get("database"),
+            "relation": first.get("relation"),
+            "relations": first.get("relations"),
+            "step": first.get("step"),
+            "server_message": first.get("server_message"),
+            "reading": watch.reading[:20],
+        },
+        advice=RESTARTED_ADVICE.format(what=what, name=name),
+    )
+    events.incomplete(f"cluster {label} was not checked to the end: its server restarted during the audit")
+
+
+def _refused(events: Events, damage: NamedFile, error: BaseException) -> None:
+    """The server refuses every session because a file it needs cannot be read: that is damage."""
+    label = events.cluster
+    text = " ".join(str(error).split())
+    commit_log = damage.kind == "commit-log"
+    events.finding(
+        "commit-log-damaged" if commit_log else "file-missing",
+        "critical",
+        f"the server of cluster {label} refuses every session: {damage.path} cannot be read ({text})",
+        subject=f"{label} {damage.path}",
+        path=events.file_path(damage.path),
+        details={"file": damage.path, "server_message": text, "xid": xid_in_message(text)},
+        advice=ADVICE["commit-log-damaged"].format(tables="every table", file=damage.path)
+        if commit_log
+        else ADVICE["file-missing-other"].format(file=damage.path),
+    )
+    events.incomplete(f"cluster {label} was not checked: the server refuses sessions")
