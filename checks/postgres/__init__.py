@@ -126,6 +126,9 @@ class PostgresChecker(Checker):
                 yield from self.translate(postgres_audit.audit_cluster(label, dsn, settings, jobs))
             return
         for cluster in self.clusters(target):
+            if cluster.denied and os.geteuid() != 0:
+                self.count("not_checked_permission")
+                continue
             if cluster.problem or not cluster.running:
                 yield self.cluster_down(target, cluster)
                 continue
@@ -137,6 +140,9 @@ class PostgresChecker(Checker):
                     cluster.label, conninfo, settings, jobs, cluster.data_dir
                 )
             yield from self.translate(events)
+        denied = self.stats.get("not_checked_permission", 0)
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def audit_settings(self) -> Dict:
         settings = dict(self.settings)

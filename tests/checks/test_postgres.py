@@ -591,6 +591,30 @@ def test_a_locked_table_times_out_and_the_rest_is_checked(shared_cluster):
     assert run.check("postgres")["stats"]["indexes_checked"] > 100
 
 
+def test_a_data_directory_this_user_may_not_read_is_not_damage(tmp_path):
+    """The shared convention: permission denied is never a finding; counted, and the check unknown."""
+    data = tmp_path / "main"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("15\n")
+    data.chmod(0o700)
+    tmp_path.chmod(0o755)
+    run = fsaudit(
+        "audit",
+        "--check",
+        "postgres",
+        "--format",
+        "json",
+        "--set",
+        f"postgres.data_dir={data}",
+        user="nobody",
+    )
+    check = run.check("postgres")
+    assert run.code == 3, run.stdout + run.stderr
+    assert check["findings"] == []
+    assert check["stats"]["not_checked_permission"] == 1
+    assert "permission denied (run as root to check them)" in check["reason"]
+
+
 def test_unreachable_dsn_is_unknown(tmp_path):
     run = fsaudit(
         "audit", "--check", "postgres", "--format", "json", "--set", f"postgres.dsn=host={tmp_path} port=1"
