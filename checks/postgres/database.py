@@ -29,7 +29,14 @@ from fsaudit_checks.postgres.parallel import (
     Task,
     run_tasks,
 )
-from fsaudit_checks.postgres.report import MAX_NAMES_LISTED, DatabaseLost, DatabaseReport, Relation
+from fsaudit_checks.postgres.problems import Item
+from fsaudit_checks.postgres.report import (
+    MAX_NAMES_LISTED,
+    DatabaseLost,
+    DatabaseReport,
+    Relation,
+    ServerRestarted,
+)
 from fsaudit_checks.postgres.rows import RowChecks
 from fsaudit_checks.postgres.session import connect, server_message
 
@@ -96,28 +103,34 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
         self.hidden_tables: set = set()
         self.heap_available = False
 
-    def run(self) -> None:
+    def run(self) -> List[Item]:
+        """Check the database; return what was found (nothing when the server restarted before)."""
         if self.watch.restarted.is_set():
-            return
+            return []
         try:
             self.conn = connect(self.conninfo, self.dbname, self.settings)
         except psycopg.Error as error:
             if not self.watch.session_died(error, {"database": self.dbname, "step": "connecting"}):
                 self.connection_failed(error)
-            self.flush()
-            return
+            return self.flush()
         try:
             self.audit()
+        except ServerRestarted:
+            pass  # the cluster's check says so, once
+        except DatabaseLost as lost:
+            self.incomplete(f"database {self.dbname}: the connection was lost ({lost})")
+        except Exception as error:  # one broken database never stops the others
+            self.incomplete(f"database {self.dbname}: the check failed: {type(error).__name__}: {error}")
         finally:
             self.conn.close()
-            self.flush()
+        return self.flush()
 
     def audit(self) -> None:
         self.rank = (PHASE_FILES, 0)
         relations = self.catalog()
         if relations is None:
             return
-        self.events.count("databases_checked")
+        self.count("databases_checked")
         self.check_files(relations)
         if self.damaged_pages:
             self.rank = (PHASE_COMMIT_LOG, 0)
@@ -125,7 +138,7 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
         amcheck = self.amcheck()
         self.heap_available = amcheck is not None and amcheck.heap
         if amcheck is not None and not amcheck.heap:
-            self.events.count("heap_check_unavailable_databases")
+            self.count("heap_check_unavailable_databases")
         # What the files already showed gone or unlockable; the parallel checks skip on this alone,
         # not on what another connection happens to find first, so the report does not depend on
         # timing.
@@ -210,7 +223,7 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
             if not rel.is_index:
                 continue
             if not rel.usable:
-                self.events.count("indexes_not_valid_skipped")
+                self.count("indexes_not_valid_skipped")
             elif amcheck.verifies(rel.access_method):
                 by_method.setdefault(rel.access_method, []).append(rel)
             else:
@@ -385,7 +398,7 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
                 self.heap_results([rel], found)
 
     def heap_results(self, group: List[Relation], rows: list) -> None:
-        self.events.count("tables_checked", len(group))
+        self.count("tables_checked", len(group))
         problems: Dict[int, List[dict]] = {}
         for oid, block, offset, attribute, message in rows:
             problems.setdefault(oid, []).append(
@@ -416,27 +429,27 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
         one, many = statements
         group = [rel for rel in group if rel.oid not in self.skip_before]
         whole = [not self.damaged(self.table_of(rel)) for rel in group]
-        self.events.count("indexes_checked_without_their_table", whole.count(False))
+        self.count("indexes_checked_without_their_table", whole.count(False))
         unique = [rel.unique for rel in group]
         params = {"oids": [rel.oid for rel in group], "heapallindexed": whole, "unique": unique}
         if len(group) > 1 and self.batch(many, params, "index check", group) is not None:
-            self.events.count("indexes_checked", len(group))
+            self.count("indexes_checked", len(group))
             return
         for rel, heapallindexed in zip(group, whole):
             params = {"oid": rel.oid, "heapallindexed": heapallindexed, "unique": rel.unique}
             if self.query(one, params, step="index check", rel=rel) is not None:
-                self.events.count("indexes_checked")
+                self.count("indexes_checked")
 
     def check_sequences(self, group: List[Relation]) -> None:
         one, many = SEQUENCE_STATEMENTS
         group = [rel for rel in group if rel.oid not in self.skip_before]
         oids = {"oids": [rel.oid for rel in group]}
         if len(group) > 1 and self.batch(many, oids, "reading the sequence", group) is not None:
-            self.events.count("sequences_read", len(group))
+            self.count("sequences_read", len(group))
             return
         for rel in group:
             if self.query(one, {"oid": rel.oid}, step="reading the sequence", rel=rel) is not None:
-                self.events.count("sequences_read")
+                self.count("sequences_read")
 
     def report_unverified(self, amcheck: Amcheck, unverified: Dict[str, List[Relation]]) -> None:
         """Count the indexes amcheck cannot verify here and say so, so that no one reads "nothing
@@ -444,9 +457,9 @@ class DatabaseAudit(RelationFiles, RowChecks, DatabaseReport):
         if not unverified:
             return
         total = sum(len(indexes) for indexes in unverified.values())
-        self.events.count("indexes_not_verified", total)
+        self.count("indexes_not_verified", total)
         for method, indexes in unverified.items():
-            self.events.count(f"indexes_not_verified_{method}", len(indexes))
+            self.count(f"indexes_not_verified_{method}", len(indexes))
         kinds = ", ".join(f"{method} {len(indexes)}" for method, indexes in sorted(unverified.items()))
         names = sorted(rel.qualified for indexes in unverified.values() for rel in indexes)
         self.finding(

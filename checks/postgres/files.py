@@ -40,7 +40,7 @@ class RelationFiles:
             ).fetchall()
         except psycopg.Error as error:
             if error_kind(error) in ("permission", "other"):
-                self.events.count("file_sizes_from_the_server_databases")
+                self.count("file_sizes_from_the_server_databases")
                 return None
             self.failed(error, "checking relation files", None)
             return None
@@ -67,7 +67,7 @@ class RelationFiles:
     def check_files(self, relations: List[Relation]) -> None:
         self.file_candidates = self.measure(relations)
         self.file_candidates |= {rel.oid for rel in self.short_files(relations)}
-        self.events.count("relation_files_checked", len(relations))
+        self.count("relation_files_checked", len(relations))
 
     def measure(self, relations: List[Relation]) -> set:
         """Set each relation's size; return the oids of those whose file is gone."""

@@ -135,7 +135,7 @@ def run_tasks(audit, tasks: List[Task]) -> None:
             try:
                 audit.conn = connect(audit.conninfo, audit.dbname, audit.settings)
             except psycopg.Error:
-                audit.events.count("helper_connections_failed")
+                audit.count("helper_connections_failed")
                 return
             try:
                 work()

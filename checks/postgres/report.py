@@ -1,7 +1,7 @@
 """What one database's checks found, as findings: corruption by relation, permissions, timeouts.
 
-`DatabaseReport` turns server errors and amcheck results into events; `DatabaseAudit` (in
-`postgres_database`) runs the checks on top of it.
+`DatabaseReport` turns server errors and amcheck results into plain problems (`problems`);
+`DatabaseAudit` (in `database`) runs the checks on top of it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import psycopg
 
 from fsaudit_checks.postgres.commitlog import NamedFile, named_file, refused_for_damage, xid_in_message
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, Problem
 from fsaudit_checks.postgres.session import (
-    Events,
     ServerWatch,
     connect,
     error_kind,
@@ -175,14 +175,14 @@ class DatabaseReport:
 
     def __init__(
         self,
-        events: Events,
+        place: Place,
         conninfo: str,
         dbname: str,
         settings: Dict[str, Any],
         shared: bool,
         watch: Optional[ServerWatch] = None,
     ):
-        self.events = events
+        self.place = place
         self.conninfo = conninfo
         self.dbname = dbname
         self.settings = settings
@@ -199,6 +199,7 @@ class DatabaseReport:
         self.held: List[dict] = []
         self.keyed: Dict[tuple, Tuple[tuple, dict]] = {}
         self.incomplete_reasons: List[str] = []
+        self.counts: Dict[str, int] = {}
 
     # -- this thread's session ------------------------------------------------------------------
     @property
@@ -252,22 +253,28 @@ class DatabaseReport:
             if reason not in self.incomplete_reasons:
                 self.incomplete_reasons.append(reason)
 
-    def flush(self) -> None:
-        """Emit the held findings sorted by subject, code and message, then the incompleteness."""
+    def count(self, key: str, amount: int = 1) -> None:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + amount
+
+    def flush(self) -> List[Item]:
+        """The held findings as problems sorted by subject, code and message, then the counts and
+        the incompleteness; what was held is cleared."""
         with self.lock:
             found = self.held + [finding for _, finding in self.keyed.values()]
             self.held, self.keyed = [], {}
             reasons, self.incomplete_reasons = self.incomplete_reasons, []
+            counts, self.counts = self.counts, {}
         found.sort(key=_finding_order)
-        for finding in found:
-            self.events.finding(**finding)
-        for reason in sorted(reasons):
-            self.events.incomplete(reason)
+        items: List[Item] = [Problem.at(self.place, **finding) for finding in found]
+        items += [Count(key, amount) for key, amount in counts.items()]
+        items += [Incomplete(reason) for reason in sorted(reasons)]
+        return items
 
     # -- plumbing -------------------------------------------------------------------------------
     def subject(self, rel: Optional[Relation] = None) -> str:
         what = f" {rel.schema}.{rel.name}" if rel else ""
-        return f"{self.events.cluster} {self.dbname}{what}"
+        return f"{self.place.cluster} {self.dbname}{what}"
 
     def details(self, rel: Optional[Relation] = None, **extra) -> dict:
         details: Dict[str, Any] = {"database": self.dbname}
@@ -305,7 +312,7 @@ class DatabaseReport:
             advice="Check the DSN, the password (postgres.password_file or ~/.pgpass) and pg_hba.conf; "
             "as root, give no DSN and fsaudit connects as the cluster's owner.",
         )
-        self.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
+        self.incomplete(f"database {self.dbname} of {self.place.cluster} was not checked")
 
     def refused(self, damage: NamedFile, error: BaseException) -> None:
         """The server refuses sessions to this database because a file it needs cannot be read."""
@@ -316,14 +323,14 @@ class DatabaseReport:
             "critical",
             f"the server refuses every session to database {self.dbname}: {damage.path} cannot be read "
             f"({text})",
-            subject=f"{self.events.cluster} {damage.path}",
-            path=self.events.file_path(damage.path),
+            subject=f"{self.place.cluster} {damage.path}",
+            path=self.place.file_path(damage.path),
             details=self.details(file=damage.path, server_message=text, xid=xid_in_message(text)),
             advice=ADVICE["commit-log-damaged"].format(tables="its tables", file=damage.path)
             if commit_log
             else ADVICE["file-missing-other"].format(file=damage.path),
         )
-        self.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
+        self.incomplete(f"database {self.dbname} of {self.place.cluster} was not checked")
 
     def query(self, statement, params=None, step: str = "", rel: Optional[Relation] = None) -> Optional[list]:
         """The rows of `statement`, or None after reporting why it failed."""
@@ -376,7 +383,7 @@ class DatabaseReport:
             with self.lock:
                 self.denied.setdefault(step, []).append(rel.qualified if rel else self.dbname)
         elif kind == "gone":
-            self.events.count("relations_dropped_during_check")
+            self.count("relations_dropped_during_check")
         elif kind == "timeout":
             self.finding(
                 "timeout",
@@ -483,8 +490,8 @@ class DatabaseReport:
             f"the commit log file {segment} cannot be read ({detail or message}): the outcome of "
             f"transaction {xid} and of every other one in it is lost, and {whose} written by them "
             "cannot be read",
-            subject=f"{self.events.cluster} {segment}",
-            path=self.events.file_path(segment),
+            subject=f"{self.place.cluster} {segment}",
+            path=self.place.file_path(segment),
             details=self.details(
                 table,
                 step=step,
@@ -520,8 +527,8 @@ class DatabaseReport:
             "file-missing",
             "critical",
             f"a file the server needs is gone: {named.path} ({message})",
-            subject=f"{self.events.cluster} {named.path}",
-            path=self.events.file_path(named.path),
+            subject=f"{self.place.cluster} {named.path}",
+            path=self.place.file_path(named.path),
             details=self.details(
                 step=step,
                 file=named.path,
@@ -543,7 +550,7 @@ class DatabaseReport:
             "critical",
             f"index {rel.qualified} is damaged: {message}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(
                 rel, step=step, server_message=message, sqlstate=sqlstate, **_location(message)
             ),
@@ -572,7 +579,7 @@ class DatabaseReport:
             "critical",
             f"{rel.word} {rel.qualified} is damaged{where}: {first.get('message', '')}{more}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(
                 rel,
                 step=step,
@@ -595,7 +602,7 @@ class DatabaseReport:
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) is gone: {message}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(rel, server_message=message, catalog_pages=rel.pages),
             advice=rel.advice("file-missing"),
             key=("file-missing", rel.oid),
@@ -613,7 +620,7 @@ class DatabaseReport:
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) {what}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(rel, size=rel.size, catalog_pages=rel.pages, expected_size=expected),
             advice=rel.advice("file-short"),
             key=("file-short", rel.oid),

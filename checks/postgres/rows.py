@@ -41,14 +41,14 @@ class RowChecks:
         if rel.oid in self.skipped_oids():
             return
         if self.damaged(rel):
-            self.events.count("tables_not_read_damaged")
+            self.count("tables_not_read_damaged")
             return
         full_read = bool(self.settings.get("full_read"))
         if full_read and self.heap_available and rel.oid not in self.heap_verified:
             full_read = False
         elif full_read and not self.heap_available:
             full_read = False
-            self.events.count("tables_not_read_unverified")
+            self.count("tables_not_read_unverified")
             self.incomplete(
                 f"database {self.dbname}: tables were counted, not read in full: verify_heapam could not "
                 "check them first (a damaged row can crash the server when it is read)"
@@ -64,7 +64,7 @@ class RowChecks:
         rows = self.read_table(rel) if full_read else self.count_table(rel)
         if rows is None:
             return
-        self.events.count("rows_counted", rows)
+        self.count("rows_counted", rows)
         lost = estimate - rows
         if lost >= minimum and lost >= estimate * float(self.settings["row_loss_ratio"]):
             self.finding(
@@ -107,7 +107,7 @@ class RowChecks:
         except psycopg.Error as error:
             self.failed(error, "reading every row", rel)
             return None
-        self.events.count("tables_read")
+        self.count("tables_read")
         return max(count, 0)
 
     # -- rows a damaged commit log hides --------------------------------------------------------
@@ -132,7 +132,7 @@ class RowChecks:
                 )
                 break
             budget -= rel.size
-            self.events.count("commit_log_tables_searched")
+            self.count("commit_log_tables_searched")
             for path, count in (self.hidden_rows(rel) or {}).items():
                 hidden.setdefault(path, {})[rel.oid] = count
         for path, counts in sorted(hidden.items()):
@@ -169,7 +169,7 @@ class RowChecks:
         pages = [page for page in self.damaged_pages if page.path == path]
         rows = sum(count for _, count in tables)
         ranked = sorted(tables, key=lambda item: (-item[1], item[0].qualified))
-        self.events.count("rows_hidden_by_commit_log", rows)
+        self.count("rows_hidden_by_commit_log", rows)
         with self.lock:
             self.hidden_tables.update(rel.oid for rel, _ in ranked)
         named = ", ".join(f"{rel.qualified} ({count:,})" for rel, count in ranked[:MAX_NAMES_LISTED])
@@ -187,8 +187,8 @@ class RowChecks:
             "commit-log-damaged",
             "critical",
             f"{what}, so {rows:,} rows they wrote are invisible: {named}",
-            subject=f"{self.events.cluster} {path}",
-            path=self.events.file_path(path),
+            subject=f"{self.place.cluster} {path}",
+            path=self.place.file_path(path),
             details=self.details(
                 segment=path,
                 transactions=[{"first": first, "last": last} for first, last in covered],

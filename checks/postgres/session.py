@@ -1,10 +1,4 @@
-"""One read-only PostgreSQL session, what its errors mean, and the events the audit emits.
-
-The audit yields *events*, plain JSON-safe dicts, so the same code runs in the audit process (a
-DSN) or in a child process that dropped privileges to the cluster's owner (discovery as root):
-- `{"finding": {code, severity, message, path, subject, details, advice}}`
-- `{"count": [key, amount]}`
-- `{"incomplete": reason}`
+"""One read-only PostgreSQL session, what its errors mean, and whether the server restarted.
 
 Safety on a live server: every session is read-only (`default_transaction_read_only`), autocommit
 (no long snapshot holds back VACUUM), with `statement_timeout` and `lock_timeout`, and takes no
@@ -16,12 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-
-Emit = Callable[[dict], None]
 
 
 def error_kind(error: BaseException) -> str:
@@ -71,43 +63,6 @@ def connect(conninfo: str, dbname: Optional[str], settings: Dict[str, Any]) -> p
     # Poolers may drop startup options: say it again in the session itself.
     conn.execute("SET default_transaction_read_only = on")
     return conn
-
-
-class Events:
-    """Builds the events of one cluster; `emit` sends each one on (a queue, a pipe)."""
-
-    def __init__(self, emit: Emit, cluster: str, data_dir: Optional[str]):
-        self.emit = emit
-        self.cluster = cluster
-        self.data_dir = data_dir
-
-    def finding(self, code, severity, message, subject=None, path=None, details=None, advice=""):
-        details = {"cluster": self.cluster, **(details or {})}
-        self.emit(
-            {
-                "finding": {
-                    "code": code,
-                    "severity": severity,
-                    "message": message,
-                    "subject": subject,
-                    "path": path,
-                    "details": details,
-                    "advice": advice,
-                }
-            }
-        )
-
-    def count(self, key: str, amount: int = 1) -> None:
-        self.emit({"count": [key, amount]})
-
-    def incomplete(self, reason: str) -> None:
-        self.emit({"incomplete": reason})
-
-    def file_path(self, filepath: Optional[str]) -> Optional[str]:
-        """The path on the audited system of a file named relative to the data directory."""
-        if not self.data_dir or not filepath:
-            return None
-        return filepath if filepath.startswith("/") else f"{self.data_dir.rstrip('/')}/{filepath}"
 
 
 # The server ended every session because one of them crashed (57P02), or refuses new ones while it

@@ -684,11 +684,10 @@ def test_errors_are_classified_by_sqlstate():
 
 def test_the_finding_a_sequential_run_would_keep_wins_and_findings_come_sorted():
     from fsaudit_checks.postgres.parallel import PHASE_HEAPS, PHASE_ROWS, Slots, Task, run_tasks
+    from fsaudit_checks.postgres.problems import Incomplete, Place, Problem
     from fsaudit_checks.postgres.report import DatabaseReport, Relation
-    from fsaudit_checks.postgres.session import Events
 
-    emitted = []
-    report = DatabaseReport(Events(emitted.append, "c", None), "", "db", {}, shared=False)
+    report = DatabaseReport(Place("c", None), "", "db", {}, shared=False)
     people = Relation(
         1, "public", "people", "r", 1, 10.0, False, "p", "base/5/1", 8192, "heap", True, None, None, 10
     )
@@ -704,11 +703,11 @@ def test_the_finding_a_sequential_run_would_keep_wins_and_findings_come_sorted()
     report.table_corrupt(parts, [{"message": "bad"}], "counting rows", "XX001")
     report.incomplete("b")
     report.incomplete("a")
-    report.flush()
-    findings = [event["finding"] for event in emitted if "finding" in event]
+    emitted = report.flush()
+    findings = [item.__dict__ for item in emitted if isinstance(item, Problem)]
     assert [f["details"]["relation"] for f in findings] == ["parts", "people"]
     assert findings[1]["details"]["step"] == "verify_heapam" and findings[1]["details"]["block"] == 3
-    assert [event["incomplete"] for event in emitted if "incomplete" in event] == ["a", "b"]
+    assert [item.reason for item in emitted if isinstance(item, Incomplete)] == ["a", "b"]
 
     # Biggest task first; with one slot everything runs on the calling thread, in that order.
     done = []

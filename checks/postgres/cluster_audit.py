@@ -1,13 +1,12 @@
 """Checking one PostgreSQL cluster: its databases in parallel, each with `DatabaseAudit`.
 
-The result is a stream of events (see `postgres_session`), so the same code runs in the audit
-process or in a child that became the cluster's owner.
+The result is a stream of plain items (`problems`: Problem, Count, Incomplete), so the same code
+runs in the audit process or in a child that became the cluster's owner.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -23,8 +22,9 @@ from fsaudit_checks.postgres.commitlog import (
 )
 from fsaudit_checks.postgres.database import DatabaseAudit
 from fsaudit_checks.postgres.parallel import Slots
-from fsaudit_checks.postgres.report import ADVICE, DatabaseLost, ServerRestarted
-from fsaudit_checks.postgres.session import Events, ServerWatch, connect, server_message
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, Problem
+from fsaudit_checks.postgres.report import ADVICE
+from fsaudit_checks.postgres.session import ServerWatch, connect, server_message
 
 RESTARTED_ADVICE = (
     "The server restarted while fsaudit was reading {what}: a damaged row or page can crash the server "
@@ -33,8 +33,6 @@ RESTARTED_ADVICE = (
     "findings name what was found damaged before). fsaudit stopped checking this cluster: re-run the "
     "audit once that is done."
 )
-
-_DONE = object()
 
 
 def safe_label(dsn: str) -> str:
@@ -49,19 +47,18 @@ def safe_label(dsn: str) -> str:
 
 def audit_cluster(
     label: str, conninfo: str, settings: Dict[str, Any], jobs: int, data_dir: Optional[str] = None
-) -> Iterator[dict]:
-    """The events of checking every database of one cluster, databases in parallel up to `jobs`."""
-    out: queue.Queue = queue.Queue()
-    events = Events(out.put, label, data_dir)
+) -> Iterator[Item]:
+    """What checking every database of one cluster finds, databases in parallel up to `jobs`."""
+    place = Place(label, data_dir)
     try:
         conn = _first_connection(conninfo, conninfo_to_dict(conninfo).get("dbname"), settings)
     except psycopg.Error as error:
         damage = refused_for_damage(str(error))
         if damage is not None:
-            _refused(events, damage, error)
-            yield from _drain(out)
+            yield from _refused(place, damage, error)
             return
-        events.finding(
+        yield Problem.at(
+            place,
             "connection-failed",
             "warning",
             f"cannot connect to cluster {label}: {server_message(error)}",
@@ -70,14 +67,14 @@ def audit_cluster(
             advice="Check that the server runs, the DSN, the password (postgres.password_file or ~/.pgpass) "
             "and pg_hba.conf; as root, give no DSN and fsaudit connects as the cluster's owner.",
         )
-        events.incomplete(f"cluster {label} was not checked: cannot connect")
-        yield from _drain(out)
+        yield Incomplete(f"cluster {label} was not checked: cannot connect")
         return
     with conn:
         try:
-            version, databases = _cluster_checks(conn, events, settings)
+            version, databases, found = _cluster_checks(conn, place, settings)
         except psycopg.Error as error:
-            events.finding(
+            yield Problem.at(
+                place,
                 "check-failed",
                 "warning",
                 f"cannot list the databases of cluster {label}: {server_message(error)}",
@@ -88,31 +85,29 @@ def audit_cluster(
                 },
                 advice="Re-run the audit; if it fails again, read the server log from the time of the audit.",
             )
-            events.incomplete(f"cluster {label} was not checked")
-            yield from _drain(out)
+            yield Incomplete(f"cluster {label} was not checked")
             return
+        yield from found
         # Paths in the report are paths on the audited system: only a server reached over a Unix
         # socket is known to run here.
-        if events.data_dir is None and (conn.info.host or "").startswith("/"):
-            events.data_dir = _data_directory(conn)
-        damaged = _commit_log(conn, events, version)
-        yield from _drain(out)
+        if place.data_dir is None and (conn.info.host or "").startswith("/"):
+            place.data_dir = _data_directory(conn)
+        damaged, found = _commit_log(conn, version)
+        yield from found
         workers = min(jobs, _spare_connections(conn) // 4 or 1)
         # The first session stays idle from here on: if it dies too, the server restarted.
         watch = ServerWatch(conn)
-        yield from _audit_databases(events, out, conninfo, databases, settings, workers, watch, damaged)
+        yield from _audit_databases(place, conninfo, databases, settings, workers, watch, damaged)
         if watch.restarted.is_set():
-            _server_restarted(events, watch)
-            yield from _drain(out)
+            yield from _server_restarted(place, watch)
             return
         # Read last, so that pages this audit found damaged are counted too.
         try:
-            _checksum_failures(conn, events, version)
+            yield from _checksum_failures(conn, place, version)
         except psycopg.Error as error:
-            events.incomplete(
+            yield Incomplete(
                 f"cluster {label}: checksum failures could not be read ({server_message(error)})"
             )
-        yield from _drain(out)
 
 
 def _spare_connections(conn: psycopg.Connection) -> int:
@@ -129,62 +124,41 @@ def _spare_connections(conn: psycopg.Connection) -> int:
 
 
 def _audit_databases(
-    events: Events,
-    out: queue.Queue,
+    place: Place,
     conninfo: str,
     databases: List[str],
     settings: Dict[str, Any],
     jobs: int,
     watch: ServerWatch,
     damaged: List[DamagedPage],
-) -> Iterator[dict]:
+) -> Iterator[Item]:
     """Check the databases, in parallel and each over several connections, `jobs` sessions at most in
-    all; yield their events database by database, in the order of `databases`."""
+    all; yield what each found database by database, in the order of `databases`."""
     if not databases:
         return
     slots = Slots(jobs)
 
-    def work(index: int, dbname: str) -> None:
-        found: List[dict] = []
-        mine = Events(found.append, events.cluster, events.data_dir)
+    def work(index: int, dbname: str) -> List[Item]:
+        audit = DatabaseAudit(
+            Place(place.cluster, place.data_dir),
+            conninfo,
+            dbname,
+            settings,
+            shared=index == 0,
+            slots=slots,
+            watch=watch,
+            damaged_pages=damaged,
+        )
         slots.take()
         try:
-            DatabaseAudit(
-                mine,
-                conninfo,
-                dbname,
-                settings,
-                shared=index == 0,
-                slots=slots,
-                watch=watch,
-                damaged_pages=damaged,
-            ).run()
-        except ServerRestarted:
-            pass  # said once for the cluster
-        except DatabaseLost as lost:
-            mine.incomplete(f"database {dbname}: the connection was lost ({lost})")
-        except Exception as error:  # one broken database never stops the others
-            mine.incomplete(f"database {dbname}: the check failed: {type(error).__name__}: {error}")
+            return audit.run()
         finally:
             slots.give()
-            out.put((_DONE, index, found))
 
-    done: Dict[int, List[dict]] = {}
-    following = 0
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(databases)))) as pool:
-        for index, dbname in enumerate(databases):
-            pool.submit(work, index, dbname)
-        while following < len(databases):
-            _, index, found = out.get()
-            done[index] = found
-            while following in done:
-                yield from done.pop(following)
-                following += 1
-
-
-def _drain(out: queue.Queue) -> Iterator[dict]:
-    while not out.empty():
-        yield out.get()
+        futures = [pool.submit(work, index, dbname) for index, dbname in enumerate(databases)]
+        for future in futures:
+            yield from future.result()
 
 
 def _first_connection(conninfo: str, dbname: Optional[str], settings) -> psycopg.Connection:
@@ -205,25 +179,31 @@ def _data_directory(conn: psycopg.Connection) -> Optional[str]:
         return None
 
 
-def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str, Any]) -> tuple:
-    """Say whether checksums are on; return the server version and the databases to check."""
-    label = events.cluster
+def _cluster_checks(conn: psycopg.Connection, place: Place, settings: Dict[str, Any]) -> tuple:
+    """The server version, the databases to check, and what was found on the way: whether checksums
+    are on, databases asked for that are not there."""
+    label = place.cluster
     version, checksums = conn.execute(
         "SELECT current_setting('server_version_num')::int, current_setting('data_checksums')"
     ).fetchone()
-    events.count("clusters_checked")
-    events.count("clusters_with_data_checksums" if checksums == "on" else "clusters_without_data_checksums")
+    found: List[Item] = [Count("clusters_checked")]
+    found.append(
+        Count("clusters_with_data_checksums" if checksums == "on" else "clusters_without_data_checksums")
+    )
     if checksums != "on":
-        events.finding(
-            "checksums-disabled",
-            "info",
-            f"cluster {label} runs without data checksums: a damaged page is noticed only when the "
-            "cross-checks (indexes against tables, files against the catalog, rows against statistics) "
-            "see it",
-            subject=label,
-            details={"server_version_num": version},
-            advice="Enable checksums at the next maintenance window (pg_checksums --enable while the "
-            "cluster is stopped).",
+        found.append(
+            Problem.at(
+                place,
+                "checksums-disabled",
+                "info",
+                f"cluster {label} runs without data checksums: a damaged page is noticed only when the "
+                "cross-checks (indexes against tables, files against the catalog, rows against statistics) "
+                "see it",
+                subject=label,
+                details={"server_version_num": version},
+                advice="Enable checksums at the next maintenance window (pg_checksums --enable while the "
+                "cluster is stopped).",
+            )
         )
     names = [
         row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname")
@@ -231,59 +211,62 @@ def _cluster_checks(conn: psycopg.Connection, events: Events, settings: Dict[str
     wanted = settings.get("databases") or []
     for name in wanted:
         if name not in names:
-            events.finding(
-                "connection-failed",
-                "warning",
-                f"database {name} does not exist in cluster {label} or does not allow connections",
-                subject=f"{label} {name}",
-                details={"database": name},
-                advice="Check the name given in postgres.databases.",
+            found.append(
+                Problem.at(
+                    place,
+                    "connection-failed",
+                    "warning",
+                    f"database {name} does not exist in cluster {label} or does not allow connections",
+                    subject=f"{label} {name}",
+                    details={"database": name},
+                    advice="Check the name given in postgres.databases.",
+                )
             )
-            events.incomplete(f"database {name} was not checked")
+            found.append(Incomplete(f"database {name} was not checked"))
     if wanted:
         names = [name for name in names if name in wanted]
     first = conn.info.dbname
     # The database we are connected to checks the shared catalogs: put it first.
     names.sort(key=lambda name: name != first)
-    return version, names
+    return version, names, found
 
 
-def _checksum_failures(conn: psycopg.Connection, events: Events, version: int) -> None:
-    label = events.cluster
-    if version >= 120000:
-        rows = conn.execute(
-            "SELECT COALESCE(datname, '(shared objects)'), checksum_failures, checksum_last_failure::text"
-            " FROM pg_stat_database WHERE checksum_failures > 0"
-        ).fetchall()
-        for dbname, failures, last in rows:
-            events.finding(
-                "checksum-failures",
-                "critical",
-                f"the server counted {failures} checksum failure(s) in database {dbname}, last at {last}",
-                subject=f"{label} {dbname}",
-                details={"database": dbname, "checksum_failures": failures, "last_failure": last},
-                advice="The server read pages whose checksum did not match: find them in the server log "
-                '("page verification failed") and restore the affected relations from a backup.',
-            )
+def _checksum_failures(conn: psycopg.Connection, place: Place, version: int) -> Iterator[Item]:
+    label = place.cluster
+    if version < 120000:
+        return
+    rows = conn.execute(
+        "SELECT COALESCE(datname, '(shared objects)'), checksum_failures, checksum_last_failure::text"
+        " FROM pg_stat_database WHERE checksum_failures > 0"
+    ).fetchall()
+    for dbname, failures, last in rows:
+        yield Problem.at(
+            place,
+            "checksum-failures",
+            "critical",
+            f"the server counted {failures} checksum failure(s) in database {dbname}, last at {last}",
+            subject=f"{label} {dbname}",
+            details={"database": dbname, "checksum_failures": failures, "last_failure": last},
+            advice="The server read pages whose checksum did not match: find them in the server log "
+            '("page verification failed") and restore the affected relations from a backup.',
+        )
 
 
-def _commit_log(conn: psycopg.Connection, events: Events, version: int) -> List[DamagedPage]:
-    """The damaged pages of the cluster's commit log (`commitlog`); none when it cannot be read (the
-    row counts against the statistics remain, as the fallback)."""
+def _commit_log(conn: psycopg.Connection, version: int) -> tuple:
+    """The damaged pages of the cluster's commit log (`commitlog`) and the counts; no pages when it
+    cannot be read (the row counts against the statistics remain, as the fallback)."""
     try:
         damaged, pages = find_damaged_pages(conn, version)
     except psycopg.Error:
         if conn.broken or conn.closed:
             raise
-        events.count("commit_log_not_read_clusters")
-        return []
-    events.count("commit_log_pages_read", pages)
-    return damaged
+        return [], [Count("commit_log_not_read_clusters")]
+    return damaged, [Count("commit_log_pages_read", pages)]
 
 
-def _server_restarted(events: Events, watch: ServerWatch) -> None:
+def _server_restarted(place: Place, watch: ServerWatch) -> Iterator[Item]:
     """Say plainly that the server restarted during the audit, and what fsaudit was reading then."""
-    label = events.cluster
+    label = place.cluster
     reading = [item for item in watch.reading if item.get("crashed")] or watch.reading
     named = [item for item in reading if item.get("relation") or item.get("relations")]
     first = (named or reading or [{}])[0]
@@ -302,13 +285,13 @@ def _server_restarted(events: Events, watch: ServerWatch) -> None:
         name = f"database {first['database']}"
     else:
         what, name = "it", "the damaged relations"
-    events.finding(
+    yield Problem.at(
+        place,
         "server-restarted",
         "critical",
         f"the server of cluster {label} restarted while fsaudit was reading {what}: every client "
         "was disconnected; the check of this cluster stopped there",
         subject=label,
-        path=None,
         details={
             "database": first.get("database"),
             "relation": first.get("relation"),
@@ -319,23 +302,24 @@ def _server_restarted(events: Events, watch: ServerWatch) -> None:
         },
         advice=RESTARTED_ADVICE.format(what=what, name=name),
     )
-    events.incomplete(f"cluster {label} was not checked to the end: its server restarted during the audit")
+    yield Incomplete(f"cluster {label} was not checked to the end: its server restarted during the audit")
 
 
-def _refused(events: Events, damage: NamedFile, error: BaseException) -> None:
+def _refused(place: Place, damage: NamedFile, error: BaseException) -> Iterator[Item]:
     """The server refuses every session because a file it needs cannot be read: that is damage."""
-    label = events.cluster
+    label = place.cluster
     text = " ".join(str(error).split())
     commit_log = damage.kind == "commit-log"
-    events.finding(
+    yield Problem.at(
+        place,
         "commit-log-damaged" if commit_log else "file-missing",
         "critical",
         f"the server of cluster {label} refuses every session: {damage.path} cannot be read ({text})",
         subject=f"{label} {damage.path}",
-        path=events.file_path(damage.path),
+        path=place.file_path(damage.path),
         details={"file": damage.path, "server_message": text, "xid": xid_in_message(text)},
         advice=ADVICE["commit-log-damaged"].format(tables="every table", file=damage.path)
         if commit_log
         else ADVICE["file-missing-other"].format(file=damage.path),
     )
-    events.incomplete(f"cluster {label} was not checked: the server refuses sessions")
+    yield Incomplete(f"cluster {label} was not checked: the server refuses sessions")
