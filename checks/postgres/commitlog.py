@@ -185,6 +185,9 @@ def zero_pages(
     committed in the server's eyes (else the disk is only behind the server's buffers)."""
     damaged: List[DamagedPage] = []
     segments: Dict[str, Optional[bytes]] = {}
+    # A segment that is gone is confirmed once, not page by page (after pg_resetwal -x, thousands of
+    # segments between the old and the new transactions never existed).
+    gone_confirmed: Dict[str, bool] = {}
     pages = 0
     for page, first, last in page_spans(horizon):
         if last - first + 1 < MIN_PAGE_XIDS:
@@ -199,13 +202,24 @@ def zero_pages(
         pages += 1
         if len(content) == PAGE_BYTES and content != ZERO_PAGE:
             continue
-        step = max(1, (last - first) // CONFIRM_SAMPLES)
-        sample = list(range(first, last + 1, step))[:CONFIRM_SAMPLES] + [last]
-        if any(answer == "committed" for answer in status(sample)):
+        if data is None:
+            if segment not in gone_confirmed:
+                end = min(first - first % SEGMENT_XIDS + SEGMENT_XIDS, horizon.end) - 1
+                gone_confirmed[segment] = not _committed(status, first, end)
+            if not gone_confirmed[segment]:
+                continue
+        elif _committed(status, first, last):
             continue
         page_number = page % (XID_SPACE // PAGE_XIDS)
         damaged.append(DamagedPage(segment, page_number, first, last, gone=len(content) < PAGE_BYTES))
     return damaged, pages
+
+
+def _committed(status: Callable[[List[int]], Sequence[Optional[str]]], first: int, last: int) -> bool:
+    """Whether the server sees any of a sample of the transactions first..last as committed."""
+    step = max(1, (last - first) // CONFIRM_SAMPLES)
+    sample = list(range(first, last + 1, step))[:CONFIRM_SAMPLES] + [last]
+    return any(answer == "committed" for answer in status(sample))
 
 
 def spans(pages: Sequence[DamagedPage]) -> List[Tuple[int, int]]:

@@ -835,9 +835,11 @@ def test_commit_log_pages_and_the_rows_they_hide():
     assert asked and all(PAGE_XIDS <= xid < 2 * PAGE_XIDS for xid in asked)
     # The server holds the page newer than the disk: not damage.
     assert zero_pages(horizon, lambda name: bytes(segment), lambda xids: ["committed"] * len(xids))[0] == []
-    # A segment that is gone: every page of it, marked gone.
-    gone, _ = zero_pages(horizon, lambda name: None, lambda xids: [None] * len(xids))
-    assert [page.gone for page in gone] == [True, True, True]
+    # A segment that is gone: every page of it, marked gone, the server asked once for the segment.
+    calls = []
+    gone, _ = zero_pages(horizon, lambda name: None, lambda xids: calls.append(xids) or [None] * len(xids))
+    assert [page.gone for page in gone] == [True, True, True] and len(calls) == 1
+    assert max(calls[0]) < horizon.end
     assert spans(gone) == [(3, 3 * PAGE_XIDS - 11)]  # a page counts from its first transaction
     assert SEGMENT_BYTES == 32 * PAGE_BYTES
 
