@@ -38,7 +38,9 @@ _PAGE_BOUNDS = struct.Struct("<HH")  # pd_lower, pd_upper at offset 12
 _XMIN = struct.Struct("<I")
 _INFOMASK = struct.Struct("<H")
 
-_QUOTED_PATH = re.compile(r'"((?:[^"/]+/)+[^"]+)"')
+# The server quotes a file's path after the word "file" ('could not open file "base/5/16404"');
+# names of relations are quoted too ('index "x"'), and a tenant may name an index "pg_xact/0EFF".
+_QUOTED_PATH = re.compile(r'\bfile "((?:[^"/]+/)+[^"]+)"', re.IGNORECASE)
 _RELATION_PATH = re.compile(
     r"^((?:base/\d+|global|pg_tblspc/\d+/[^/]+/\d+)/\d+)(?:_(fsm|vm|init))?(?:\.\d+)?$"
 )

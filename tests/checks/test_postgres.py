@@ -786,6 +786,8 @@ def test_files_named_in_server_errors_are_classified():
     assert named_file('could not open file "pg_multixact/offsets/0000": x').multixact
     assert named_file('could not open file "global/pg_filenode.map": x').kind == "other"
     assert named_file("no file here") is None
+    # A relation's name in quotes is not a file, whatever the tenant named it.
+    assert named_file('index "pg_xact/0EFF" lacks a main relation fork') is None
     assert xid_in_message("could not access status of transaction 4026531839") == 4026531839
     assert segment_of(4026531839) == "0EFF" and segment_of(1048576) == "0001"
     # A socket path in a connection error is not a damaged file.
