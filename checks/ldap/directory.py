@@ -238,9 +238,12 @@ class Directory:
                 raise SearchFailed(
                     result["result"], result.get("description", ""), result.get("message", ""), count
                 )
-            cookie = _paging_cookie(result)
+            previous, cookie = cookie, _paging_cookie(result)
             if not cookie:
                 return
+            if cookie == previous and not any(item.get("type") == "searchResEntry" for item in page):
+                # A server that hands back the same cookie without entries would page forever.
+                raise SearchFailed(-1, "paging", "the server repeats its paging cookie", count)
 
 
 def _paging_cookie(result: dict) -> bytes | None:
