@@ -20,11 +20,11 @@ AUDIT_KEYS = {"window", "check", "skip", "jobs", "drop_cache"}
 # checker name -> option name -> the raw values given, in order
 RawOptions = Dict[str, Dict[str, List[Any]]]
 
-# A secret inside a value: a libpq keyword (`... password=...`), a URI query parameter
+# A secret inside a value: a libpq keyword (`... password=...`, `sslpassword=`), a URI query parameter
 # (`postgresql://h/db?password=...`), or the password of a URL's user information
 # (`ldap://user:secret@host`, `postgresql://user:secret@host/db`).
 _SECRET_IN_VALUE = re.compile(
-    r"(?:^|[\s?&;])password\s*=|[a-z][a-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@", re.IGNORECASE
+    r"(?:^|[\s?&;])(?:ssl)?password\s*=|[a-z][a-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@", re.IGNORECASE
 )
 
 

@@ -52,6 +52,7 @@ def test_options_are_parsed_once_from_the_command_line_and_the_config_file():
     [
         "postgres.dsn=host=/run/postgresql password=s3cret-value",
         "postgres.dsn=host=/run/postgresql user=u PASSWORD = s3cret-value",
+        "postgres.dsn=host=db sslcert=c.pem sslkey=k.pem sslpassword=s3cret-value",
         "postgres.dsn=postgresql://auditor:s3cret-value@db.example/postgres",
         "postgres.dsn=postgresql://db.example/postgres?sslmode=require&password=s3cret-value",
         "ldap.url=ldap://admin:s3cret-value@127.0.0.1:389/",
