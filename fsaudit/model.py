@@ -18,6 +18,11 @@ class Severity(str, Enum):
     WARNING = "warning"
     INFO = "info"
 
+    @property
+    def rank(self) -> int:
+        """Higher is worse; sort with `-rank` to put the worst first."""
+        return _SEVERITY_RANK[self]
+
 
 class Status(str, Enum):
     """The verdict of one check, or of the whole audit."""
@@ -32,9 +37,16 @@ class Status(str, Enum):
     def exit_code(self) -> int:
         return {"ok": 0, "skipped": 0, "warning": 1, "critical": 2, "unknown": 3}[self.value]
 
+    @property
+    def rank(self) -> int:
+        """Higher is worse: critical wins over unknown, unknown over warning (DESIGN.md, exit codes).
+        Sort with `-rank` to put the worst first."""
+        return _STATUS_RANK[self]
 
-# Critical wins over unknown; unknown wins over warning (DESIGN.md, exit codes).
-_RANK = {Status.SKIPPED: 0, Status.OK: 1, Status.WARNING: 2, Status.UNKNOWN: 3, Status.CRITICAL: 4}
+
+# The one ranking of statuses and severities: everything that sorts or picks "the worst" uses these.
+_STATUS_RANK = {Status.SKIPPED: 0, Status.OK: 1, Status.WARNING: 2, Status.UNKNOWN: 3, Status.CRITICAL: 4}
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 def worst(statuses) -> Status:
@@ -42,7 +54,7 @@ def worst(statuses) -> Status:
     result = Status.OK
     for status in statuses:
         status = Status(status)
-        if status is not Status.SKIPPED and _RANK[status] > _RANK[result]:
+        if status is not Status.SKIPPED and status.rank > result.rank:
             result = status
     return result
 

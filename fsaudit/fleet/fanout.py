@@ -188,7 +188,8 @@ def summary_line(results: List[HostResult], total: int, out: str, interrupted: b
         by_status[result.status] = by_status.get(result.status, 0) + 1
         if result.outcome != "report":
             failures[result.outcome] = failures.get(result.outcome, 0) + 1
-    parts = [f"{by_status[s]} {s}" for s in ("critical", "unknown", "warning", "ok") if by_status.get(s)]
+    worst_first = [status.value for status in sorted(Status, key=lambda s: -s.rank)]
+    parts = [f"{by_status[s]} {s}" for s in worst_first if by_status.get(s)]
     line = f"fleet: {len(results)}/{total} hosts audited: " + (", ".join(parts) or "none")
     if failures:
         line += " (no report: " + ", ".join(f"{n} {k}" for k, n in sorted(failures.items())) + ")"

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Tuple
 from fsaudit.errors import FsauditError
 from fsaudit.fleet.remote import HostResult, validate_report
 from fsaudit.fleet.results import load_report_text, read_records, write_atomic
-from fsaudit.model import Report, Status, worst
+from fsaudit.model import Report, Severity, Status, worst
 
 FLEET_FORMAT = "fsaudit-fleet-report/1"
 # Which checks stand for which kind of damage in the totals (checks not named here still appear in
@@ -26,7 +26,8 @@ CATEGORIES = {
     "os_files": ("debian", "rpm"),
     "databases": ("postgres", "mysql", "sqlite", "ldap", "zodb"),
 }
-_RANK = {"critical": 0, "unknown": 1, "warning": 2, "ok": 3, "skipped": 4}
+# Statuses worst first, as the fleet's text lists them.
+_STATUSES = [status.value for status in sorted(Status, key=lambda s: -s.rank)]
 _LISTED = 20  # hosts named per finding code in the text view
 
 
@@ -100,7 +101,7 @@ def _criticals(view: HostView) -> int:
 
 
 def _order(view: HostView) -> Tuple[int, int, str]:
-    return _RANK.get(view.record.status, 5), -_criticals(view), view.record.name
+    return -Status(view.record.status).rank, -_criticals(view), view.record.name
 
 
 def fleet_data(views: List[HostView], links: Dict[str, str] | None = None) -> Dict[str, Any]:
@@ -141,7 +142,7 @@ def fleet_data(views: List[HostView], links: Dict[str, str] | None = None) -> Di
             "report_html": links.get(record.name),
         })  # fmt: skip
     code_list = sorted(
-        codes.values(), key=lambda c: (_RANK.get(c["severity"], 5), -len(c["hosts"]), c["check"], c["code"])
+        codes.values(), key=lambda c: (-Severity(c["severity"]).rank, -len(c["hosts"]), c["check"], c["code"])
     )
     for entry in code_list:
         entry["hosts"] = sorted(entry["hosts"])
@@ -165,7 +166,7 @@ def _add_code(codes: Dict[Tuple[str, str], Dict[str, Any]], finding, host: str) 
         {"check": finding.check, "code": finding.code, "severity": finding.severity.value, "hosts": set(),
          "subjects": {}},
     )  # fmt: skip
-    if _RANK[finding.severity.value] < _RANK[entry["severity"]]:
+    if finding.severity.rank > Severity(entry["severity"]).rank:
         entry["severity"] = finding.severity.value
     entry["hosts"].add(host)
     if finding.subject:
@@ -228,7 +229,7 @@ def _cell_text(cell: Dict[str, Any] | None) -> str:
 
 
 def _totals_line(totals: Dict[str, Any]) -> str:
-    by_status = ", ".join(f"{totals['status'][s]} {s}" for s in _RANK if totals["status"].get(s))
+    by_status = ", ".join(f"{totals['status'][s]} {s}" for s in _STATUSES if totals["status"].get(s))
     no_report = sum(totals["no_report"].values())
     return (f"{totals['hosts']} hosts: {by_status or 'none'}; damaged OS files on {totals['os_files']}, "
             f"damaged databases on {totals['databases']}, no report from {no_report}")  # fmt: skip

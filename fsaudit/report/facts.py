@@ -21,8 +21,6 @@ CHECK_PHRASES = {
     "baseline": "files compared with the baseline",
 }
 
-SEVERITY_ORDER = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
-
 
 def plural(count: int, word: str, many: str = "") -> str:
     """`1 file`, `2 files`, `1,204 files` (`many` for irregular plurals)."""
@@ -84,10 +82,10 @@ def advice_groups(
         if skip_packages and is_package_damage(finding):
             continue
         entry = grouped.setdefault(finding.advice, [finding.severity, 0])
-        if SEVERITY_ORDER[finding.severity] < SEVERITY_ORDER[entry[0]]:
+        if finding.severity.rank > entry[0].rank:
             entry[0] = finding.severity
         entry[1] += 1
-    ranked = sorted(grouped.items(), key=lambda item: (SEVERITY_ORDER[item[1][0]], -item[1][1], item[0]))
+    ranked = sorted(grouped.items(), key=lambda item: (-item[1][0].rank, -item[1][1], item[0]))
     rows = [(text, severity, count) for text, (severity, count) in ranked]
     return rows[:limit] if limit else rows
 
@@ -95,7 +93,7 @@ def advice_groups(
 def grouped_findings(check: CheckResult) -> Dict[Tuple[Severity, str], List[Finding]]:
     """A check's findings by (severity, code), worst first."""
     groups: Dict[Tuple[Severity, str], List[Finding]] = {}
-    for finding in sorted(check.findings, key=lambda f: SEVERITY_ORDER[f.severity]):
+    for finding in sorted(check.findings, key=lambda f: -f.severity.rank):
         groups.setdefault((finding.severity, finding.code), []).append(finding)
     return groups
 

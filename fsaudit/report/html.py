@@ -72,9 +72,8 @@ def readable_time(text: str | None) -> str:
 
 
 def _checks(report: Report) -> List[dict]:
-    order = {Status.CRITICAL: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.OK: 3, Status.SKIPPED: 4}
     rows = []
-    for check in sorted(report.checks, key=lambda c: order[c.status]):
+    for check in sorted(report.checks, key=lambda c: -c.status.rank):
         groups = []
         for (severity, code), findings in facts.grouped_findings(check).items():
             groups.append(

@@ -69,9 +69,8 @@ def _finding_line(finding: Finding) -> str:
 
 
 def _grouped(findings: List[Finding]) -> OrderedDict[tuple, List[Finding]]:
-    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     groups: OrderedDict[tuple, List[Finding]] = OrderedDict()
-    for finding in sorted(findings, key=lambda f: order[f.severity]):
+    for finding in sorted(findings, key=lambda f: -f.severity.rank):
         groups.setdefault((finding.severity, finding.code), []).append(finding)
     return groups
 
