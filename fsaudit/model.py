@@ -148,6 +148,10 @@ class CheckResult:
     stats: Dict[str, Any] = field(default_factory=dict)
     truncated: bool = False
     findings: List[Finding] = field(default_factory=list)
+    # What the checker declares about itself, so renderers and the fleet read data, not names:
+    # what it covers in a customer's words, and its category in the fleet view.
+    covers: str = ""
+    category: str = ""
 
     def __post_init__(self):
         self.status = Status(self.status)
@@ -170,6 +174,8 @@ class CheckResult:
             "seconds": round(self.seconds, 3),
             "stats": _clean(self.stats),
             "truncated": self.truncated,
+            "covers": self.covers,
+            "category": self.category,
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -183,7 +189,15 @@ class CheckResult:
             stats=dict(data.get("stats") or {}),
             truncated=bool(data.get("truncated")),
             findings=[Finding.from_dict(f) for f in data.get("findings") or []],
+            covers=data.get("covers") or "",
+            category=data.get("category") or "",
         )
+
+
+def _uid(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 @dataclass
@@ -198,6 +212,10 @@ class Report:
     window: Dict[str, str | None] | None = None
     fsaudit_version: str = ""
     format: str = REPORT_FORMAT
+    # The effective uid the audit ran as: what a non-root audit could not read is not damage.
+    uid: int | None = None
+    # Stopped before every check ran to the end (Ctrl-C, SIGTERM): the report covers what was done.
+    interrupted: bool = False
 
     @property
     def status(self) -> Status:
@@ -223,10 +241,12 @@ class Report:
             "fsaudit_version": self.fsaudit_version,
             "host": dict(self.host),
             "root": self.root,
+            "uid": self.uid,
             "window": self.window,
             "started": self.started,
             "finished": self.finished,
             "status": self.status.value,
+            "interrupted": self.interrupted,
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -245,10 +265,12 @@ class Report:
             fsaudit_version=data.get("fsaudit_version") or "",
             host=dict(data.get("host") or {}),
             root=data.get("root") or "/",
+            uid=_uid(data.get("uid")),
             window=data.get("window"),
             started=data.get("started") or "",
             finished=data.get("finished") or "",
             checks=[CheckResult.from_dict(c) for c in data.get("checks") or []],
+            interrupted=data.get("interrupted") is True,
         )
 
     @classmethod

@@ -86,6 +86,10 @@ class ZodbChecker(Checker):
             raise Skip("none of " + ", ".join(self.settings["search"]) + " exists")
         return True
 
+    def present(self, target: Target) -> str:
+        named = [*self.settings["paths"], *self.settings["zeo"]]
+        return f"ZODB storages ({', '.join(named)})" if named else ""
+
     def run(self, target: Target) -> Iterator[Finding]:
         for address in self.settings["zeo"]:
             yield from self._check_zeo(address)
