@@ -11,7 +11,14 @@ from typing import Iterator, List, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
-from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
+from fsaudit.outcomes import (
+    CONTENT_DIFFERS,
+    OK,
+    PERMISSION_DENIED,
+    not_checked_for_permission,
+    outcome,
+    unverified_finding,
+)
 from fsaudit.target import Target
 from fsaudit_checks.git.index import IndexDamaged, IndexEntry, read_index
 
@@ -212,6 +219,8 @@ class GitChecker(Checker):
                 self.context.verified.add(path)
             elif verdict == CONTENT_DIFFERS:
                 mismatched.append((path, entry, result))
+            elif verdict == PERMISSION_DENIED:
+                not_checked_for_permission(self)
             else:
                 yield unverified_finding(self, verdict, result, path, advice, "tracked file")
         yield from self._mismatches(target, tree, git_dir, mismatched, advice)
