@@ -73,6 +73,8 @@ class PipChecker(Checker):
     """Python environments: every installed file against its distribution's RECORD hash and size."""
 
     name = "pip"
+    covers = "Python packages"
+    category = "applications"
     self_check = True
     options = (
         Option("paths", "Directories to search for environments (default: the usual places)", multiple=True),

@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 REPORT_FORMAT = "fsaudit-report/1"
 
@@ -152,6 +152,9 @@ class CheckResult:
     # what it covers in a customer's words, and its category in the fleet view.
     covers: str = ""
     category: str = ""
+    # Findings per (severity, code) when the list was cut while loading (not part of the JSON):
+    # renderers say "N more" from it.
+    group_counts: Dict[Tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         self.status = Status(self.status)

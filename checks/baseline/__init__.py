@@ -26,6 +26,8 @@ class BaselineChecker(Checker):
     """Files against a recorded baseline: content that changed while size and mtime did not is damage."""
 
     name = "baseline"
+    covers = "files compared with the baseline"
+    category = "applications"
     self_check = True
     options = (Option("file", "The baseline file made by `fsaudit baseline create` (on this machine)"),)
     codes = {

@@ -21,6 +21,8 @@ class ContentChecker(Checker):
     """Files at risk checked by their format: archives, images, ELF, configs, source, bytecode, SQLite."""
 
     name = "content"
+    covers = "files checked by their format"
+    category = "applications"
     self_check = True
     options = (
         Option(

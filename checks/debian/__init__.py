@@ -69,6 +69,8 @@ class DebianChecker(Checker):
     """Verify every file installed by dpkg (md5sums, conffiles) and the dpkg database itself."""
 
     name = "debian"
+    covers = "system files (Debian packages)"
+    category = "os-files"
     options = (
         Option(
             "hashes_from_cache",

@@ -47,6 +47,8 @@ class GitChecker(Checker):
     """Git work trees: repository objects with `git fsck` and every tracked file against the index."""
 
     name = "git"
+    covers = "git checkouts"
+    category = "applications"
     self_check = True
     options = (
         Option(

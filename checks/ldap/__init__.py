@@ -35,6 +35,8 @@ class LdapChecker(Checker):
     """OpenLDAP directories: schema, dangling references, orphans, slapcat's view, replicas"""
 
     name = "ldap"
+    covers = "the LDAP directory"
+    category = "databases"
     requires = ("ldap3",)
     extra = "ldap"
     options = (

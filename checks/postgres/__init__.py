@@ -30,6 +30,8 @@ class PostgresChecker(Checker):
     """PostgreSQL: indexes against tables (amcheck), heap pages, files against the catalog, lost rows."""
 
     name = "postgres"
+    covers = "PostgreSQL databases"
+    category = "databases"
     requires = ("psycopg",)
     extra = "postgres"
     options = (

@@ -44,6 +44,8 @@ class RpmChecker(Checker):
     """Verify every file installed by RPM (size, digest, mode, owner, link, mtime) like rpm -Va."""
 
     name = "rpm"
+    covers = "system files (RPM packages)"
+    category = "os-files"
     options = (
         Option("dbpath", "directory of the RPM database inside the root (default: found automatically)"),
         Option("packages", "verify only these packages (names)", multiple=True),

@@ -22,6 +22,8 @@ class ZodbChecker(Checker):
     """Verify ZODB FileStorages: structure, lost tails, unpicklable records, dangling references, blobs."""
 
     name = "zodb"
+    covers = "ZODB databases"
+    category = "databases"
     options = (
         Option(
             "paths",

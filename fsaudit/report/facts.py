@@ -8,27 +8,15 @@ from typing import Dict, List, Tuple
 
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
 
-# A few words for well-known checks; any other check is named by its name.
-CHECK_PHRASES = {
-    "debian": "system files (Debian packages)",
-    "rpm": "system files (RPM packages)",
-    "pip": "Python packages",
-    "postgres": "PostgreSQL databases",
-    "ldap": "the LDAP directory",
-    "zodb": "ZODB databases",
-    "window": "files changed during the incident window",
-    "logs": "log files",
-    "baseline": "files compared with the baseline",
-}
-
 
 def plural(count: int, word: str, many: str = "") -> str:
     """`1 file`, `2 files`, `1,204 files` (`many` for irregular plurals)."""
     return f"{count:,} {word}" if count == 1 else f"{count:,} {many or word + 's'}"
 
 
-def check_phrase(name: str) -> str:
-    return CHECK_PHRASES.get(name, f"the {name} check")
+def check_phrase(check: CheckResult) -> str:
+    """What a check covers in a customer's words, as the checker declared it (`covers`)."""
+    return check.covers or f"the {check.name} check"
 
 
 @dataclass
@@ -98,6 +86,12 @@ def grouped_findings(check: CheckResult) -> Dict[Tuple[Severity, str], List[Find
     return groups
 
 
+def group_count(check: CheckResult, severity: Severity, code: str, listed: int) -> int:
+    """How many findings of (severity, code) the check made: `listed`, unless the list was cut when
+    the report was loaded (then the full count loaded with it)."""
+    return max(listed, check.group_counts.get((severity.value, code), 0))
+
+
 def unverified_items(check: CheckResult) -> List[str]:
     """What a check counted as not read or not verified (`*unreadable*`, `*not_verified*`, `*unverified*`
     counters), as `1,204 files not verified`."""
@@ -156,13 +150,11 @@ def verdict_sentences(report: Report) -> List[str]:
                 1 for f in check.findings if f.severity is Severity.CRITICAL and f.details.get("package")
             )
         if critical > 0:
-            sentences.append(
-                f"{_capital(check_phrase(check.name))}: {plural(critical, 'damaged item')} found."
-            )
+            sentences.append(f"{_capital(check_phrase(check))}: {plural(critical, 'damaged item')} found.")
     for check in report.checks:
         warnings = check.counts()["warning"]
         if warnings:
-            sentences.append(f"{_capital(check_phrase(check.name))}: {plural(warnings, 'thing')} to look at.")
+            sentences.append(f"{_capital(check_phrase(check))}: {plural(warnings, 'thing')} to look at.")
     unfinished = [c.name for c in report.checks if c.status is Status.UNKNOWN]
     if unfinished:
         sentences.append(

@@ -76,19 +76,20 @@ def _checks(report: Report) -> List[dict]:
     for check in sorted(report.checks, key=lambda c: -c.status.rank):
         groups = []
         for (severity, code), findings in facts.grouped_findings(check).items():
+            count = facts.group_count(check, severity, code, len(findings))
             groups.append(
                 {
                     "severity": severity.value,
                     "code": code,
-                    "count": len(findings),
+                    "count": count,
                     "findings": findings[:HTML_LIST_LIMIT],
-                    "more": max(0, len(findings) - HTML_LIST_LIMIT),
+                    "more": max(0, count - min(len(findings), HTML_LIST_LIMIT)),
                 }
             )
         rows.append(
             {
                 "name": check.name,
-                "phrase": facts.check_phrase(check.name),
+                "phrase": facts.check_phrase(check),
                 "status": check.status.value,
                 "reason": check.reason,
                 "seconds": check.seconds,

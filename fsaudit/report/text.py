@@ -6,6 +6,7 @@ from collections import Counter, OrderedDict
 from typing import Dict, List
 
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
+from fsaudit.report.facts import group_count
 
 # Findings listed per code before the rest is summarised by a count.
 LIST_LIMIT = 10
@@ -101,11 +102,12 @@ def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
             "from memory rather than from the disk"
         )
     for (severity, code), group in _grouped(check.findings).items():
-        lines.append(f"    {paint(severity.value, severity.value)} {code}: {len(group):,}")
+        count = group_count(check, severity, code, len(group))
+        lines.append(f"    {paint(severity.value, severity.value)} {code}: {count:,}")
         for finding in group[:LIST_LIMIT]:
             lines.append(f"      {_finding_line(finding)}")
-        if len(group) > LIST_LIMIT:
-            lines.append(f"      ... and {len(group) - LIST_LIMIT:,} more (the JSON report lists them all)")
+        if count > LIST_LIMIT:
+            lines.append(f"      ... and {count - LIST_LIMIT:,} more (the JSON report lists them all)")
     if check.truncated:
         lines.append("    (more findings than could be listed; the counts above are complete)")
     return lines

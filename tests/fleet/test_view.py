@@ -16,7 +16,7 @@ def _report(host: str, subject: str, severity: str = "critical") -> Report:
         "debian", "content-differs", severity, "content differs", path="/usr/bin/sed", subject=subject
     )
     status = {"critical": Status.CRITICAL, "warning": Status.WARNING}.get(severity, Status.OK)
-    check = CheckResult("debian", status, findings=[finding])
+    check = CheckResult("debian", status, findings=[finding], category="os-files")
     return Report(host={"hostname": host, "os": "Debian"}, root="/", started="2026-01-01T00:00:00+00:00",
                   finished="2026-01-01T00:01:00+00:00", checks=[check], fsaudit_version="0.1.0")  # fmt: skip
 
