@@ -14,6 +14,7 @@ from fsaudit.cli.common import (
     LOG,
     colour_wanted,
     select_checkers,
+    terminate_like_interrupt,
     window_option,
     write_output,
 )
@@ -71,7 +72,8 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
         window=window_option(window_text, root),
         progress=Progress.for_terminal(),
     )
-    report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
+    with terminate_like_interrupt():
+        report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
     return _deliver(report, interrupted, fmt, output)
 
 
@@ -121,7 +123,8 @@ def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
     context = Context(
         jobs=jobs or os.cpu_count() or 1, window=window_option(window, "/"), progress=Progress.for_terminal()
     )
-    report, interrupted = run_audit(Target("/"), selected, context)
+    with terminate_like_interrupt():
+        report, interrupted = run_audit(Target("/"), selected, context)
     code = _deliver(report, interrupted, fmt, output)
     if output:
         click.echo(verdict(report))

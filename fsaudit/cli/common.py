@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
-from typing import Any, Dict, List, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Tuple
 
 import click
 
@@ -23,6 +25,28 @@ EXIT_UNKNOWN = 3
 
 def colour_wanted(stream) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+@contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """SIGTERM (from `timeout`, systemd, cron, a fleet run giving up) ends the work inside the block as
+    Ctrl-C does, so that the report of what was done is still written. After the block SIGTERM is
+    ignored: what follows is writing that report, which is what the sender is waiting for (systemd
+    sends SIGKILL when it will wait no longer)."""
+
+    def interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (fsaudit used as a library): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def write_output(text: str, output: str | None) -> None:
