@@ -13,12 +13,14 @@ from fsaudit.cli.common import (
     EXIT_UNKNOWN,
     LOG,
     colour_wanted,
+    save_json_instead,
     select_checkers,
     terminate_like_interrupt,
     window_option,
     write_output,
 )
 from fsaudit.config import load_config, merge_options, parse_sets
+from fsaudit.escape import inert
 from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
@@ -78,10 +80,21 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
 
 
 def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) -> int:
-    """Write the rendered report and return the audit's exit code (3 when interrupted, unless
-    damage was already found)."""
+    """Write the rendered report and return the audit's exit code (3 when interrupted or when the
+    report could not be rendered, unless damage was found)."""
     colour = fmt == "text" and output is None and colour_wanted(sys.stdout)
-    write_output(render(report, fmt, colour=colour), output)
+    try:
+        text = render(report, fmt, colour=colour)
+    except Exception as error:  # an audit of hours must not be lost to a renderer's bug
+        LOG.debug("rendering the %s report failed", fmt, exc_info=True)
+        saved = save_json_instead(report, output)
+        click.echo(
+            f"fsaudit: the {fmt} report could not be made ({type(error).__name__}: {inert(str(error))}); "
+            f"the whole report is in {inert(saved)} (`fsaudit report` renders it)",
+            err=True,
+        )
+        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
+    write_output(text, output)
     if interrupted:
         click.echo("fsaudit: interrupted; the report covers what was checked before", err=True)
         return 2 if report.exit_code == 2 else EXIT_UNKNOWN
@@ -144,7 +157,7 @@ def checks(root) -> int:
     for name, applies, why, summary, origin in rows:
         click.echo(f"{name:<{width}}  {'yes' if applies else 'no ':<3}  {summary}")
         if why:
-            click.echo(f"{'':<{width}}       {why}")
+            click.echo(f"{'':<{width}}       {inert(why)}")
         click.echo(f"{'':<{width}}       from {origin}")
     return 0
 

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -59,6 +60,24 @@ def write_output(text: str, output: str | None) -> None:
             handle.write(text)
     except OSError as error:
         raise FsauditError(f"cannot write the report to {output}: {error.strerror}") from None
+
+
+def save_json_instead(report: Report, output: str | None) -> str:
+    """Save `report` as JSON when the format asked for could not be made: beside `output`
+    (OUTPUT.json), or in the current directory; where that fails too, on stdout. Returns where."""
+    if output and output != "-" and not output.endswith(".json"):
+        candidates = [f"{output}.json"]
+    else:
+        candidates = [time.strftime("fsaudit-report-%Y%m%dT%H%M%S.json")]
+    for path in candidates:
+        try:
+            with output_file(path) as handle:
+                handle.write(report.to_json())
+            return path
+        except OSError as error:
+            LOG.debug("cannot save the report in %s: %s", path, error)
+    click.echo(report.to_json(), nl=False)
+    return "standard output"
 
 
 def select_checkers(

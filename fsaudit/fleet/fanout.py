@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, TextIO, Tuple
 
 from fsaudit.errors import UsageError
+from fsaudit.escape import inert
 from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.fleet.inventory import Host, limit, load_inventory, parse_shard, shard
 from fsaudit.fleet.remote import HandshakePacer, HostAudit, HostResult, Limits
@@ -68,7 +69,7 @@ class ProgressLine:
         slowest = sorted(self.running.items(), key=lambda item: item[1])[:3]
         line = f"fleet: {self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed"
         if slowest:
-            line += "; slowest: " + ", ".join(f"{name} {now - since:.0f}s" for name, since in slowest)
+            line += "; slowest: " + ", ".join(f"{inert(name)} {now - since:.0f}s" for name, since in slowest)
         return line
 
     def show(self, force: bool = False) -> None:
@@ -197,7 +198,7 @@ def summary_line(results: List[HostResult], total: int, out: str, interrupted: b
         line += " (no report: " + ", ".join(f"{n} {k}" for k, n in sorted(failures.items())) + ")"
     if interrupted:
         line += "; interrupted: run again with --resume to finish"
-    return line + f"; results in {out}"
+    return line + f"; results in {inert(out)}"
 
 
 def audit_fleet(

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Set, Tuple
 
 from fsaudit.errors import FsauditError
+from fsaudit.escape import inert
 from fsaudit.fleet.reader import DEFAULT_MAX_BYTES, read_report
 from fsaudit.fleet.remote import HostResult
 from fsaudit.fleet.results import open_regular, read_records, write_atomic
@@ -298,40 +299,42 @@ def _totals_line(totals: Dict[str, Any]) -> str:
 
 
 def render_fleet_text(data: Dict[str, Any]) -> str:
+    """The fleet view for a terminal; every name and message from the hosts goes through `inert`."""
     lines = [f"fsaudit fleet report: {data['status'].upper()}", _totals_line(data["totals"])]
     if data["totals"]["no_report"]:
         lines.append(
             "no report: " + ", ".join(f"{n} {k}" for k, n in sorted(data["totals"]["no_report"].items()))
         )
     if data.get("note"):
-        lines.append(f"note: {data['note']}")
+        lines.append(f"note: {inert(data['note'])}")
     lines.append("")
-    checks = data["checks"]
-    width = max([4] + [len(h["name"]) for h in data["hosts"]])
+    checks = [inert(c) for c in data["checks"]]
+    names = {host["name"]: inert(host["name"]) for host in data["hosts"]}
+    width = max([4] + [len(name) for name in names.values()])
     columns = [max(len(c), 7) for c in checks]
     lines.append(
         "  ".join([f"{'host':<{width}}", f"{'status':<8}"] + [f"{c:<{w}}" for c, w in zip(checks, columns)])
     )
     for host in data["hosts"]:
-        row = [f"{host['name']:<{width}}", f"{host['status']:<8}"]
+        row = [f"{names[host['name']]:<{width}}", f"{host['status']:<8}"]
         if host["outcome"] != "report" or not host["checks"]:
-            row.append(f"{host['outcome']}: {host['message']}")
+            row.append(f"{host['outcome']}: {inert(host['message'])}")
         else:
-            row += [f"{_cell_text(host['checks'].get(c)):<{w}}" for c, w in zip(checks, columns)]
+            row += [f"{_cell_text(host['checks'].get(c)):<{w}}" for c, w in zip(data["checks"], columns)]
         lines.append("  ".join(row).rstrip())
     if data["codes"]:
         lines += ["", "hosts per finding code:"]
         for entry in data["codes"]:
-            names = entry["hosts"]
-            shown = ", ".join(names[:_LISTED]) + (
-                f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else ""
+            hosts = [names.get(name, inert(name)) for name in entry["hosts"]]
+            shown = ", ".join(hosts[:_LISTED]) + (
+                f", ... ({len(hosts) - _LISTED} more)" if len(hosts) > _LISTED else ""
             )
-            lines.append(
-                f"  {entry['check']} {entry['code']} ({entry['severity']}, {len(names)} hosts): {shown}"
-            )
-            for subject, hosts in list(entry["subjects"].items())[:_LISTED]:
-                if len(hosts) > 1:
-                    lines.append(f"      {subject}: {len(hosts)} hosts: {', '.join(hosts[:_LISTED])}")
+            code = f"{inert(entry['check'])} {inert(entry['code'])}"
+            lines.append(f"  {code} ({entry['severity']}, {len(hosts)} hosts): {shown}")
+            for subject, sharing in list(entry["subjects"].items())[:_LISTED]:
+                if len(sharing) > 1:
+                    listed = ", ".join(names.get(name, inert(name)) for name in sharing[:_LISTED])
+                    lines.append(f"      {inert(subject)}: {len(sharing)} hosts: {listed}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,10 +1,14 @@
-"""The report as text for a person at a terminal: the verdict first, then what to do, then details."""
+"""The report as text for a person at a terminal: the verdict first, then what to do, then details.
+
+Every string that came from the audited system (names, paths, messages, stats) goes through `inert`,
+so that it can neither drive the terminal nor start a line of its own."""
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from typing import Dict, List
 
+from fsaudit.escape import inert
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
 from fsaudit.report.facts import group_count
 
@@ -47,8 +51,8 @@ def verdict(report: Report) -> str:
         parts.append(f"{_plural(unfinished, 'check')} could not finish")
     skipped = len(report.checks) - len(ran)
     parts.append(f"{_plural(len(ran), 'check')} ran" + (f", {skipped:,} skipped" if skipped else ""))
-    host = report.host.get("hostname") or "?"
-    where = host if report.root == "/" else f"{host} (root {report.root})"
+    host = inert(report.host.get("hostname") or "?")
+    where = host if report.root == "/" else f"{host} (root {inert(report.root)})"
     return f"{status.value.upper()}: {_VERDICTS[status]} on {where}: {', '.join(parts)}"
 
 
@@ -66,7 +70,7 @@ def _finding_line(finding: Finding) -> str:
     where = finding.path or finding.subject or ""
     about = f" ({finding.subject})" if finding.path and finding.subject else ""
     lead = f"{where}{about}: " if where else ""
-    return f"{lead}{finding.message}"
+    return inert(f"{lead}{finding.message}")
 
 
 def _grouped(findings: List[Finding]) -> OrderedDict[tuple, List[Finding]]:
@@ -84,15 +88,14 @@ def _stats_line(check: CheckResult) -> str:
         for key, value in check.stats.items()
         if isinstance(value, (int, float, str)) and not isinstance(value, bool)
     ]
-    return "; ".join(shown)
+    return inert("; ".join(shown))
 
 
 def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
-    lines = [
-        f"{paint(check.status.value, check.status.value.upper()):<10} {check.name}  ({check.seconds:.1f} s)"
-    ]
+    status = paint(check.status.value, check.status.value.upper())
+    lines = [f"{status:<10} {inert(check.name)}  ({check.seconds:.1f} s)"]
     if check.reason:
-        lines.append(f"    {check.reason}")
+        lines.append(f"    {inert(check.reason)}")
     stats = _stats_line(check)
     if stats:
         lines.append(f"    {stats}")
@@ -103,7 +106,7 @@ def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
         )
     for (severity, code), group in _grouped(check.findings).items():
         count = group_count(check, severity, code, len(group))
-        lines.append(f"    {paint(severity.value, severity.value)} {code}: {count:,}")
+        lines.append(f"    {paint(severity.value, severity.value)} {inert(code)}: {count:,}")
         for finding in group[:LIST_LIMIT]:
             lines.append(f"      {_finding_line(finding)}")
         if count > LIST_LIMIT:
@@ -123,7 +126,7 @@ def _advice_lines(report: Report) -> List[str]:
     lines = ["", "What to do:"]
     ranked = sorted(advice.items(), key=lambda item: -item[1])
     for text, count in ranked[: LIST_LIMIT * 2]:
-        lines.append(f"  - {text}" + (f" ({count:,} findings)" if count > 1 else ""))
+        lines.append(f"  - {inert(text)}" + (f" ({count:,} findings)" if count > 1 else ""))
     if len(ranked) > LIST_LIMIT * 2:
         lines.append(f"  ... and {len(ranked) - LIST_LIMIT * 2:,} more actions (see the JSON or HTML report)")
     return lines
@@ -140,7 +143,11 @@ def render_text(report: Report, colour: bool = False) -> str:
         header += (
             f"; suspect window {report.window.get('start') or '...'} .. {report.window.get('end') or 'now'}"
         )
-    lines.append(header)
+    if report.uid:
+        header += f"; run as uid {report.uid}, not root: files it could not read were not checked"
+    if report.interrupted:
+        header += "; interrupted: the checks not finished are incomplete"
+    lines.append(inert(header))
     lines.extend(_advice_lines(report))
     lines.append("")
     for check in report.checks:
