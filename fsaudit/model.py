@@ -9,6 +9,8 @@ from enum import Enum
 from typing import Any, Dict, List, Tuple, Union
 
 REPORT_FORMAT = "fsaudit-report/1"
+# The reason of a check that ran to the end over nothing: an OK that verified nothing says so.
+NOTHING_FOUND = "nothing of this kind was found to check"
 
 
 class Severity(str, Enum):

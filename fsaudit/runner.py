@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 from fsaudit import __version__
 from fsaudit.checker import Checker, Context, Skip
-from fsaudit.model import CheckResult, Report, Severity, Status
+from fsaudit.model import NOTHING_FOUND, CheckResult, Report, Severity, Status
 from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 from fsaudit.registry import Entry
 from fsaudit.target import Target
@@ -123,10 +123,6 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
     if interrupted:
         raise _Interrupted(result)
     return result
-
-
-# The reason of a check that ran to the end over nothing: an OK that verified nothing says so.
-NOTHING_FOUND = "nothing of this kind was found to check"
 
 
 def _not_run(checker: Checker, target: Target, result: CheckResult, reason: str) -> None:
