@@ -31,6 +31,11 @@ from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_option
 from fsaudit.target import Target
 
 
+def checker_names(context, parameter, incomplete: str) -> list:
+    """Shell completion of `--check`/`--skip`: the names of the installed checkers."""
+    return [name for name in load_checkers() if name.startswith(incomplete)]
+
+
 @click.command()
 @click.option(
     "--root",
@@ -39,8 +44,21 @@ from fsaudit.target import Target
     type=click.Path(file_okay=False, exists=True),
     help="The root of the system to audit (a mounted image or snapshot).",
 )
-@click.option("--check", "only", multiple=True, metavar="NAME", help="Run only this checker (repeatable).")
-@click.option("--skip", multiple=True, metavar="NAME", help="Do not run this checker (repeatable).")
+@click.option(
+    "--check",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=checker_names,
+    help="Run only this checker (repeatable).",
+)
+@click.option(
+    "--skip",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=checker_names,
+    help="Do not run this checker (repeatable).",
+)
 @click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
 @click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
 @click.option(
