@@ -255,3 +255,30 @@ def test_a_host_that_hangs_mid_report_is_stopped_long_before_the_timeout(lab, tm
     while sleeping(hang) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not sleeping(hang)
+
+
+def test_a_vm_without_the_database_module_reports_its_database_as_not_checked(lab, tmp_path):
+    # The bare system python3 has no psycopg: the bootstrapped audit cannot check the cluster it finds,
+    # and says so (unknown), instead of skipping it as if there were none (OK to monitoring).
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("15\n")
+    hosts = {
+        "withdb": {
+            **lab.hosts["bootstrap"],
+            "fsaudit_args": f"--check postgres --set postgres.data_dir={data_dir}",
+        },
+        "nodb": {**lab.hosts["bootstrap"], "fsaudit_args": f"--check postgres --root {tmp_path}"},
+    }
+    inventory = ini_inventory(tmp_path / "inventory.ini", hosts)
+    out = tmp_path / "out"
+    run = fsaudit("fleet", inventory, "--ssh-config", lab.config, "--out", out, timeout=300)
+    assert run.code == 3, run.stderr
+    assert {name: r["mode"] for name, r in records(out).items()} == {
+        "withdb": "bootstrap",
+        "nodb": "bootstrap",
+    }
+    withdb = json.loads((out / "reports" / "withdb.json").read_text())["checks"][0]
+    assert withdb["status"] == "unknown" and "psycopg" in withdb["reason"]
+    nodb = json.loads((out / "reports" / "nodb.json").read_text())["checks"][0]
+    assert nodb["status"] == "skipped"
