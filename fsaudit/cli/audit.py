@@ -186,14 +186,25 @@ def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
     if entry.checker is None:
         return False, entry.error, ""
     summary = entry.checker.summary()
-    module = missing_module(entry.checker)
-    if module:
-        return False, install_hint(entry.checker, module), summary
     try:
-        applies = entry.checker(None, Context()).applies(target)
+        checker = entry.checker(None, Context())
+        module = missing_module(entry.checker)
+        if module:
+            return False, _unchecked(checker, target, install_hint(entry.checker, module)), summary
+        applies = checker.applies(target)
     except Skip as skip:
-        return False, str(skip), summary
+        return False, _unchecked(checker, target, str(skip)), summary
     except Exception as error:  # a checker's own bug: report it, list the rest
         LOG.debug("applies() of %s failed", entry.name, exc_info=True)
         return False, f"cannot tell: {type(error).__name__}: {error}", summary
     return applies is not False, "" if applies is not False else "does not apply to this system", summary
+
+
+def _unchecked(checker, target: Target, reason: str) -> str:
+    """Why a checker will not run, and whether an audit will call it unknown (its subject is here)."""
+    try:
+        here = checker.present(target)
+    except Exception:
+        LOG.debug("present() of %s failed", checker.name, exc_info=True)
+        here = ""
+    return f"{reason} ({here} is here: an audit reports it as not checked)" if here else reason
