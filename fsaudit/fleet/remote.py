@@ -305,8 +305,6 @@ class HostAudit:
                 if written > self.limits.report_bytes:
                     raise ReportTooLarge()
                 spool.write(chunk)
-            spool.flush()
-            os.fsync(self.spool_fd)
         await process.wait()
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()

@@ -101,9 +101,15 @@ class ResultDir:
         return tempfile.mkstemp(prefix=f".{file_stem(name)}.", suffix=SPOOL_SUFFIX, dir=self.reports_dir)
 
     def save(self, result: HostResult, spool: str) -> None:
-        """Put the host's report (already validated and synced, in `spool`) in place, then its record."""
+        """Put the host's report (already validated, in `spool`) in place, synced, then its record.
+        Called in the fleet's writer thread: fsync never stalls the loop that talks to the hosts."""
         stem = file_stem(result.name)
         if result.outcome == "report":
+            fd = os.open(spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(spool, os.path.join(self.reports_dir, f"{stem}.json"))
             result.report = f"reports/{stem}.json"
         write_atomic(os.path.join(self.hosts_dir, f"{stem}.json"), _json_bytes(result.to_dict()))
