@@ -250,7 +250,14 @@ class HostAudit:
             raise
         await self._drain(stderr_task)
         self.result.exit_code = process.returncode
-        report = self._read_report()
+        # validating a large report takes a while: not on the loop that talks to the other hosts
+        reading = asyncio.get_running_loop().run_in_executor(None, self._read_report)
+        try:
+            report = await asyncio.shield(reading)
+        except asyncio.CancelledError:  # Ctrl-C: let the reading end before the spool goes away
+            await asyncio.wait({reading})
+            self._discard_spool()
+            raise
         return self.result, report
 
     def _cut_short(self, error: BaseException) -> Tuple[str, str]:
