@@ -134,7 +134,7 @@ def _not_run(checker: Checker, target: Target, result: CheckResult, reason: str)
         LOG.debug("present() of %s failed", checker.name, exc_info=True)
         here = ""
     if here:
-        checker.incomplete(f"{here} is here but was not checked: {reason}")
+        checker.incomplete(f"not checked: {reason} ({here} is on this system)")
     else:
         result.status = Status.SKIPPED
         result.reason = reason

@@ -207,4 +207,4 @@ def _unchecked(checker, target: Target, reason: str) -> str:
     except Exception:
         LOG.debug("present() of %s failed", checker.name, exc_info=True)
         here = ""
-    return f"{reason} ({here} is here: an audit reports it as not checked)" if here else reason
+    return f"{reason} ({here} is on this system: an audit reports it as not checked)" if here else reason
