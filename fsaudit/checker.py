@@ -118,8 +118,13 @@ class Checker:
       a `paths` option, which self-check sets to the customer's paths.
     - `order`: checkers run by ascending order, then name; a checker that uses what others found
       (e.g. `window`, which reads `context.verified`) sets a higher one.
+    - `covers`: what it checks, in a customer's words ("system files (Debian packages)"); the
+      report carries it, so no renderer needs to know checkers by name.
+    - `category`: its column in the fleet view: os-files, databases, applications, logs, time-window.
     - `repairer`: `"module:Class"` of the `fsaudit.repair.Repairer` that restores what this checker
       finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
+    - `present()`: whether what it checks is on this system at all, even when it cannot be checked
+      here; that tells "nothing of this kind here" (skipped) from "not checked" (unknown).
     """
 
     name: str = ""
@@ -129,6 +134,8 @@ class Checker:
     extra: str = ""
     order: int = 50
     self_check: bool = False
+    covers: str = ""
+    category: str = ""
     repairer: str = ""
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
@@ -169,6 +176,14 @@ class Checker:
     def applies(self, target) -> bool:
         """Cheap test: does this checker have anything to check on `target`? Raise Skip for a reason."""
         return True
+
+    def present(self, target) -> str:
+        """What of this checker's subject is on `target`, in a few words ("a PostgreSQL cluster in
+        /var/lib/postgresql/15/main"), or "" when there is none. Asked when the check cannot run
+        (a module in `requires` is missing, or `applies()` said no): when the subject is here the
+        check is `unknown`, not `skipped`, so that an unchecked database never reads as fine. Must be
+        cheap and must work without the modules in `requires`."""
+        return ""
 
     def run(self, target) -> Iterator[Finding]:
         """Check `target`, yielding Findings as they are found."""

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
+from fsaudit.outcomes import is_permission_denied, not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.content.formats import MAGIC_BYTES, Format, Problem, Unsupported, recognise
 
@@ -20,6 +21,8 @@ class ContentChecker(Checker):
     """Files at risk checked by their format: archives, images, ELF, configs, source, bytecode, SQLite."""
 
     name = "content"
+    covers = "files checked by their format"
+    category = "applications"
     self_check = True
     options = (
         Option(
@@ -113,6 +116,9 @@ class ContentChecker(Checker):
             return
         if isinstance(result, str):
             self.count("files_unsupported")
+            return
+        if is_permission_denied(result):
+            not_checked_for_permission(self)
             return
         if isinstance(result, OSError):
             self.count("files_unreadable")

@@ -11,7 +11,14 @@ from typing import Iterator, List, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
-from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
+from fsaudit.outcomes import (
+    CONTENT_DIFFERS,
+    OK,
+    PERMISSION_DENIED,
+    not_checked_for_permission,
+    outcome,
+    unverified_finding,
+)
 from fsaudit.target import Target
 from fsaudit_checks.git.index import IndexDamaged, IndexEntry, read_index
 
@@ -40,6 +47,8 @@ class GitChecker(Checker):
     """Git work trees: repository objects with `git fsck` and every tracked file against the index."""
 
     name = "git"
+    covers = "git checkouts"
+    category = "applications"
     self_check = True
     options = (
         Option(
@@ -212,6 +221,8 @@ class GitChecker(Checker):
                 self.context.verified.add(path)
             elif verdict == CONTENT_DIFFERS:
                 mismatched.append((path, entry, result))
+            elif verdict == PERMISSION_DENIED:
+                not_checked_for_permission(self)
             else:
                 yield unverified_finding(self, verdict, result, path, advice, "tracked file")
         yield from self._mismatches(target, tree, git_dir, mismatched, advice)

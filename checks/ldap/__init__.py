@@ -120,6 +120,12 @@ class LdapChecker(Checker):
             )
         raise Skip("no slapd here (no ldapi socket, no configuration in /etc/ldap or /etc/openldap)")
 
+    def present(self, target) -> str:
+        if self.settings["url"]:
+            return f"the LDAP server {self.settings['url']}"
+        config = find_config(target, self.settings["slapd_config"] or "")
+        return f"slapd (configured in {config.path})" if config else ""
+
     def run(self, target) -> Iterator:
         credentials = self._credentials()
         if credentials is None:

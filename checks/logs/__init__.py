@@ -85,6 +85,8 @@ class LogsChecker(Checker):
     """Corruption signatures in the kernel, system and service logs since the suspect window began."""
 
     name = "logs"
+    covers = "log files"
+    category = "logs"
     options = (
         Option(
             "lookback",

@@ -107,6 +107,16 @@ class PostgresChecker(Checker):
             raise Skip("no PostgreSQL cluster found (give postgres.dsn or postgres.data_dir)")
         return True
 
+    def present(self, target) -> str:
+        if self.dsns():
+            return "the PostgreSQL server named by postgres.dsn or the libpq environment"
+        clusters = self.clusters(target)
+        if not clusters:
+            return ""
+        labels = ", ".join(cluster.label for cluster in clusters[:3])
+        more = f" and {len(clusters) - 3} more" if len(clusters) > 3 else ""
+        return f"PostgreSQL ({'cluster' if len(clusters) == 1 else 'clusters'} {labels}{more})"
+
     def dsns(self) -> List[str]:
         """The DSNs given, or libpq's defaults ("") when its environment names a server and no
         data directory was given."""
