@@ -549,3 +549,51 @@ def test_nix_running_system_repairs_store_paths_from_the_binary_cache(tmp_path):
     assert system.path(f"{tree}/a").read_text() == "a\n" * 100
     assert system.path(hello).read_text() == "hello\n"
     assert system.run("nix-store --verify --check-contents").returncode == 0
+
+
+def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
+    """The running-system flow of apk and emerge, with their answers given (neither has a Debian package)."""
+    from fsaudit_checks.apk import repair as apk_repair
+    from fsaudit_checks.portage import repair as portage_repair
+
+    ran = []
+
+    def answer(outputs):
+        def run(command, env, timeout=0):
+            ran.append(command)
+            return outputs.pop(0)
+
+        return run
+
+    apk = ApkRepairer("apk", Request("/"))
+    steps = [Step("apk", n, data=ManifestStep(Package(n, "1.0-r0"))) for n in ("busybox", "musl")]
+    skipped = (
+        "(1/2) [APK unavailable, skipped] Reinstalling musl (1.0-r0)\n(2/2) Reinstalling busybox (1.0-r0)"
+    )
+    monkeypatch.setattr(apk_repair, "run", answer([(0, skipped), (0, "(1/1) Reinstalling busybox (1.0-r0)")]))
+    ready, refused = apk.prepare(steps, {}, print)
+    assert [s.label for s in ready] == ["busybox"]
+    assert [
+        (s.label, "neither the configured repositories nor apk's cache" in why) for s, why in refused
+    ] == [("musl", True)]
+    assert ran == [
+        ["apk", "fix", "--simulate", "--", "busybox", "musl"],
+        ["apk", "fix", "--simulate", "--", "busybox"],
+    ]
+    monkeypatch.setattr(
+        apk_repair,
+        "run",
+        answer([(0, "(1/2) Upgrading musl (1.0-r0 -> 1.1-r0)\n(2/2) Reinstalling busybox (1.0-r0)")]),
+    )
+    ready, refused = apk.prepare(steps[:1], {}, print)
+    assert ready == [] and "apk would also change other packages (Upgrading musl)" in refused[0][1]
+
+    emerge = PortageRepairer("portage", Request("/"))
+    sed = Step("portage", "sed", data=ManifestStep(Package("sys-apps/sed", "4.9")))
+    monkeypatch.setattr(
+        portage_repair,
+        "run",
+        answer([(1, 'emerge: there are no ebuilds to satisfy "=sys-apps/sed-4.9".')]),
+    )
+    ready, refused = emerge.prepare([sed], {}, print)
+    assert ready == [] and "no ebuild of sys-apps/sed-4.9" in refused[0][1]

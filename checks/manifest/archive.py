@@ -73,12 +73,22 @@ class Member:
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """A tar header whose extended headers are refused beyond a sane size instead of read whole."""
+    """A tar header whose extended headers are refused beyond a sane size instead of read whole, and
+    whose sparse maps (which tarfile reads into a list as long as the archive claims) are refused:
+    package files hold no sparse members."""
 
     def _proc_member(self, archive):
         if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"an extended header claims {self.size:,} bytes")
         return super()._proc_member(archive)
+
+    def _proc_sparse(self, archive):
+        raise tarfile.HeaderError("a sparse member, which no package holds")
+
+    def _proc_gnusparse_00(self, *args):
+        raise tarfile.HeaderError("a sparse member, which no package holds")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
 
 class _Capped(io.RawIOBase):

@@ -184,6 +184,11 @@ class _Restorer:
         if entry.conffile and self.keep_conffiles:
             keep = entry.path.rsplit(b"/", 1)[-1] + self.repairer.saved_suffix
         if member.kind == "file":
+            if entry.size is not None and member.size != entry.size:
+                raise ImageError(
+                    f"{where}: the package file's copy has {member.size:,} bytes, the package database "
+                    f"records {entry.size:,}: not written"
+                )
             checked = _Checked(member.fileobj, entry)
             self.image.write_file(
                 entry.path, checked.chunks(), meta, checked.problem, parents, keep_old_as=keep

@@ -168,12 +168,12 @@ class NixRepairer(Repairer):
         if stop.requested or not self.request.live:
             outcome.left.extend(section.steps)
             return outcome
-        env = environment(HOME="/root")
+        env = environment()
         pending = list(section.steps)
         status, output = 0, ""
-        for attempt in ("", "once more, "):
+        for attempt in ("", ", once more"):
             command = self.transaction(pending)
-            say(f"repairing {len(pending)} store path(s) {attempt}: {shlex.join(command)}")
+            say(f"repairing {len(pending)} store path(s){attempt}: {shlex.join(command)}")
             status, output = run(command, env)
             pending = [step for step in pending if self._now(step.data.valid)[0] != "intact"]
             if not pending or stop.requested:

@@ -70,11 +70,18 @@ def _regular(target: Target, path: bytes) -> bool:
     return st.st_size > 0 and (st.st_mode & 0o170000) == 0o100000
 
 
-def candidates(target: Target, directories: Sequence[bytes], category: str, pf: str, pn: str) -> List[bytes]:
-    """Every binary package file of exactly CATEGORY/PF in `directories` (paths inside `target`)."""
+def candidates(
+    target: Target, directories: Sequence[bytes], category: str, pf: str, pn: str, flat: bool = False
+) -> List[bytes]:
+    """Every binary package file of exactly CATEGORY/PF in `directories` (paths inside `target`),
+    laid out as in PKGDIR; with `flat`, also directly in them (a directory an operator filled)."""
     cat, full, name = os.fsencode(category), os.fsencode(pf), os.fsencode(pn)
     found = []
     for directory in directories:
+        if flat:
+            for suffix in (b".tbz2", b".gpkg.tar", b".xpak"):
+                if _regular(target, directory.rstrip(b"/") + b"/" + full + suffix):
+                    found.append(directory.rstrip(b"/") + b"/" + full + suffix)
         base = directory.rstrip(b"/") + b"/" + cat
         for suffix in (b".tbz2", b".gpkg.tar", b".xpak"):
             if _regular(target, base + b"/" + full + suffix):

@@ -94,7 +94,9 @@ class PortageRepairer(ManifestRepairer):
         if archives:
             for directory in self.request.archives:
                 source = Target(directory)
-                found += [(source, path) for path in binpkg.candidates(source, [b"/"], category, pf, pn)]
+                found += [
+                    (source, path) for path in binpkg.candidates(source, [b"/"], category, pf, pn, flat=True)
+                ]
         return found
 
     def members(self, source: Target, path: bytes, package: Package) -> Iterator[Member]:
