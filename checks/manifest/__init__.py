@@ -71,7 +71,8 @@ class ManifestChecker(Checker):
             return f"reinstall the package {package.name}: {command}"
         return (
             f"reinstall the package {package.name} inside the VM, not on this host (this audit read the "
-            f"image at {root}): {command}"
+            f"image at {root}): {command}; or restore its files from this host: fsaudit repair REPORT.json "
+            f"--root {root}"
         )
 
     def run(self, target: Target) -> Iterator[Finding]:
