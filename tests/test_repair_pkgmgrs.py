@@ -325,6 +325,26 @@ def test_pacman_running_system_downloads_only_the_installed_version(live_program
     assert system.path("/usr/bin/other").read_bytes() != OTHER["/usr/bin/other"][0].encode()
 
 
+def test_pacman_running_system_keeps_a_package_with_a_local_change_unless_asked(
+    live_programs, arch_packages, tmp_path
+):
+    demo = arch_packages["demo"]
+    system = pacfix.running_system(tmp_path / "system", [demo], repository=[demo])
+    # The admin rewrote the notes a day after installation; a lost write hit the data file.
+    system.must("echo 'our notes' > /usr/share/demo/notes.txt; touch -d '+1 day' /usr/share/demo/notes.txt")
+    flip_byte(system.path("/usr/share/demo/data.bin"), 5)
+    audit_live(system, "pacman")
+    run = system.run(f"{FSAUDIT} repair /tmp/report.json --apply --yes")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "reinstalling demo would also undo the 1 local change(s) left alone in it" in run.stdout
+    assert "nothing to restore" in run.stdout
+    assert system.path("/usr/share/demo/notes.txt").read_text() == "our notes\n"
+    run = system.run(f"{FSAUDIT} repair /tmp/report.json --apply --yes --include-modified")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Restored: demo 1.0-1 (x86_64)" in run.stdout
+    assert system.path("/usr/share/demo/notes.txt").read_text() == DEMO["/usr/share/demo/notes.txt"]
+
+
 # -- apk: images ----------------------------------------------------------------------------------
 
 
