@@ -18,6 +18,7 @@ class ApkChecker(ManifestChecker):
 
     name = "apk"
     covers = "system files (Alpine packages)"
+    repairer = "fsaudit_checks.apk.repair:ApkRepairer"
     database_advice = (
         "apk's installed database (/lib/apk/db/installed) is damaged: restore it from a backup, or "
         "reinstall the package (apk fix) so that apk writes its entry again"

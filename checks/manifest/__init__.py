@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator, Union
 
-from fsaudit.checker import Checker
+from fsaudit.checker import Checker, Option
 from fsaudit.model import Finding
 from fsaudit.target import Target
 from fsaudit_checks.manifest.entries import Damage, Package
@@ -33,6 +33,10 @@ CODES = {
 }
 
 
+# Repair checks again only the packages it restored.
+PACKAGES = Option("packages", "verify only these packages (names as the findings give them)", multiple=True)
+
+
 class ManifestChecker(Checker):
     """Base of the checkers that verify files against a package manager's per-file manifest.
 
@@ -41,6 +45,7 @@ class ManifestChecker(Checker):
 
     category = "os-files"
     codes = CODES
+    options = (PACKAGES,)
     # Words for the database in findings and advice.
     database_advice = "restore the package database from a backup"
 
@@ -66,7 +71,8 @@ class ManifestChecker(Checker):
             return f"reinstall the package {package.name}: {command}"
         return (
             f"reinstall the package {package.name} inside the VM, not on this host (this audit read the "
-            f"image at {root}): {command}"
+            f"image at {root}): {command}; or restore its files from this host: fsaudit repair REPORT.json "
+            f"--root {root}"
         )
 
     def run(self, target: Target) -> Iterator[Finding]:

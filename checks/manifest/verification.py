@@ -152,9 +152,12 @@ class Verification:
             yield from self._process(order.popleft())
 
     def _requests(self, order: deque) -> Iterator[HashRequest]:
+        only = set(self.checker.settings.get("packages") or ())
         for thing in self.checker.packages(self.target):
             if isinstance(thing, Damage):
                 order.append(_Item(None, "finding", finding=self.damage(thing)))
+                continue
+            if only and thing.name not in only:
                 continue
             self.checker.count("packages")
             for item in self._items(thing):

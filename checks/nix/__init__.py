@@ -27,7 +27,13 @@ class NixChecker(Checker):
     name = "nix"
     covers = "system files (the Nix store)"
     category = "os-files"
+    repairer = "fsaudit_checks.nix.repair:NixRepairer"
     options = (
+        Option(
+            "paths",
+            "verify only these store paths (what repair uses to check again what it restored)",
+            multiple=True,
+        ),
         Option("unregistered", "look for store paths the database does not list", kind=bool, default=True),
         Option(
             "max_listed",
@@ -167,7 +173,10 @@ class _Audit:
         progress.start("nix: verifying store paths")
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="fsaudit-nar")
         try:
+            only = {os.fsencode(path) for path in self.checker.settings["paths"]}
             for row in database.paths():
+                if only and not isinstance(row, Damage) and row.path not in only:
+                    continue
                 if isinstance(row, Damage):
                     pending.append((None, row))
                 else:

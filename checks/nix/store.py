@@ -150,6 +150,18 @@ class Database:
                 continue
         return None
 
+    def lookup(self, path: bytes) -> Union[ValidPath, Damage, None]:
+        """The row of one store path (checked), None when the database does not list it; a Damage
+        when the row or the database cannot be read."""
+        try:
+            row = self.connection.execute(
+                f"SELECT {self.COLUMNS} FROM ValidPaths WHERE path = ?",
+                (path.decode("utf-8", "surrogateescape"),),
+            ).fetchone()
+        except (sqlite3.Error, UnicodeEncodeError) as error:
+            return Damage("ValidPaths", f"cannot be read: {error}")
+        return None if row is None else _row(row)
+
     def registered(self, path: bytes) -> Optional[bool]:
         """Whether the database lists `path`; None when it cannot say (a damaged index)."""
         try:

@@ -9,7 +9,7 @@ from typing import Iterator, Union
 
 from fsaudit.checker import Option, Skip
 from fsaudit.target import Target
-from fsaudit_checks.manifest import ManifestChecker
+from fsaudit_checks.manifest import PACKAGES, ManifestChecker
 from fsaudit_checks.manifest.entries import Damage, Package
 from fsaudit_checks.pacman import cache, localdb
 from fsaudit_checks.pacman.conf import Settings, read_settings
@@ -20,8 +20,10 @@ class PacmanChecker(ManifestChecker):
 
     name = "pacman"
     covers = "system files (Arch Linux packages)"
+    repairer = "fsaudit_checks.pacman.repair:PacmanRepairer"
     options = (
         Option("dbpath", "the pacman database directory inside the root (default: pacman.conf's DBPath)"),
+        PACKAGES,
     )
     database_advice = (
         "pacman's local database (/var/lib/pacman/local) is damaged: restore it from a backup, or "

@@ -19,6 +19,7 @@ class PortageChecker(ManifestChecker):
 
     name = "portage"
     covers = "system files (Gentoo packages)"
+    repairer = "fsaudit_checks.portage.repair:PortageRepairer"
     # Portage records no owner or mode.
     codes = {code: meaning for code, meaning in CODES.items() if code != "metadata-differs"}
     database_advice = (
