@@ -15,7 +15,15 @@ from typing import Iterator, List, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
-from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
+from fsaudit.outcomes import (
+    CONTENT_DIFFERS,
+    OK,
+    PERMISSION_DENIED,
+    is_permission_denied,
+    not_checked_for_permission,
+    outcome,
+    unverified_finding,
+)
 from fsaudit.target import Target
 
 # Where virtualenvs usually live, searched when no paths are given (system sites are found apart).
@@ -65,6 +73,8 @@ class PipChecker(Checker):
     """Python environments: every installed file against its distribution's RECORD hash and size."""
 
     name = "pip"
+    covers = "Python packages"
+    category = "applications"
     self_check = True
     options = (
         Option("paths", "Directories to search for environments (default: the usual places)", multiple=True),
@@ -167,7 +177,10 @@ class PipChecker(Checker):
             self.count("distributions_without_record")
             return
         except OSError as error:
-            problems.append((record, f"cannot read RECORD: {error.strerror or error}"))
+            if is_permission_denied(error):
+                not_checked_for_permission(self)
+            else:
+                problems.append((record, f"cannot read RECORD: {error.strerror or error}"))
             return
         self.count("distributions")
         for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
@@ -226,6 +239,8 @@ class PipChecker(Checker):
                     details=details,
                     advice=_rebuild_advice(path) or advice,
                 )
+            elif verdict == PERMISSION_DENIED:
+                not_checked_for_permission(self)
             else:
                 yield unverified_finding(
                     self, verdict, result, path, advice, "installed file", subject=subject, details=details

@@ -38,8 +38,10 @@ def _parse_bool(raw: Any) -> bool:
 class Option:
     """One setting of a checker, from `--set CHECK.KEY=VALUE` or `[checks.CHECK]` in the config.
 
-    `kind` is str, int, float or bool. `multiple` options collect a list: repeated `--set`, a
-    comma-separated value, or a TOML array.
+    `kind` is str, int, float or bool. `multiple` options collect a list: repeated `--set`, a TOML
+    array, or a comma-separated value, unless `split` is False: DNs, URLs and connection strings
+    hold commas of their own (`dc=example,dc=org`, `host=a,b`), so their options take one value per
+    `--set` or array item, never split.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Option:
     default: Any = None
     multiple: bool = False
     choices: Tuple[str, ...] = ()
+    split: bool = True
 
     def parse_one(self, raw: Any) -> Any:
         if isinstance(raw, (list, tuple, dict)):
@@ -69,7 +72,10 @@ class Option:
             return self.parse_one(raws[-1])
         values = []
         for raw in raws:
-            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            if isinstance(raw, (list, tuple)):
+                items = raw
+            else:
+                items = str(raw).split(",") if self.split else [raw]
             values.extend(self.parse_one(item.strip() if isinstance(item, str) else item) for item in items)
         return [v for v in values if v != ""]
 
@@ -77,6 +83,11 @@ class Option:
         if self.multiple:
             return list(self.default or ())
         return self.default
+
+
+class Settings(dict):
+    """A checker's settings, parsed from the raw option values once (`Checker.validate_options`); a
+    checker given a `Settings` takes it as it is, so no value is parsed (or split) a second time."""
 
 
 @dataclass
@@ -107,6 +118,13 @@ class Checker:
       a `paths` option, which self-check sets to the customer's paths.
     - `order`: checkers run by ascending order, then name; a checker that uses what others found
       (e.g. `window`, which reads `context.verified`) sets a higher one.
+    - `covers`: what it checks, in a customer's words ("system files (Debian packages)"); the
+      report carries it, so no renderer needs to know checkers by name.
+    - `category`: its column in the fleet view: os-files, databases, applications, logs, time-window.
+    - `repairer`: `"module:Class"` of the `fsaudit.repair.Repairer` that restores what this checker
+      finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
+    - `present()`: whether what it checks is on this system at all, even when it cannot be checked
+      here; that tells "nothing of this kind here" (skipped) from "not checked" (unknown).
     """
 
     name: str = ""
@@ -116,9 +134,16 @@ class Checker:
     extra: str = ""
     order: int = 50
     self_check: bool = False
+    covers: str = ""
+    category: str = ""
+    repairer: str = ""
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
-        self.settings = self.validate_options(options or {})
+        """`options`: the `Settings` the CLI validated, or raw values (then validated here)."""
+        if isinstance(options, Settings):
+            self.settings = options
+        else:
+            self.settings = self.validate_options(options or {})
         self.context = context or Context()
         self.stats: Dict[str, Any] = {}
         self.incomplete_reasons: list = []
@@ -128,7 +153,7 @@ class Checker:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
     @classmethod
-    def validate_options(cls, raw: Dict[str, Any]) -> Dict[str, Any]:
+    def validate_options(cls, raw: Dict[str, Any]) -> Settings:
         """Settings for every option from `raw`: option name -> the raw values given, in order
         (strings from `--set`, typed values from TOML; a lone value counts as a list of one)."""
         known = {option.name: option for option in cls.options}
@@ -136,7 +161,7 @@ class Checker:
         if unknown:
             choices = ", ".join(sorted(known)) or "none"
             raise OptionError(f"{cls.name}: unknown option {unknown[0]!r} (options: {choices})")
-        settings = {}
+        settings = Settings()
         for name, option in known.items():
             values = raw.get(name)
             if values is None or values == []:
@@ -151,6 +176,14 @@ class Checker:
     def applies(self, target) -> bool:
         """Cheap test: does this checker have anything to check on `target`? Raise Skip for a reason."""
         return True
+
+    def present(self, target) -> str:
+        """What of this checker's subject is on `target`, in a few words ("a PostgreSQL cluster in
+        /var/lib/postgresql/15/main"), or "" when there is none. Asked when the check cannot run
+        (a module in `requires` is missing, or `applies()` said no): when the subject is here the
+        check is `unknown`, not `skipped`, so that an unchecked database never reads as fine. Must be
+        cheap and must work without the modules in `requires`."""
+        return ""
 
     def run(self, target) -> Iterator[Finding]:
         """Check `target`, yielding Findings as they are found."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Dict, List
 
@@ -18,6 +19,13 @@ AUDIT_KEYS = {"window", "check", "skip", "jobs", "drop_cache"}
 
 # checker name -> option name -> the raw values given, in order
 RawOptions = Dict[str, Dict[str, List[Any]]]
+
+# A secret inside a value: a libpq keyword (`... password=...`, `sslpassword=`), a URI query parameter
+# (`postgresql://h/db?password=...`), or the password of a URL's user information
+# (`ldap://user:secret@host`, `postgresql://user:secret@host/db`).
+_SECRET_IN_VALUE = re.compile(
+    r"(?:^|[\s?&;])(?:ssl)?password\s*=|[a-z][a-z0-9+.-]*://[^/?#@\s]*:[^/?#@\s]*@", re.IGNORECASE
+)
 
 
 def load_config(path: str | None) -> Dict[str, Any]:
@@ -54,8 +62,25 @@ def parse_sets(items: List[str]) -> RawOptions:
         check, dot, key = name.partition(".")
         if not sep or not dot or not check or not key:
             raise UsageError(f"--set {item!r}: expected CHECK.KEY=VALUE, e.g. --set postgres.full_read=true")
+        refuse_secret(check.strip(), key.strip(), value)
         options.setdefault(check.strip(), {}).setdefault(key.strip(), []).append(value)
     return options
+
+
+def refuse_secret(check: str, key: str, value: str) -> None:
+    """Refuse a password given on the command line: every user of the machine reads it in `ps` (and
+    shells keep it in their history). The message says where to put it instead and never repeats it."""
+    named = key.lower().endswith(("password", "passwd"))
+    if not named and not _SECRET_IN_VALUE.search(value):
+        return
+    what = f"--set {check}.{key}" + ("" if named else ": the value holds a password, and it")
+    raise UsageError(
+        f"{what} would show the password to every user of this machine (ps, shell history). "
+        f"Put it in a file only you can read and name that file with {check}.password_file, or keep "
+        "the whole value in the config file (--config, readable only by you), or leave the password "
+        "to the client's own password file or environment (~/.pgpass, PGPASSWORD); remove it from "
+        "the command line."
+    )
 
 
 def merge_options(config: Dict[str, Any], sets: RawOptions) -> RawOptions:

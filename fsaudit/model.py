@@ -6,9 +6,11 @@ import base64
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 REPORT_FORMAT = "fsaudit-report/1"
+# The reason of a check that ran to the end over nothing: an OK that verified nothing says so.
+NOTHING_FOUND = "nothing of this kind was found to check"
 
 
 class Severity(str, Enum):
@@ -17,6 +19,11 @@ class Severity(str, Enum):
     CRITICAL = "critical"
     WARNING = "warning"
     INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """Higher is worse; sort with `-rank` to put the worst first."""
+        return _SEVERITY_RANK[self]
 
 
 class Status(str, Enum):
@@ -32,9 +39,16 @@ class Status(str, Enum):
     def exit_code(self) -> int:
         return {"ok": 0, "skipped": 0, "warning": 1, "critical": 2, "unknown": 3}[self.value]
 
+    @property
+    def rank(self) -> int:
+        """Higher is worse: critical wins over unknown, unknown over warning (DESIGN.md, exit codes).
+        Sort with `-rank` to put the worst first."""
+        return _STATUS_RANK[self]
 
-# Critical wins over unknown; unknown wins over warning (DESIGN.md, exit codes).
-_RANK = {Status.SKIPPED: 0, Status.OK: 1, Status.WARNING: 2, Status.UNKNOWN: 3, Status.CRITICAL: 4}
+
+# The one ranking of statuses and severities: everything that sorts or picks "the worst" uses these.
+_STATUS_RANK = {Status.SKIPPED: 0, Status.OK: 1, Status.WARNING: 2, Status.UNKNOWN: 3, Status.CRITICAL: 4}
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 def worst(statuses) -> Status:
@@ -42,7 +56,7 @@ def worst(statuses) -> Status:
     result = Status.OK
     for status in statuses:
         status = Status(status)
-        if status is not Status.SKIPPED and _RANK[status] > _RANK[result]:
+        if status is not Status.SKIPPED and status.rank > result.rank:
             result = status
     return result
 
@@ -136,6 +150,13 @@ class CheckResult:
     stats: Dict[str, Any] = field(default_factory=dict)
     truncated: bool = False
     findings: List[Finding] = field(default_factory=list)
+    # What the checker declares about itself, so renderers and the fleet read data, not names:
+    # what it covers in a customer's words, and its category in the fleet view.
+    covers: str = ""
+    category: str = ""
+    # Findings per (severity, code) when the list was cut while loading (not part of the JSON):
+    # renderers say "N more" from it.
+    group_counts: Dict[Tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         self.status = Status(self.status)
@@ -158,6 +179,8 @@ class CheckResult:
             "seconds": round(self.seconds, 3),
             "stats": _clean(self.stats),
             "truncated": self.truncated,
+            "covers": self.covers,
+            "category": self.category,
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -171,7 +194,15 @@ class CheckResult:
             stats=dict(data.get("stats") or {}),
             truncated=bool(data.get("truncated")),
             findings=[Finding.from_dict(f) for f in data.get("findings") or []],
+            covers=data.get("covers") or "",
+            category=data.get("category") or "",
         )
+
+
+def _uid(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 @dataclass
@@ -186,6 +217,10 @@ class Report:
     window: Dict[str, str | None] | None = None
     fsaudit_version: str = ""
     format: str = REPORT_FORMAT
+    # The effective uid the audit ran as: what a non-root audit could not read is not damage.
+    uid: int | None = None
+    # Stopped before every check ran to the end (Ctrl-C, SIGTERM): the report covers what was done.
+    interrupted: bool = False
 
     @property
     def status(self) -> Status:
@@ -211,10 +246,12 @@ class Report:
             "fsaudit_version": self.fsaudit_version,
             "host": dict(self.host),
             "root": self.root,
+            "uid": self.uid,
             "window": self.window,
             "started": self.started,
             "finished": self.finished,
             "status": self.status.value,
+            "interrupted": self.interrupted,
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -233,10 +270,12 @@ class Report:
             fsaudit_version=data.get("fsaudit_version") or "",
             host=dict(data.get("host") or {}),
             root=data.get("root") or "/",
+            uid=_uid(data.get("uid")),
             window=data.get("window"),
             started=data.get("started") or "",
             finished=data.get("finished") or "",
             checks=[CheckResult.from_dict(c) for c in data.get("checks") or []],
+            interrupted=data.get("interrupted") is True,
         )
 
     @classmethod

@@ -14,10 +14,33 @@ MISSING = "missing"
 WRONG_TYPE = "wrong-type"
 UNREADABLE = "unreadable"
 CONTENT_DIFFERS = "content-differs"
+# Not readable for lack of permission: never damage, never a finding, never a reason to repair.
+PERMISSION_DENIED = "permission-denied"
+
+# The stats counter of files not checked for lack of permission (the same name in every checker).
+NOT_CHECKED_PERMISSION = "not_checked_permission"
+
+
+def is_permission_denied(error: Optional[BaseException]) -> bool:
+    """Whether `error` says the audit may not read something (EACCES, EPERM), as opposed to the
+    something being damaged (EIO, ...)."""
+    return isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM)
+
+
+def not_checked_for_permission(checker, amount: int = 1) -> None:
+    """Count what `checker` could not read for lack of permission: not damage, and no finding. The
+    runner turns the count into the check's reason (its status becomes unknown unless damage was
+    found); `permission_reason` says it in the same words for a checker that wants to say it itself."""
+    checker.count(NOT_CHECKED_PERMISSION, amount)
+
+
+def permission_reason(count: int) -> str:
+    """The reason for a check that could not read `count` files for lack of permission."""
+    return f"{count:,} files not checked: permission denied (run as root to check them)"
 
 
 def outcome(result: HashResult, expected_digest: Optional[str]) -> str:
-    """One of OK, MISSING, WRONG_TYPE, UNREADABLE, CONTENT_DIFFERS for `result`.
+    """One of OK, MISSING, WRONG_TYPE, UNREADABLE, PERMISSION_DENIED, CONTENT_DIFFERS for `result`.
 
     A symlink where a regular file belongs shows as ELOOP when it is opened without following it.
     """
@@ -27,6 +50,8 @@ def outcome(result: HashResult, expected_digest: Optional[str]) -> str:
             return WRONG_TYPE
         if isinstance(error, (FileNotFoundError, NotADirectoryError)):
             return MISSING
+        if is_permission_denied(error):
+            return PERMISSION_DENIED
         return UNREADABLE
     if result.size_differs:
         return CONTENT_DIFFERS
@@ -55,7 +80,10 @@ def unverified_finding(
 ):
     """The finding for a file that could not be compared: `missing` and `wrong-type` (critical,
     with the checker's `advice`) or `unreadable` (a warning, counted in `files_unreadable`).
-    `fields` (subject, details) go into the finding as they are."""
+    `fields` (subject, details) go into the finding as they are. PERMISSION_DENIED has no finding:
+    give it to `not_checked_for_permission` instead."""
+    if verdict == PERMISSION_DENIED:
+        raise ValueError("permission denied is not damage: count it with not_checked_for_permission()")
     if verdict == MISSING:
         return checker.finding(
             "missing", "critical", f"{what} is missing", path=path, advice=advice, **fields

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -13,7 +14,8 @@ from typing import Any, Dict, List, Tuple
 
 from fsaudit import __version__
 from fsaudit.checker import Checker, Context, Skip
-from fsaudit.model import CheckResult, Report, Severity, Status
+from fsaudit.model import NOTHING_FOUND, CheckResult, Report, Severity, Status
+from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 from fsaudit.registry import Entry
 from fsaudit.target import Target
 
@@ -28,7 +30,8 @@ def _now() -> str:
 
 
 def host_info(target: Target) -> Dict[str, str]:
-    """Hostname and OS name of the audited system, read from its files under `--root`."""
+    """Hostname, machine-id and OS name of the audited system, read from its files under `--root`
+    (`fsaudit repair` refuses a report whose hostname and machine-id are not its machine's)."""
     hostname = ""
     if not target.live:
         try:
@@ -50,7 +53,14 @@ def host_info(target: Target) -> Dict[str, str]:
             break
     if not os_name and target.live:
         os_name = f"{platform.system()} {platform.release()}"
-    return {"hostname": hostname, "os": os_name}
+    info = {"hostname": hostname, "os": os_name}
+    try:
+        machine_id = target.read_text("/etc/machine-id", limit=256).strip().lower()
+    except OSError:
+        machine_id = ""
+    if re.match(r"^[0-9a-f]{32}$", machine_id):
+        info["machine_id"] = machine_id
+    return info
 
 
 def missing_module(checker: type) -> str | None:
@@ -71,7 +81,9 @@ def install_hint(checker: type, module: str) -> str:
 
 def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS) -> CheckResult:
     """Run one checker to the end, whatever it does: a crash becomes status `unknown`."""
-    result = CheckResult(name=checker.name, status=Status.OK)
+    result = CheckResult(
+        name=checker.name, status=Status.OK, covers=checker.covers, category=checker.category
+    )
     started = time.monotonic()
     drops_before = target.cache_drop_failures
     by_severity = {s.value: 0 for s in Severity}
@@ -89,25 +101,28 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
             else:
                 result.truncated = True
     except Skip as skip:
-        result.status = Status.SKIPPED
-        result.reason = str(skip) or "does not apply"
+        _not_run(checker, target, result, str(skip) or "does not apply")
     except KeyboardInterrupt:
         checker.incomplete("interrupted before the check finished")
         interrupted = True
     except ImportError as error:
         name = getattr(error, "name", None) or ""
         if name and name.split(".")[0] in checker.requires:
-            result.status = Status.SKIPPED
-            result.reason = install_hint(type(checker), name)
+            _not_run(checker, target, result, install_hint(type(checker), name))
         else:
             LOG.debug("checker %s failed", checker.name, exc_info=True)
             checker.incomplete(f"the check failed: {type(error).__name__}: {error}")
     except Exception as error:
         LOG.debug("checker %s failed", checker.name, exc_info=True)
         checker.incomplete(f"the check failed: {type(error).__name__}: {error}")
+    denied = checker.stats.get(NOT_CHECKED_PERMISSION)
+    if isinstance(denied, int) and denied > 0:
+        checker.incomplete(permission_reason(denied))
     if result.status is not Status.SKIPPED:
         result.status = _status(by_severity, checker.incomplete_reasons)
         result.reason = "; ".join(checker.incomplete_reasons)
+        if result.status is Status.OK and not _counted_anything(checker.stats):
+            result.reason = NOTHING_FOUND
     result.seconds = time.monotonic() - started
     result.stats = dict(checker.stats)
     if result.truncated:
@@ -117,6 +132,29 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
     if interrupted:
         raise _Interrupted(result)
     return result
+
+
+def _not_run(checker: Checker, target: Target, result: CheckResult, reason: str) -> None:
+    """A check that could not run: `skipped` when there is nothing of its kind here, `unknown`
+    (through `incomplete`) when its subject is here but cannot be checked."""
+    try:
+        here = checker.present(target)
+    except Exception:  # a bug in present() must not turn "not checked" into a crash
+        LOG.debug("present() of %s failed", checker.name, exc_info=True)
+        here = ""
+    if here:
+        checker.incomplete(f"not checked: {reason} ({here} is on this system)")
+    else:
+        result.status = Status.SKIPPED
+        result.reason = reason
+
+
+def _counted_anything(stats: Dict[str, Any]) -> bool:
+    """Whether a check's counters say it looked at something (a file, a database, a repository)."""
+    return any(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        for value in stats.values()
+    )
 
 
 class _Interrupted(Exception):
@@ -143,6 +181,7 @@ def run_audit(
     """Run every selected checker (entry + validated settings); return the Report and whether the
     user interrupted it (the checks not reached are then `unknown`)."""
     context = context or Context()
+    context.progress = GuardedProgress.around(context.progress)
     report = Report(
         host=host_info(target),
         root=target.root_text,
@@ -150,6 +189,7 @@ def run_audit(
         finished="",
         window=context.window.to_dict() if context.window else None,
         fsaudit_version=__version__,
+        uid=os.geteuid(),
     )
     interrupted = False
     for entry, settings in selected:
@@ -173,4 +213,42 @@ def run_audit(
         context.results[entry.name] = result
         report.checks.append(result)
     report.finished = _now()
+    report.interrupted = interrupted
     return report, interrupted
+
+
+class GuardedProgress:
+    """The progress display, kept from ending an audit: the first error it raises (a terminal gone,
+    a name it cannot show) is logged and switches it off; the checks and the report go on."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self._failed = False
+
+    @classmethod
+    def around(cls, progress: Any) -> GuardedProgress:
+        return progress if isinstance(progress, cls) else cls(progress)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if not callable(value):
+            return value
+
+        def guarded(*args, **kwargs):
+            if self._failed:
+                return None
+            try:
+                return value(*args, **kwargs)
+            except Exception:
+                LOG.debug("the progress display failed; it is switched off", exc_info=True)
+                self._switch_off()
+                return None
+
+        return guarded
+
+    def _switch_off(self) -> None:
+        self._failed = True
+        try:
+            self._inner.stop()
+        except Exception:
+            LOG.debug("stopping the failed progress display failed too", exc_info=True)

@@ -218,7 +218,8 @@ def test_long_lists_are_summarised_in_text(plugin_env):
     assert "... and 15 more" in run.stdout
 
 
-def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_end_with_a_report_of_what_was_done(plugin_env, tmp_path, sig):
     marker = tmp_path / "slow-started"
     env = {**os.environ, **plugin_env, "NO_COLOR": "1", "FSAUDIT_TEST_MARKER": str(marker)}
     process = subprocess.Popen(
@@ -242,13 +243,26 @@ def test_ctrl_c_exits_3_with_a_report_of_what_was_done(plugin_env, tmp_path):
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 2  # damage was found before the interrupt: critical wins
     report = json.loads(stdout)
     slow = [c for c in report["checks"] if c["name"] == "slow"][0]
     assert slow["status"] == "unknown" and "interrupted" in slow["reason"]
-    assert "interrupted" in stderr
+    assert report["interrupted"] is True
+    assert "interrupted" in stderr and "Traceback" not in stderr
+
+
+def test_an_audit_killed_by_timeout_leaves_its_report_in_the_output_file(plugin_env, tmp_path):
+    output = tmp_path / "report.json"
+    # `timeout` sends SIGTERM, as systemd and cron jobs do
+    command = ["timeout", "--preserve-status", "3", sys.executable, "-m", "fsaudit", "audit",
+               "--check", "slow", "--format", "json", "--output", str(output)]  # fmt: skip
+    env = {**os.environ, **plugin_env}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 3, done.stderr
+    report = json.loads(output.read_text())
+    assert report["interrupted"] is True and report["status"] == "unknown"
 
 
 def test_version_and_module_entry_point():

@@ -27,6 +27,8 @@ def _report() -> Report:
                 Status.CRITICAL,
                 seconds=1.5,
                 stats={"files_verified": 3},
+                covers="system files (Debian packages)",
+                category="os-files",
                 findings=[
                     Finding(
                         "debian",
@@ -43,6 +45,8 @@ def _report() -> Report:
             ),
             CheckResult("window", Status.SKIPPED, reason="no window given"),
         ],
+        uid=65534,
+        interrupted=True,
     )
 
 
@@ -89,3 +93,35 @@ def test_exit_codes_follow_the_monitoring_convention():
 def test_from_json_rejects_what_is_not_a_report():
     with pytest.raises(ValueError):
         Report.from_json('{"format": "something-else"}')
+
+
+def test_uid_interruption_and_declarations_survive_the_round_trip():
+    data = json.loads(_report().to_json())
+    assert data["uid"] == 65534 and data["interrupted"] is True
+    assert data["checks"][0]["covers"] == "system files (Debian packages)"
+    assert data["checks"][0]["category"] == "os-files"
+
+
+def test_a_report_from_before_uid_and_interruption_still_loads():
+    data = json.loads(_report().to_json())
+    for key in ("uid", "interrupted"):
+        del data[key]
+    for check in data["checks"]:
+        del check["covers"], check["category"]
+    report = Report.from_dict(data)
+    assert report.uid is None and report.interrupted is False and report.checks[0].covers == ""
+    jsonschema.validate(data, SCHEMA)
+
+
+@pytest.mark.parametrize("uid", [True, "0", -1.5, [0]])
+def test_a_uid_that_is_not_a_number_is_not_kept(uid):
+    data = json.loads(_report().to_json())
+    data["uid"] = uid
+    assert Report.from_dict(data).uid is None
+
+
+def test_one_ranking_sorts_statuses_and_severities_worst_first():
+    statuses = sorted(Status, key=lambda s: -s.rank)
+    assert [s.value for s in statuses] == ["critical", "unknown", "warning", "ok", "skipped"]
+    severities = sorted(Severity, key=lambda s: -s.rank)
+    assert [s.value for s in severities] == ["critical", "warning", "info"]

@@ -95,7 +95,8 @@ def test_prometheus_escapes_label_values_and_leaves_out_an_unfinished_audit():
     data["checks"] = [{"name": 'we"ird\\name\nx', "status": "ok", "findings": []}]
     text = render_prometheus(Report.from_dict(data))
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    assert families["fsaudit_check_status"].samples[0].labels["check"] == 'we"ird\\name\nx'
+    # quotes and backslashes survive; a control character (here a newline) is shown escaped
+    assert families["fsaudit_check_status"].samples[0].labels["check"] == 'we"ird\\name\\x0ax'
     assert "fsaudit_last_audit_timestamp_seconds" not in families
 
 

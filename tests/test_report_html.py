@@ -121,8 +121,13 @@ def test_the_page_states_the_verdict_todo_and_what_was_not_checked(tmp_path):
     html = page.read_text()
     assert "3 system files were damaged; reinstalling 2 packages (sed, zlib1g) restores them." in html
     assert "PostgreSQL databases: 1 damaged item found." in html
-    assert "<strong>rpm</strong>: not checked: no RPM database on this system" in html
-    assert "<strong>ldap</strong>: not checked to the end: cannot bind to ldapi:///: no such socket" in html
+    # plain words for the customer; the checks' own reasons folded away for the administrator
+    assert "<strong>The LDAP directory</strong>: not checked to the end: damage there may be missing" in html
+    assert "none on this system: system files (RPM packages); ZODB databases" in html
+    customer, administrator = html.split("Details for your administrator</summary>", 1)
+    assert "ldapi" not in customer.split("What was not checked", 1)[1]
+    assert "<code>ldap</code>: cannot bind to ldapi:///: no such socket" in administrator
+    assert "<code>rpm</code>: no RPM database on this system" in administrator
     assert "run REINDEX INDEX public.orders_pkey in the database shop" in html
     assert "2026-06-02 00:00 (UTC+02:00)" in html
     # The package step replaces the per-file advice of package damage.
@@ -188,8 +193,10 @@ def test_what_a_check_could_not_read_is_listed_as_not_checked(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(data))
     html = fsaudit("report", path, "--format", "html").stdout
-    assert "<strong>debian</strong>: could not read or verify: 3 files unreadable" in html
-    assert "<strong>window</strong>: could not read or verify: 1,204 files not verified" in html
+    assert (
+        "<strong>System files (Debian packages)</strong>: 3 files unreadable: these could not be read" in html
+    )
+    assert "1,204 files not verified: these could not be read or verified" in html
 
 
 def test_without_jinja2_self_check_falls_back_to_text(tmp_path):
@@ -203,3 +210,38 @@ def test_without_jinja2_self_check_falls_back_to_text(tmp_path):
     assert run.code in (0, 1, 2, 3), run.stderr
     assert (tmp_path / "fsaudit-self-check.txt").exists(), run.stdout + run.stderr
     assert not (tmp_path / "fsaudit-self-check.html").exists()
+
+
+def _many_package_findings(tmp_path, files: int = 1293) -> Path:
+    """A VM where npm rewrote nodejs's files: many critical findings with one advice, and an edited
+    configuration file of the same check."""
+    data = json.loads(REPORT.read_text())
+    debian = data["checks"][0]
+    template, _, _, conffile = debian["findings"]
+    debian["findings"] = [
+        {**template, "path": f"/usr/share/nodejs/npm/f{n}.js", "subject": "nodejs 18.19.0",
+         "details": {"package": "nodejs", "version": "18.19.0", "architecture": "amd64"},
+         "advice": "reinstall the package nodejs"}
+        for n in range(files)
+    ] + [conffile]  # fmt: skip
+    path = tmp_path / "npm.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_the_verdict_does_not_contradict_the_damage_and_advice_is_said_once(tmp_path):
+    html = fsaudit("report", _many_package_findings(tmp_path), "--format", "html").stdout
+    assert "1,293 system files were damaged; reinstalling 1 package (nodejs) restores them." in html
+    assert "System files (Debian packages): besides the damage, 1 more thing to look at." in html
+    assert "System files (Debian packages): 1 thing to look at" not in html
+    assert html.count("reinstall the package nodejs") == 1  # once for the group, not on 1,293 rows
+    assert "What to do: reinstall the package nodejs</p>" in html
+
+
+def test_the_page_says_whose_audit_it_was_and_that_it_was_stopped(tmp_path):
+    data = json.loads(REPORT.read_text())
+    data.update(uid=1000, interrupted=True)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    html = fsaudit("report", path, "--format", "html").stdout
+    assert "user 1000, not the administrator" in html and "stopped before the end" in html

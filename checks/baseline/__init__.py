@@ -8,7 +8,15 @@ from typing import Iterator
 from fsaudit.baseline import BaselineDamaged, Entry, entry_kind, read_baseline
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, HashResult, hash_files
-from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
+from fsaudit.outcomes import (
+    CONTENT_DIFFERS,
+    OK,
+    PERMISSION_DENIED,
+    is_permission_denied,
+    not_checked_for_permission,
+    outcome,
+    unverified_finding,
+)
 from fsaudit.target import Target
 
 RESTORE = "restore this file from backup (it changed without any write that the filesystem recorded)"
@@ -18,6 +26,8 @@ class BaselineChecker(Checker):
     """Files against a recorded baseline: content that changed while size and mtime did not is damage."""
 
     name = "baseline"
+    covers = "files compared with the baseline"
+    category = "applications"
     self_check = True
     options = (Option("file", "The baseline file made by `fsaudit baseline create` (on this machine)"),)
     codes = {
@@ -99,6 +109,9 @@ class BaselineChecker(Checker):
                 )
             ]
         except OSError as error:
+            if is_permission_denied(error):
+                not_checked_for_permission(self)
+                return []
             return [
                 self.finding(
                     "unreadable",
@@ -164,6 +177,9 @@ class BaselineChecker(Checker):
     def _file(self, target: Target, result: HashResult) -> Iterator:
         entry: Entry = result.request.key
         verdict = outcome(result, entry.sha256)
+        if verdict == PERMISSION_DENIED:
+            not_checked_for_permission(self)
+            return
         if verdict != OK and verdict != CONTENT_DIFFERS:
             yield unverified_finding(self, verdict, result, entry.path, RESTORE, "recorded file")
             return

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
+from fsaudit.outcomes import is_permission_denied, not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.content.formats import (
     MAGIC_BYTES,
@@ -34,6 +34,8 @@ class ContentChecker(Checker):
     """Files at risk checked by their format: archives, images, ELF, configs, source, bytecode, SQLite."""
 
     name = "content"
+    covers = "files checked by their format"
+    category = "applications"
     self_check = True
     options = (
         Option(
@@ -134,9 +136,6 @@ class ContentChecker(Checker):
         finally:
             pool.close()
         yield from self._left_out()
-        denied = self.stats.get("not_checked_permission", 0)
-        if denied:
-            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _validate(
         self, target: Target, pool: WorkerPool, path: bytes
@@ -193,9 +192,8 @@ class ContentChecker(Checker):
         if isinstance(result, str):
             self.count("files_unsupported")
             return
-        if isinstance(result, OSError) and result.errno in (errno.EACCES, errno.EPERM):
-            # Permission denied is not damage: counted, and the check says it is incomplete.
-            self.count("not_checked_permission")
+        if is_permission_denied(result):
+            not_checked_for_permission(self)
             return
         if isinstance(result, OSError):
             self.count("files_unreadable")

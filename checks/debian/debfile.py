@@ -1,13 +1,18 @@
 """Reading `.deb` files (an ar archive holding data.tar.{gz,xz,bz2,zst,}) by streaming, in pure Python.
 
 The `.deb` files come from the audited system's apt cache, so they are read through the Target and
-may be damaged like anything else there: every problem is a `DebError`, never a crash.
+may be damaged or made hostile like anything else there: every problem is a `DebError`, never a
+crash, and what a file claims never decides how much is read into memory: extended tar headers are
+bounded, and the data archive may not decompress to more than a generous multiple of its size.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import subprocess
@@ -24,6 +29,19 @@ ARCHIVES = b"/var/cache/apt/archives"
 _AR_MAGIC = b"!<arch>\n"
 _MAX_MEMBERS = 16
 _CHUNK = 1 << 20
+# A pax or GNU long-name header holds a few names and times; tarfile reads a claimed size whole.
+MAX_EXTENDED_HEADER = 1 << 20
+# Real data archives decompress to at most ~13 times their size (measured over Debian 12's archive);
+# beyond this many times plus a floor, it is a decompression bomb, not a package.
+MAX_RATIO = 100
+MIN_DECOMPRESSED = 64 << 20
+_EXTENDED_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 
 
 class DebError(Exception):
@@ -39,6 +57,45 @@ class Member:
     size: int
     linkname: bytes
     fileobj: IO[bytes] | None
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    mtime: int = 0
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended headers are refused beyond a sane size instead of read whole."""
+
+    def _proc_member(self, archive):
+        if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"an extended header claims {self.size:,} bytes")
+        return super()._proc_member(archive)
+
+
+class _Capped(io.RawIOBase):
+    """A reader that refuses to deliver more than `limit` bytes: the decompressed data archive."""
+
+    def __init__(self, stream, limit: int):
+        self.stream = stream
+        self.limit = limit
+        self.delivered = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        if not data:
+            return 0
+        self.delivered += len(data)
+        if self.delivered > self.limit:
+            raise DebError(
+                f"the data archive decompresses to more than {self.limit:,} bytes: a decompression bomb"
+            )
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class _Slice(io.RawIOBase):
@@ -118,6 +175,21 @@ def _zstd_stream(raw: IO[bytes]):
     return process.stdout, process
 
 
+def _decompressed(raw: IO[bytes], compression: str):
+    """(reader of the decompressed stream, helper process or None) for one data.tar compression."""
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), None
+    if compression == "xz":
+        return lzma.LZMAFile(raw), None
+    if compression == "bz2":
+        return bz2.BZ2File(raw), None
+    if compression == "zst":
+        return _zstd_stream(raw)
+    if compression == "":
+        return raw, None
+    raise DebError(f"unknown data archive compression {compression!r}")
+
+
 @contextmanager
 def _data_tar(target: Target, path: bytes):
     with target.open(path) as handle:
@@ -125,22 +197,18 @@ def _data_tar(target: Target, path: bytes):
             if not name.startswith("data.tar"):
                 continue
             raw = io.BufferedReader(_Slice(handle, size), _CHUNK)
-            compression = name[len("data.tar") :].lstrip(".")
-            process = None
-            if compression in ("gz", "xz", "bz2", ""):
-                mode = f"r|{compression}" if compression else "r|"
-                stream = raw
-            elif compression == "zst":
-                stream, process = _zstd_stream(raw)
-                mode = "r|"
-            else:
-                raise DebError(f"unknown data archive compression {compression!r}")
+            stream, process = _decompressed(raw, name[len("data.tar") :].lstrip("."))
+            capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * size), _CHUNK)
             try:
                 with tarfile.open(
-                    fileobj=stream, mode=mode, encoding="utf-8", errors="surrogateescape"
+                    fileobj=capped,
+                    mode="r|",
+                    encoding="utf-8",
+                    errors="surrogateescape",
+                    tarinfo=_BoundedTarInfo,
                 ) as tar:
                     yield tar
-            except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+            except (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError) as error:
                 if isinstance(error, OSError) and not _from_archive(error):
                     raise
                 raise DebError(f"damaged data archive: {error}") from error
@@ -181,7 +249,19 @@ def members(target: Target, path: bytes) -> Iterator[Member]:
             if kind == "hardlink":
                 link = b"/" + link.lstrip(b".").lstrip(b"/")
             fileobj = tar.extractfile(info) if kind == "file" else None
-            yield Member(name, kind, info.size, link, fileobj)
+            yield Member(
+                name,
+                kind,
+                info.size,
+                link,
+                fileobj,
+                mode=info.mode & 0o7777,
+                uid=info.uid,
+                gid=info.gid,
+                uname=info.uname,
+                gname=info.gname,
+                mtime=int(info.mtime),
+            )
 
 
 def md5sums(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -12,7 +11,14 @@ from typing import Iterator, List, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
-from fsaudit.outcomes import CONTENT_DIFFERS, OK, outcome, unverified_finding
+from fsaudit.outcomes import (
+    CONTENT_DIFFERS,
+    OK,
+    PERMISSION_DENIED,
+    not_checked_for_permission,
+    outcome,
+    unverified_finding,
+)
 from fsaudit.target import Target
 from fsaudit_checks.git.index import IndexDamaged, IndexEntry, read_index
 from fsaudit_checks.git.sandbox import GitSandbox, RepositoryConfig, locate_common_dir
@@ -24,7 +30,6 @@ INDEX_LIMIT = 512 << 20
 FSCK_LINES = 50
 FSCK_LINE_LENGTH = 500
 ATTRIBUTES_TIMEOUT = 300
-PERMISSION = (errno.EACCES, errno.EPERM)
 _FSCK_PROBLEM = re.compile(r"^(error|fatal|missing|broken link|bad|warning in|hash mismatch)", re.I)
 
 
@@ -36,6 +41,8 @@ class GitChecker(Checker):
     """Git work trees: repository objects with `git fsck` and every tracked file against the index."""
 
     name = "git"
+    covers = "git checkouts"
+    category = "applications"
     self_check = True
     options = (
         Option(
@@ -132,9 +139,6 @@ class GitChecker(Checker):
             except OSError as error:
                 # The scratch repository is on this machine: failing to make it is our failure.
                 self.incomplete(f"{target.display(tree)} was not checked: {error.strerror or error}")
-        denied = self.stats.get("not_checked_permission", 0)
-        if denied:
-            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _repository_damaged(self, target: Target, tree: bytes, where: bytes, problem: str):
         return self.finding(
@@ -174,7 +178,7 @@ class GitChecker(Checker):
         denied = [line for line in problems if "Permission denied" in line]
         if denied:
             # Objects this user may not read are not damaged: the check is incomplete instead.
-            self.count("not_checked_permission", len(denied))
+            not_checked_for_permission(self, len(denied))
             problems = [line for line in problems if line not in denied]
             if not problems:
                 return
@@ -205,7 +209,7 @@ class GitChecker(Checker):
         except FileNotFoundError:
             return [], None
         except PermissionError:
-            self.count("not_checked_permission")
+            not_checked_for_permission(self)
             return [], None
         except OSError as error:
             return [], f"cannot read the index: {error.strerror or error}"
@@ -295,11 +299,9 @@ class GitChecker(Checker):
                 self.context.verified.add(path)
             elif verdict == CONTENT_DIFFERS:
                 mismatched.append((path, entry, result))
+            elif verdict == PERMISSION_DENIED:
+                not_checked_for_permission(self)
             else:
-                if getattr(result.error, "errno", None) in PERMISSION:
-                    # Permission denied is not damage (run as root to check them).
-                    self.count("not_checked_permission")
-                    continue
                 yield unverified_finding(self, verdict, result, path, advice, "tracked file")
         yield from self._mismatches(target, tree, config, sandbox, mismatched, advice)
 

@@ -1,7 +1,11 @@
 """The `ldap` checker: read an OpenLDAP directory over the wire and find what lost writes leave
 behind: entries that break the schema, references and parents that point nowhere, duplicate
 entryUUIDs, entries the server no longer returns although its database holds them (slapcat),
-and replicas that disagree with their provider."""
+and replicas that disagree with their provider.
+
+Modules: `directory` talks to a server, `dn` and `schema` are the rules, `entries` checks one
+naming context, `slapcat` compares with the server's own database, `replica` with a replica; they
+yield plain items (`problems`), which only this module turns into Findings."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.ldap.directory import Credentials, Directory, SearchFailed, Unreachable
 from fsaudit_checks.ldap.dn import DnNames
 from fsaudit_checks.ldap.entries import REFERENCES, EntriesAudit
+from fsaudit_checks.ldap.problems import Count, Incomplete, Item, Problem, Stat
 from fsaudit_checks.ldap.replica import CsnIndex
 from fsaudit_checks.ldap.replica import compare as replica_compare
 from fsaudit_checks.ldap.schema import Schema
@@ -35,11 +40,18 @@ class LdapChecker(Checker):
     """OpenLDAP directories: schema, dangling references, orphans, slapcat's view, replicas"""
 
     name = "ldap"
+    covers = "the LDAP directory"
+    category = "databases"
     requires = ("ldap3",)
     extra = "ldap"
     options = (
         Option("url", "server URL: ldap://, ldaps:// or ldapi:// (default: slapd's ldapi socket, as root)"),
-        Option("base", "naming contexts to audit (default: those the root DSE lists)", multiple=True),
+        Option(
+            "base",
+            "naming contexts to audit, one DN per --set (default: those the root DSE lists)",
+            multiple=True,
+            split=False,
+        ),
         Option("bind_dn", "DN for a simple bind (default: SASL EXTERNAL over ldapi, else anonymous)"),
         Option("password_file", "file whose first line is the bind password"),
         Option("ca_file", "CA certificates to verify an ldaps:// server"),
@@ -50,7 +62,10 @@ class LdapChecker(Checker):
             default=REFERENCES,
         ),
         Option(
-            "replica_urls", "replicas to compare with the server (same bind DN and password)", multiple=True
+            "replica_urls",
+            "replicas to compare with the server, one URL per --set (same bind DN and password)",
+            multiple=True,
+            split=False,
         ),
         Option(
             "slapd_config",
@@ -104,6 +119,12 @@ class LdapChecker(Checker):
                 f"slapd is configured in {config.path} but has no ldapi socket (not running?); set ldap.url"
             )
         raise Skip("no slapd here (no ldapi socket, no configuration in /etc/ldap or /etc/openldap)")
+
+    def present(self, target) -> str:
+        if self.settings["url"]:
+            return f"the LDAP server {self.settings['url']}"
+        config = find_config(target, self.settings["slapd_config"] or "")
+        return f"slapd (configured in {config.path})" if config else ""
 
     def run(self, target) -> Iterator:
         credentials = self._credentials()
@@ -162,19 +183,57 @@ class LdapChecker(Checker):
                 continue
             csns = CsnIndex() if self.settings["replica_urls"] else None
             audit = EntriesAudit(
-                self, directory, schema, names, base, base_key, listed=not self.settings["base"], csns=csns
+                directory,
+                schema,
+                names,
+                base,
+                base_key,
+                listed=not self.settings["base"],
+                csns=csns,
+                page_size=self.settings["page_size"],
+                reference_attributes=self.settings["reference_attributes"],
+                progress=self.context.progress,
             )
             audit.others = [key for key in keys.values() if key is not None and key != base_key]
             audits.append(audit)
-            yield from audit.run()
+            yield from self._translate(audit.run())
             if self.settings["slapcat"]:
-                yield from slapcat_compare(self, target, directory, base, audit.dns, names)
+                yield from self._translate(
+                    slapcat_compare(
+                        target,
+                        directory,
+                        base,
+                        audit.dns,
+                        names,
+                        slapd_config=self.settings["slapd_config"] or "",
+                        timeout=self.settings["slapcat_timeout"],
+                    )
+                )
             if csns is not None:
                 yield from self._replicas(
                     directory, credentials, base, names, csns if audit.complete else None
                 )
         for audit in audits:
-            yield from audit.check_foreign(audits)
+            yield from self._translate(audit.check_foreign(audits))
+
+    def _translate(self, items: Iterator[Item]) -> Iterator:
+        """Findings, counters, stats and incompleteness from the plain items of the helpers."""
+        for item in items:
+            if isinstance(item, Problem):
+                yield self.finding(
+                    item.code,
+                    item.severity,
+                    item.message,
+                    subject=item.subject,
+                    details=item.details,
+                    advice=item.advice,
+                )
+            elif isinstance(item, Count):
+                self.count(item.key, item.amount)
+            elif isinstance(item, Stat):
+                self.stats[item.key] = item.value
+            elif isinstance(item, Incomplete):
+                self.incomplete(item.reason)
 
     def _replicas(
         self, provider: Directory, credentials: Credentials, base: str, names: DnNames, csns: CsnIndex | None
@@ -191,8 +250,8 @@ class LdapChecker(Checker):
                 self.incomplete(f"replica not compared: {error}")
                 continue
             try:
-                yield from replica_compare(
-                    self, provider, replica, base, names, self.settings["page_size"], csns
+                yield from self._translate(
+                    replica_compare(provider, replica, base, names, self.settings["page_size"], csns)
                 )
             except SearchFailed as error:
                 self.incomplete(f"replica {url} not fully compared under {base}: {error}")

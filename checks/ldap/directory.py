@@ -29,6 +29,7 @@ LIMIT_HINTS = {
     50: " (the bind DN may not read the whole directory)",
 }
 MANAGE_DSA_IT = "2.16.840.1.113730.3.4.2"
+PAGED_RESULTS = "1.2.840.113556.1.4.319"
 # Result codes with which a server reports trouble in its own storage rather than a limit or a refusal.
 DAMAGE_RESULTS = {1: "operationsError", 80: "other"}
 
@@ -203,31 +204,52 @@ class Directory:
 
     def entries(self, base: str, attributes: List[str], page_size: int = 500) -> Iterator[dict]:
         """Every entry at and below `base`, page by page; raises SearchFailed when the server ends
-        the search with an error, after yielding what it sent."""
+        the search with an error, after yielding what it sent.
+
+        Each page's result is kept before its entries are yielded: the caller may read entries by
+        name on this connection meanwhile (`read`), and the answer to such a read (noSuchObject for
+        a DN that a reference names) must not be taken for the end of this search. Referrals are
+        never followed: the server a tenant's data names is not one this audit connects to."""
         import ldap3
         from ldap3.core.exceptions import LDAPException
 
         count = 0
-        try:
-            for item in self.connection.extend.standard.paged_search(
-                base,
-                "(objectClass=*)",
-                ldap3.SUBTREE,
-                dereference_aliases=ldap3.DEREF_NEVER,
-                attributes=attributes,
-                paged_size=page_size,
-                generator=True,
-            ):
+        cookie = None
+        while True:
+            try:
+                self.connection.search(
+                    base,
+                    "(objectClass=*)",
+                    ldap3.SUBTREE,
+                    dereference_aliases=ldap3.DEREF_NEVER,
+                    attributes=attributes,
+                    paged_size=page_size,
+                    paged_cookie=cookie,
+                )
+            except LDAPException as error:
+                raise SearchFailed(-1, type(error).__name__, str(error), count) from None
+            result = dict(self.connection.result or {})
+            page = list(self.connection.response or [])
+            for item in page:
                 if item.get("type") == "searchResEntry":
                     count += 1
                     yield item
-        except LDAPException as error:
-            raise SearchFailed(-1, type(error).__name__, str(error), count) from None
-        result = self.connection.result or {}
-        if result.get("result"):
-            raise SearchFailed(
-                result["result"], result.get("description", ""), result.get("message", ""), count
-            )
+            if result.get("result"):
+                raise SearchFailed(
+                    result["result"], result.get("description", ""), result.get("message", ""), count
+                )
+            previous, cookie = cookie, _paging_cookie(result)
+            if not cookie:
+                return
+            if cookie == previous and not any(item.get("type") == "searchResEntry" for item in page):
+                # A server that hands back the same cookie without entries would page forever.
+                raise SearchFailed(-1, "paging", "the server repeats its paging cookie", count)
+
+
+def _paging_cookie(result: dict) -> bytes | None:
+    """The cookie of the simple paged results control (RFC 2696) in a search result: None at the end."""
+    control = (result.get("controls") or {}).get(PAGED_RESULTS) or {}
+    return (control.get("value") or {}).get("cookie") or None
 
 
 def text(value) -> str:

@@ -1,12 +1,13 @@
 """The entries of one naming context, read once while streaming: each against the schema, and
 the DNs they name (parents, references) and their entryUUIDs kept as 64-bit hashes, so checking
 references and duplicates costs a few bytes per entry. A second read names the culprits, only
-when something is missing or duplicated."""
+when something is missing or duplicated. What is found is yielded as plain items (`problems`)."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Sequence
 
+from fsaudit.progress import Progress
 from fsaudit_checks.ldap.directory import Directory, SearchFailed, text
 from fsaudit_checks.ldap.dn import (
     DnNames,
@@ -17,6 +18,7 @@ from fsaudit_checks.ldap.dn import (
     reference_dn,
     within,
 )
+from fsaudit_checks.ldap.problems import Incomplete, Item, Problem, counts
 from fsaudit_checks.ldap.replica import CsnIndex, csn_key, entry_csn
 from fsaudit_checks.ldap.schema import Schema
 
@@ -32,7 +34,6 @@ class EntriesAudit:
 
     def __init__(
         self,
-        checker,
         directory: Directory,
         schema: Schema | None,
         names: DnNames,
@@ -40,8 +41,10 @@ class EntriesAudit:
         key: str,
         listed: bool = False,
         csns: CsnIndex | None = None,
+        page_size: int = 500,
+        reference_attributes: Sequence[str] = REFERENCES,
+        progress=None,
     ):
-        self.checker = checker
         self.directory = directory
         self.schema = schema
         self.base = base
@@ -53,7 +56,12 @@ class EntriesAudit:
         self.others: List[str] = []
         self.foreign = HashSet()
         self.uuids = HashSet()
-        self.references = self._reference_keys(checker.settings["reference_attributes"])
+        self.references = self._reference_keys(list(reference_attributes))
+        self.page_size = page_size
+        self.progress = progress
+        # Counters kept while streaming, and reasons found on the way; yielded when a read ends.
+        self.tally: Dict[str, int] = {}
+        self.reasons: List[str] = []
         # The base is a naming context the server itself lists (not one the user named).
         self.listed = listed
         # DN hash -> entryCSN of every entry, kept for comparing replicas (None: no replicas).
@@ -72,11 +80,24 @@ class EntriesAudit:
         return attribute.key if attribute else name.split(";", 1)[0].lower()
 
     def _read(self, attributes: List[str]):
-        return self.directory.entries(self.base, attributes, self.checker.settings["page_size"])
+        return self.directory.entries(self.base, attributes, self.page_size)
 
-    def run(self) -> Iterator:
-        checker = self.checker
-        progress = checker.context.progress
+    def _count(self, key: str, amount: int = 1) -> None:
+        self.tally[key] = self.tally.get(key, 0) + amount
+
+    def _summary(self) -> Iterator[Item]:
+        """The counts and reasons gathered so far, then cleared."""
+        yield from counts(self.tally)
+        yield from (Incomplete(reason) for reason in self.reasons)
+        self.tally, self.reasons = {}, []
+
+    def run(self) -> Iterator[Item]:
+        """Read the naming context and check it; then name the culprits if something is missing."""
+        yield from self._check()
+        yield from self._summary()
+
+    def _check(self) -> Iterator[Item]:
+        progress = self.progress or Progress()
         progress.start(f"ldap: reading {self.base}")
         attributes = ["*", "entryUUID", "entryCSN"] if self.csns is not None else ["*", "entryUUID"]
         try:
@@ -100,11 +121,11 @@ class EntriesAudit:
         try:
             yield from self._second_pass(missing, duplicates)
         except SearchFailed as error:
-            checker.incomplete(
+            yield Incomplete(
                 f"second read of {self.base} failed ({error}): some damage is not listed by name"
             )
 
-    def check_foreign(self, audits: List[EntriesAudit]) -> Iterator:
+    def check_foreign(self, audits: List[EntriesAudit]) -> Iterator[Item]:
         """Dangling references into the other naming contexts, once every one of them was read."""
         if not self.foreign or not all(audit.complete for audit in audits):
             return
@@ -114,17 +135,18 @@ class EntriesAudit:
         try:
             yield from self._second_pass(missing, set())
         except SearchFailed as error:
-            self.checker.incomplete(f"second read of {self.base} failed ({error}): some damage is not listed")
+            yield Incomplete(f"second read of {self.base} failed ({error}): some damage is not listed")
+        yield from self._summary()
 
     def _search_failed(self, error: SearchFailed) -> Iterator:
         reason = f"the server stopped returning {self.base} after {error.entries} entries: {error}"
         if error.code == NO_SUCH_OBJECT and not error.entries:
             if not self.listed:
-                self.checker.incomplete(f"ldap.base {self.base} does not exist on {self.directory.url}")
+                yield Incomplete(f"ldap.base {self.base} does not exist on {self.directory.url}")
                 return
             reason = f"the server lists {self.base} as a naming context but has no entry there"
         if error.damage or error.code == NO_SUCH_OBJECT:
-            yield self.checker.finding(
+            yield Problem(
                 "search-failed",
                 "critical",
                 reason,
@@ -139,16 +161,15 @@ class EntriesAudit:
                 advice="the server cannot read part of its database: stop slapd, keep a copy of its files, "
                 "export what slapcat can read and restore the directory from a backup",
             )
-        self.checker.incomplete(reason + "; references and parents were not checked")
+        yield Incomplete(reason + "; references and parents were not checked")
 
     def _first_pass(self, item: dict) -> Iterator:
-        checker = self.checker
         dn = item["dn"]
         raw: Dict[str, list] = item.get("raw_attributes") or {}
-        checker.count("entries_read")
+        self._count("entries_read")
         key = self.names.key(dn)
         if key is None:
-            checker.count("entries_with_unreadable_dn")
+            self._count("entries_with_unreadable_dn")
             return
         hashed = dn_hash(key)
         self.dns.add(hashed)
@@ -158,7 +179,7 @@ class EntriesAudit:
             self.wanted.add(dn_hash(parent_of(key)))
         if self.schema:
             for problem in self.schema.check(raw):
-                yield checker.finding(
+                yield Problem(
                     problem.code,
                     "critical",
                     problem.message,
@@ -175,12 +196,11 @@ class EntriesAudit:
                 yield from self._note_references(dn, name, values)
 
     def _note_references(self, dn: str, name: str, values: list) -> Iterator:
-        checker = self.checker
         for value in values:
             target = reference_dn(text(value))
             key = self.names.key(target)
             if key is None:
-                yield checker.finding(
+                yield Problem(
                     "dangling-reference",
                     "critical",
                     f"{name} holds {target!r}, which is not a DN",
@@ -189,48 +209,26 @@ class EntriesAudit:
                     advice=f"restore the value from a backup, or remove it from {name}",
                 )
             elif within(key, self.key):
-                checker.count("references_checked")
+                self._count("references_checked")
                 self.wanted.add(dn_hash(key))
             elif any(within(key, other) for other in self.others):
-                checker.count("references_checked")
+                self._count("references_checked")
                 self.foreign.add(dn_hash(key))
             else:
-                checker.count("references_outside_base")
+                self._count("references_outside_base")
 
     def _second_pass(self, missing: Dict[int, bool | None], duplicates: set) -> Iterator:
-        checker = self.checker
         holders: Dict[int, List[str]] = {}
         uuid_text: Dict[int, str] = {}
-        for item in self._read(sorted(self.references) + ["entryUUID"]):
-            dn = item["dn"]
-            key = self.names.key(dn)
-            if key is None:
-                continue
-            parent = parent_text(dn)
-            if key != self.key and self._missing(parent_of(key), parent, missing):
-                yield checker.finding(
-                    "orphan-entry",
-                    "critical",
-                    f"its parent {parent} does not exist",
-                    subject=dn,
-                    details={"dn": dn, "parent": parent},
-                    advice=f"restore {parent} from a backup; until then searches below it miss this entry",
-                )
-            for name, values in (item.get("raw_attributes") or {}).items():
-                attribute = self._attribute_key(name)
-                if attribute == "entryuuid":
-                    for value in values:
-                        hashed = dn_hash(text(value).strip().lower())
-                        if (
-                            hashed in duplicates
-                            and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED
-                        ):
-                            holders[hashed].append(dn)
-                            uuid_text[hashed] = text(value)
-                elif attribute in self.references:
-                    yield from self._dangling(dn, name, values, missing)
+        stopped: SearchFailed | None = None
+        try:
+            for item in self._read(sorted(self.references) + ["entryUUID"]):
+                yield from self._name_culprits(item, missing, duplicates, holders, uuid_text)
+        except SearchFailed as error:
+            # The entries already seen sharing an entryUUID are named all the same.
+            stopped = error
         for hashed, dns in holders.items():
-            yield checker.finding(
+            yield Problem(
                 "duplicate-entry-uuid",
                 "critical",
                 f"{len(dns)} entries share the entryUUID {uuid_text[hashed]}: {'; '.join(dns)}",
@@ -239,20 +237,62 @@ class EntriesAudit:
                 advice="entries lost their own identity (an old copy of one came back?): keep the right one, "
                 "restore the others from a backup; replication cannot tell them apart until then",
             )
+        if stopped is not None:
+            raise stopped
+
+    def _name_culprits(self, item: dict, missing, duplicates, holders: dict, uuid_text: dict) -> Iterator:
+        """Findings for one entry of the second read: its parent or references missing; its DN noted
+        in `holders` when its entryUUID is one of the `duplicates`."""
+        dn = item["dn"]
+        key = self.names.key(dn)
+        if key is None:
+            return
+        parent = parent_text(dn)
+        if key != self.key and self._missing(parent_of(key), parent, missing):
+            yield Problem(
+                "orphan-entry",
+                "critical",
+                f"its parent {parent} does not exist",
+                subject=dn,
+                details={"dn": dn, "parent": parent},
+                advice=f"restore {parent} from a backup; until then searches below it miss this entry",
+            )
+        for name, values in (item.get("raw_attributes") or {}).items():
+            attribute = self._attribute_key(name)
+            if attribute == "entryuuid":
+                for value in values:
+                    hashed = dn_hash(text(value).strip().lower())
+                    if hashed in duplicates and len(holders.setdefault(hashed, [])) < MAX_DUPLICATES_LISTED:
+                        holders[hashed].append(dn)
+                        uuid_text[hashed] = text(value)
+            elif attribute in self.references:
+                yield from self._dangling(dn, name, values, missing)
 
     def _missing(self, key: str, dn: str, missing: Dict[int, bool | None]) -> bool:
         """Is the entry `dn` (normal form `key`) missing? Searches leave out subentries, referral
-        objects and glue entries: one read by name (per DN) tells those from lost entries."""
+        objects and glue entries: one read by name (per DN) tells those from lost entries. The
+        server's answer noSuchObject is that answer (the reference dangles); a read that fails for
+        another reason (busy, refused) proves nothing and leaves the reference unverified."""
         hashed = dn_hash(key)
         if hashed not in missing:
             return False
         if missing[hashed] is None:
             try:
                 missing[hashed] = self.directory.read(dn, ["1.1"], as_stored=True) is None
-            except SearchFailed:
+            except SearchFailed as error:
+                if not error.damage:
+                    missing[hashed] = False
+                    self._count("references_not_verified")
+                    reason = (
+                        f"some entries could not be read by name on {self.directory.url} ({error}): "
+                        "references to them were not verified"
+                    )
+                    if reason not in self.reasons:
+                        self.reasons.append(reason)
+                    return False
                 missing[hashed] = True
             if not missing[hashed]:
-                self.checker.count("hidden_entries_referenced")
+                self._count("hidden_entries_referenced")
         return bool(missing[hashed])
 
     def _dangling(self, dn: str, name: str, values: list, missing: Dict[int, bool | None]) -> Iterator:
@@ -260,7 +300,7 @@ class EntriesAudit:
             target = reference_dn(text(value))
             key = self.names.key(target)
             if key is not None and self._missing(key, target, missing):
-                yield self.checker.finding(
+                yield Problem(
                     "dangling-reference",
                     "critical",
                     f"{name} points at {target}, which does not exist",

@@ -12,6 +12,7 @@ from typing import Dict, Iterator, Tuple
 
 from fsaudit_checks.ldap.directory import Directory, SearchFailed, text
 from fsaudit_checks.ldap.dn import DnNames, dn_hash
+from fsaudit_checks.ldap.problems import Count, Item, Problem
 
 # 20261121195301.591814Z#000000#000#000000: time, change count, server id, modification count
 _CSN = re.compile(r"^(\d{14})(?:\.(\d{1,6}))?Z#([0-9a-fA-F]+)#([0-9a-fA-F]+)#([0-9a-fA-F]+)$")
@@ -101,74 +102,84 @@ def _csn_of(item: dict) -> str:
 
 
 def compare(
-    checker,
     provider: Directory,
     replica: Directory,
     base: str,
     names: DnNames,
     page_size: int,
     index: CsnIndex,
-) -> Iterator:
-    """Findings for `replica` against `provider` under `base`; `index` holds the provider's entries
-    (frozen, read in the same pass as the other checks)."""
-    yield from _compare_context(checker, provider, replica, base)
+) -> Iterator[Item]:
+    """What `replica` shows against `provider` under `base`; `index` holds the provider's entries
+    (frozen, read in the same pass as the other checks). Raises SearchFailed when a server stops
+    answering, after yielding what was found."""
+    yield from _compare_context(provider, replica, base)
     index.seen = bytearray(len(index.hashes))
-    for item in replica.entries(base, ["entryCSN"], page_size):
-        checker.count("replica_entries_compared")
-        dn = item["dn"]
-        hashed = _hash(dn, names)
-        if hashed is None:
-            continue
-        position = index.find(hashed)
-        theirs = csn_key(_csn_of(item))
-        if position < 0 and not _caught_up(provider, dn, theirs):
-            yield checker.finding(
-                "entry-missing-on-provider",
-                "critical",
-                f"on the replica {replica.url} but not on the provider",
-                subject=dn,
-                details={
-                    "replica": replica.url,
-                    "provider": provider.url,
-                    "dn": dn,
-                    "entry_csn": _csn_of(item),
-                },
-                advice=PROVIDER_LOST_ENTRY,
-            )
-        if position < 0:
-            continue
-        index.seen[position] = 1
-        ours = index.csns[position]
-        if theirs > ours and not _caught_up(provider, dn, theirs):
-            yield checker.finding(
-                "entry-newer-on-replica",
-                "critical",
-                f"newer on the replica {replica.url} than on the provider",
-                subject=dn,
-                details={
-                    "replica": replica.url,
-                    "provider": provider.url,
-                    "dn": dn,
-                    "replica_csn": _csn_of(item),
-                },
-                advice=PROVIDER_OLDER_ENTRY,
-            )
-        elif theirs < ours:
-            yield checker.finding(
-                "entry-older-on-replica",
-                "warning",
-                f"older on the replica {replica.url} than on the provider",
-                subject=dn,
-                details={
-                    "replica": replica.url,
-                    "provider": provider.url,
-                    "dn": dn,
-                    "replica_csn": _csn_of(item),
-                },
-                advice=RESYNC,
-            )
+    compared = 0
+    try:
+        for item in replica.entries(base, ["entryCSN"], page_size):
+            compared += 1
+            yield from _compare_entry(provider, replica, item, names, index)
+    except SearchFailed:
+        yield Count("replica_entries_compared", compared)
+        raise
+    yield Count("replica_entries_compared", compared)
     if index.seen.count(0):
-        yield from _missing_on_replica(checker, provider, replica, base, names, page_size, index)
+        yield from _missing_on_replica(provider, replica, base, names, page_size, index)
+
+
+def _compare_entry(provider: Directory, replica: Directory, item: dict, names: DnNames, index: CsnIndex):
+    dn = item["dn"]
+    hashed = _hash(dn, names)
+    if hashed is None:
+        return
+    position = index.find(hashed)
+    theirs = csn_key(_csn_of(item))
+    if position < 0 and not _caught_up(provider, dn, theirs):
+        yield Problem(
+            "entry-missing-on-provider",
+            "critical",
+            f"on the replica {replica.url} but not on the provider",
+            subject=dn,
+            details={
+                "replica": replica.url,
+                "provider": provider.url,
+                "dn": dn,
+                "entry_csn": _csn_of(item),
+            },
+            advice=PROVIDER_LOST_ENTRY,
+        )
+    if position < 0:
+        return
+    index.seen[position] = 1
+    ours = index.csns[position]
+    if theirs > ours and not _caught_up(provider, dn, theirs):
+        yield Problem(
+            "entry-newer-on-replica",
+            "critical",
+            f"newer on the replica {replica.url} than on the provider",
+            subject=dn,
+            details={
+                "replica": replica.url,
+                "provider": provider.url,
+                "dn": dn,
+                "replica_csn": _csn_of(item),
+            },
+            advice=PROVIDER_OLDER_ENTRY,
+        )
+    elif theirs < ours:
+        yield Problem(
+            "entry-older-on-replica",
+            "warning",
+            f"older on the replica {replica.url} than on the provider",
+            subject=dn,
+            details={
+                "replica": replica.url,
+                "provider": provider.url,
+                "dn": dn,
+                "replica_csn": _csn_of(item),
+            },
+            advice=RESYNC,
+        )
 
 
 def _caught_up(provider: Directory, dn: str, replica_csn: int) -> bool:
@@ -185,7 +196,7 @@ def _caught_up(provider: Directory, dn: str, replica_csn: int) -> bool:
     return csn_key(text(values[0])) >= replica_csn
 
 
-def _missing_on_replica(checker, provider, replica, base, names, page_size, index) -> Iterator:
+def _missing_on_replica(provider, replica, base, names, page_size, index) -> Iterator[Item]:
     # A second pass over the provider names the entries the replica lacks: only their hashes were kept.
     for item in provider.entries(base, ["1.1"], page_size):
         hashed = _hash(item["dn"], names)
@@ -193,7 +204,7 @@ def _missing_on_replica(checker, provider, replica, base, names, page_size, inde
         if position >= 0 and not index.seen[position]:
             index.seen[position] = 1
             dn = item["dn"]
-            yield checker.finding(
+            yield Problem(
                 "entry-missing-on-replica",
                 "warning",
                 f"on the provider but not on the replica {replica.url}",
@@ -203,7 +214,7 @@ def _missing_on_replica(checker, provider, replica, base, names, page_size, inde
             )
 
 
-def _compare_context(checker, provider: Directory, replica: Directory, base: str) -> Iterator:
+def _compare_context(provider: Directory, replica: Directory, base: str) -> Iterator[Item]:
     # The replica first: what it holds then, the provider (unless rolled back) holds by the time it is asked.
     theirs = context_csns((replica.read(base, ["contextCSN"]) or {}).get("contextCSN", []))
     ours = context_csns((provider.read(base, ["contextCSN"]) or {}).get("contextCSN", []))
@@ -212,7 +223,7 @@ def _compare_context(checker, provider: Directory, replica: Directory, base: str
         details = {"replica": replica.url, "provider": provider.url, "server_id": sid}
         details.update(provider_csn=mine, replica_csn=other)
         if other and (not mine or parse_csn(other)[:2] > parse_csn(mine)[:2]):
-            yield checker.finding(
+            yield Problem(
                 "provider-behind",
                 "critical",
                 f"the provider's contextCSN for server id {sid} is older than the replica's {replica.url} "
@@ -222,7 +233,7 @@ def _compare_context(checker, provider: Directory, replica: Directory, base: str
                 advice=PROVIDER_ROLLED_BACK,
             )
         elif mine and (not other or parse_csn(other)[:2] < parse_csn(mine)[:2]):
-            yield checker.finding(
+            yield Problem(
                 "replica-behind",
                 "warning",
                 f"the replica {replica.url} is behind the provider for server id {sid} "

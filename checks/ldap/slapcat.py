@@ -17,12 +17,14 @@ from urllib.parse import quote, unquote
 
 from fsaudit_checks.ldap.directory import Directory, SearchFailed, is_local, ldapi_socket, text
 from fsaudit_checks.ldap.dn import DnNames, HashSet, dn_hash, within
+from fsaudit_checks.ldap.problems import Count, Incomplete, Item, Problem, Stat
 
 # Where slapd's service settings name the URLs it listens on (SLAPD_SERVICES, SLAPD_URLS).
 SERVICE_FILES = ("/etc/default/slapd", "/etc/sysconfig/slapd")
 _LDAPI_URL = re.compile(r"ldapi://([^\s\"'/]*)")
 CONFIGS = ("/etc/ldap/slapd.d", "/etc/openldap/slapd.d", "/etc/ldap/slapd.conf", "/etc/openldap/slapd.conf")
 MAX_CONFIG = 4 << 20
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 STDERR_KEPT = 4096
 REIMPORT = (
     "the server's indexes no longer reach this entry: stop slapd, export with slapcat, check the export "
@@ -148,8 +150,13 @@ class Slapcat:
         self.timed_out = False
 
     def dns(self) -> Iterator[str]:
+        # A clean environment: slapcat reads LDAPCONF, LDAPRC and the like from it.
         process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=CLEAN_ENV,
         )
         tail = bytearray()
 
@@ -233,27 +240,33 @@ def _database(config: SlapdConfig, base_key: str, names: DnNames) -> str | None:
     return best
 
 
-def compare(checker, target, directory: Directory, base: str, served: HashSet, names: DnNames) -> Iterator:
-    """Findings for the entries slapcat reads under `base` that the server did not return (their
-    hashes are in `served`), slapcat's own errors, and the two counts."""
+def compare(
+    target,
+    directory: Directory,
+    base: str,
+    served: HashSet,
+    names: DnNames,
+    slapd_config: str = "",
+    timeout: float = 3600,
+) -> Iterator[Item]:
+    """What slapcat reads under `base` that the server did not return (the hashes of what it did are
+    in `served`), slapcat's own errors, and the two counts."""
     url = directory.url
-    explicit = checker.settings["slapd_config"] or ""
+    explicit = slapd_config or ""
     if not target.live or os.geteuid() != 0 or not (explicit or is_local(url)):
-        checker.stats["slapcat"] = "not run: needs root on the machine that runs slapd (no --root)"
+        yield Stat("slapcat", "not run: needs root on the machine that runs slapd (no --root)")
         return
     config = find_config(target, explicit)
     program = slapcat_program()
     if not config or not program:
-        checker.stats["slapcat"] = "not run: " + (
-            "slapcat is missing" if config else "no slapd configuration"
-        )
+        yield Stat("slapcat", "not run: " + ("slapcat is missing" if config else "no slapd configuration"))
         return
     base_key = names.key(base)
     suffix = _database(config, base_key, names) if base_key is not None else None
     if suffix is None:
-        checker.stats["slapcat"] = f"not run: {config.path} holds no database for {base}"
+        yield Stat("slapcat", f"not run: {config.path} holds no database for {base}")
         return
-    slapcat = Slapcat(program, config, suffix, checker.settings["slapcat_timeout"])
+    slapcat = Slapcat(program, config, suffix, timeout)
     found = hidden = 0
     for dn in slapcat.dns():
         key = names.key(dn)
@@ -266,7 +279,7 @@ def compare(checker, target, directory: Directory, base: str, served: HashSet, n
         if problem is None:
             hidden += 1
             continue
-        yield checker.finding(
+        yield Problem(
             "entry-not-served",
             "critical",
             "in the database (slapcat) but the server does not return it",
@@ -274,16 +287,16 @@ def compare(checker, target, directory: Directory, base: str, served: HashSet, n
             details={"dn": dn, "url": url, "config": config.path, "read_by_name": problem},
             advice=REIMPORT,
         )
-    checker.count("slapcat_entries", found)
+    yield Count("slapcat_entries", found)
     if hidden:
-        checker.count("entries_hidden_from_searches", hidden)
-    checker.stats["slapcat"] = "compared with " + " ".join(slapcat.command)
+        yield Count("entries_hidden_from_searches", hidden)
+    yield Stat("slapcat", "compared with " + " ".join(slapcat.command))
     if slapcat.timed_out:
-        checker.incomplete(f"slapcat did not finish reading {suffix} in {slapcat.limit:g} s")
+        yield Incomplete(f"slapcat did not finish reading {suffix} in {slapcat.limit:g} s")
         return
     if slapcat.returncode:
         last = slapcat.errors.splitlines()[-1] if slapcat.errors else ""
-        yield checker.finding(
+        yield Problem(
             "slapcat-failed",
             "critical",
             f"slapcat {_ended(slapcat.returncode)} reading {suffix}" + (f": {last}" if last else ""),
@@ -298,7 +311,7 @@ def compare(checker, target, directory: Directory, base: str, served: HashSet, n
         )
     returned = len(served) + hidden
     if found != returned:
-        yield checker.finding(
+        yield Problem(
             "entry-count-differs",
             "critical",
             f"the server returns {returned} entries under {base}, slapcat finds {found} in its database",

@@ -25,6 +25,7 @@ from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
+from fsaudit.outcomes import not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
 from fsaudit.window import target_timezone
 from fsaudit_checks.logs.files import MAX_RATIO, Decompressed, compression, decompressed_cap, target_glob
@@ -85,6 +86,8 @@ class LogsChecker(Checker):
     """Corruption signatures in the kernel, system and service logs since the suspect window began."""
 
     name = "logs"
+    covers = "log files"
+    category = "logs"
     options = (
         Option(
             "lookback",
@@ -130,9 +133,6 @@ class LogsChecker(Checker):
             self.context.progress.advance()
         if self.settings["journal"]:
             yield from self._journals(target)
-        denied = self.stats.get("not_checked_permission", 0)
-        if denied:
-            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _since_time(self) -> datetime:
         lookback = self.settings["lookback"]
@@ -176,8 +176,8 @@ class LogsChecker(Checker):
             )
             return
         except PermissionError:
-            # Permission denied is not damage: counted, and the check says it is incomplete.
-            self.count("not_checked_permission")
+            # Permission denied is not damage: counted, and the runner says the check is incomplete.
+            not_checked_for_permission(self)
             return
         except OSError as error:
             yield self._unreadable(path, error.strerror or str(error), self._severity(error))

@@ -3,15 +3,16 @@
 Page checksums do not catch a lost write (an old page image is valid, checksum included); what
 catches it is cross-checking: indexes against their tables (amcheck with `heapallindexed`), tables
 against the rules of the heap (`verify_heapam`), relation files against the catalog, rows against
-the statistics. Modules: `postgres_clusters` finds the clusters; `postgres_audit` checks one
-cluster, `postgres_database` one database, `postgres_report` turns what they find into findings,
-`postgres_session` holds the read-only session and the events. This module picks the clusters and
-runs the audit of each, as the cluster's owner when fsaudit runs as root.
+the statistics, and the commit log against the rows that name it. Modules: `clusters` finds the
+clusters; `cluster_audit` checks one cluster, `database` one database (with `files`, `rows`,
+`amcheck`, `commitlog`, `parallel`), `report` says what their errors and results mean, `session`
+holds the read-only session; they return plain problems (`problems`). This module picks the
+clusters, runs the check of each (as the cluster's owner when fsaudit runs as root), and turns
+the problems into Findings.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Dict, Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.postgres.clusters import Cluster, discover, log_tail
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Problem, decode, encode
 
 LOG = logging.getLogger(__name__)
 # libpq environment variables that name a server: with one of them set and no DSN, libpq's defaults
@@ -30,10 +32,17 @@ class PostgresChecker(Checker):
     """PostgreSQL: indexes against tables (amcheck), heap pages, files against the catalog, lost rows."""
 
     name = "postgres"
+    covers = "PostgreSQL databases"
+    category = "databases"
     requires = ("psycopg",)
     extra = "postgres"
     options = (
-        Option("dsn", "libpq connection string of a cluster to check (all its databases)", multiple=True),
+        Option(
+            "dsn",
+            "libpq connection string of a cluster to check (all its databases); repeat for more",
+            multiple=True,
+            split=False,
+        ),
         Option("databases", "check only these databases", multiple=True),
         Option(
             "data_dir",
@@ -74,11 +83,14 @@ class PostgresChecker(Checker):
         "permission-denied": "the role may not read some objects or run amcheck; they were not checked",
         "amcheck-missing": "amcheck is not installed in a database; page-level checks did not run",
         "amcheck-installed": "fsaudit installed amcheck because postgres.install_amcheck=true",
+        "indexes-not-verified": "amcheck cannot verify indexes of these kinds (hash, gist...) here",
         "index-corrupt": "amcheck found a damaged index, or an index and its table that disagree",
-        "table-corrupt": "verify_heapam or a read found damaged table pages or rows",
+        "table-corrupt": "verify_heapam or a read found damaged table or sequence pages or rows",
         "toast-corrupt": "values stored out of line (TOAST) are damaged",
-        "file-missing": "the data file of a table or index is gone",
+        "file-missing": "the file of a table, index or sequence (or another file the server needs) is gone",
         "file-short": "a relation file has fewer blocks than the catalog says, or a partial block",
+        "commit-log-damaged": "the commit log (pg_xact) lost transaction outcomes: their rows are hidden",
+        "server-restarted": "the server restarted during the audit (a damaged row can crash it when read)",
         "rows-lost": "a table holds far fewer visible rows than its statistics say (vanished rows)",
         "checksum-failures": "the server counted data checksum failures",
         "checksums-disabled": "the cluster runs without data checksums (the server cannot see some damage)",
@@ -95,6 +107,16 @@ class PostgresChecker(Checker):
             raise Skip("no PostgreSQL cluster found (give postgres.dsn or postgres.data_dir)")
         return True
 
+    def present(self, target) -> str:
+        if self.dsns():
+            return "the PostgreSQL server named by postgres.dsn or the libpq environment"
+        clusters = self.clusters(target)
+        if not clusters:
+            return ""
+        labels = ", ".join(cluster.label for cluster in clusters[:3])
+        more = f" and {len(clusters) - 3} more" if len(clusters) > 3 else ""
+        return f"PostgreSQL ({'cluster' if len(clusters) == 1 else 'clusters'} {labels}{more})"
+
     def dsns(self) -> List[str]:
         """The DSNs given, or libpq's defaults ("") when its environment names a server and no
         data directory was given."""
@@ -108,27 +130,31 @@ class PostgresChecker(Checker):
         return discover(target, self.settings["data_dir"])
 
     def run(self, target) -> Iterator:
-        from fsaudit_checks.postgres import audit as postgres_audit
+        from fsaudit_checks.postgres import cluster_audit
 
         settings = self.audit_settings()
         jobs = max(1, int(self.context.jobs or 1))
         if self.dsns():
             for dsn in self.dsns():
-                label = postgres_audit.safe_label(dsn)
-                yield from self.translate(postgres_audit.audit_cluster(label, dsn, settings, jobs))
+                label = cluster_audit.safe_label(dsn)
+                yield from self.translate(cluster_audit.audit_cluster(label, dsn, settings, jobs))
             return
         for cluster in self.clusters(target):
+            if cluster.denied and os.geteuid() != 0:
+                self.count("not_checked_permission")
+                continue
             if cluster.problem or not cluster.running:
                 yield self.cluster_down(target, cluster)
                 continue
             if os.geteuid() == 0 and cluster.owner_uid not in (None, 0):
-                events = events_as_owner(cluster, settings, jobs)
+                items = items_as_owner(cluster, settings, jobs)
             else:
                 conninfo = cluster.socket_conninfo(as_owner=os.geteuid() == cluster.owner_uid)
-                events = postgres_audit.audit_cluster(
-                    cluster.label, conninfo, settings, jobs, cluster.data_dir
-                )
-            yield from self.translate(events)
+                items = cluster_audit.audit_cluster(cluster.label, conninfo, settings, jobs, cluster.data_dir)
+            yield from self.translate(items)
+        denied = self.stats.get("not_checked_permission", 0)
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def audit_settings(self) -> Dict:
         settings = dict(self.settings)
@@ -138,24 +164,23 @@ class PostgresChecker(Checker):
                 settings["password"] = handle.readline().rstrip("\r\n")
         return settings
 
-    def translate(self, events: Iterator[dict]) -> Iterator:
-        """Findings, counters and incompleteness from the events of `postgres_audit`."""
-        for event in events:
-            if "finding" in event:
-                found = event["finding"]
+    def translate(self, items: Iterator[Item]) -> Iterator:
+        """Findings, counters and incompleteness from the plain items of `cluster_audit`."""
+        for item in items:
+            if isinstance(item, Problem):
                 yield self.finding(
-                    found["code"],
-                    found["severity"],
-                    found["message"],
-                    path=found.get("path"),
-                    subject=found.get("subject"),
-                    details=found.get("details"),
-                    advice=found.get("advice") or "",
+                    item.code,
+                    item.severity,
+                    item.message,
+                    path=item.path,
+                    subject=item.subject,
+                    details=item.details,
+                    advice=item.advice or "",
                 )
-            elif "count" in event:
-                self.count(*event["count"])
-            elif "incomplete" in event:
-                self.incomplete(event["incomplete"])
+            elif isinstance(item, Count):
+                self.count(item.key, item.amount)
+            elif isinstance(item, Incomplete):
+                self.incomplete(item.reason)
 
     def cluster_down(self, target, cluster: Cluster):
         lines, log_file = log_tail(target, cluster)
@@ -183,38 +208,36 @@ class PostgresChecker(Checker):
         )
 
 
-def events_as_owner(cluster: Cluster, settings: Dict, jobs: int) -> Iterator[dict]:
-    """The audit events of `cluster`, checked by a forked child that became the cluster's owner, so it
-    connects over the Unix socket with peer authentication and needs no password.
+def items_as_owner(cluster: Cluster, settings: Dict, jobs: int) -> Iterator[Item]:
+    """What checking `cluster` finds, checked by a forked child that became the cluster's owner, so
+    it connects over the Unix socket with peer authentication and needs no password.
 
     A fork, not a new interpreter: the owner may not be allowed to read fsaudit's own files. The
-    child therefore imports nothing new; it sends its events back as JSON lines over a pipe.
+    child therefore imports nothing new; it sends its items back as JSON lines over a pipe.
     """
-    from fsaudit_checks.postgres import audit as postgres_audit
+    from fsaudit_checks.postgres import cluster_audit
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child; its events are what the tests see
+    if pid == 0:  # pragma: no cover - the child; its items are what the tests see
         os.close(read_fd)
-        os._exit(_child(cluster, settings, jobs, write_fd, postgres_audit.audit_cluster))
+        os._exit(_child(cluster, settings, jobs, write_fd, cluster_audit.audit_cluster))
     os.close(write_fd)
     finished = False
     try:
         with os.fdopen(read_fd, encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 try:
-                    yield json.loads(line)
-                except ValueError:
-                    yield {"incomplete": f"cluster {cluster.label}: unreadable result from the child process"}
+                    yield decode(line)
+                except (ValueError, TypeError, KeyError):
+                    yield Incomplete(f"cluster {cluster.label}: unreadable result from the child process")
         finished = True
     finally:
         if not finished:
             os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        yield {
-            "incomplete": f"cluster {cluster.label}: the check as user {cluster.owner_name} did not finish"
-        }
+        yield Incomplete(f"cluster {cluster.label}: the check as user {cluster.owner_name} did not finish")
 
 
 def _child(cluster: Cluster, settings: Dict, jobs: int, write_fd: int, audit_cluster) -> int:
@@ -226,16 +249,12 @@ def _child(cluster: Cluster, settings: Dict, jobs: int, write_fd: int, audit_clu
         os.setuid(cluster.owner_uid)
         os.chdir("/")
         os.environ.update(HOME=cluster.owner_home, USER=cluster.owner_name, LOGNAME=cluster.owner_name)
-        for event in audit_cluster(
-            cluster.label, cluster.socket_conninfo(), settings, jobs, cluster.data_dir
-        ):
-            out.write(json.dumps(event) + "\n")
+        for item in audit_cluster(cluster.label, cluster.socket_conninfo(), settings, jobs, cluster.data_dir):
+            out.write(encode(item) + "\n")
             out.flush()
     except BaseException as error:  # whatever happens, the parent hears of it
         status = 1
-        out.write(
-            json.dumps({"incomplete": f"cluster {cluster.label}: {type(error).__name__}: {error}"}) + "\n"
-        )
+        out.write(encode(Incomplete(f"cluster {cluster.label}: {type(error).__name__}: {error}")) + "\n")
     try:
         out.close()
     except OSError:

@@ -8,6 +8,7 @@ socket is comes from its `postmaster.pid`; who owns it, from the data directory'
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
@@ -38,6 +39,8 @@ class Cluster:
     owner_home: str = "/"
     log_candidates: List[str] = field(default_factory=list)
     problem: str = ""
+    # The data directory may not be read by this user: not damage, the cluster is just not checked.
+    denied: bool = False
 
     def socket_conninfo(self, as_owner: bool = True) -> str:
         """The conninfo reaching this cluster over its Unix socket, as its owner (peer auth) or as
@@ -110,6 +113,7 @@ def cluster_at(target, data_dir: str, label: str = "", conf: Optional[Dict[str, 
     try:
         cluster.version = target.read_text(os.path.join(data_dir, "PG_VERSION"), limit=64).strip()
     except OSError as error:
+        cluster.denied = error.errno in (errno.EACCES, errno.EPERM)
         cluster.problem = (
             f"{data_dir} is not a readable PostgreSQL data directory ({error.strerror or error})"
         )

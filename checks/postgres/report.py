@@ -1,7 +1,7 @@
 """What one database's checks found, as findings: corruption by relation, permissions, timeouts.
 
-`DatabaseReport` turns server errors and amcheck results into events; `DatabaseAudit` (in
-`postgres_database`) runs the checks on top of it.
+`DatabaseReport` turns server errors and amcheck results into plain problems (`problems`);
+`DatabaseAudit` (in `database`) runs the checks on top of it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import psycopg
 
-from fsaudit_checks.postgres.session import Events, connect, error_kind, server_message
+from fsaudit_checks.postgres.commitlog import NamedFile, named_file, refused_for_damage, xid_in_message
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, Problem
+from fsaudit_checks.postgres.session import (
+    ServerWatch,
+    connect,
+    error_kind,
+    server_detail,
+    server_message,
+)
 
 MAX_PROBLEMS_LISTED = 20
 MAX_NAMES_LISTED = 20
 MAX_RECONNECTS = 3
-_FILE_IN_MESSAGE = re.compile(r'"((?:base/\d+|global|pg_tblspc/[^"]+)/\d+)(?:_[a-z]+)?(?:\.\d+)?"')
 
 ADVICE = {
     "index-corrupt": "Rebuild the index: REINDEX INDEX CONCURRENTLY {name};",
@@ -36,12 +43,40 @@ ADVICE = {
         "Values of {name} stored out of line (TOAST) are damaged: restore the affected rows or the table "
         "from a backup."
     ),
+    "table-corrupt-sequence": (
+        "The sequence {name} is damaged: nextval() may fail or hand out values already used. Restore it from "
+        "a backup, or recreate it (DROP SEQUENCE, CREATE SEQUENCE) and set it past the highest value in "
+        "use{owner}."
+    ),
     "file-missing-table": "The data file of table {name} is gone: restore the table from a backup.",
     "file-missing-index": "The file of index {name} is gone: REINDEX INDEX {name}; rebuilds it.",
+    "file-missing-sequence": (
+        "The file of sequence {name} is gone: nextval() fails. Recreate it (DROP SEQUENCE, CREATE SEQUENCE) "
+        "and set it past the highest value in use{owner}, or restore it from a backup."
+    ),
+    "file-missing-other": (
+        "A file the server needs ({file}) is gone: stop the server, copy the data directory aside, and "
+        "restore the cluster from a backup."
+    ),
     "file-short-table": (
         "Rows at the end of table {name} are gone with the missing blocks: restore the table from a backup."
     ),
     "file-short-index": "The index {name} lost blocks: REINDEX INDEX CONCURRENTLY {name};",
+    "file-short-sequence": (
+        "The file of sequence {name} lost its page: recreate the sequence and set it past the highest "
+        "value in use{owner}, or restore it from a backup."
+    ),
+    "garbage-xid": (
+        "Rows of {name} name transactions that never existed in this cluster: their headers are damaged. "
+        "Restore the table from a backup (or save what is still readable with pg_dump first); do not run "
+        "VACUUM on it before."
+    ),
+    "commit-log-damaged": (
+        "The commit log lost the outcome of these transactions: the rows they wrote are invisible (and rows "
+        "they deleted are back) in {tables}. Stop the server and copy the data directory aside before "
+        "anything else; do not VACUUM those tables (it would remove the hidden rows for good). Restore "
+        "from a backup, or have an expert mark the transactions committed again in {file}."
+    ),
     "rows-lost": (
         "Rows of {name} may have vanished (for example a zeroed transaction-status file in pg_xact). "
         "Copy the data directory aside, compare the table with a backup, and do not VACUUM it until then "
@@ -67,6 +102,11 @@ class Relation:
     owner_name: Optional[str]
     owner_schema: Optional[str]
     live_tuples: Optional[int]
+    toast_oid: Optional[int] = None
+    unique: bool = False
+    frozenxid: Optional[int] = None
+    # A sequence's owning column (quoted), its table being the owner; for the advice.
+    owner_column: Optional[str] = None
 
     @property
     def qualified(self) -> str:
@@ -83,10 +123,30 @@ class Relation:
         return self.kind == "i"
 
     @property
+    def family(self) -> str:
+        """Which advice fits: "index", "sequence" or "table" (tables, TOAST, materialized views)."""
+        return {"i": "index", "S": "sequence"}.get(self.kind, "table")
+
+    @property
     def word(self) -> str:
-        return {"r": "table", "i": "index", "t": "TOAST table", "m": "materialized view"}.get(
-            self.kind, "relation"
-        )
+        return {
+            "r": "table",
+            "i": "index",
+            "t": "TOAST table",
+            "m": "materialized view",
+            "S": "sequence",
+        }.get(self.kind, "relation")
+
+    def advice(self, key: str) -> str:
+        """ADVICE[`key`-family] (or ADVICE[`key`]) for this relation."""
+        family = f"{key}-{self.family}"
+        text = ADVICE.get(family) or ADVICE[key]
+        name = self.qualified if self.family != "table" else self.owner_qualified
+        owner = ""
+        if self.owner_column and self.owner_name:
+            literal = self.qualified.replace("'", "''")
+            owner = f" (SELECT setval('{literal}', max({self.owner_column})) FROM {self.owner_qualified};)"
+        return text.format(name=name, table=self.owner_qualified, owner=owner)
 
 
 def _ident(name: str) -> str:
@@ -99,6 +159,10 @@ class DatabaseLost(Exception):
     """The session died and could not be re-opened."""
 
 
+class ServerRestarted(DatabaseLost):
+    """The server restarted during the audit (every session was dropped): the cluster's audit stops."""
+
+
 class DatabaseReport:
     """The findings of one database's checks, on one or more connections (one per thread); one
     relation's error never stops the rest.
@@ -109,22 +173,33 @@ class DatabaseReport:
     the earlier *phase* is kept, the one the checks in their sequential order would have kept.
     """
 
-    def __init__(self, events: Events, conninfo: str, dbname: str, settings: Dict[str, Any], shared: bool):
-        self.events = events
+    def __init__(
+        self,
+        place: Place,
+        conninfo: str,
+        dbname: str,
+        settings: Dict[str, Any],
+        shared: bool,
+        watch: Optional[ServerWatch] = None,
+    ):
+        self.place = place
         self.conninfo = conninfo
         self.dbname = dbname
         self.settings = settings
         self.include_shared = shared
+        self.watch = watch or ServerWatch(None)
         self.local = threading.local()  # this thread's connection, reconnects and phase
         self.lock = threading.RLock()
         self.denied: Dict[str, List[str]] = {}
         self.reported: set = set()
         self.by_path: Dict[str, Relation] = {}
+        self.by_name: Dict[Tuple[str, str], Relation] = {}
         self.block_size = 8192
         self.file_candidates: set = set()
         self.held: List[dict] = []
         self.keyed: Dict[tuple, Tuple[tuple, dict]] = {}
         self.incomplete_reasons: List[str] = []
+        self.counts: Dict[str, int] = {}
 
     # -- this thread's session ------------------------------------------------------------------
     @property
@@ -178,22 +253,28 @@ class DatabaseReport:
             if reason not in self.incomplete_reasons:
                 self.incomplete_reasons.append(reason)
 
-    def flush(self) -> None:
-        """Emit the held findings sorted by subject, code and message, then the incompleteness."""
+    def count(self, key: str, amount: int = 1) -> None:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + amount
+
+    def flush(self) -> List[Item]:
+        """The held findings as problems sorted by subject, code and message, then the counts and
+        the incompleteness; what was held is cleared."""
         with self.lock:
             found = self.held + [finding for _, finding in self.keyed.values()]
             self.held, self.keyed = [], {}
             reasons, self.incomplete_reasons = self.incomplete_reasons, []
+            counts, self.counts = self.counts, {}
         found.sort(key=_finding_order)
-        for finding in found:
-            self.events.finding(**finding)
-        for reason in sorted(reasons):
-            self.events.incomplete(reason)
+        items: List[Item] = [Problem.at(self.place, **finding) for finding in found]
+        items += [Count(key, amount) for key, amount in counts.items()]
+        items += [Incomplete(reason) for reason in sorted(reasons)]
+        return items
 
     # -- plumbing -------------------------------------------------------------------------------
     def subject(self, rel: Optional[Relation] = None) -> str:
         what = f" {rel.schema}.{rel.name}" if rel else ""
-        return f"{self.events.cluster} {self.dbname}{what}"
+        return f"{self.place.cluster} {self.dbname}{what}"
 
     def details(self, rel: Optional[Relation] = None, **extra) -> dict:
         details: Dict[str, Any] = {"database": self.dbname}
@@ -210,6 +291,10 @@ class DatabaseReport:
         return f"{rel.word} {rel.qualified}" if rel else f"database {self.dbname}"
 
     def connection_failed(self, error: BaseException) -> None:
+        damage = refused_for_damage(str(error))
+        if damage is not None:
+            self.refused(damage, error)
+            return
         kind = error_kind(error)
         code = (
             "permission-denied"
@@ -227,7 +312,25 @@ class DatabaseReport:
             advice="Check the DSN, the password (postgres.password_file or ~/.pgpass) and pg_hba.conf; "
             "as root, give no DSN and fsaudit connects as the cluster's owner.",
         )
-        self.incomplete(f"database {self.dbname} of {self.events.cluster} was not checked")
+        self.incomplete(f"database {self.dbname} of {self.place.cluster} was not checked")
+
+    def refused(self, damage: NamedFile, error: BaseException) -> None:
+        """The server refuses sessions to this database because a file it needs cannot be read."""
+        text = " ".join(str(error).split())
+        commit_log = damage.kind == "commit-log"
+        self.finding(
+            "commit-log-damaged" if commit_log else "file-missing",
+            "critical",
+            f"the server refuses every session to database {self.dbname}: {damage.path} cannot be read "
+            f"({text})",
+            subject=f"{self.place.cluster} {damage.path}",
+            path=self.place.file_path(damage.path),
+            details=self.details(file=damage.path, server_message=text, xid=xid_in_message(text)),
+            advice=ADVICE["commit-log-damaged"].format(tables="its tables", file=damage.path)
+            if commit_log
+            else ADVICE["file-missing-other"].format(file=damage.path),
+        )
+        self.incomplete(f"database {self.dbname} of {self.place.cluster} was not checked")
 
     def query(self, statement, params=None, step: str = "", rel: Optional[Relation] = None) -> Optional[list]:
         """The rows of `statement`, or None after reporting why it failed."""
@@ -250,8 +353,28 @@ class DatabaseReport:
         self.local.reconnects = reconnects + 1
         return True
 
+    def session_died(
+        self, error: BaseException, step: str, rel: Optional[Relation], group: Optional[List[Relation]] = None
+    ) -> None:
+        """Raise ServerRestarted when this thread's session died because the server restarted
+        (while reading `rel`, or one relation of `group`)."""
+        if not (self.conn.closed or self.conn.broken):
+            return
+        reading: Dict[str, Any] = {"database": self.dbname, "step": step}
+        if group and len(group) == 1:
+            rel = group[0]
+        if rel is not None:
+            reading.update(relation=rel.qualified, kind=rel.word)
+        elif group:
+            reading["relations"] = [member.qualified for member in group[:MAX_NAMES_LISTED]]
+            reading["relation_count"] = len(group)
+        if self.watch.session_died(error, reading):
+            raise ServerRestarted(server_message(error))
+
     def failed(self, error: BaseException, step: str, rel: Optional[Relation]) -> None:
-        """Report a failed statement by what its error means; reconnect when the session died."""
+        """Report a failed statement by what its error means; reconnect when the session died
+        (and stop when the server restarted: reading on could crash it again)."""
+        self.session_died(error, step, rel)
         kind = error_kind(error)
         message = server_message(error)
         if kind == "corrupt":
@@ -260,7 +383,7 @@ class DatabaseReport:
             with self.lock:
                 self.denied.setdefault(step, []).append(rel.qualified if rel else self.dbname)
         elif kind == "gone":
-            self.events.count("relations_dropped_during_check")
+            self.count("relations_dropped_during_check")
         elif kind == "timeout":
             self.finding(
                 "timeout",
@@ -292,9 +415,21 @@ class DatabaseReport:
 
     def corrupt(self, error: BaseException, step: str, rel: Optional[Relation]) -> None:
         message = server_message(error)
-        match = _FILE_IN_MESSAGE.search(message)
-        if match and match.group(1) in self.by_path:
-            rel = self.by_path[match.group(1)]
+        detail = server_detail(error)
+        sqlstate = getattr(error, "sqlstate", None)
+        named = named_file(message, detail)
+        if named is not None and named.kind == "relation":
+            rel = self.by_path.get(named.relation) or (
+                rel if rel and rel.filepath == named.relation else None
+            )
+            if rel is None:
+                named = NamedFile(named.path, "other")
+        if named is not None and named.kind == "commit-log":
+            self.commit_log_error(named, message, detail, step, rel, sqlstate)
+            return
+        if named is not None and named.kind == "other" and sqlstate == "58P01":
+            self.other_file_missing(named, message, detail, step, sqlstate)
+            return
         if rel is None:
             self.finding(
                 "check-failed",
@@ -302,19 +437,108 @@ class DatabaseReport:
                 f"{step} failed with a data error: {message}",
                 subject=self.subject(),
                 details=self.details(
-                    step=step, server_message=message, sqlstate=getattr(error, "sqlstate", None)
+                    step=step, server_message=message, server_detail=detail or None, sqlstate=sqlstate
                 ),
                 advice="Read the server log from the time of the audit; the error names the damaged object.",
             )
             self.incomplete("a data error could not be attributed to a relation")
             return
-        if getattr(error, "sqlstate", "") == "58P01" or "No such file" in message:
+        if sqlstate == "58P01" or "No such file" in message:
             self.report_missing(rel, message)
             return
         if rel.is_index:
-            self.index_corrupt(rel, message, step, getattr(error, "sqlstate", None))
+            self.index_corrupt(rel, message, step, sqlstate)
         else:
-            self.table_corrupt(rel, [{"message": message}], step, getattr(error, "sqlstate", None))
+            self.table_corrupt(rel, [{"message": message}], step, sqlstate)
+
+    def table_of(self, rel: Optional[Relation]) -> Optional[Relation]:
+        """The table whose rows `rel` holds: an index's or a TOAST table's owner, else `rel`."""
+        if rel is None or rel.owner_name is None or rel.kind == "S":
+            return rel
+        return self.by_name.get((rel.owner_schema or "", rel.owner_name), rel)
+
+    def commit_log_error(self, named: NamedFile, message, detail, step, rel, sqlstate) -> None:
+        """A commit-log segment could not be read for a transaction id of some rows: the segment is
+        gone (commit-log damage) when the id is one the cluster knows, else the rows name a
+        transaction that never existed (their headers are damaged)."""
+        xid = xid_in_message(message)
+        table = self.table_of(rel)
+        known = self.xid_known(xid, named.multixact) if xid is not None else None
+        if known is False and table is not None:
+            what = "multixact" if named.multixact else "transaction"
+            self.table_corrupt(
+                table,
+                [
+                    {
+                        "message": f"rows name {what} {xid}, which this cluster never had (its status "
+                        f"would be in {named.path}, which is rightly gone): {message}",
+                        "xid": xid,
+                    }
+                ],
+                step,
+                sqlstate,
+                advice_key="garbage-xid",
+            )
+            return
+        segment = named.path
+        if not self.claim(("commit-log-damaged", segment)):
+            return
+        whose = f"rows of {table.word} {table.qualified}" if table is not None else "rows"
+        self.finding(
+            "commit-log-damaged",
+            "critical",
+            f"the commit log file {segment} cannot be read ({detail or message}): the outcome of "
+            f"transaction {xid} and of every other one in it is lost, and {whose} written by them "
+            "cannot be read",
+            subject=f"{self.place.cluster} {segment}",
+            path=self.place.file_path(segment),
+            details=self.details(
+                table,
+                step=step,
+                segment=segment,
+                xid=xid,
+                server_message=message,
+                server_detail=detail or None,
+                sqlstate=sqlstate,
+            ),
+            advice=ADVICE["commit-log-damaged"].format(
+                tables=table.qualified if table is not None else "the tables that read it", file=segment
+            ),
+            key=("commit-log-damaged", segment),
+        )
+
+    def xid_known(self, xid: int, multixact: bool) -> Optional[bool]:
+        """Whether `xid` lies between the oldest transaction (or multixact) the cluster keeps and the
+        next one; None when the server cannot say."""
+        age, oldest = ("mxid_age", "datminmxid") if multixact else ("age", "datfrozenxid")
+        try:
+            row = self.conn.execute(
+                f"SELECT {age}(%s::text::xid), (SELECT max({age}({oldest})) FROM pg_database)", (str(xid),)
+            ).fetchone()
+        except psycopg.Error:
+            return None
+        return 0 <= row[0] <= row[1]
+
+    def other_file_missing(self, named: NamedFile, message, detail, step, sqlstate) -> None:
+        """A file that is not a relation of this database, nor the commit log, is gone."""
+        if not self.claim(("file-missing", named.path)):
+            return
+        self.finding(
+            "file-missing",
+            "critical",
+            f"a file the server needs is gone: {named.path} ({message})",
+            subject=f"{self.place.cluster} {named.path}",
+            path=self.place.file_path(named.path),
+            details=self.details(
+                step=step,
+                file=named.path,
+                server_message=message,
+                server_detail=detail or None,
+                sqlstate=sqlstate,
+            ),
+            advice=ADVICE["file-missing-other"].format(file=named.path),
+            key=("file-missing", named.path),
+        )
 
     def index_corrupt(self, rel: Relation, message: str, step: str, sqlstate: Optional[str]) -> None:
         if not self.claim(("index-corrupt", rel.oid)):
@@ -326,7 +550,7 @@ class DatabaseReport:
             "critical",
             f"index {rel.qualified} is damaged: {message}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(
                 rel, step=step, server_message=message, sqlstate=sqlstate, **_location(message)
             ),
@@ -334,10 +558,11 @@ class DatabaseReport:
             key=("index-corrupt", rel.oid),
         )
 
-    def table_corrupt(self, rel: Relation, problems: List[dict], step: str, sqlstate: Optional[str]) -> None:
+    def table_corrupt(
+        self, rel: Relation, problems: List[dict], step: str, sqlstate: Optional[str], advice_key: str = ""
+    ) -> None:
         toast = rel.kind == "t" or any("toast" in p.get("message", "").lower() for p in problems)
         code = "toast-corrupt" if toast else "table-corrupt"
-        name = rel.owner_qualified if rel.kind == "t" else rel.qualified
         if not self.claim((code, rel.oid)):
             return
         first = problems[0]
@@ -354,7 +579,7 @@ class DatabaseReport:
             "critical",
             f"{rel.word} {rel.qualified} is damaged{where}: {first.get('message', '')}{more}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(
                 rel,
                 step=step,
@@ -365,30 +590,26 @@ class DatabaseReport:
                 offset=first.get("offset"),
                 server_message=first.get("message"),
             ),
-            advice=ADVICE[code].format(name=name),
+            advice=rel.advice(advice_key or code),
             key=(code, rel.oid),
         )
 
     def report_missing(self, rel: Relation, message: str) -> None:
         if not self.claim(("file-missing", rel.oid)):
             return
-        kind = "index" if rel.is_index else "table"
         self.finding(
             "file-missing",
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) is gone: {message}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(rel, server_message=message, catalog_pages=rel.pages),
-            advice=ADVICE[f"file-missing-{kind}"].format(
-                name=rel.qualified if rel.is_index else rel.owner_qualified
-            ),
+            advice=rel.advice("file-missing"),
             key=("file-missing", rel.oid),
         )
 
     def report_short(self, rel: Relation) -> None:
         self.claim(("file-short", rel.oid))
-        kind = "index" if rel.is_index else "table"
         expected = rel.pages * self.block_size
         if rel.size % self.block_size:
             what = f"is {rel.size} bytes, not a whole number of {self.block_size}-byte blocks"
@@ -399,11 +620,9 @@ class DatabaseReport:
             "critical",
             f"the file of {rel.word} {rel.qualified} ({rel.filepath}) {what}",
             subject=self.subject(rel),
-            path=self.events.file_path(rel.filepath),
+            path=self.place.file_path(rel.filepath),
             details=self.details(rel, size=rel.size, catalog_pages=rel.pages, expected_size=expected),
-            advice=ADVICE[f"file-short-{kind}"].format(
-                name=rel.qualified if rel.is_index else rel.owner_qualified
-            ),
+            advice=rel.advice("file-short"),
             key=("file-short", rel.oid),
         )
 

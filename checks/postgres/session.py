@@ -1,10 +1,4 @@
-"""One read-only PostgreSQL session, what its errors mean, and the events the audit emits.
-
-The audit yields *events*, plain JSON-safe dicts, so the same code runs in the audit process (a
-DSN) or in a child process that dropped privileges to the cluster's owner (discovery as root):
-- `{"finding": {code, severity, message, path, subject, details, advice}}`
-- `{"count": [key, amount]}`
-- `{"incomplete": reason}`
+"""One read-only PostgreSQL session, what its errors mean, and whether the server restarted.
 
 Safety on a live server: every session is read-only (`default_transaction_read_only`), autocommit
 (no long snapshot holds back VACUUM), with `statement_timeout` and `lock_timeout`, and takes no
@@ -14,12 +8,12 @@ sessions, and the application keeps the server's workers.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import threading
+import time
+from typing import Any, Dict, List, Optional
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-
-Emit = Callable[[dict], None]
 
 
 def error_kind(error: BaseException) -> str:
@@ -44,6 +38,13 @@ def server_message(error: BaseException) -> str:
     return (primary or str(error) or type(error).__name__).strip()
 
 
+def server_detail(error: BaseException) -> str:
+    """The DETAIL line of a server error ("Could not open file ..."), or ""."""
+    diag = getattr(error, "diag", None)
+    detail = getattr(diag, "message_detail", None) if diag is not None else None
+    return (detail or "").strip()
+
+
 def connect(conninfo: str, dbname: Optional[str], settings: Dict[str, Any]) -> psycopg.Connection:
     """A read-only, autocommit session with statement and lock timeouts."""
     options = [conninfo_to_dict(conninfo).get("options") or ""]
@@ -64,38 +65,49 @@ def connect(conninfo: str, dbname: Optional[str], settings: Dict[str, Any]) -> p
     return conn
 
 
-class Events:
-    """Builds the events of one cluster; `emit` sends each one on (a queue, a pipe)."""
+# The server ended every session because one of them crashed (57P02), or refuses new ones while it
+# recovers from that (57P03).
+RESTART_STATES = ("57P02", "57P03")
+# The postmaster ends the other sessions a moment after one crashed: wait that long before asking.
+RESTART_GRACE = 0.2
 
-    def __init__(self, emit: Emit, cluster: str, data_dir: Optional[str]):
-        self.emit = emit
-        self.cluster = cluster
-        self.data_dir = data_dir
 
-    def finding(self, code, severity, message, subject=None, path=None, details=None, advice=""):
-        details = {"cluster": self.cluster, **(details or {})}
-        self.emit(
-            {
-                "finding": {
-                    "code": code,
-                    "severity": severity,
-                    "message": message,
-                    "subject": subject,
-                    "path": path,
-                    "details": details,
-                    "advice": advice,
-                }
-            }
-        )
+class ServerWatch:
+    """Whether the server of a cluster restarted during its audit, and what the audit was reading.
 
-    def count(self, key: str, amount: int = 1) -> None:
-        self.emit({"count": [key, amount]})
+    A session that dies alone (terminated by an administrator, a network cut) is reconnected; when
+    the server restarts (a backend crashed: every session is dropped, the application's too), the
+    audit of the cluster stops at once. The evidence is the session that stayed idle all along (the
+    one that listed the databases): it dies with the others."""
 
-    def incomplete(self, reason: str) -> None:
-        self.emit({"incomplete": reason})
+    def __init__(self, conn: Optional[psycopg.Connection]):
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.restarted = threading.Event()
+        self.reading: List[Dict[str, Any]] = []
 
-    def file_path(self, filepath: Optional[str]) -> Optional[str]:
-        """The path on the audited system of a file named relative to the data directory."""
-        if not self.data_dir or not filepath:
-            return None
-        return filepath if filepath.startswith("/") else f"{self.data_dir.rstrip('/')}/{filepath}"
+    def session_died(self, error: BaseException, reading: Dict[str, Any]) -> bool:
+        """A session died with `error` while doing `reading` ({database, relation, step}): True when
+        the server restarted; what was being read is kept for the report."""
+        state = getattr(error, "sqlstate", None)
+        if not self.restarted.is_set() and (state in RESTART_STATES or self._idle_session_died()):
+            self.restarted.set()
+        if not self.restarted.is_set():
+            return False
+        with self.lock:
+            # A session that was told "terminating connection because of crash of another server
+            # process" was not the one that crashed.
+            crashed = state is None
+            self.reading.append({**reading, "server_message": server_message(error), "crashed": crashed})
+        return True
+
+    def _idle_session_died(self) -> bool:
+        if self.conn is None:
+            return False
+        time.sleep(RESTART_GRACE)
+        with self.lock:
+            try:
+                self.conn.execute("SELECT 1")
+            except psycopg.Error:
+                return True
+            return bool(self.conn.broken or self.conn.closed)

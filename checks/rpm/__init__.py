@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
@@ -15,15 +16,30 @@ from fsaudit_checks.rpm.compare import Accounts, Outcome, attribute_marker, fini
 from fsaudit_checks.rpm.db import DEFAULT_DBPATHS, Damage, Database, find_databases, reader_for
 
 ACCOUNT_FILE_LIMIT = 16 << 20
+# A file's mtime this much after its package's installation is a change made on the system.
+MTIME_SLACK = 1.0
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 class Package:
-    """The identity of one installed package, as every finding about it carries it."""
+    """The identity of one installed package, as every finding about it carries it.
 
-    def __init__(self, header: hdr.Header):
+    `image` is where the audited system is mounted when it is not this one: advice then says to act
+    inside the VM, or to run fsaudit repair from the host, never a command that would act on the host.
+    """
+
+    def __init__(self, header: hdr.Header, image: str | None = None, installed: hdr.Header | None = None):
         self.name = header.string(hdr.NAME)
         self.version = hdr.version_string(header)
         self.arch = header.string(hdr.ARCH) or "noarch"
+        self.image = image
+        # When rpm installed it (the database's own header; a package file has none).
+        self.install_time = (installed or header).integer(hdr.INSTALLTIME)
 
     @property
     def subject(self) -> str:
@@ -33,10 +49,17 @@ class Package:
         return {"package": self.name, "version": self.version, "architecture": self.arch}
 
     @property
+    def inside(self) -> str:
+        return "" if self.image is None else " inside the VM"
+
+    @property
     def reinstall(self) -> str:
+        commands = f"dnf reinstall {self.name}; yum on EL7; zypper install -f on SUSE"
+        if self.image is None:
+            return f"reinstall the package {self.name} ({commands}) or restore the file from a backup"
         return (
-            f"reinstall the package {self.name} (dnf reinstall {self.name}; yum on EL7; "
-            f"zypper install -f on SUSE) or restore the file from a backup"
+            f"reinstall the package {self.name} inside the VM ({commands}), or restore its files from this "
+            f"host: fsaudit repair REPORT.json --root {self.image}"
         )
 
 
@@ -44,23 +67,36 @@ class RpmChecker(Checker):
     """Verify every file installed by RPM (size, digest, mode, owner, link, mtime) like rpm -Va."""
 
     name = "rpm"
+    covers = "system files (RPM packages)"
+    category = "os-files"
+    repairer = "fsaudit_checks.rpm.repair:RpmRepairer"
     options = (
         Option("dbpath", "directory of the RPM database inside the root (default: found automatically)"),
         Option("packages", "verify only these packages (names)", multiple=True),
     )
     codes = {
         "missing": "a packaged file is gone",
-        "content-differs": "a packaged file's size or digest differs from the package (S or 5)",
+        "content-differs": "a packaged file's size or digest differs from the package (S or 5) and its "
+        "mtime is not after the package's installation, or is in the suspect window",
+        "modified-after-install": "a packaged file's content differs and its mtime is after the package's "
+        "installation, outside the suspect window: a change made on the system",
         "type-differs": "something other than the packaged file type stands there (a FIFO, a directory, ...)",
         "link-differs": "a packaged symlink points somewhere else (L)",
         "metadata-differs": "mode, owner, group or device number differ while the content is intact",
         "mtime-differs": "only the modification time differs; the content is intact (T)",
         "config-differs": "a %config file differs from the packaged one (often an intended edit)",
-        "unreadable": "a packaged file or link could not be read, so it could not be verified",
+        "unreadable": "a packaged file or link could not be read (an I/O error), so it could not be verified",
         "header-damaged": "a package's header in the RPM database is damaged: its files cannot be verified",
         "database-damaged": "part of the RPM database cannot be read: the packages it held were not verified",
         "database-unsupported": "the RPM database is in a format fsaudit cannot read (NDB Packages.db)",
     }
+
+    _image: str | None = None
+
+    @property
+    def _inside(self) -> str:
+        """Where a command in the advice must run: the VM, when the audited system is an image here."""
+        return "" if self._image is None else " inside the VM"
 
     def _dbpaths(self) -> tuple:
         return (self.settings["dbpath"],) if self.settings["dbpath"] else DEFAULT_DBPATHS
@@ -74,10 +110,12 @@ class RpmChecker(Checker):
         databases = find_databases(target, self._dbpaths())
         if not databases:
             raise Skip(f"no RPM database in {' or '.join(self._dbpaths())}")
+        self._image = None if target.live else target.root_text
         database = yield from self._choose(databases)
         if database is None:
             return
         self.stats["database"] = f"{database.kind} {database.display}"
+        self.count("not_checked_permission", 0)
         accounts = self._accounts(target)
         self._cache = PackageCache(target)
         ready: List[Finding] = []
@@ -87,11 +125,18 @@ class RpmChecker(Checker):
             ready.clear()
             outcome, package = result.request.key
             finish(outcome, result.digest, result.error)
+            if outcome.denied:
+                self.count("not_checked_permission")
+                self.count("files_verified", -1)
+                continue
             finding = self._finding(outcome, package)
             if finding:
                 yield finding
         yield from ready
         self.context.progress.stop()
+        denied = self.stats["not_checked_permission"]
+        if denied:
+            self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
 
     def _choose(self, databases: List[Database]) -> Iterator[Finding]:
         """The newest readable database; findings for a damaged or unsupported one (generator return)."""
@@ -115,7 +160,8 @@ class RpmChecker(Checker):
                     f"{database.display} is not an RPM database any more (its header is damaged)",
                     path=database.path,
                     details={"expected_format": database.details.get("expected")},
-                    advice="restore the RPM database from a backup, then run `rpmdb --rebuilddb`",
+                    advice="restore the RPM database from a backup, then run `rpmdb --rebuilddb`"
+                    + self._inside,
                 )
                 self.incomplete(f"{database.display} could not be read")
         return None
@@ -157,7 +203,7 @@ class RpmChecker(Checker):
         in `ready` when the header is damaged."""
         try:
             header = hdr.Header(item.blob)
-            package = Package(header)
+            package = Package(header, self._image)
         except hdr.HeaderError as error:
             ready.append(self._header_finding(database, item.key, str(error)))
             return None
@@ -173,7 +219,7 @@ class RpmChecker(Checker):
         ready.append(self._header_finding(database, item.key, problem, package=package, cached=cached))
         if cached is None:
             return None
-        return cached[1], Package(cached[1]), header
+        return cached[1], Package(cached[1], self._image, installed=header), header
 
     def _cached_manifest(self, header: hdr.Header):
         try:
@@ -195,6 +241,9 @@ class RpmChecker(Checker):
             outcome = plan(entry, target, accounts)
             if outcome.skipped:
                 self.count("files_skipped")
+                continue
+            if outcome.denied:
+                self.count("not_checked_permission")
                 continue
             self.count("files_verified")
             self.context.verified.add(entry.path)
@@ -228,9 +277,9 @@ class RpmChecker(Checker):
         if not outcome.flags and not outcome.unreadable:
             return None
         flags = flag_string(outcome)
+        code, severity, message, advice = self._classify(outcome, package)
         details.update({"flags": flags, "attribute": marker.strip()})
         details.update(_differences(outcome))
-        code, severity, message, advice = self._classify(outcome, package)
         self.count(f"files_{code.replace('-', '_')}")
         return self.finding(
             code,
@@ -264,7 +313,7 @@ class RpmChecker(Checker):
                 package.reinstall,
             )
         if flags & {"S", "5"}:
-            return "content-differs", "critical", "content differs from the packaged file", package.reinstall
+            return self._content_differs(outcome, package)
         if "L" in flags:
             return "link-differs", "critical", "symlink points elsewhere than packaged", package.reinstall
         if flags & {"M", "D", "U", "G"}:
@@ -272,7 +321,8 @@ class RpmChecker(Checker):
                 "metadata-differs",
                 "warning",
                 "mode, owner or device differs from the package",
-                f"restore the packaged attributes (`rpm --setperms --setugids {package.name}`) or reinstall",
+                f"restore the packaged attributes{package.inside} "
+                f"(`rpm --setperms --setugids {package.name}`) or reinstall",
             )
         return (
             "mtime-differs",
@@ -280,6 +330,29 @@ class RpmChecker(Checker):
             "modification time differs; the content is intact",
             "nothing to do unless nobody should have touched this file",
         )
+
+    def _content_differs(self, outcome: Outcome, package: Package):
+        """Damage, or a change made on the system: rpm gives each file its packaged mtime, and lost
+        writes change content without touching it."""
+        mtime = outcome.st.st_mtime if outcome.st is not None else None
+        installed = package.install_time
+        window = self.context.window
+        if installed is not None and mtime is not None and mtime > installed + MTIME_SLACK:
+            outcome.actual.update(modified=iso(mtime), installed=iso(installed))
+            if window is None or not window.contains(mtime):
+                return (
+                    "modified-after-install",
+                    "warning",
+                    f"content differs from the packaged file; it was changed on {iso(mtime)}, after the "
+                    f"package was installed on {iso(installed)}: a change made on this system, not damage "
+                    "from lost writes",
+                    "if this change was made on purpose (a local edit, an update outside the package "
+                    f"manager), there is nothing to do; otherwise {package.reinstall}",
+                )
+            outcome.actual["modified_in_window"] = True
+            message = "content differs from the packaged file, and it was modified during the suspect window"
+            return "content-differs", "critical", message, package.reinstall
+        return "content-differs", "critical", "content differs from the packaged file", package.reinstall
 
     def _damage_finding(self, database: Database, damage: Damage) -> Finding:
         self.count("database_damage")
@@ -294,7 +367,8 @@ class RpmChecker(Checker):
             path=database.path,
             details=details,
             advice="packages recorded there were not verified: restore the RPM database from a backup "
-            "and run `rpmdb --rebuilddb`, then audit again; reinstall packages `rpm -qa` no longer lists",
+            f"and run `rpmdb --rebuilddb`{self._inside}, then audit again; reinstall packages `rpm -qa` no "
+            "longer lists",
         )
 
     def _header_finding(self, database: Database, key, message: str, package=None, cached=None) -> Finding:
@@ -302,7 +376,10 @@ class RpmChecker(Checker):
         if key is not None:
             details["record"] = key
         name = package.name if package else f"record {key}"
-        advice = "restore the RPM database from a backup or reinstall the package, then `rpmdb --rebuilddb`"
+        advice = (
+            "restore the RPM database from a backup or reinstall the package, then `rpmdb --rebuilddb`"
+            + self._inside
+        )
         if cached is None:
             self.count("packages_unverified")
             self.incomplete("some package headers are damaged: their files were not verified")
@@ -347,4 +424,7 @@ def _differences(outcome: Outcome) -> dict:
         result.update(expected_type=file_kind(entry.mode), actual_type=file_kind(outcome.st.st_mode))
     if outcome.error:
         result["error"] = outcome.error
+    for key in ("modified", "installed", "modified_in_window"):
+        if key in actual:
+            result[key] = actual[key]
     return result

@@ -84,6 +84,8 @@ class Outcome:
 
     entry: FileEntry
     skipped: bool = False  # not verified at all (not installed, netshared, a missing %ghost)
+    # This user may not look at or read the file: not verified, and not damage either.
+    denied: bool = False
     missing: bool = False
     error: str | None = None
     flags: set = field(default_factory=set)
@@ -130,6 +132,9 @@ def plan(entry: FileEntry, target, accounts: Accounts) -> Outcome:
         return outcome
     try:
         st = target.lstat(entry.path)
+    except PermissionError:
+        outcome.denied = True
+        return outcome
     except OSError as error:
         if entry.flags & (RPMFILE_GHOST | RPMFILE_MISSINGOK):
             outcome.skipped = True
@@ -218,7 +223,9 @@ def _compare_rdev(outcome: Outcome, st) -> None:
 
 def finish(outcome: Outcome, digest: str | None, error: OSError | None) -> None:
     """Add the outcome of hashing the file."""
-    if error is not None:
+    if isinstance(error, PermissionError):
+        outcome.denied = True
+    elif error is not None:
         outcome.unreadable.add("5")
         outcome.error = error.strerror or str(error)
     elif digest is not None and digest != outcome.entry.digest.decode("ascii", "replace").lower():

@@ -112,6 +112,8 @@ class WindowChecker(Checker):
     """Files and directories changed during the suspect window, and which of them no checker verified."""
 
     name = "window"
+    covers = "files changed during the incident window"
+    category = "time-window"
     # With `fsaudit self-check PATH... --window ...` it walks the customer's paths.
     self_check = True
     # After the checkers that verify files (debian, rpm, pip, baseline), so `context.verified` is full.

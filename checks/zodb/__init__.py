@@ -22,6 +22,8 @@ class ZodbChecker(Checker):
     """Verify ZODB FileStorages: structure, lost tails, unpicklable records, dangling references, blobs."""
 
     name = "zodb"
+    covers = "ZODB databases"
+    category = "databases"
     options = (
         Option(
             "paths",
@@ -85,6 +87,10 @@ class ZodbChecker(Checker):
         if not any(target.exists(root, follow=True) for root in self.settings["search"]):
             raise Skip("none of " + ", ".join(self.settings["search"]) + " exists")
         return True
+
+    def present(self, target: Target) -> str:
+        named = [*self.settings["paths"], *self.settings["zeo"]]
+        return f"ZODB storages ({', '.join(named)})" if named else ""
 
     def run(self, target: Target) -> Iterator[Finding]:
         for address in self.settings["zeo"]:

@@ -14,6 +14,7 @@ from fsaudit import __version__
 from fsaudit.cli import audit, baseline, fleet, repair, report
 from fsaudit.cli.common import EXIT_UNKNOWN, LOG
 from fsaudit.errors import FsauditError
+from fsaudit.escape import inert
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,15 +54,13 @@ def main(argv: List[str] | None = None) -> None:
         error.show()
         code = EXIT_UNKNOWN
     except FsauditError as error:
-        click.echo(f"fsaudit: {error}", err=True)
+        click.echo(f"fsaudit: {inert(str(error))}", err=True)
         code = EXIT_UNKNOWN
     except BrokenPipeError:
         code = EXIT_UNKNOWN
     except Exception as error:
         LOG.debug("internal error", exc_info=True)
-        click.echo(
-            f"fsaudit: internal error: {type(error).__name__}: {error} (run with --debug for details)",
-            err=True,
-        )
+        what = f"{type(error).__name__}: {inert(str(error))}"
+        click.echo(f"fsaudit: internal error: {what} (run with --debug for details)", err=True)
         code = EXIT_UNKNOWN
     sys.exit(code if isinstance(code, int) else 0)

@@ -13,11 +13,14 @@ from fsaudit.cli.common import (
     EXIT_UNKNOWN,
     LOG,
     colour_wanted,
+    save_json_instead,
     select_checkers,
+    terminate_like_interrupt,
     window_option,
     write_output,
 )
 from fsaudit.config import load_config, merge_options, parse_sets
+from fsaudit.escape import inert
 from fsaudit.model import Report
 from fsaudit.progress import Progress
 from fsaudit.registry import Entry, load_checkers
@@ -28,6 +31,11 @@ from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_option
 from fsaudit.target import Target
 
 
+def checker_names(context, parameter, incomplete: str) -> list:
+    """Shell completion of `--check`/`--skip`: the names of the installed checkers."""
+    return [name for name in load_checkers() if name.startswith(incomplete)]
+
+
 @click.command()
 @click.option(
     "--root",
@@ -36,8 +44,21 @@ from fsaudit.target import Target
     type=click.Path(file_okay=False, exists=True),
     help="The root of the system to audit (a mounted image or snapshot).",
 )
-@click.option("--check", "only", multiple=True, metavar="NAME", help="Run only this checker (repeatable).")
-@click.option("--skip", multiple=True, metavar="NAME", help="Do not run this checker (repeatable).")
+@click.option(
+    "--check",
+    "only",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=checker_names,
+    help="Run only this checker (repeatable).",
+)
+@click.option(
+    "--skip",
+    multiple=True,
+    metavar="NAME",
+    shell_complete=checker_names,
+    help="Do not run this checker (repeatable).",
+)
 @click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
 @click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
 @click.option(
@@ -71,15 +92,27 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
         window=window_option(window_text, root),
         progress=Progress.for_terminal(),
     )
-    report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
+    with terminate_like_interrupt():
+        report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
     return _deliver(report, interrupted, fmt, output)
 
 
 def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) -> int:
-    """Write the rendered report and return the audit's exit code (3 when interrupted, unless
-    damage was already found)."""
+    """Write the rendered report and return the audit's exit code (3 when interrupted or when the
+    report could not be rendered, unless damage was found)."""
     colour = fmt == "text" and output is None and colour_wanted(sys.stdout)
-    write_output(render(report, fmt, colour=colour), output)
+    try:
+        text = render(report, fmt, colour=colour)
+    except Exception as error:  # an audit of hours must not be lost to a renderer's bug
+        LOG.debug("rendering the %s report failed", fmt, exc_info=True)
+        saved = save_json_instead(report, output)
+        click.echo(
+            f"fsaudit: the {fmt} report could not be made ({type(error).__name__}: {inert(str(error))}); "
+            f"the whole report is in {inert(saved)} (`fsaudit report` renders it)",
+            err=True,
+        )
+        return 2 if report.exit_code == 2 else EXIT_UNKNOWN
+    write_output(text, output)
     if interrupted:
         click.echo("fsaudit: interrupted; the report covers what was checked before", err=True)
         return 2 if report.exit_code == 2 else EXIT_UNKNOWN
@@ -121,7 +154,8 @@ def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
     context = Context(
         jobs=jobs or os.cpu_count() or 1, window=window_option(window, "/"), progress=Progress.for_terminal()
     )
-    report, interrupted = run_audit(Target("/"), selected, context)
+    with terminate_like_interrupt():
+        report, interrupted = run_audit(Target("/"), selected, context)
     code = _deliver(report, interrupted, fmt, output)
     if output:
         click.echo(verdict(report))
@@ -141,7 +175,7 @@ def checks(root) -> int:
     for name, applies, why, summary, origin in rows:
         click.echo(f"{name:<{width}}  {'yes' if applies else 'no ':<3}  {summary}")
         if why:
-            click.echo(f"{'':<{width}}       {why}")
+            click.echo(f"{'':<{width}}       {inert(why)}")
         click.echo(f"{'':<{width}}       from {origin}")
     return 0
 
@@ -152,14 +186,25 @@ def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
     if entry.checker is None:
         return False, entry.error, ""
     summary = entry.checker.summary()
-    module = missing_module(entry.checker)
-    if module:
-        return False, install_hint(entry.checker, module), summary
     try:
-        applies = entry.checker(None, Context()).applies(target)
+        checker = entry.checker(None, Context())
+        module = missing_module(entry.checker)
+        if module:
+            return False, _unchecked(checker, target, install_hint(entry.checker, module)), summary
+        applies = checker.applies(target)
     except Skip as skip:
-        return False, str(skip), summary
+        return False, _unchecked(checker, target, str(skip)), summary
     except Exception as error:  # a checker's own bug: report it, list the rest
         LOG.debug("applies() of %s failed", entry.name, exc_info=True)
         return False, f"cannot tell: {type(error).__name__}: {error}", summary
     return applies is not False, "" if applies is not False else "does not apply to this system", summary
+
+
+def _unchecked(checker, target: Target, reason: str) -> str:
+    """Why a checker will not run, and whether an audit will call it unknown (its subject is here)."""
+    try:
+        here = checker.present(target)
+    except Exception:
+        LOG.debug("present() of %s failed", checker.name, exc_info=True)
+        here = ""
+    return f"{reason} ({here} is on this system: an audit reports it as not checked)" if here else reason

@@ -8,6 +8,7 @@ import click
 
 from fsaudit.baseline import create_baseline
 from fsaudit.errors import FsauditError, UsageError
+from fsaudit.escape import inert
 from fsaudit.output import output_file
 from fsaudit.progress import Progress
 from fsaudit.target import Target
@@ -39,7 +40,7 @@ def baseline_create(paths, output, root, jobs) -> int:
     recorded = f"{counts['entries']:,} entries ({counts['files']:,} files, {counts['bytes']:,} bytes)"
     click.echo(f"recorded {recorded} in {output}")
     for problem in counts["errors"][:20]:
-        click.echo(f"  not recorded: {problem}", err=True)
+        click.echo(f"  not recorded: {inert(str(problem))}", err=True)
     if len(counts["errors"]) > 20:
         click.echo(f"  ... and {len(counts['errors']) - 20:,} more not recorded", err=True)
     return 1 if counts["errors"] else 0

@@ -7,6 +7,7 @@ import click
 from fsaudit.cli.common import (
     write_output,
 )
+from fsaudit.fleet.reader import DEFAULT_MAX_BYTES
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -24,7 +25,23 @@ from fsaudit.cli.common import (
     default=3600.0,
     show_default=True,
     type=click.FloatRange(min=1),
-    help="Seconds one host's audit may take; then it is stopped on the host.",
+    help="Seconds one host's audit may take (the slowest VM's whole check, cold disk: about an hour "
+    "per TB); then it is stopped on the host.",
+)
+@click.option(
+    "--stall-timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds a report that began to arrive may pause before the host counts as hung.",
+)
+@click.option(
+    "--max-report-size",
+    default=DEFAULT_MAX_BYTES >> 20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    help="Largest report accepted from one host, in MiB.",
 )
 @click.option(
     "--connect-timeout",
@@ -55,14 +72,16 @@ from fsaudit.cli.common import (
 @click.option(
     "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="ssh -o option (repeatable)."
 )
-def fleet(inventory, audit_args, concurrency, timeout, connect_timeout, out, resume, shard, pattern,
-          accept_new_host_keys, become, bootstrap, ssh_config, ssh_options) -> int:  # fmt: skip
+def fleet(inventory, audit_args, concurrency, timeout, stall_timeout, max_report_size, connect_timeout,
+          out, resume, shard, pattern, accept_new_host_keys, become, bootstrap, ssh_config,
+          ssh_options) -> int:  # fmt: skip
     """Audit every host of INVENTORY over ssh; one JSON report per host lands in --out.
 
     INVENTORY is a hosts file ([user@]host[:port] per line) or a static Ansible inventory (INI or
     YAML). Options after `--` go to `fsaudit audit` on every host.
     """
     from fsaudit.fleet.fanout import audit_fleet
+    from fsaudit.fleet.remote import Limits
     from fsaudit.fleet.ssh import SshSettings, check_audit_args
 
     settings = SshSettings(
@@ -74,7 +93,8 @@ def fleet(inventory, audit_args, concurrency, timeout, connect_timeout, out, res
         options=tuple(ssh_options),
         audit_args=check_audit_args(list(audit_args)),
     )
-    return audit_fleet(inventory, settings, out, concurrency, timeout, resume, shard, pattern)
+    limits = Limits(timeout=timeout, stall=stall_timeout, report_bytes=max_report_size << 20)
+    return audit_fleet(inventory, settings, out, concurrency, limits, resume, shard, pattern)
 
 
 @click.command("fleet-report")
@@ -91,10 +111,20 @@ def fleet(inventory, audit_args, concurrency, timeout, connect_timeout, out, res
     show_default=True,
     help="With --format html, write each VM's own HTML report beside its JSON report and link it.",
 )
-def fleet_report(directories, fmt, output, vm_reports) -> int:
+@click.option(
+    "--max-report-size",
+    default=DEFAULT_MAX_BYTES >> 20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    help="Larger VM reports count as hosts without a usable report, in MiB.",
+)
+def fleet_report(directories, fmt, output, vm_reports, max_report_size) -> int:
     """The fleet view of one or more result directories (shards merge): hosts x checks, worst first."""
     from fsaudit.fleet.view import render_fleet
 
-    text, code = render_fleet(list(directories), fmt, vm_reports=vm_reports, output=output)
+    text, code = render_fleet(
+        list(directories), fmt, vm_reports=vm_reports, output=output, max_bytes=max_report_size << 20
+    )
     write_output(text, output)
     return code

@@ -13,6 +13,7 @@ from fsaudit.cli.common import (
     write_output,
 )
 from fsaudit.errors import FsauditError
+from fsaudit.escape import inert
 from fsaudit.report import RENDERERS, render
 from fsaudit.schema import report_problems
 
@@ -27,7 +28,7 @@ def report(report_file, fmt, output, validate) -> int:
     if validate:
         problems = report_problems(read_json(report_file))
         for problem in problems:
-            click.echo(f"{report_file}: {problem}")
+            click.echo(f"{report_file}: {inert(problem)}")
         if problems:
             raise FsauditError(f"{report_file} is not a valid fsaudit report ({len(problems)} problem(s))")
         click.echo(f"{report_file}: a valid fsaudit report")

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import zipfile
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Dict, Iterator, List, Tuple
 
@@ -36,8 +37,12 @@ PACKAGES = ("fsaudit", "fsaudit_checks")
 BUNDLED = {"click": "click", "debian": "python-debian", "tomli": "tomli"}  # module -> distribution
 OWN_PYTHON = (3, 9)  # fsaudit's own python_requires
 MANIFEST = "fsaudit-bootstrap.json"
+# Wheels of older releases of bundled dependencies (click 8.1, the last for Python 3.9), shipped in
+# the zipapp under COMPAT_ROOT for VMs whose Python the control host's releases no longer support.
+VENDOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor")
+COMPAT_ROOT = "compat"
 ENTRY_POINT_GROUPS = ("fsaudit.checks",)
-_SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".whl")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 # Runs on the VM with `python3 -I -S -c`; keep it Python 3.6-compatible so that an old interpreter can
@@ -164,7 +169,7 @@ def run_installed(command, args):
     os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 
 
-def import_from_memfd(data):
+def import_from_memfd(data, compat=None):
     """Put the zip in an anonymous memory file and let the standard zipimport and importlib.metadata
     machinery read it through /proc/self/fd (resources and entry points work as from any zip)."""
     fd = os.memfd_create("fsaudit.pyz", getattr(os, "MFD_CLOEXEC", 0))
@@ -175,6 +180,8 @@ def import_from_memfd(data):
     if not os.path.isfile(path):
         raise OSError("/proc is not mounted")
     sys.path.insert(0, path)
+    if compat:
+        sys.path.insert(0, path + "/" + compat)
 
 
 class MemoryZip:
@@ -183,18 +190,20 @@ class MemoryZip:
 
     prefix = "<fsaudit.pyz>/"
 
-    def __init__(self, data):
+    def __init__(self, data, roots=("",)):
         import io, zipfile
 
         self.zip = zipfile.ZipFile(io.BytesIO(data))
         self.names = set(self.zip.namelist())
+        self.roots = roots  # where modules are looked for, in order ("compat/" first on an old Python)
 
     def _locate(self, fullname):
-        base = fullname.replace(".", "/")
-        if base + "/__init__.py" in self.names:
-            return base + "/__init__.py", True
-        if base + ".py" in self.names:
-            return base + ".py", False
+        for root in self.roots:
+            base = root + fullname.replace(".", "/")
+            if base + "/__init__.py" in self.names:
+                return base + "/__init__.py", True
+            if base + ".py" in self.names:
+                return base + ".py", False
         return None, False
 
     def find_spec(self, fullname, path=None, target=None):
@@ -261,6 +270,8 @@ class MemoryZip:
 
 
 def check_python(data):
+    """Refuse a Python the zipapp cannot run on; return the zip's directory of older releases of
+    bundled modules when this Python needs them (the control host's are newer than it supports)."""
     import io, json, zipfile
 
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("fsaudit-bootstrap.json").decode("utf-8"))
@@ -268,6 +279,10 @@ def check_python(data):
     if sys.version_info[:2] < needed:
         fail("python-too-old", "python %d.%d is too old for %s (%d.%d or later)"
              % (sys.version_info[:2] + (manifest["why"],) + needed))
+    compat = manifest.get("compat")
+    if compat and sys.version_info[:2] < tuple(compat["below"]):
+        return compat["root"]
+    return None
 
 
 def run_zip(config):
@@ -284,7 +299,7 @@ def run_zip(config):
 
     if hashlib.sha256(data).hexdigest() != config["sha256"]:
         fail("bootstrap", "the zipapp arrived damaged (sha256 differs)")
-    check_python(data)
+    compat = check_python(data)
     watch_stdin()
     sys.dont_write_bytecode = True
     if sys.flags.no_site:  # run with -S: the VM's site-packages (database drivers...) count here
@@ -294,9 +309,9 @@ def run_zip(config):
     try:
         if config.get("importer") == "memory":
             raise OSError("the in-memory importer was asked for")
-        import_from_memfd(data)
+        import_from_memfd(data, compat)
     except (AttributeError, OSError):
-        sys.meta_path.insert(0, MemoryZip(data))
+        sys.meta_path.insert(0, MemoryZip(data, (compat + "/", "") if compat else ("",)))
     del data
     sys.argv = ["fsaudit", "audit", "--format", "json"] + config["args"]
     from fsaudit.cli import main
@@ -372,13 +387,19 @@ def _add(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 def build_zipapp() -> bytes:
     """The zipapp the loader runs: fsaudit, its checkers, the bundled dependencies and a dist-info
-    whose entry points register the checkers. Deterministic: the same sources give the same bytes."""
+    whose entry points register the checkers; plus, under COMPAT_ROOT, older releases of bundled
+    modules (from the wheels in `vendor/`) for VMs whose Python the control host's releases no
+    longer support. Deterministic: the same sources give the same bytes."""
     buffer = io.BytesIO()
+    plan = bundle_plan()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in PACKAGES + tuple(BUNDLED):
             for local, inner in _package_files(name):
                 with open(local, "rb") as handle:
                     _add(archive, inner, handle.read())
+        for module, wheel in sorted(plan.compat.items()):
+            for inner, data in _wheel_files(wheel, module):
+                _add(archive, f"{COMPAT_ROOT}/{inner}", data)
         dist_info = f"fsaudit-{__version__}.dist-info"
         _add(
             archive,
@@ -387,25 +408,78 @@ def build_zipapp() -> bytes:
         )
         _add(archive, f"{dist_info}/entry_points.txt", _entry_points_text().encode())
         _add(archive, "__main__.py", b"from fsaudit.cli import main\n\nmain()\n")
-        _add(archive, MANIFEST, json.dumps(dict(zip(("requires_python", "why"), requires_python()))).encode())
+        _add(archive, MANIFEST, json.dumps(plan.manifest()).encode())
     return buffer.getvalue()
 
 
-def requires_python() -> Tuple[List[int], str]:
-    """The oldest Python the zipapp runs on: fsaudit's own floor, raised by any bundled distribution's
-    Requires-Python (the `fleet` extra keeps click below 8.2 so that Python 3.9 VMs can be audited)."""
-    lowest, why = list(OWN_PYTHON), "fsaudit"
-    for distribution in BUNDLED.values():
+def _wheel_files(wheel: str, module: str) -> Iterator[Tuple[str, bytes]]:
+    """(path in the zip, bytes) of every file of top-level module `module` in `wheel`."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            if name.startswith(f"{module}/") and not name.endswith(("/", *_SKIP_SUFFIXES)):
+                yield name, archive.read(name)
+
+
+def _python_floor(requires: str) -> List[int] | None:
+    """The lowest Python a Requires-Python value allows (`>=3.10` gives [3, 10]), or None."""
+    floors = [[int(m.group(1)), int(m.group(2))] for m in re.finditer(r">=\s*(\d+)\.(\d+)", requires)]
+    return max(floors) if floors else None
+
+
+def _vendored(distribution: str) -> Tuple[str, List[int]] | None:
+    """The wheel in `vendor/` of an older release of `distribution`, and the lowest Python it runs on."""
+    pattern = re.compile(rf"{re.escape(distribution.replace('-', '_'))}-([^-]+)-py3-none-any\.whl")
+    for name in sorted(os.listdir(VENDOR)) if os.path.isdir(VENDOR) else []:
+        if pattern.fullmatch(name):
+            path = os.path.join(VENDOR, name)
+            with zipfile.ZipFile(path) as archive:
+                meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+                text = archive.read(meta).decode("utf-8", "replace")
+            requires = re.search(r"^Requires-Python:\s*(.*)$", text, re.M)
+            return path, _python_floor(requires.group(1) if requires else "") or [3, 0]
+    return None
+
+
+@dataclass
+class BundlePlan:
+    """Which Python the zipapp needs, and which older releases it carries for older Pythons."""
+
+    requires_python: List[int]
+    why: str
+    compat: Dict[str, str] = field(default_factory=dict)  # module -> vendored wheel
+    compat_below: List[int] | None = None  # Pythons below this import the compat modules first
+
+    def manifest(self) -> dict:
+        data: dict = {"requires_python": self.requires_python, "why": self.why}
+        if self.compat:
+            data["compat"] = {"root": COMPAT_ROOT, "below": self.compat_below}
+        return data
+
+
+def bundle_plan() -> BundlePlan:
+    """The oldest Python the zipapp runs on: fsaudit's own floor, raised by a bundled distribution
+    from the control host whose Requires-Python is higher, unless `vendor/` has an older release of
+    it that still runs on fsaudit's floor (click 8.2 and later need Python 3.10; VMs with 3.9 get
+    click 8.1 from the vendored wheel). The control host itself may run any release."""
+    plan = BundlePlan(list(OWN_PYTHON), "fsaudit")
+    for module, distribution in BUNDLED.items():
         try:
-            spec = metadata.metadata(distribution).get("Requires-Python") or ""
+            floor = _python_floor(metadata.metadata(distribution).get("Requires-Python") or "")
             version = metadata.version(distribution)
         except metadata.PackageNotFoundError:
             continue
-        for match in re.finditer(r">=\s*(\d+)\.(\d+)", spec):
-            found = [int(match.group(1)), int(match.group(2))]
-            if found > lowest:
-                lowest, why = found, f"{distribution} {version} (bundled from the control host)"
-    return lowest, why
+        if floor is None or floor <= list(OWN_PYTHON):
+            continue
+        vendored = _vendored(distribution)
+        if vendored and vendored[1] <= list(OWN_PYTHON):
+            plan.compat[module] = vendored[0]
+            plan.compat_below = min(plan.compat_below or floor, floor)
+        elif floor > plan.requires_python:
+            plan.requires_python, plan.why = (
+                floor,
+                f"{distribution} {version} (bundled from the control host)",
+            )
+    return plan
 
 
 def loader_config(

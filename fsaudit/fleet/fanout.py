@@ -16,9 +16,10 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, TextIO, Tuple
 
 from fsaudit.errors import UsageError
+from fsaudit.escape import inert
 from fsaudit.fleet.bootstrap import build_zipapp, digest
 from fsaudit.fleet.inventory import Host, limit, load_inventory, parse_shard, shard
-from fsaudit.fleet.remote import HandshakePacer, HostAudit, HostResult
+from fsaudit.fleet.remote import HandshakePacer, HostAudit, HostResult, Limits
 from fsaudit.fleet.results import ResultDir
 from fsaudit.fleet.ssh import SshSettings, host_audit_args, ssh_argv
 from fsaudit.model import Status, worst
@@ -36,7 +37,7 @@ class FleetRun:
     settings: SshSettings
     results: ResultDir
     concurrency: int = 20
-    timeout: float = 3600.0
+    limits: Limits = field(default_factory=Limits)
     resume: bool = False
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -68,7 +69,7 @@ class ProgressLine:
         slowest = sorted(self.running.items(), key=lambda item: item[1])[:3]
         line = f"fleet: {self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed"
         if slowest:
-            line += "; slowest: " + ", ".join(f"{name} {now - since:.0f}s" for name, since in slowest)
+            line += "; slowest: " + ", ".join(f"{inert(name)} {now - since:.0f}s" for name, since in slowest)
         return line
 
     def show(self, force: bool = False) -> None:
@@ -117,8 +118,8 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
             host = queue.get_nowait()
             progress.started(host.name)
             audit = HostAudit(
-                host.name, host.address, ssh_argv(host, run.settings, sha), zipapp, run.timeout,
-                run.results.spool_path(host.name), pacer,
+                host.name, host.address, ssh_argv(host, run.settings, sha), zipapp, run.limits,
+                run.results.spool(host.name), pacer,
             )  # fmt: skip
             try:
                 result, _ = await audit.run()
@@ -144,24 +145,26 @@ async def _run_fleet(run: FleetRun, stream: TextIO) -> Tuple[List[HostResult], b
         loop.add_signal_handler(sig, stop.set)
     ticker = asyncio.ensure_future(_tick(progress))
     workers = [asyncio.ensure_future(worker()) for _ in range(min(run.concurrency, len(todo)))]
-    everything = asyncio.ensure_future(asyncio.gather(*workers))
     stopper = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait([everything, stopper], return_when=asyncio.FIRST_COMPLETED)
+        remaining = set(workers)
+        failed = False
+        while remaining and not stop.is_set() and not failed:
+            done, _ = await asyncio.wait(remaining | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            remaining -= done
+            failed = any(not task.cancelled() and task.exception() for task in done - {stopper})
         interrupted = stop.is_set()
-        if interrupted or (everything.done() and everything.exception() is not None):
-            for task in workers:
-                task.cancel()
+        for task in remaining:
+            task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         for task in workers:
-            if task.done() and not task.cancelled() and task.exception() is not None:
+            if not task.cancelled() and task.exception() is not None:
                 raise task.exception()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         stopper.cancel()
         ticker.cancel()
-        everything.cancel()
         progress.close()
         writer.shutdown(wait=True)  # a host whose audit was cut short while being saved is still saved
         write_index(force=True)
@@ -188,13 +191,14 @@ def summary_line(results: List[HostResult], total: int, out: str, interrupted: b
         by_status[result.status] = by_status.get(result.status, 0) + 1
         if result.outcome != "report":
             failures[result.outcome] = failures.get(result.outcome, 0) + 1
-    parts = [f"{by_status[s]} {s}" for s in ("critical", "unknown", "warning", "ok") if by_status.get(s)]
+    worst_first = [status.value for status in sorted(Status, key=lambda s: -s.rank)]
+    parts = [f"{by_status[s]} {s}" for s in worst_first if by_status.get(s)]
     line = f"fleet: {len(results)}/{total} hosts audited: " + (", ".join(parts) or "none")
     if failures:
         line += " (no report: " + ", ".join(f"{n} {k}" for k, n in sorted(failures.items())) + ")"
     if interrupted:
         line += "; interrupted: run again with --resume to finish"
-    return line + f"; results in {out}"
+    return line + f"; results in {inert(out)}"
 
 
 def audit_fleet(
@@ -202,7 +206,7 @@ def audit_fleet(
     settings: SshSettings,
     out: str | None,
     concurrency: int,
-    timeout: float,
+    limits: Limits,
     resume: bool,
     shard_text: str | None,
     pattern: str | None,
@@ -231,7 +235,7 @@ def audit_fleet(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        run = FleetRun(hosts, settings, results, concurrency, timeout, resume, info)
+        run = FleetRun(hosts, settings, results, concurrency, limits, resume, info)
         finished, interrupted = run_fleet(run, stream)
     finally:
         results.close()

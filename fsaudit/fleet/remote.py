@@ -4,8 +4,6 @@ every way it can go wrong into a clear outcome. Never raises for what happens on
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import os
 import re
@@ -13,15 +11,15 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Callable, List, Tuple
+from typing import IO, Callable, List, Tuple
 
 from fsaudit.fleet.bootstrap import MAGIC
+from fsaudit.fleet.reader import DEFAULT_MAX_BYTES, read_report
 from fsaudit.model import Report, Status
 
 LOG = logging.getLogger(__name__)
 STDERR_KEPT = 16384
 HELLO_WITHIN = 65536  # bytes of stdout in which the loader's hello must appear
-MAX_REPORT_BYTES = 1 << 30
 KILL_GRACE = 3.0
 
 # Outcomes other than "report" (the host sent a valid report), each with what it means.
@@ -31,7 +29,8 @@ OUTCOMES = {
     "auth-refused": "the host refused our key or user",
     "host-key-unknown": "the host key is not known (give --accept-new-host-keys to accept new keys)",
     "host-key-changed": "the host key differs from the known one",
-    "timeout": "the audit did not finish within --timeout; it was stopped on the host",
+    "timeout": "the audit did not finish within --timeout (or its report stopped arriving for "
+    "--stall-timeout); it was stopped on the host",
     "no-python": "the host has no python3 to run fsaudit or its bootstrap",
     "python-too-old": "the host's python is older than fsaudit needs (3.9)",
     "not-installed": "fsaudit is not installed on the host and --no-bootstrap was given",
@@ -39,6 +38,7 @@ OUTCOMES = {
     "bootstrap-failed": "the zipapp could not be sent to or started on the host",
     "audit-failed": "fsaudit ran on the host but wrote no report (see its stderr)",
     "bad-output": "the host answered something that is not a valid fsaudit report",
+    "report-too-large": "the host's report exceeded --max-report-size; it was not kept",
     "internal-error": "fsaudit fleet itself failed on this host (run with --debug for details)",
     "ssh-failed": "ssh failed for another reason (see stderr)",
 }
@@ -108,43 +108,11 @@ def _last_line(text: str, pattern: str = r".+") -> str:
     return lines[-1].strip() if lines else ""
 
 
-def validate_report(text: str) -> Report:
-    """The report the host sent, checked against the format (and its JSON Schema when jsonschema is
-    installed); ValueError says what is wrong."""
-    try:
-        data = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"not JSON: {error}") from None
-    try:
-        report = Report.from_dict(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"not an fsaudit report: {error}") from None
-    _check_schema(data)
-    return report
-
-
-@functools.lru_cache(maxsize=1)
-def _schema_validator():
-    """The report schema's validator, or None when jsonschema is not installed (the format check of
-    Report.from_dict still applies)."""
-    try:
-        import jsonschema
-    except ImportError:
-        return None
-    from importlib import resources
-
-    schema = json.loads(resources.files("fsaudit").joinpath("schema/report.schema.json").read_text("utf-8"))
-    return jsonschema.Draft202012Validator(schema)
-
-
-def _check_schema(data: dict) -> None:
-    validator = _schema_validator()
-    if validator is None:
-        return
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        where = "/".join(str(p) for p in errors[0].path) or "top level"
-        raise ValueError(f"does not match the report schema at {where}: {errors[0].message}")
+def validate_report(handle: IO[bytes], max_bytes: int = DEFAULT_MAX_BYTES) -> Report:
+    """The report a host sent (a binary file), checked in bounded memory against the report's format
+    and schema (`fsaudit.fleet.reader`): its counts are complete, its findings are not kept.
+    ValueError says what is wrong."""
+    return read_report(handle, max_bytes, keep=0)
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
@@ -209,21 +177,36 @@ def _no_pacer() -> None:
 
 
 class ReportTooLarge(Exception):
-    """The host sent more than MAX_REPORT_BYTES."""
+    """The host sent more than the report size limit."""
+
+
+class Stalled(Exception):
+    """The host's report began to arrive and then stopped."""
+
+
+@dataclass
+class Limits:
+    """What one host may cost the control host: time, silence in mid-report, and report size."""
+
+    timeout: float = 3600.0  # the whole audit of one host
+    stall: float = 300.0  # no new byte for this long once the report has begun (it is written at once)
+    report_bytes: int = DEFAULT_MAX_BYTES
 
 
 class HostAudit:
-    """Audits one host: `await HostAudit(...).run()` returns the HostResult and the report's text."""
+    """Audits one host: `await HostAudit(...).run()` returns the HostResult and the report (its counts
+    complete, its findings not kept: the report itself is in the spool file)."""
 
-    def __init__(self, name: str, address: str, argv: List[str], zipapp: bytes | None, timeout: float,
-                 spool: str, pacer: HandshakePacer | None = None):  # fmt: skip
+    def __init__(self, name: str, address: str, argv: List[str], zipapp: bytes | None, limits: Limits,
+                 spool: Tuple[int, str], pacer: HandshakePacer | None = None):  # fmt: skip
         self.pacer = pacer
         self._leave_handshake = _no_pacer
         self.result = HostResult(name=name, address=address, outcome="", status=Status.UNKNOWN.value)
         self.argv = argv
         self.zipapp = zipapp
-        self.timeout = timeout
-        self.spool = spool  # where stdout is streamed, so memory stays flat with many large reports
+        self.limits = limits
+        # where stdout is streamed (a file made with mkstemp), so memory stays flat with large reports
+        self.spool_fd, self.spool = spool
         self.stderr: List[bytes] = []
         self.started = 0.0
 
@@ -234,11 +217,11 @@ class HostAudit:
             return await self._run()
         finally:
             self._leave_handshake()
+            self._close_spool()
 
     async def _run(self) -> Tuple[HostResult, Report | None]:
         self.started = time.monotonic()
         self.result.started = _now()
-        report = None
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -248,22 +231,17 @@ class HostAudit:
                 start_new_session=True,  # Ctrl-C reaches us, not ssh: we stop it in order
             )
         except OSError as error:
+            self._discard_spool()
             self._finish("ssh-failed", f"cannot run {self.argv[0]}: {error.strerror}")
             return self.result, None
         stderr_task = asyncio.ensure_future(_keep_tail(process.stderr, self.stderr))
         try:
-            await asyncio.wait_for(self._converse(process), self.timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(self._converse(process), self.limits.timeout)
+        except (asyncio.TimeoutError, Stalled, ReportTooLarge) as error:
             await _kill(process)
             await self._drain(stderr_task)
             self._discard_spool()
-            self._finish("timeout", f"no report after {self.timeout:g} s; the audit was stopped")
-            return self.result, None
-        except ReportTooLarge:
-            await _kill(process)
-            await self._drain(stderr_task)
-            self._discard_spool()
-            self._finish("bad-output", f"the output exceeded {MAX_REPORT_BYTES} bytes; the audit was stopped")
+            self._finish(*self._cut_short(error))
             return self.result, None
         except BaseException:
             await _kill(process)
@@ -272,8 +250,24 @@ class HostAudit:
             raise
         await self._drain(stderr_task)
         self.result.exit_code = process.returncode
-        report = self._read_report()
+        # validating a large report takes a while: not on the loop that talks to the other hosts
+        reading = asyncio.get_running_loop().run_in_executor(None, self._read_report)
+        try:
+            report = await asyncio.shield(reading)
+        except asyncio.CancelledError:  # Ctrl-C: let the reading end before the spool goes away
+            await asyncio.wait({reading})
+            self._discard_spool()
+            raise
         return self.result, report
+
+    def _cut_short(self, error: BaseException) -> Tuple[str, str]:
+        if isinstance(error, ReportTooLarge):
+            limit = self.limits.report_bytes
+            return "report-too-large", f"the report exceeded {limit:,} bytes (--max-report-size)"
+        if isinstance(error, Stalled):
+            stall = self.limits.stall
+            return "timeout", f"the report stopped arriving for {stall:g} s (--stall-timeout); stopped"
+        return "timeout", f"no report after {self.limits.timeout:g} s (--timeout); the audit was stopped"
 
     async def _drain(self, task: asyncio.Future) -> None:
         try:
@@ -300,7 +294,8 @@ class HostAudit:
     async def _converse(self, process: asyncio.subprocess.Process) -> None:
         hello, first = await self._hello(process)
         self._leave_handshake()
-        with open(self.spool, "wb") as spool:
+        spool = open(self.spool_fd, "wb", closefd=False)  # noqa: SIM115 - the descriptor is ours
+        with spool:
             if hello is not None:
                 words = hello.decode("ascii", "replace").split()
                 self.result.mode = "bootstrap" if "need-zip" in words else "installed"
@@ -310,16 +305,27 @@ class HostAudit:
             spool.write(first)
             written = len(first)
             while True:
-                chunk = await process.stdout.read(1 << 20)
+                chunk = await self._next_chunk(process, begun=written > 0)
                 if not chunk:
                     break
                 written += len(chunk)
-                if written > MAX_REPORT_BYTES:
+                if written > self.limits.report_bytes:
                     raise ReportTooLarge()
                 spool.write(chunk)
         await process.wait()
         if process.stdin is not None and not process.stdin.is_closing():
             process.stdin.close()
+
+    async def _next_chunk(self, process: asyncio.subprocess.Process, begun: bool) -> bytes:
+        """The next piece of the report; once it has begun, its pieces must keep coming: fsaudit
+        writes its report at once at the end, so a long pause means a host that hangs mid-report."""
+        read = process.stdout.read(1 << 20)
+        if not begun:
+            return await read
+        try:
+            return await asyncio.wait_for(read, self.limits.stall)
+        except asyncio.TimeoutError:
+            raise Stalled() from None
 
     async def _send_zipapp(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdin is not None
@@ -332,23 +338,21 @@ class HostAudit:
 
     def _read_report(self) -> Report | None:
         stderr = self.result.stderr
-        try:
-            size = os.path.getsize(self.spool)
-        except OSError:
-            size = 0
+        size = os.fstat(self.spool_fd).st_size
         if size == 0:
             self._discard_spool()
             self._finish(*classify_failure(self.result.exit_code, stderr))
             return None
-        with open(self.spool, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
         try:
-            report = validate_report(text)
+            with open(self.spool_fd, "rb", closefd=False) as handle:
+                handle.seek(0)
+                report = validate_report(handle, self.limits.report_bytes)
         except ValueError as error:
+            began = os.pread(self.spool_fd, 120, 0).decode("utf-8", "replace")
             self._discard_spool()
             outcome, message = classify_failure(self.result.exit_code, stderr)
             if outcome in ("bad-output", "audit-failed"):
-                outcome, message = "bad-output", f"{error}; output began with {text[:120]!r}"
+                outcome, message = "bad-output", f"{error}; output began with {began!r}"
             self._finish(outcome, message)
             return None
         self._finish("report", f"{report.status.value}: {_summary(report)}")
@@ -360,6 +364,11 @@ class HostAudit:
             os.unlink(self.spool)
         except OSError:
             pass
+
+    def _close_spool(self) -> None:
+        if self.spool_fd >= 0:
+            os.close(self.spool_fd)
+            self.spool_fd = -1
 
     def _finish(self, outcome: str, message: str) -> None:
         self.result.outcome = outcome

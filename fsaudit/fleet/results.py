@@ -6,22 +6,29 @@
     DIR/index.json          the run (inventory, options, shards) and every host's summary; rewritten
                             as hosts finish and at the end
 
-Every file is written to a temporary name in the same directory and renamed into place.
+Every file is written to an unpredictably named temporary file in the same directory, fsync'ed and
+renamed into place (`fsaudit.output`): someone who can write the directory cannot redirect a write.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
-from typing import Any, Dict, Iterator, List
+import stat
+import tempfile
+from typing import IO, Any, Dict, Iterator, List, Tuple
 
+from fsaudit import output
 from fsaudit.errors import FsauditError, UsageError
 from fsaudit.fleet.remote import HostResult
 
 INDEX_FORMAT = "fsaudit-fleet-index/1"
+RECORD_LIMIT = 1 << 20  # a host record is a few hundred bytes
+SPOOL_SUFFIX = ".part"  # a host's report while it arrives: `.NAME.<random>.part` in reports/
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,150}")
 
 
@@ -34,18 +41,9 @@ def file_stem(name: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        output.write_atomic(path, data)
     except OSError as error:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise FsauditError(f"cannot write {path}: {error.strerror}") from None
 
 
@@ -72,34 +70,46 @@ class ResultDir:
             os.makedirs(self.reports_dir, exist_ok=True)
         except OSError as error:
             raise FsauditError(f"cannot create {path}: {error.strerror}") from None
-        self._lock = open(os.path.join(path, ".lock"), "w")  # noqa: SIM115 - held for the run
+        lock = os.path.join(path, ".lock")
+        try:
+            # O_NOFOLLOW and no O_TRUNC: a symlink planted at this fixed name is refused, not followed
+            self._lock = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise FsauditError(f"cannot create {lock}: {error.strerror}") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock.close()
+            os.close(self._lock)
             raise UsageError(f"{path} is in use by another fleet run") from None
         self._clean_leftovers()
 
     def close(self) -> None:
-        self._lock.close()
+        os.close(self._lock)
 
     def _clean_leftovers(self) -> None:
         """Temporary files of an interrupted run (a host cut short leaves no host record)."""
         for directory in (self.path, self.hosts_dir, self.reports_dir):
             for name in os.listdir(directory):
-                if ".tmp-" in name or name.endswith(".part"):
+                if name.startswith(".") and name.endswith((output.TEMPORARY_SUFFIX, SPOOL_SUFFIX)):
                     try:
                         os.unlink(os.path.join(directory, name))
                     except OSError:
                         pass
 
-    def spool_path(self, name: str) -> str:
-        return os.path.join(self.reports_dir, f".{file_stem(name)}.json.part")
+    def spool(self, name: str) -> Tuple[int, str]:
+        """A new, unpredictably named file (descriptor, path) where one host's report is streamed."""
+        return tempfile.mkstemp(prefix=f".{file_stem(name)}.", suffix=SPOOL_SUFFIX, dir=self.reports_dir)
 
     def save(self, result: HostResult, spool: str) -> None:
-        """Put the host's report (already validated, in `spool`) in place, then its record."""
+        """Put the host's report (already validated, in `spool`) in place, synced, then its record.
+        Called in the fleet's writer thread: fsync never stalls the loop that talks to the hosts."""
         stem = file_stem(result.name)
         if result.outcome == "report":
+            fd = os.open(spool, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(spool, os.path.join(self.reports_dir, f"{stem}.json"))
             result.report = f"reports/{stem}.json"
         write_atomic(os.path.join(self.hosts_dir, f"{stem}.json"), _json_bytes(result.to_dict()))
@@ -128,20 +138,23 @@ def read_records(path: str) -> Iterator[HostResult]:
     except OSError:
         return
     for name in names:
-        if not name.endswith(".json") or ".tmp-" in name:
+        if not name.endswith(".json") or name.startswith("."):
             continue
         try:
-            with open(os.path.join(hosts_dir, name), encoding="utf-8") as handle:
-                yield HostResult.from_dict(json.load(handle))
+            with open_regular(os.path.join(hosts_dir, name)) as handle:
+                yield HostResult.from_dict(json.loads(handle.read(RECORD_LIMIT)))
         except (OSError, ValueError, TypeError):
             continue
 
 
-def load_report_text(path: str, record: HostResult) -> str | None:
-    if not record.report:
-        return None
+def open_regular(path: str) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file and not a symlink: a result directory others
+    can write may hold links planted to make fsaudit read (and show) files of the control host."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        with open(os.path.join(path, record.report), encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -6,22 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from fsaudit.model import CheckResult, Finding, Report, Severity, Status
-
-# A few words for well-known checks; any other check is named by its name.
-CHECK_PHRASES = {
-    "debian": "system files (Debian packages)",
-    "rpm": "system files (RPM packages)",
-    "pip": "Python packages",
-    "postgres": "PostgreSQL databases",
-    "ldap": "the LDAP directory",
-    "zodb": "ZODB databases",
-    "window": "files changed during the incident window",
-    "logs": "log files",
-    "baseline": "files compared with the baseline",
-}
-
-SEVERITY_ORDER = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+from fsaudit.model import NOTHING_FOUND, CheckResult, Finding, Report, Severity, Status
+from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 
 
 def plural(count: int, word: str, many: str = "") -> str:
@@ -29,8 +15,9 @@ def plural(count: int, word: str, many: str = "") -> str:
     return f"{count:,} {word}" if count == 1 else f"{count:,} {many or word + 's'}"
 
 
-def check_phrase(name: str) -> str:
-    return CHECK_PHRASES.get(name, f"the {name} check")
+def check_phrase(check: CheckResult) -> str:
+    """What a check covers in a customer's words, as the checker declared it (`covers`)."""
+    return check.covers or f"the {check.name} check"
 
 
 @dataclass
@@ -84,10 +71,10 @@ def advice_groups(
         if skip_packages and is_package_damage(finding):
             continue
         entry = grouped.setdefault(finding.advice, [finding.severity, 0])
-        if SEVERITY_ORDER[finding.severity] < SEVERITY_ORDER[entry[0]]:
+        if finding.severity.rank > entry[0].rank:
             entry[0] = finding.severity
         entry[1] += 1
-    ranked = sorted(grouped.items(), key=lambda item: (SEVERITY_ORDER[item[1][0]], -item[1][1], item[0]))
+    ranked = sorted(grouped.items(), key=lambda item: (-item[1][0].rank, -item[1][1], item[0]))
     rows = [(text, severity, count) for text, (severity, count) in ranked]
     return rows[:limit] if limit else rows
 
@@ -95,9 +82,15 @@ def advice_groups(
 def grouped_findings(check: CheckResult) -> Dict[Tuple[Severity, str], List[Finding]]:
     """A check's findings by (severity, code), worst first."""
     groups: Dict[Tuple[Severity, str], List[Finding]] = {}
-    for finding in sorted(check.findings, key=lambda f: SEVERITY_ORDER[f.severity]):
+    for finding in sorted(check.findings, key=lambda f: -f.severity.rank):
         groups.setdefault((finding.severity, finding.code), []).append(finding)
     return groups
+
+
+def group_count(check: CheckResult, severity: Severity, code: str, listed: int) -> int:
+    """How many findings of (severity, code) the check made: `listed`, unless the list was cut when
+    the report was loaded (then the full count loaded with it)."""
+    return max(listed, check.group_counts.get((severity.value, code), 0))
 
 
 def unverified_items(check: CheckResult) -> List[str]:
@@ -111,22 +104,50 @@ def unverified_items(check: CheckResult) -> List[str]:
     return items
 
 
-def not_checked(report: Report) -> List[Tuple[str, str]]:
-    """Checks that did not run or did not finish, and what the others could not read or verify,
-    with the reason: silence is not health."""
-    rows = []
+@dataclass
+class Unchecked:
+    """Something a check did not check, said twice: in plain words for the owner of the system, and
+    as the check's own reason for the operator (which may name options and sockets)."""
+
+    name: str
+    what: str
+    plain: str
+    hint: str
+
+
+def unchecked(report: Report) -> Tuple[List[Unchecked], List[CheckResult]]:
+    """(what was not checked, or not to the end, or found nothing to check; the checks that were
+    not part of this audit or had nothing of their kind on the system). Silence is not health."""
+    rows: List[Unchecked] = []
+    absent: List[CheckResult] = []
     for check in report.checks:
+        what = capital(check_phrase(check))
         if check.status is Status.SKIPPED:
-            rows.append((check.name, f"not checked: {check.reason or 'skipped'}"))
+            absent.append(check)
             continue
-        if check.status is Status.UNKNOWN or (check.reason and check.status is not Status.OK):
-            rows.append((check.name, f"not checked to the end: {check.reason or 'unknown'}"))
+        hint = check.reason
+        denied = check.stats.get(NOT_CHECKED_PERMISSION)
+        if isinstance(denied, int) and not isinstance(denied, bool) and denied > 0:
+            plain = (
+                f"{plural(denied, 'file')} could not be read without administrator rights, "
+                f"so {'it was' if denied == 1 else 'they were'} not checked."
+            )
+            rows.append(Unchecked(check.name, what, plain, hint))
+            hint = ""
+            if check.reason == permission_reason(denied):
+                continue
+        if check.status is Status.UNKNOWN:
+            plain = "not checked to the end: damage there may be missing from this report."
+            rows.append(Unchecked(check.name, what, plain, hint or "unknown"))
+        elif check.reason == NOTHING_FOUND:
+            rows.append(Unchecked(check.name, what, "none were found on this system to check.", hint))
         elif check.reason:
-            rows.append((check.name, check.reason))
+            rows.append(Unchecked(check.name, what, check.reason, hint))
         unverified = unverified_items(check)
         if unverified:
-            rows.append((check.name, f"could not read or verify: {', '.join(unverified)}"))
-    return rows
+            plain = f"{', '.join(unverified)}: these could not be read or verified."
+            rows.append(Unchecked(check.name, what, plain, ""))
+    return rows, absent
 
 
 def stat_items(check: CheckResult) -> List[Tuple[str, str]]:
@@ -145,10 +166,15 @@ def verdict_sentences(report: Report) -> List[str]:
     sentences: List[str] = []
     damage = package_damage(report)
     if damage.files:
+        # Under --root the system is an image mounted here: a reinstall must happen inside the VM,
+        # or `fsaudit repair` restores the files from the image's own package cache.
+        image = report.root != "/"
+        where = " inside the VM" if image else ""
+        host = f" (from this host: fsaudit repair REPORT.json --root {report.root})" if image else ""
         sentences.append(
             f"{plural(damage.files, 'system file')} {'was' if damage.files == 1 else 'were'} damaged; "
             f"reinstalling {plural(len(damage.packages), 'package')} "
-            f"({_short_list(damage.packages)}) restores {'it' if damage.files == 1 else 'them'}."
+            f"({_short_list(damage.packages)}){where} restores {'it' if damage.files == 1 else 'them'}{host}."
         )
     for check in report.checks:
         counts = check.counts()
@@ -158,31 +184,38 @@ def verdict_sentences(report: Report) -> List[str]:
                 1 for f in check.findings if f.severity is Severity.CRITICAL and f.details.get("package")
             )
         if critical > 0:
-            sentences.append(
-                f"{_capital(check_phrase(check.name))}: {plural(critical, 'damaged item')} found."
-            )
+            sentences.append(f"{capital(check_phrase(check))}: {plural(critical, 'damaged item')} found.")
     for check in report.checks:
-        warnings = check.counts()["warning"]
-        if warnings:
-            sentences.append(f"{_capital(check_phrase(check.name))}: {plural(warnings, 'thing')} to look at.")
-    unfinished = [c.name for c in report.checks if c.status is Status.UNKNOWN]
+        counts = check.counts()
+        if counts["warning"] and counts["critical"]:
+            sentences.append(
+                f"{capital(check_phrase(check))}: besides the damage, "
+                f"{plural(counts['warning'], 'more thing', 'more things')} to look at."
+            )
+        elif counts["warning"]:
+            things = plural(counts["warning"], "thing")
+            sentences.append(f"{capital(check_phrase(check))}: {things} to look at.")
+    unfinished = [check_phrase(c) for c in report.checks if c.status is Status.UNKNOWN]
     if unfinished:
         sentences.append(
-            f"{plural(len(unfinished), 'check')} could not check everything ({', '.join(unfinished)}): "
-            "no damage reported there does not mean there is none."
+            f"Not checked completely: {_and_list(unfinished)}. No damage reported there does not mean "
+            "there is none (see what was not checked below)."
         )
     ran = [c for c in report.checks if c.status is not Status.SKIPPED]
     if not ran:
         sentences.append("Nothing was checked: every check was skipped (see below why).")
     elif report.status is Status.OK:
         sentences.append(f"No damage was found by the {plural(len(ran), 'check')} that ran.")
-    skipped = [c.name for c in report.checks if c.status is Status.SKIPPED]
-    if skipped and ran:
-        sentences.append(f"Not checked: {', '.join(skipped)} (see below why).")
+    if report.interrupted:
+        sentences.append("The audit was stopped before the end: it covers only what was checked until then.")
     return sentences
 
 
-def _capital(text: str) -> str:
+def _and_list(items: List[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 

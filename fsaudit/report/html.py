@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import List
 
@@ -12,6 +13,7 @@ from fsaudit.report import facts
 # Rows listed per finding code; past that the page says how many more the JSON report has.
 HTML_LIST_LIMIT = 2000
 ADVICE_LIMIT = 30
+GROUP_ADVICE_LIMIT = 5  # distinct advice texts a group of findings states once, above its list
 
 _HEADLINES = {
     Status.CRITICAL: "Damage found",
@@ -72,24 +74,28 @@ def readable_time(text: str | None) -> str:
 
 
 def _checks(report: Report) -> List[dict]:
-    order = {Status.CRITICAL: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.OK: 3, Status.SKIPPED: 4}
     rows = []
-    for check in sorted(report.checks, key=lambda c: order[c.status]):
+    for check in sorted(report.checks, key=lambda c: -c.status.rank):
         groups = []
         for (severity, code), findings in facts.grouped_findings(check).items():
+            count = facts.group_count(check, severity, code, len(findings))
+            advice = Counter(f.advice for f in findings if f.advice)
             groups.append(
                 {
                     "severity": severity.value,
                     "code": code,
-                    "count": len(findings),
+                    "count": count,
                     "findings": findings[:HTML_LIST_LIMIT],
-                    "more": max(0, len(findings) - HTML_LIST_LIMIT),
+                    "more": max(0, count - min(len(findings), HTML_LIST_LIMIT)),
+                    # Said once for the group when a few texts cover it, not on each of 1,293 rows.
+                    "advice": advice.most_common() if len(advice) <= GROUP_ADVICE_LIMIT else [],
+                    "advice_per_finding": len(advice) > GROUP_ADVICE_LIMIT,
                 }
             )
         rows.append(
             {
                 "name": check.name,
-                "phrase": facts.check_phrase(check.name),
+                "phrase": facts.capital(facts.check_phrase(check)),
                 "status": check.status.value,
                 "reason": check.reason,
                 "seconds": check.seconds,
@@ -104,11 +110,21 @@ def _checks(report: Report) -> List[dict]:
     return rows
 
 
+def _who(report: Report) -> str:
+    """Whose audit it was, for a reader who does not know uids."""
+    if report.uid is None:
+        return ""
+    if report.uid == 0:
+        return "the administrator (root)"
+    return f"user {report.uid}, not the administrator: files only the administrator may read were not checked"
+
+
 def render_html(report: Report, colour: bool = False) -> str:
     ran = [c for c in report.checks if c.status is not Status.SKIPPED]
     status = report.status if ran else Status.SKIPPED
     damage = facts.package_damage(report)
     advice = facts.advice_groups(report, skip_packages=True)
+    unchecked, absent = facts.unchecked(report)
     environment = _environment()
     environment.filters["when"] = readable_time
     environment.filters["label"] = lambda value: LABELS.get(value, value)
@@ -123,7 +139,11 @@ def render_html(report: Report, colour: bool = False) -> str:
         package_files=damage.files,
         advice=[(text, severity.value, count) for text, severity, count in advice[:ADVICE_LIMIT]],
         advice_more=max(0, len(advice) - ADVICE_LIMIT),
-        not_checked=facts.not_checked(report),
+        unchecked=unchecked,
+        absent=[facts.check_phrase(check) for check in absent],
+        hints=[(row.name, row.hint) for row in unchecked if row.hint]
+        + [(check.name, check.reason or "skipped") for check in absent],
+        who=_who(report),
         checks=_checks(report),
         critical=Severity.CRITICAL.value,
     )

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from typing import List
 
+from fsaudit.escape import inert
 from fsaudit.model import Report, Status
 
 _NAGIOS_STATES = {
@@ -15,6 +16,11 @@ _NAGIOS_STATES = {
     Status.CRITICAL: "CRITICAL",
     Status.UNKNOWN: "UNKNOWN",
 }
+
+
+def _text(value: str) -> str:
+    """Audited text for a plugin line: inert, and without `|`, which would start perfdata."""
+    return inert(value).replace("|", "/")
 
 
 def perfdata_label(text: str) -> str:
@@ -35,7 +41,7 @@ def _summary(report: Report) -> str:
         (Status.UNKNOWN, "could not finish"),
         (Status.WARNING, "warnings in"),
     ):
-        names = [c.name for c in report.checks if c.status is status]
+        names = [_text(c.name) for c in report.checks if c.status is status]
         if names:
             parts.append(f"{word}: {', '.join(names)}")
     skipped = len(report.checks) - len(ran)
@@ -64,20 +70,18 @@ def _perfdata(report: Report) -> str:
 def render_nagios(report: Report, colour: bool = False) -> str:
     """`FSAUDIT CRITICAL - ... | critical=3;;;0 ...`, then one line per check that is not ok."""
     state = _NAGIOS_STATES[report.status]
-    host = report.host.get("hostname") or "?"
-    where = host if report.root == "/" else f"{host} (root {report.root})"
-    first = f"FSAUDIT {state} - {where}: {_summary(report)} | {_perfdata(report)}"
-    lines = [first.replace("\n", " ")]
+    host = _text(report.host.get("hostname") or "?")
+    where = host if report.root == "/" else f"{host} (root {_text(report.root)})"
+    lines = [f"FSAUDIT {state} - {where}: {_summary(report)} | {_perfdata(report)}"]
     for check in report.checks:
         if check.status is Status.OK:
             continue
         counts = check.counts()
-        line = f"{check.status.value.upper()} {check.name}: "
+        line = f"{check.status.value.upper()} {_text(check.name)}: "
         if check.status is Status.SKIPPED:
-            line += check.reason or "skipped"
+            line += _text(check.reason or "skipped")
         else:
             line += f"{counts['critical']} critical, {counts['warning']} warning"
-            line += f" ({check.reason})" if check.reason else ""
-        # `|` starts perfdata in the long text too: keep it out of names and reasons.
-        lines.append(line.replace("|", "/").replace("\n", " "))
+            line += f" ({_text(check.reason)})" if check.reason else ""
+        lines.append(line)
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Dict, List, Tuple
 
+from fsaudit.escape import inert
 from fsaudit.model import Report, Severity, Status
 
 # The monitoring exit code convention, so `fsaudit_check_status >= 2` reads like the exit code.
@@ -25,7 +26,9 @@ Sample = Tuple[Dict[str, str], float]
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A label value: inert (no control character reaches whoever reads the file), then escaped as the
+    exposition format wants (backslash, double quote)."""
+    return inert(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _labels(labels: Dict[str, str]) -> str:

@@ -1,11 +1,16 @@
-"""The report as text for a person at a terminal: the verdict first, then what to do, then details."""
+"""The report as text for a person at a terminal: the verdict first, then what to do, then details.
+
+Every string that came from the audited system (names, paths, messages, stats) goes through `inert`,
+so that it can neither drive the terminal nor start a line of its own."""
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from typing import Dict, List
 
+from fsaudit.escape import inert
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
+from fsaudit.report.facts import group_count
 
 # Findings listed per code before the rest is summarised by a count.
 LIST_LIMIT = 10
@@ -46,8 +51,8 @@ def verdict(report: Report) -> str:
         parts.append(f"{_plural(unfinished, 'check')} could not finish")
     skipped = len(report.checks) - len(ran)
     parts.append(f"{_plural(len(ran), 'check')} ran" + (f", {skipped:,} skipped" if skipped else ""))
-    host = report.host.get("hostname") or "?"
-    where = host if report.root == "/" else f"{host} (root {report.root})"
+    host = inert(report.host.get("hostname") or "?")
+    where = host if report.root == "/" else f"{host} (root {inert(report.root)})"
     return f"{status.value.upper()}: {_VERDICTS[status]} on {where}: {', '.join(parts)}"
 
 
@@ -65,13 +70,12 @@ def _finding_line(finding: Finding) -> str:
     where = finding.path or finding.subject or ""
     about = f" ({finding.subject})" if finding.path and finding.subject else ""
     lead = f"{where}{about}: " if where else ""
-    return f"{lead}{finding.message}"
+    return inert(f"{lead}{finding.message}")
 
 
 def _grouped(findings: List[Finding]) -> OrderedDict[tuple, List[Finding]]:
-    order = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
     groups: OrderedDict[tuple, List[Finding]] = OrderedDict()
-    for finding in sorted(findings, key=lambda f: order[f.severity]):
+    for finding in sorted(findings, key=lambda f: -f.severity.rank):
         groups.setdefault((finding.severity, finding.code), []).append(finding)
     return groups
 
@@ -84,15 +88,14 @@ def _stats_line(check: CheckResult) -> str:
         for key, value in check.stats.items()
         if isinstance(value, (int, float, str)) and not isinstance(value, bool)
     ]
-    return "; ".join(shown)
+    return inert("; ".join(shown))
 
 
 def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
-    lines = [
-        f"{paint(check.status.value, check.status.value.upper()):<10} {check.name}  ({check.seconds:.1f} s)"
-    ]
+    status = paint(check.status.value, check.status.value.upper())
+    lines = [f"{status:<10} {inert(check.name)}  ({check.seconds:.1f} s)"]
     if check.reason:
-        lines.append(f"    {check.reason}")
+        lines.append(f"    {inert(check.reason)}")
     stats = _stats_line(check)
     if stats:
         lines.append(f"    {stats}")
@@ -102,11 +105,12 @@ def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
             "from memory rather than from the disk"
         )
     for (severity, code), group in _grouped(check.findings).items():
-        lines.append(f"    {paint(severity.value, severity.value)} {code}: {len(group):,}")
+        count = group_count(check, severity, code, len(group))
+        lines.append(f"    {paint(severity.value, severity.value)} {inert(code)}: {count:,}")
         for finding in group[:LIST_LIMIT]:
             lines.append(f"      {_finding_line(finding)}")
-        if len(group) > LIST_LIMIT:
-            lines.append(f"      ... and {len(group) - LIST_LIMIT:,} more (the JSON report lists them all)")
+        if count > LIST_LIMIT:
+            lines.append(f"      ... and {count - LIST_LIMIT:,} more (the JSON report lists them all)")
     if check.truncated:
         lines.append("    (more findings than could be listed; the counts above are complete)")
     return lines
@@ -122,7 +126,7 @@ def _advice_lines(report: Report) -> List[str]:
     lines = ["", "What to do:"]
     ranked = sorted(advice.items(), key=lambda item: -item[1])
     for text, count in ranked[: LIST_LIMIT * 2]:
-        lines.append(f"  - {text}" + (f" ({count:,} findings)" if count > 1 else ""))
+        lines.append(f"  - {inert(text)}" + (f" ({count:,} findings)" if count > 1 else ""))
     if len(ranked) > LIST_LIMIT * 2:
         lines.append(f"  ... and {len(ranked) - LIST_LIMIT * 2:,} more actions (see the JSON or HTML report)")
     return lines
@@ -139,7 +143,11 @@ def render_text(report: Report, colour: bool = False) -> str:
         header += (
             f"; suspect window {report.window.get('start') or '...'} .. {report.window.get('end') or 'now'}"
         )
-    lines.append(header)
+    if report.uid:
+        header += f"; run as uid {report.uid}, not root: files it could not read were not checked"
+    if report.interrupted:
+        header += "; interrupted: the checks not finished are incomplete"
+    lines.append(inert(header))
     lines.extend(_advice_lines(report))
     lines.append("")
     for check in report.checks:

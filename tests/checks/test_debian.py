@@ -196,6 +196,53 @@ def test_symlink_loops_end_as_findings(tmp_path):
     assert "/usr/lib/sample/data/table" in paths(run, "missing")
 
 
+def _days_after_install(root, days: float) -> float:
+    return os.stat(root / "var/lib/dpkg/info/sample.list").st_mtime + days * 86400
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def test_a_change_made_after_installation_is_a_warning_unless_in_the_window(tmp_path):
+    root = sample_root(tmp_path)
+    changed_at = _days_after_install(root, 3)
+    program = root / "usr/bin/sample"
+    program.write_bytes(b"#!/bin/sh\necho updated outside the package manager\n")
+    os.utime(program, (changed_at, changed_at))
+    flip_byte(root / "usr/lib/sample/data/table")
+    run = audit(root)
+    assert run.code == 2
+    (changed,) = run.findings("debian", "modified-after-install")
+    assert (changed["path"], changed["severity"]) == ("/usr/bin/sample", "warning")
+    assert changed["details"]["mtime"] == _iso(changed_at)
+    assert changed["details"]["installed"] == _iso(_days_after_install(root, 0))
+    assert _iso(changed_at) in changed["message"]
+    # The lost write kept the packaged mtime, from before the installation: silent damage.
+    assert paths(run, "content-differs") == {"/usr/lib/sample/data/table"}
+    # Changed during the suspect window: at risk, critical as any other difference.
+    day = _iso(changed_at)[:10]
+    run = audit(root, "--window", f"{day}..{_iso(changed_at + 86400)[:10]}")
+    assert run.findings("debian", "modified-after-install") == []
+    (differs,) = [f for f in run.findings("debian", "content-differs") if f["path"] == "/usr/bin/sample"]
+    assert differs["severity"] == "critical"
+    assert differs["details"]["modified_in_window"] is True
+
+
+def test_a_machine_whose_only_differences_are_local_changes_reads_warning(tmp_path):
+    root = sample_root(tmp_path)
+    changed_at = _days_after_install(root, 1)
+    for name in ("usr/bin/sample", "usr/lib/sample/data/table"):
+        (root / name).write_bytes(b"replaced by a self-updating tool\n")
+        os.utime(root / name, (changed_at, changed_at))
+    run = audit(root)
+    assert run.code == 1, run.stdout
+    assert run.check("debian")["status"] == "warning"
+    assert paths(run, "modified-after-install") == {"/usr/bin/sample", "/usr/lib/sample/data/table"}
+
+
 def test_conffile_edit_is_a_warning_with_evidence(tmp_path):
     root = sample_root(tmp_path)
     conf = root / "etc/sample.conf"
@@ -467,18 +514,19 @@ def audit_without_read_override(root):
     return Run(completed)
 
 
-def test_unreadable_file_is_a_warning_and_not_verified(tmp_path):
+def test_a_file_this_user_may_not_read_is_not_damage_but_not_checked(tmp_path):
     root = sample_root(tmp_path)
     os.chmod(root / "usr/bin/sample", 0)
+    os.chmod(root / "usr/lib/sample/data", 0)
     run = audit_without_read_override(root)
     assert run.code == 3, run.stdout + run.stderr
-    (finding,) = run.findings("debian", "unreadable")
-    assert finding["path"] == "/usr/bin/sample"
-    assert finding["severity"] == "warning"
+    assert run.findings("debian") == []
     check = run.check("debian")
-    assert check["stats"]["unreadable"] == 1
+    # The file, and the file inside a directory that cannot be searched.
+    assert check["stats"]["not_checked_permission"] == 2
+    assert check["stats"]["unreadable"] == 0
     assert check["status"] == "unknown"
-    assert "could not be verified" in check["reason"]
+    assert "2 files not checked: permission denied (run as root to check them)" in check["reason"]
 
 
 def test_finds_what_dpkg_verify_finds(tmp_path):

@@ -9,10 +9,12 @@ import io
 
 import pytest
 
-from fixtures.debian import make_deb, make_root
-from fsaudit.checker import Context
+from fixtures.debian import bomb_deb, make_deb, make_root
+from fsaudit.hashing import HashRequest, HashResult
 from fsaudit.target import Target
-from fsaudit_checks.debian import DebianChecker, _Audit, _Item, _Owner, classify, debfile, dpkg_db
+from fsaudit_checks.debian import classify, debfile, dpkg_db
+from fsaudit_checks.debian.plan import Item, Owner
+from fsaudit_checks.debian.verdicts import Judge
 
 
 def test_paragraph_with_garbage_is_damage_and_the_rest_is_kept():
@@ -125,24 +127,51 @@ def test_damaged_deb_is_an_error_not_a_crash(tmp_path):
         debfile.md5sums(Target(root), b"/q.deb")
 
 
+def test_a_pax_header_claiming_2_to_the_62_bytes_is_refused_not_read(tmp_path):
+    root = make_root(tmp_path / "root")
+    bomb_deb(root / "p.deb", claimed=2**62, zeros=64 << 20)
+    with pytest.raises(debfile.DebError, match="extended header claims 4,611,686,018,427,387,904 bytes"):
+        list(debfile.members(Target(root), b"/p.deb"))
+
+
+def test_a_data_archive_that_decompresses_far_beyond_its_size_is_refused(tmp_path, monkeypatch):
+    root = make_root(tmp_path / "root")
+    # A regular file member of zeros: legitimate tar, but 1,000 times its compressed size.
+    bomb_deb(root / "p.deb", claimed=40 << 20, zeros=40 << 20, kind=b"0")
+    monkeypatch.setattr(debfile, "MIN_DECOMPRESSED", 1 << 20)
+    with pytest.raises(debfile.DebError, match="decompression bomb"):
+        for member in debfile.members(Target(root), b"/p.deb"):
+            member.fileobj.read()
+
+
 def test_cache_names():
     assert debfile.cache_name("sed", "1:4.9-1", "amd64") == b"sed_1%3a4.9-1_amd64.deb"
     assert debfile.parse_cache_name(b"sed_1%3a4.9-1_amd64.deb") == ("sed", "1:4.9-1", "amd64")
     assert debfile.parse_cache_name(b"partial") is None
 
 
-@pytest.mark.parametrize("code", [errno.EIO, errno.EACCES])
-def test_read_errors_are_unreadable_warnings_and_counted(tmp_path, code):
-    # Root reads through chmod 000, and EIO cannot be made on demand: feed the error in directly.
+def _judge(root, counts):
+    return Judge(
+        Target(root),
+        dpkg_db.PathFilter([]),
+        classify.AptCache(Target(root)),
+        lambda key, amount: counts.__setitem__(key, counts.get(key, 0) + amount),
+        set(),
+    )
+
+
+def test_read_errors_are_unreadable_warnings_and_permission_is_not_damage(tmp_path):
+    # Root reads through chmod 000, and EIO cannot be made on demand: feed the errors in directly.
     root = make_root(tmp_path / "root")
-    checker = DebianChecker(context=Context(jobs=1))
-    audit = _Audit(checker, Target(root))
-    audit.filter = dpkg_db.PathFilter([])
-    owner = _Owner(dpkg_db.Package("p", "1", "all", "install ok installed"), True, None)
-    item = _Item(owner, "file", b"/usr/bin/p", b"/usr/bin/p", expected="0" * 32)
-    (finding,) = audit._file_error(item, OSError(code, "boom"), {})
-    assert (finding.code, finding.severity.value) == ("unreadable", "warning")
-    assert finding.details["errno"] == errno.errorcode[code]
-    audit._summarise()
-    assert checker.stats["unreadable"] == 1
-    assert checker.incomplete_reasons
+    counts = {}
+    judge = _judge(root, counts)
+    owner = Owner(dpkg_db.Package("p", "1", "all", "install ok installed"), True, None)
+    item = Item(owner, "file", b"/usr/bin/p", b"/usr/bin/p", expected="0" * 32)
+    failed = HashResult(HashRequest(b"/usr/bin/p"), error=OSError(errno.EIO, "boom"))
+    (finding,) = judge.file(item, failed)
+    assert (finding.code, finding.severity) == ("unreadable", "warning")
+    assert finding.details["errno"] == "EIO"
+    assert counts == {"unreadable": 1}
+    denied = HashResult(HashRequest(b"/usr/bin/p"), error=PermissionError(errno.EACCES, "denied"))
+    assert list(judge.file(item, denied)) == []
+    assert counts == {"unreadable": 1, "not_checked_permission": 1}

@@ -197,6 +197,80 @@ def test_a_lost_naming_context_entry_is_damage_a_wrong_base_is_not(servers):
     assert check["findings"] == [] and "does not exist" in check["reason"]
 
 
+def test_dangling_references_a_reused_entry_uuid_and_an_orphan_are_all_named(servers):
+    """Issue 14.7: reading by name a DN that does not exist answers noSuchObject, which is the answer
+    (the reference dangles), not the end of the second read; the entries sharing an entryUUID are
+    named. Pages of two entries interleave those reads with the paged search."""
+    server = servers()
+    uuid = "0b6c3c8e-2222-4a4a-9a9a-000000000002"
+    server.slapadd(directory_ldif(people=6), skip_schema=True)
+    server.slapadd(
+        person(7, f"entryUUID: {uuid}")
+        + person(8, f"entryUUID: {uuid}")
+        + entry(f"uid=lost,ou=gone,{SUFFIX}", "objectClass: account", "uid: lost"),
+        skip_schema=True,
+        orphans=True,
+    )
+    server.start()
+    server.ldap("ldapdelete", "", f"uid=user3,ou=people,{SUFFIX}")
+    server.ldap("ldapdelete", "", f"uid=user4,ou=people,{SUFFIX}")
+    for page_size in (500, 2):
+        run = audit(server, f"ldap.page_size={page_size}", slapcat=False)
+        check = run.check("ldap")
+        assert run.code == 2, run.stdout
+        assert not check["reason"], check["reason"]  # nothing left unverified
+        [duplicate] = run.findings("ldap", "duplicate-entry-uuid")
+        people = f"ou=people,{SUFFIX}"
+        assert sorted(duplicate["details"]["dns"]) == [f"uid=user7,{people}", f"uid=user8,{people}"]
+        assert duplicate["severity"] == "critical"
+        dangling = {
+            (f["subject"], f["details"]["target"]) for f in run.findings("ldap", "dangling-reference")
+        }
+        assert dangling == {
+            (f"cn=group1,ou=groups,{SUFFIX}", f"uid=user3,{people}"),
+            (f"cn=group0,ou=groups,{SUFFIX}", f"uid=user4,{people}"),
+        }
+        assert [f["subject"] for f in run.findings("ldap", "orphan-entry")] == [f"uid=lost,ou=gone,{SUFFIX}"]
+
+
+def test_a_base_dn_is_never_split_at_its_commas(servers, tmp_path):
+    """Issue 14.6: `dc=example,dc=com` is one base, through --set and through the config file (a TOML
+    string or array); two bases are two --set or two array items."""
+    org = "dc=example,dc=org"
+    server = servers(other_suffix=org)
+    server.slapadd(directory_ldif())
+    server.slapadd(
+        entry(org, "objectClass: dcObject", "objectClass: organization", "dc: example", "o: Org")
+        + entry(
+            f"cn=staff,{org}",
+            "objectClass: groupOfNames",
+            "cn: staff",
+            f"member: uid=user1,ou=people,{SUFFIX}",
+        ),
+        suffix=org,
+    )
+    server.start()
+
+    run = audit(server, f"ldap.base={SUFFIX}")
+    check = run.check("ldap")
+    assert run.code == 0, run.stdout
+    assert check["stats"]["entries_read"] == check["stats"]["slapcat_entries"] == 10
+
+    both = audit(server, f"ldap.base={SUFFIX}", f"ldap.base={org}", slapcat=False)
+    assert both.code == 0, both.stdout
+    assert both.check("ldap")["stats"]["entries_read"] == 12
+    assert both.check("ldap")["stats"]["references_checked"] == 10
+
+    password = write_password(server.directory)
+    common = f'url = "{server.url}"\nbind_dn = "{ROOTDN}"\npassword_file = "{password}"\nslapcat = false\n'
+    for bases, entries in ((f'"{SUFFIX}"', 10), (f'["{SUFFIX}"]', 10), (f'["{SUFFIX}", "{org}"]', 12)):
+        config = tmp_path / "fsaudit.toml"
+        config.write_text(f"[checks.ldap]\n{common}base = {bases}\n")
+        run = fsaudit("audit", "--check", "ldap", "--format", "json", "--config", config)
+        assert run.code == 0, (bases, run.stdout)
+        assert run.check("ldap")["stats"]["entries_read"] == entries
+
+
 def test_references_between_naming_contexts(servers):
     org = "dc=example,dc=org"
     server = servers(other_suffix=org)

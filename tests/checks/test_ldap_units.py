@@ -186,3 +186,43 @@ def test_ldapi_socket_named_by_the_service_settings(tmp_path, monkeypatch):
     settings.write_text(f'# SLAPD_SERVICES="ldapi:///"\nSLAPD_SERVICES="ldap:/// ldapi://{quoted}/"\n')
     monkeypatch.setattr(slapcat, "SERVICE_FILES", (str(settings),))
     assert discover_ldapi(Target("/")) == f"ldapi://{quoted}"
+
+
+class _PagingServer:
+    """A fake ldap3 connection: pages of entries, then (when `stuck`) the same cookie forever."""
+
+    def __init__(self, pages, stuck=False):
+        self.pages = list(pages)
+        self.stuck = stuck
+        self.result = None
+        self.response = None
+        self.cookies = []
+
+    def search(self, base, where, scope, **options):
+        self.cookies.append(options.get("paged_cookie"))
+        entries = self.pages.pop(0) if self.pages else []
+        self.response = [{"type": "searchResEntry", "dn": dn} for dn in entries]
+        more = bool(self.pages) or self.stuck
+        control = {"1.2.840.113556.1.4.319": {"value": {"cookie": b"same" if more else b""}}}
+        self.result = {"result": 0, "controls": control}
+        return True
+
+
+def test_paged_reads_keep_each_page_result_and_stop_on_a_repeated_cookie():
+    """Issue 14.7: a read by name between two pages must not change the search's own result; a
+    hostile server repeating its cookie with no entries must not make the audit page forever."""
+    from fsaudit_checks.ldap.directory import Directory, SearchFailed
+
+    directory = Directory.__new__(Directory)
+    directory.url = "ldap://fake"
+    directory.connection = _PagingServer([["a", "b"], ["c"]])
+    seen = []
+    for item in directory.entries("dc=x", ["*"], page_size=2):
+        seen.append(item["dn"])
+        directory.connection.result = {"result": 32, "description": "noSuchObject"}  # a read by name
+    assert seen == ["a", "b", "c"]
+
+    directory.connection = _PagingServer([["a"]], stuck=True)
+    with pytest.raises(SearchFailed) as stopped:
+        list(directory.entries("dc=x", ["*"], page_size=2))
+    assert stopped.value.entries == 1 and len(directory.connection.cookies) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from fixtures import rpm as rpmfix
 from fixtures.corrupt import flip_byte, kept_times, replace_with_fifo, truncate
-from tests.conftest import fsaudit, require_program
+from tests.conftest import Run, fsaudit, require_program
 
 OTHER_FILES = {
     "/usr/bin/other": ("file", "other program\n" * 50, "%attr(0755, root, root)"),
@@ -358,3 +359,69 @@ def test_a_database_file_whose_header_is_gone_is_damage_not_absence(root):
     assert (
         finding["path"] == "/var/lib/rpm/rpmdb.sqlite" and finding["details"]["expected_format"] == "sqlite"
     )
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def test_a_change_made_after_installation_is_a_warning_unless_in_the_window(root):
+    installed = run_installtime(root, "other")
+    changed_at = installed + 3 * 86400
+    program = root / "usr/bin/other"
+    program.write_text("other program, updated outside rpm\n")
+    os.utime(program, (changed_at, changed_at))
+    flip_byte(root / "usr/bin/demo", 3)
+    run = audit(root)
+    assert run.code == 2
+    found = by_path(run)
+    changed = found["/usr/bin/other"]
+    assert (changed["code"], changed["severity"]) == ("modified-after-install", "warning")
+    assert changed["details"]["modified"] == _iso(changed_at)
+    assert changed["details"]["installed"] == _iso(installed)
+    assert changed["details"]["flags"] == "S.5....T."
+    # The lost write kept the packaged mtime: silent damage.
+    assert found["/usr/bin/demo"]["code"] == "content-differs"
+    day = _iso(changed_at)[:10]
+    run = audit(root, "--window", f"{day}..{_iso(changed_at + 86400)[:10]}")
+    changed = by_path(run)["/usr/bin/other"]
+    assert (changed["code"], changed["severity"]) == ("content-differs", "critical")
+    assert changed["details"]["modified_in_window"] is True
+
+
+def run_installtime(root: Path, package: str) -> int:
+    completed = subprocess.run(
+        ["rpm", "--root", str(root), "--dbpath", rpmfix.DBPATH, "-q", "--qf", "%{INSTALLTIME}", package],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(completed.stdout)
+
+
+def test_a_file_this_user_may_not_read_is_not_damage_but_not_checked(root):
+    os.chmod(root / "usr/bin/demo", 0)
+    os.chmod(root / "usr/share/other", 0)
+    command = [
+        require_program("setpriv", "util-linux"),
+        "--bounding-set=-dac_override,-dac_read_search",
+        sys.executable, "-m", "fsaudit", "audit", "--root", str(root), "--check", "rpm", "--format", "json",
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    run = Run(completed)
+    assert run.code == 3, run.stdout + run.stderr
+    # The unreadable program, the file in a directory that cannot be searched, and demo's own 0640
+    # file (root without its capabilities is another user to it): none of them is damage.
+    assert run.findings("rpm") == []
+    check = run.check("rpm")
+    assert check["stats"]["not_checked_permission"] == 3
+    assert "3 files not checked: permission denied (run as root to check them)" in check["reason"]
+
+
+def test_advice_under_root_names_the_image_not_the_host(root):
+    flip_byte(root / "usr/bin/demo", 3)
+    (finding,) = audit(root).findings("rpm", "content-differs")
+    assert "inside the VM" in finding["advice"]
+    assert f"fsaudit repair REPORT.json --root {root}" in finding["advice"]

@@ -109,9 +109,11 @@ def test_end_of_stdin_kills_the_remote_audit(tmp_path):
 def test_a_vm_python_older_than_a_bundled_dependency_needs_is_said(tmp_path, monkeypatch):
     import fsaudit.fleet.bootstrap as bootstrap
 
-    assert bootstrap.requires_python()[0] == [3, 9]  # the fleet extra keeps click usable on Python 3.9
+    assert bootstrap.bundle_plan().requires_python == [3, 9]  # whatever click the control host has
     monkeypatch.setattr(
-        bootstrap, "requires_python", lambda: ([99, 0], "click 99 (bundled from the control host)")
+        bootstrap,
+        "bundle_plan",
+        lambda: bootstrap.BundlePlan([99, 0], "click 99 (bundled from the control host)"),
     )
     zipapp = bootstrap.build_zipapp()
     process = _loader(loader_config(None, [], True, digest(zipapp)), tmp_path)
@@ -122,3 +124,58 @@ def test_a_vm_python_older_than_a_bundled_dependency_needs_is_said(tmp_path, mon
     process.stdin.close()
     assert process.wait(timeout=60) == 125 and out == b""
     assert b"fsaudit-fleet: python-too-old: python 3." in process.stderr.read()
+
+
+VENDORED_CLICK = "63c132bbbed01578a06712a2d1f497bb62d9c1c0d329b7903a866228027263b2"  # click 8.1.8, from PyPI
+
+
+def test_the_vendored_click_is_the_release_from_pypi():
+    import fsaudit.fleet.bootstrap as bootstrap
+
+    wheel = os.path.join(bootstrap.VENDOR, "click-8.1.8-py3-none-any.whl")
+    with open(wheel, "rb") as handle:
+        assert digest(handle.read()) == VENDORED_CLICK
+
+
+@pytest.mark.parametrize("importer", ["memfd", "memory"])
+def test_a_python_older_than_the_control_hosts_click_runs_the_vendored_click(tmp_path, monkeypatch, importer):
+    """The control host may run a click that needs a newer Python than a VM has (click 8.2 needs
+    3.10): the zipapp then carries click 8.1 for such VMs, and the loader imports it first there."""
+    import fsaudit.fleet.bootstrap as bootstrap
+
+    real = bootstrap.metadata.metadata
+
+    def newer_click(distribution):
+        data = real(distribution)
+        if distribution != "click":
+            return data
+        return {"Requires-Python": ">=3.99", "Name": "click"}
+
+    monkeypatch.setattr(bootstrap.metadata, "metadata", newer_click)
+    plan = bootstrap.bundle_plan()
+    assert plan.requires_python == [3, 9] and plan.compat_below == [3, 99] and set(plan.compat) == {"click"}
+    zipapp = bootstrap.build_zipapp()
+    archive = zipfile.ZipFile(io.BytesIO(zipapp))
+    assert '__version__ = "8.1.8"' in archive.read("compat/click/__init__.py").decode()
+    manifest = json.loads(archive.read(bootstrap.MANIFEST))
+    assert manifest["compat"] == {"root": "compat", "below": [3, 99]}
+    # the compat click is put first on the path: break the other one to prove which one is used
+    broken = io.BytesIO()
+    with zipfile.ZipFile(broken, "w") as out:
+        for info in archive.infolist():
+            data = archive.read(info)
+            if info.filename == "click/__init__.py":
+                data = b"raise ImportError('the control host click was imported')\n"
+            out.writestr(info, data)
+    zipapp = broken.getvalue()
+    root = tmp_path / "root"
+    root.mkdir()
+    process = _loader(loader_config(None, ["--root", str(root)], True, digest(zipapp), importer), tmp_path)
+    process.stdout.readline()
+    process.stdin.write(b"%d\n" % len(zipapp) + zipapp)
+    process.stdin.flush()
+    output = process.stdout.read()  # stdin stays open: its end would mean the control host gave up
+    process.stdin.close()
+    process.wait(timeout=60)
+    assert output.startswith(b"{"), process.stderr.read().decode(errors="replace")[-3000:]
+    assert json.loads(output)["root"] == str(root)

@@ -6,6 +6,7 @@ one with a changed host key, one with an unknown host key, one without fsaudit (
 bare system python3), one without python."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_reports_land_as_plain_fsaudit_reports_with_an_index(first_run):
     assert boot["root"].endswith("empty")
     index = json.loads((out / "index.json").read_text())
     assert index["format"] == "fsaudit-fleet-index/1" and len(index["hosts"]) == 13
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
     # the rendered report of one VM works with the ordinary `fsaudit report`
     assert fsaudit("report", out / "reports" / "damaged.json").code == 2
 
@@ -187,7 +188,8 @@ def test_fleet_report_merges_shards_and_ranks_the_worst_first(lab, tmp_path):
     assert html.code == 2 and "<td>damaged</td>" in page.read_text()
 
 
-def test_ctrl_c_leaves_a_consistent_directory_that_resume_finishes(lab, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_leaves_a_consistent_directory_that_resume_finishes(lab, tmp_path, sig):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fsaudit", "fleet", str(lab.inventory), "--ssh-config", str(lab.config),
                "--out", str(out), "--limit", "healthy1,hangs", "--timeout", "300"]  # fmt: skip
@@ -197,17 +199,17 @@ def test_ctrl_c_leaves_a_consistent_directory_that_resume_finishes(lab, tmp_path
         while not (out / "hosts" / "healthy1.json").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 3, stderr
-    assert "interrupted" in stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
     assert set(records(out)) == {"healthy1"}  # the host cut short has no record: --resume audits it
     index = json.loads((out / "index.json").read_text())
     assert [h["name"] for h in index["hosts"]] == ["healthy1"]
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part")]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or p.name.endswith(".part")]
     deadline = time.monotonic() + 10
     while sleeping(HANG) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -235,3 +237,48 @@ def test_become_runs_the_audit_through_sudo(lab, tmp_path):
     while sleeping(hang) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not sleeping(hang)
+
+
+def test_a_host_that_hangs_mid_report_is_stopped_long_before_the_timeout(lab, tmp_path):
+    hang = "sleep 619"
+    half = 'printf %s \'{"format": "fsaudit-report/1", "checks": [\'; ' + hang
+    hosts = {"halfway": {**lab.hosts["hangs"], "fsaudit_command": f"sh -c {shlex.quote(half)} halfway"}}
+    inventory = ini_inventory(tmp_path / "inventory.ini", hosts)
+    out = tmp_path / "out"
+    run = fsaudit("fleet", inventory, "--ssh-config", lab.config, "--out", out, "--timeout", "600",
+                  "--stall-timeout", "2", timeout=300)  # fmt: skip
+    record = records(out)["halfway"]
+    assert run.code == 3, run.stderr
+    assert record["outcome"] == "timeout" and "--stall-timeout" in record["message"]
+    assert not list((out / "reports").iterdir())
+    deadline = time.monotonic() + 10  # the hung audit is stopped on the host
+    while sleeping(hang) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sleeping(hang)
+
+
+def test_a_vm_without_the_database_module_reports_its_database_as_not_checked(lab, tmp_path):
+    # The bare system python3 has no psycopg: the bootstrapped audit cannot check the cluster it finds,
+    # and says so (unknown), instead of skipping it as if there were none (OK to monitoring).
+    data_dir = tmp_path / "pgdata"
+    data_dir.mkdir()
+    (data_dir / "PG_VERSION").write_text("15\n")
+    hosts = {
+        "withdb": {
+            **lab.hosts["bootstrap"],
+            "fsaudit_args": f"--check postgres --set postgres.data_dir={data_dir}",
+        },
+        "nodb": {**lab.hosts["bootstrap"], "fsaudit_args": f"--check postgres --root {tmp_path}"},
+    }
+    inventory = ini_inventory(tmp_path / "inventory.ini", hosts)
+    out = tmp_path / "out"
+    run = fsaudit("fleet", inventory, "--ssh-config", lab.config, "--out", out, timeout=300)
+    assert run.code == 3, run.stderr
+    assert {name: r["mode"] for name, r in records(out).items()} == {
+        "withdb": "bootstrap",
+        "nodb": "bootstrap",
+    }
+    withdb = json.loads((out / "reports" / "withdb.json").read_text())["checks"][0]
+    assert withdb["status"] == "unknown" and "psycopg" in withdb["reason"]
+    nodb = json.loads((out / "reports" / "nodb.json").read_text())["checks"][0]
+    assert nodb["status"] == "skipped"

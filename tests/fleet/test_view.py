@@ -15,8 +15,8 @@ def _report(host: str, subject: str, severity: str = "critical") -> Report:
     finding = Finding(
         "debian", "content-differs", severity, "content differs", path="/usr/bin/sed", subject=subject
     )
-    status = Status.CRITICAL if severity == "critical" else Status.WARNING
-    check = CheckResult("debian", status, findings=[finding])
+    status = {"critical": Status.CRITICAL, "warning": Status.WARNING}.get(severity, Status.OK)
+    check = CheckResult("debian", status, findings=[finding], category="os-files")
     return Report(host={"hostname": host, "os": "Debian"}, root="/", started="2026-01-01T00:00:00+00:00",
                   finished="2026-01-01T00:01:00+00:00", checks=[check], fsaudit_version="0.1.0")  # fmt: skip
 
@@ -103,3 +103,17 @@ def test_the_ansible_playbook_saves_reports_where_fleet_report_reads_them():
     assert "audit --format json" in run["ansible.builtin.shell"]
     assert save["delegate_to"] == "localhost"
     assert save["ansible.builtin.copy"]["dest"] == "{{ out }}/reports/{{ inventory_hostname }}.json"
+
+
+def test_info_findings_rank_below_warnings_instead_of_crashing(tmp_path):
+    # zodb `storage-checked`, postgres `checksums-disabled`: on a real fleet nearly every host sends one
+    _bare(tmp_path, "vm1", "Data.fs", "info")
+    _bare(tmp_path, "vm2", "sed 4.9-1", "warning")
+    _bare(tmp_path, "vm3", "sed 4.9-1", "info")
+    for fmt in ("text", "json", "html"):
+        run = fsaudit("fleet-report", tmp_path, "--format", fmt, "--no-vm-reports")
+        assert run.code == 1, run.stderr
+    data = json.loads(fsaudit("fleet-report", tmp_path, "--format", "json").stdout)
+    # one code seen as a warning on one host and as info on others counts as a warning
+    assert [(c["code"], c["severity"]) for c in data["codes"]] == [("content-differs", "warning")]
+    assert [h["name"] for h in data["hosts"]] == ["vm2", "vm1", "vm3"]

@@ -1,9 +1,11 @@
 """The dpkg database parsers over files a hostile tenant (or a damaged disk) made huge: under 60 s
-and 1 GiB, and the cut is a finding (issue 13, item 8)."""
+and 1 GiB, and the cut is a finding (issue 13, item 8).
+
+The files are written block by block and the reports (200,000 findings) are searched on disk, not
+parsed here: this test process stays small, since a child starts with its parent's memory and other
+tests read the peak of this process's children."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
@@ -20,61 +22,85 @@ def root(tmp_path):
     return root
 
 
-def audit(root):
+def audit(root) -> tuple:
+    """(exit code, the JSON report as bytes on disk) of an audit of `root`, within the bounds."""
+    report = root.parent / "report.json"
     run, cost = fsaudit_measured(
-        "audit", "--root", root, "--check", "debian", "--no-drop-cache", "--format", "json"
+        "audit",
+        "--root",
+        root,
+        "--check",
+        "debian",
+        "--no-drop-cache",
+        "--format",
+        "json",
+        "--output",
+        report,
     )
     assert cost.seconds < 60, cost
     assert cost.max_rss < GIB, cost
-    return run
+    return run.code, report
 
 
-def damage_messages(run) -> list:
-    # Read without the schema validation of Run.report: 200,000 findings take jsonschema a minute.
-    check = next(c for c in json.loads(run.stdout)["checks"] if c["name"] == "debian")
-    return [f["message"] for f in check["findings"] if f["code"] == "database-damaged"]
+def report_says(report, text: str) -> bool:
+    """Whether the report holds `text`, read in blocks (a finding's message is plain ASCII here)."""
+    needle = text.encode()
+    tail = b""
+    with open(report, "rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            if not block:
+                return False
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) :]
+
+
+def _write_five_million(path, line: bytes) -> None:
+    """5,000,000 distinct lines from a template with `DIR` and `N` in it, written block by block."""
+    block = b"".join(line.replace(b"N", b"%d" % n) for n in range(1000))
+    with open(path, "wb") as out:
+        for n in range(5000):
+            out.write(block.replace(b"DIR", b"d%d" % n))
+
+
+def _write_repeated(path, piece: bytes, times: int, mode: str = "wb") -> None:
+    chunk = piece * ((1 << 20) // len(piece))
+    with open(path, mode) as out:
+        for _ in range(times * len(piece) // len(chunk)):
+            out.write(chunk)
 
 
 def test_an_md5sums_of_100_mib_of_tiny_lines(root):
-    (root / "var/lib/dpkg/info/demo.md5sums").write_bytes(b"a\n" * (50 << 20))
-    run = audit(root)
-    assert any(
-        "malformed lines" in m and "52,428,800" in m.replace("52428800", "52,428,800")
-        for m in damage_messages(run)
-    )
-    assert run.code == 2
-
-
-def _five_million(line: bytes) -> bytes:
-    """5,000,000 distinct lines from a template with `DIR` and `N` in it, built in C-speed steps."""
-    block = b"".join(line.replace(b"N", b"%d" % n) for n in range(1000))
-    return b"".join(block.replace(b"DIR", b"d%d" % n) for n in range(5000))
+    _write_repeated(root / "var/lib/dpkg/info/demo.md5sums", b"a\n", 50 << 20)
+    code, report = audit(root)
+    assert report_says(report, "malformed lines (line 1), 52428800 times")
+    assert code == 2
 
 
 def test_a_file_list_of_5_million_paths_is_cut_and_said_so(root):
-    (root / "var/lib/dpkg/info/demo.list").write_bytes(_five_million(b"/usr/share/demo/DIR/fN\n"))
-    run = audit(root)
-    assert any("more than 200,000 paths" in m for m in damage_messages(run))
-    assert run.code == 2
+    _write_five_million(root / "var/lib/dpkg/info/demo.list", b"/usr/share/demo/DIR/fN\n")
+    code, report = audit(root)
+    assert report_says(report, "demo.list: more than 200,000 paths")
+    assert code == 2
 
 
 def test_an_md5sums_of_5_million_distinct_files_is_cut_and_said_so(root):
-    (root / "var/lib/dpkg/info/demo.md5sums").write_bytes(
-        _five_million(b"0123456789abcdef0123456789abcdef  usr/share/demo/DIR/fN\n")
+    _write_five_million(
+        root / "var/lib/dpkg/info/demo.md5sums", b"0123456789abcdef0123456789abcdef  usr/share/demo/DIR/fN\n"
     )
-    run = audit(root)
-    assert any("more than 200,000 paths" in m for m in damage_messages(run))
-    assert run.code == 2
+    code, report = audit(root)
+    assert report_says(report, "demo.md5sums: more than 200,000 paths")
+    assert code == 2
 
 
 def test_a_status_file_of_blank_lines_and_garbage(root):
     status = root / "var/lib/dpkg/status"
-    original = status.read_bytes()
-    status.write_bytes(original + b"\n" * (64 << 20) + b"garbage\n" * (8 << 20))
-    run = audit(root)
-    messages = damage_messages(run)
-    assert any("more than 1,000 damaged lines" in m for m in messages) or any(
-        "longer than any package" in m for m in messages
-    ), messages
-    assert json.loads(run.stdout)["checks"][0]["stats"]["packages"] == 1
-    assert run.code == 2
+    _write_repeated(status, b"\n", 64 << 20, mode="ab")
+    _write_repeated(status, b"garbage\n", 8 << 20, mode="ab")
+    code, report = audit(root)
+    assert report_says(report, "longer than any package") or report_says(
+        report, "more than 1,000 damaged lines"
+    )
+    assert report_says(report, '"packages": 1') or report_says(report, '"packages":1')
+    assert code == 2

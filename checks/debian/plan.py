@@ -1,0 +1,208 @@
+"""Planning what the debian checker verifies: every path each package lists, in database order, with
+what it is compared with, and the hash requests for the regular files among them.
+
+Nothing here decides whether something is damaged: what the database itself says is wrong (a
+damaged `.list`, a package without checksums) is handed on as a problem built by the verdicts, and
+every file goes to the verdicts with its hash result.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Set, Tuple
+
+from fsaudit.hashing import HashRequest
+from fsaudit.target import Target
+from fsaudit_checks.debian import debfile, dpkg_db
+from fsaudit_checks.debian.classify import AptCache
+from fsaudit_checks.debian.dpkg_db import Damage, Diversion, Package, PathFilter
+
+
+@dataclass
+class Owner:
+    """One package being verified, with what the checker learns about it on the way."""
+
+    package: Package
+    has_md5sums: bool = False
+    install_time: float | None = None
+    # Its database files could not be read for permission: nothing of it was verified.
+    not_checked: bool = False
+    unverified: List[bytes] = field(default_factory=list)
+    damaged: List[Tuple[bytes, bytes, dict]] = field(default_factory=list)
+
+
+@dataclass
+class Item:
+    """One thing to verify, in database order. `request` is set when this item hashes the file;
+    items that share a file with an earlier one (same host path) reuse that result."""
+
+    owner: Owner
+    kind: str  # "file", "conffile", "other", "end", "problem"
+    path: bytes = b""
+    location: bytes = b""
+    expected: str = ""
+    host: bytes = b""
+    parent: bool = False
+    request: HashRequest | None = None
+    error: OSError | None = None
+    problem: object = None
+
+
+@dataclass
+class Database:
+    """What the whole dpkg database says beyond the packages: diversions and path filters."""
+
+    diversions: Dict[bytes, Diversion]
+    filter: PathFilter
+
+
+class Planner:
+    """Turns packages into items to verify, and the items that need a hash into hash requests.
+
+    `judge` builds the problems the database shows on the way (see verdicts.Judge); `count` adds to
+    the checker's counters.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        database: Database,
+        judge,
+        count: Callable[[str, int], None],
+        hashes_from_cache: bool,
+        cache: AptCache,
+    ):
+        self.target = target
+        self.database = database
+        self.judge = judge
+        self.count = count
+        self.hashes_from_cache = hashes_from_cache
+        self.cache = cache
+
+    def requests(self, packages: List[Package], order: deque) -> Iterator[HashRequest]:
+        """Hash requests for every regular file of `packages`; every item goes to `order` as well,
+        so results can be matched with their items in database order."""
+        requested: Set[bytes] = set()
+        for package in packages:
+            for item in self.items(package):
+                if item.kind in ("file", "conffile") and item.error is None:
+                    if item.host not in requested:
+                        requested.add(item.host)
+                        item.request = HashRequest(
+                            item.location, "md5", key=item.host, follow=False, host=item.host
+                        )
+                        order.append(item)
+                        yield item.request
+                        continue
+                    self.count("shared_files", 1)
+                order.append(item)
+
+    def items(self, package: Package) -> Iterator[Item]:
+        """Everything to verify for one package, ending with an "end" item."""
+        target = self.target
+        judge = self.judge
+        owner = Owner(package)
+        if package.state not in dpkg_db.SETTLED_STATES and package.state != "unknown":
+            yield Item(owner, "problem", problem=judge.unsettled(owner))
+        list_path = dpkg_db.info_path(target, package, "list")
+        if list_path is None:
+            self.count("packages_without_list", 1)
+            yield Item(owner, "problem", problem=judge.no_list(owner))
+            yield Item(owner, "end")
+            return
+        try:
+            owner.install_time = target.lstat(list_path).st_mtime
+            listed, damage = dpkg_db.read_list(target, list_path)
+        except PermissionError:
+            yield from self._not_checked(owner)
+            return
+        except OSError as error:
+            self.count("packages_without_list", 1)
+            yield Item(owner, "problem", problem=judge.no_list(owner, error))
+            yield Item(owner, "end")
+            return
+        for item in damage:
+            yield Item(owner, "problem", problem=judge.database_damage(item, owner))
+        try:
+            sums, from_cache = yield from self._sums(owner)
+        except PermissionError:
+            yield from self._not_checked(owner)
+            return
+        owner.has_md5sums = sums is not None
+        sums = sums or {}
+        conffiles = {c.path: c for c in package.conffiles if not c.obsolete and c.md5 != "newconffile"}
+        # Obsolete conffiles and ones dpkg has not configured yet have no hash to compare with.
+        unchecked_conffiles = {c.path for c in package.conffiles} - set(conffiles)
+        listed_set = set(listed)
+        parents = {path.rsplit(b"/", 1)[0] or b"/" for path in listed}
+        extra = [p for p in sums if p not in listed_set and p not in conffiles]
+        unlisted = [p for p in extra if not self.database.filter.excluded(p)]
+        self.count("excluded", len(extra) - len(unlisted))
+        if unlisted and not from_cache:
+            yield Item(owner, "problem", problem=judge.unlisted(owner, unlisted))
+        for path in listed + unlisted:
+            if path in conffiles:
+                yield self._file_item(owner, "conffile", path, conffiles[path].md5)
+            elif path in sums:
+                yield self._file_item(owner, "file", path, sums[path])
+            elif path in unchecked_conffiles:
+                continue
+            else:
+                location = dpkg_db.diverted_location(path, package.name, self.database.diversions)
+                yield Item(owner, "other", path, location, parent=path in parents)
+        for path, conffile in conffiles.items():
+            if path not in listed_set:
+                yield self._file_item(owner, "conffile", path, conffile.md5)
+        yield Item(owner, "end")
+
+    def _not_checked(self, owner: Owner) -> Iterator[Item]:
+        """A package whose database files this user may not read: not verified, and no damage."""
+        owner.not_checked = True
+        self.count("packages_not_checked_permission", 1)
+        yield Item(owner, "end")
+
+    def _sums(self, owner: Owner):
+        """(path -> md5 or None, whether it came from the apt cache); yields problem items on the way."""
+        package = owner.package
+        path = dpkg_db.info_path(self.target, package, "md5sums")
+        if path is not None:
+            try:
+                sums, damage = dpkg_db.read_md5sums(self.target, path)
+            except PermissionError:
+                raise
+            except OSError as error:
+                damage, sums = [Damage(path, f"cannot read it: {error.strerror or error}")], None
+            for item in damage:
+                yield Item(owner, "problem", problem=self.judge.database_damage(item, owner))
+            if sums is not None:
+                return sums, False
+        if self.hashes_from_cache:
+            sums, reason = self._sums_from_cache(package)
+            if sums is not None:
+                self.count("packages_hashed_from_cache", 1)
+                return sums, True
+        else:
+            reason = "set debian.hashes_from_cache=true to take them from a .deb in /var/cache/apt/archives"
+        self.count("packages_without_md5sums", 1)
+        yield Item(owner, "problem", problem=self.judge.no_md5sums(owner, reason))
+        return None, False
+
+    def _sums_from_cache(self, package: Package):
+        deb = self.cache.deb(package)
+        if deb is None:
+            return None, "no .deb of this version in /var/cache/apt/archives"
+        try:
+            members = debfile.md5sums(self.target, deb)
+        except (debfile.DebError, OSError) as error:
+            return None, f"its .deb in the apt cache cannot be read: {error}"
+        return {path: md5 for path, (kind, md5) in members.items() if kind == "file" and md5}, None
+
+    def _file_item(self, owner: Owner, kind: str, path: bytes, expected: str) -> Item:
+        location = dpkg_db.diverted_location(path, owner.package.name, self.database.diversions)
+        item = Item(owner, kind, path, location, expected=expected)
+        try:
+            item.host = self.target.resolve(location, follow=False)
+        except OSError as error:
+            item.error = error
+        return item

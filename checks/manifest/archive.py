@@ -1,0 +1,315 @@
+"""Reading a package file's tar archive by streaming, bounded against hostile files.
+
+Package files come from the audited system's cache (or `--archives`), so they may be damaged or made
+hostile like anything else there. Every problem is an `ArchiveError`, never a crash, and nothing a
+file claims decides how much is read into memory: extended tar headers (pax, GNU long names, which
+tarfile reads whole) are refused beyond a sane size, the number of members is bounded, and the
+decompressed stream may not grow beyond a generous multiple of the file's size (a decompression
+bomb). The compression is recognised by its magic bytes, not by the file's name.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Iterator
+
+CHUNK = 1 << 20
+# A pax or GNU long-name header holds a few names and times; tarfile reads a claimed size whole.
+MAX_EXTENDED_HEADER = 1 << 20
+# Real packages decompress to at most ~15 times their size; beyond this many times plus a floor, it
+# is a decompression bomb, not a package.
+MAX_RATIO = 100
+MIN_DECOMPRESSED = 64 << 20
+MAX_MEMBERS = 1_000_000
+_EXTENDED_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_MAGIC = (
+    (b"\x1f\x8b", "gz"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bz2"),
+    (b"\x28\xb5\x2f\xfd", "zst"),
+)
+_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+class ArchiveError(Exception):
+    """A package file that cannot be read: damaged, hostile, or in a format this reader lacks."""
+
+
+@dataclass
+class Member:
+    """One entry of a package archive; `fileobj` reads a regular file's bytes (else None).
+
+    `path` is the path inside the installed system (`/usr/bin/x`); `link` a symlink's target, or a
+    hard link's target as such a path."""
+
+    path: bytes
+    kind: str  # "file", "directory", "symlink", "hardlink", "other"
+    size: int
+    link: bytes
+    fileobj: IO[bytes] | None
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    mtime: int = 0
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended headers are refused beyond a sane size instead of read whole, and
+    whose sparse maps (which tarfile reads into a list as long as the archive claims) are refused:
+    package files hold no sparse members."""
+
+    def _proc_member(self, archive):
+        if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"an extended header claims {self.size:,} bytes")
+        return super()._proc_member(archive)
+
+    def _proc_sparse(self, archive):
+        raise tarfile.HeaderError("a sparse member, which no package holds")
+
+    def _proc_gnusparse_00(self, *args):
+        raise tarfile.HeaderError("a sparse member, which no package holds")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+class _Capped(io.RawIOBase):
+    """A reader that refuses to deliver more than `limit` bytes."""
+
+    def __init__(self, stream, limit: int):
+        self.stream = stream
+        self.limit = limit
+        self.delivered = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        if not data:
+            return 0
+        self.delivered += len(data)
+        if self.delivered > self.limit:
+            raise ArchiveError(f"it decompresses to more than {self.limit:,} bytes: a decompression bomb")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def compression(head: bytes) -> str:
+    """The compression the first bytes of a stream show ("" for none)."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return ""
+
+
+class _ProcessOutput(io.RawIOBase):
+    """The output of a decompressing program; its failure (a damaged stream) is an ArchiveError at the
+    end of its output, instead of an output that merely ends early."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.process.stdout.readinto(buffer)
+        if not count:
+            try:
+                status = self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                status = None
+            if status != 0:
+                raise ArchiveError("the zstd stream is damaged or cut short")
+        return count
+
+
+@contextmanager
+def _zstd(raw: IO[bytes]) -> Iterator[IO[bytes]]:
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    if zstandard is not None:
+        yield zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return
+    program = shutil.which("zstd", path=_ENV["PATH"])
+    if not program:
+        raise ArchiveError(
+            "a zstd archive needs the zstd program (apt-get install zstd) or the zstandard module"
+        )
+    process = subprocess.Popen(
+        [program, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_ENV
+    )
+
+    def feed():
+        try:
+            while True:
+                chunk = raw.read(CHUNK)
+                if not chunk:
+                    break
+                process.stdin.write(chunk)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield io.BufferedReader(_ProcessOutput(process), CHUNK)
+    finally:
+        process.stdout.close()
+        process.kill()
+        process.wait()
+        feeder.join(timeout=5)
+
+
+@contextmanager
+def decompressed(raw: IO[bytes], kind: str) -> Iterator[IO[bytes]]:
+    """The decompressed stream of `raw` for one compression ("gz", "xz", "bz2", "zst" or "")."""
+    if kind == "zst":
+        with _zstd(raw) as stream:
+            yield stream
+    elif kind == "xz":
+        with lzma.LZMAFile(raw) as stream:
+            yield stream
+    elif kind == "gz":
+        with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            yield stream
+    elif kind == "bz2":
+        with bz2.BZ2File(raw) as stream:
+            yield stream
+    elif kind == "":
+        yield raw
+    else:
+        raise ArchiveError(f"unknown compression {kind!r}")
+
+
+def _errors() -> tuple:
+    errors = (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError, zlib.error)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return errors + (zstandard.ZstdError,)
+
+
+def _why(error: BaseException) -> str:
+    return f"damaged archive: {getattr(error, 'strerror', None) or error}"
+
+
+class _Guarded(io.RawIOBase):
+    """A member's reader whose decompression and archive errors are ArchiveErrors."""
+
+    def __init__(self, fileobj):
+        self.fileobj = fileobj
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self.fileobj.read(len(buffer))
+        except ArchiveError:
+            raise
+        except _errors() as error:
+            raise ArchiveError(_why(error)) from error
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def inner_path(name: str, strip: bytes = b"") -> bytes:
+    """The system path (`/usr/bin/x`) of an archive member name (`./usr/bin/x`, `usr/bin/x/`)."""
+    raw = os.fsencode(name)
+    while raw.startswith(b"./"):
+        raw = raw[2:]
+    if strip and raw.startswith(strip):
+        raw = raw[len(strip) :]
+    return b"/" + raw.strip(b"/")
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "directory"
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    return "other"
+
+
+def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, strip: bytes) -> Member:
+    kind = _kind(info)
+    link = os.fsencode(info.linkname) if info.linkname else b""
+    if kind == "hardlink":
+        link = inner_path(info.linkname, strip)
+    reader = None
+    if kind == "file":
+        reader = io.BufferedReader(_Guarded(tar.extractfile(info)), CHUNK)
+    return Member(
+        inner_path(info.name, strip),
+        kind,
+        info.size,
+        link,
+        reader,
+        mode=info.mode & 0o7777,
+        uid=info.uid,
+        gid=info.gid,
+        uname=info.uname,
+        gname=info.gname,
+        mtime=int(info.mtime),
+    )
+
+
+def read_members(raw: IO[bytes], size: int, strip: bytes = b"") -> Iterator[Member]:
+    """Every entry of the (possibly compressed) tar archive `raw`, `size` bytes on the disk, in
+    archive order and streaming: a member's bytes must be read before the next one is asked for.
+    Every problem of the archive, also while a member is read, raises ArchiveError."""
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw, CHUNK)
+    try:
+        kind = compression(buffered.peek(8)[:8])
+        with decompressed(buffered, kind) as stream:
+            capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * max(size, 0)), CHUNK)
+            with tarfile.open(
+                fileobj=capped, mode="r|", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
+            ) as tar:
+                for count, info in enumerate(tar):
+                    if count >= MAX_MEMBERS:
+                        raise ArchiveError(f"more than {MAX_MEMBERS:,} members")
+                    yield _member(tar, info, strip)
+    except ArchiveError:
+        raise
+    except _errors() as error:
+        raise ArchiveError(_why(error)) from error
+
+
+def read_small(member: Member, limit: int) -> bytes:
+    """The bytes of a small member (a `.PKGINFO`), at most `limit` of them."""
+    if member.fileobj is None:
+        return b""
+    return member.fileobj.read(limit)
