@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import stat
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Iterable, Iterator, List, Optional
@@ -171,7 +172,7 @@ def read_baseline(handle: IO[bytes]) -> tuple:
     try:
         first = stream.readline(LINE_LIMIT)
         header = json.loads(first)
-    except (OSError, EOFError, ValueError) as error:
+    except (OSError, EOFError, ValueError, zlib.error) as error:
         raise BaselineDamaged(f"not a readable fsaudit baseline: {error}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise BaselineDamaged(f"not an fsaudit baseline (expected format {FORMAT})")
@@ -183,7 +184,7 @@ def read_baseline(handle: IO[bytes]) -> tuple:
             number += 1
             try:
                 line = stream.readline(LINE_LIMIT)
-            except (OSError, EOFError) as error:
+            except (OSError, EOFError, zlib.error) as error:
                 raise BaselineDamaged(f"the baseline is damaged after {count} entries: {error}") from None
             if not line:
                 raise BaselineDamaged(

@@ -27,11 +27,23 @@ DIVERSIONS = DPKG_DIR + b"/diversions"
 CONFIG_DIR = b"/etc/dpkg/dpkg.cfg.d"
 CONFIG_FILE = b"/etc/dpkg/dpkg.cfg"
 
-# Bounds for files that a damaged disk may have turned into something huge.
-MAX_STATUS = 1 << 30
-MAX_LIST = 256 << 20
+# Bounds for files that a damaged disk (or a hostile tenant) may have turned into something huge.
+# Files are read line by line, never whole; what a bound leaves out is reported as Damage.
+MAX_STATUS = 256 << 20
+MAX_LIST = 128 << 20
 MAX_CONFIG = 1 << 20
 MAX_JOURNAL_ENTRIES = 100_000
+# The largest Debian packages ship tens of thousands of files and the whole archive holds about
+# 130,000 binary packages: more is damage, and reading it all would only cost memory (each path
+# costs the checker a few KiB on its way to a finding).
+MAX_PATHS = 200_000
+MAX_PACKAGES = 500_000
+MAX_DIVERSIONS = 100_000
+CHUNK = 1 << 20
+MAX_LINE = 1 << 20
+MAX_PARAGRAPH_LINES = 10_000
+MAX_PARAGRAPH_BYTES = 16 << 20
+MAX_DAMAGE = 1000
 
 # States in which dpkg has unpacked the package's files (dpkg(1) "Package states").
 UNPACKED_STATES = {
@@ -47,6 +59,11 @@ SETTLED_STATES = {"installed", "triggers-awaited", "triggers-pending"}
 _FIELD = re.compile(rb"^([!-9;-~][!-9;-~]*):(.*)$")
 _MD5 = re.compile(rb"^[0-9a-fA-F]{32}$")
 _DIGITS = re.compile(rb"^[0-9]+$")
+_MD5_LINE = re.compile(rb"^([0-9a-fA-F]{32})(?:  | \*)([^\n\0]+)$", re.M)
+_LIST_LINE = re.compile(rb"^/[^\n\0]*$", re.M)
+# One or more blank (empty or whitespace) lines between two lines: what separates paragraphs.
+_MARK = bytes(10 if byte == 10 else ord("x") for byte in range(256))
+_SEPARATOR = re.compile(rb"\n[ \t\r\v\f\n]*\n")
 
 
 @dataclass
@@ -107,24 +124,135 @@ class Package:
         return (self.name,)
 
 
+# -- reading files line by line -----------------------------------------------------------------
+
+
+class Lines:
+    """The lines of a file of the target, read in blocks of complete lines.
+
+    `blocks()` yields (number of the block's first line, the block's lines joined by newlines,
+    without the last newline); iterating yields (line number, line). Memory stays bounded by the
+    block size and the longest line (a line longer than MAX_LINE is cut and counted). After reading,
+    `unterminated` says whether the last line lacked its newline (it comes last, alone in its
+    block) and `oversize` whether the file went on past `limit` bytes (the rest was not read).
+    """
+
+    def __init__(self, target: Target, path: bytes, limit: int):
+        self.path = path
+        self.limit = limit
+        self.unterminated = False
+        self.oversize = False
+        self.long_lines = 0
+        self.handle = target.open(path)
+
+    def blocks(self) -> Iterator[Tuple[int, bytes]]:
+        number = 1
+        carry = b""
+        read = 0
+        cut = False
+        with self.handle:
+            while not self.oversize:
+                block = self.handle.read(min(CHUNK, self.limit - read + 1))
+                if not block:
+                    break
+                read += len(block)
+                if read > self.limit:
+                    block = block[: len(block) - (read - self.limit)]
+                    self.oversize = True
+                data = carry + block
+                end = data.rfind(b"\n")
+                if end < 0:
+                    carry = data
+                else:
+                    complete, carry = data[:end], data[end + 1 :]
+                    cut = False
+                    yield number, complete
+                    number += complete.count(b"\n") + 1
+                if len(carry) > MAX_LINE:
+                    # One overlong line is counted once, however many blocks it spans.
+                    self.long_lines += not cut
+                    cut = True
+                    carry = carry[:MAX_LINE]
+        if carry:
+            self.unterminated = True
+            yield number, carry
+
+    def __iter__(self) -> Iterator[Tuple[int, bytes]]:
+        for first, block in self.blocks():
+            yield from enumerate(block.split(b"\n"), first)
+
+    def damage(self) -> List[Damage]:
+        """What reading the file found wrong with it as a whole."""
+        found = []
+        if self.oversize:
+            found.append(
+                Damage(self.path, f"the file is larger than {self.limit:,} bytes: the rest was not read")
+            )
+        if self.long_lines:
+            found.append(Damage(self.path, f"lines longer than {MAX_LINE:,} bytes", count=self.long_lines))
+        return found
+
+
 # -- status and the journal --------------------------------------------------------------------
 
 
-def _paragraphs(data: bytes) -> Iterator[Tuple[int, List[bytes]]]:
-    """(first line number, lines) of each blank-line separated paragraph."""
-    lines: List[bytes] = []
-    start = 1
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if line.strip() == b"":
-            if lines:
-                yield start, lines
-                lines = []
-            continue
-        if not lines:
-            start = number
-        lines.append(line)
-    if lines:
-        yield start, lines
+def _paragraphs(lines: Lines, damage: List[Damage]) -> Iterator[Tuple[int, List[bytes]]]:
+    """(first line number, lines) of each blank-line separated paragraph.
+
+    Paragraphs are cut apart with one regular expression per block, so runs of blank lines and the
+    lines past a cut cost no Python step each. A paragraph longer than any real one
+    (MAX_PARAGRAPH_LINES, MAX_PARAGRAPH_BYTES) is cut, and the cut is damage."""
+    pending = b""  # the start of a paragraph that may go on in the next block
+    pending_line = 1
+    skipping = False  # inside a paragraph that was cut: drop text up to its end
+    for first, block in lines.blocks():
+        if skipping:
+            # The newline that ended the previous block comes first.
+            joined = b"\n" + block
+            separator = _SEPARATOR.search(joined)
+            if separator is None:
+                continue
+            skipping = False
+            text, number = joined[separator.end() :], first - 1 + joined.count(b"\n", 0, separator.end())
+        elif pending:
+            text, number = pending + b"\n" + block, pending_line
+        else:
+            text, number = block, first
+        position = 0
+        for separator in _SEPARATOR.finditer(text):
+            yield from _paragraph(text[position : separator.start()], number, lines.path, damage)
+            number += text.count(b"\n", position, separator.end())
+            position = separator.end()
+        pending, pending_line = text[position:], number
+        if len(pending) > MAX_PARAGRAPH_BYTES:
+            yield from _paragraph(pending, number, lines.path, damage)
+            pending, skipping = b"", True
+    if pending:
+        yield from _paragraph(pending, pending_line, lines.path, damage)
+
+
+def _paragraph(text: bytes, number: int, source: bytes, damage: List[Damage]):
+    """The paragraph in `text` (no blank line inside, perhaps one before or after), capped."""
+    paragraph = text.split(b"\n", MAX_PARAGRAPH_LINES)
+    if paragraph and not paragraph[0].strip():
+        paragraph.pop(0)
+        number += 1
+    while paragraph and not paragraph[-1].strip():
+        paragraph.pop()
+    if not paragraph:
+        return
+    if len(paragraph) > MAX_PARAGRAPH_LINES or len(text) > MAX_PARAGRAPH_BYTES:
+        damage.append(
+            Damage(source, "an entry longer than any package's: the rest of it was not read", number)
+        )
+        kept, size = [], 0
+        for line in paragraph[:MAX_PARAGRAPH_LINES]:
+            size += len(line) + 1
+            if size > MAX_PARAGRAPH_BYTES:
+                break
+            kept.append(line)
+        paragraph = kept
+    yield number, paragraph
 
 
 def parse_paragraph(
@@ -197,7 +325,9 @@ def parse_conffile(entry: str) -> Conffile | None:
             break
         text = head
     path, _, md5 = text.rpartition(" ")
-    if not path.startswith("/") or not (md5 == "newconffile" or _MD5.match(md5.encode())):
+    if not path.startswith("/") or not (
+        md5 == "newconffile" or _MD5.match(md5.encode("utf-8", "surrogateescape"))
+    ):
         return None
     return Conffile(path.encode("utf-8", "surrogateescape"), md5.lower(), obsolete)
 
@@ -207,19 +337,16 @@ def read_status(target: Target) -> Tuple[Dict[Tuple[str, str], Package], List[Da
     number of journal entries applied. Raises OSError when the status file cannot be read."""
     packages: Dict[Tuple[str, str], Package] = {}
     damage: List[Damage] = []
-    data = target.read_bytes(STATUS, limit=MAX_STATUS)
-    if data and not data.endswith(b"\n"):
-        damage.append(Damage(STATUS, "the file does not end with a newline: it may be truncated"))
-    _load(data, STATUS, packages, damage)
+    _load(Lines(target, STATUS, MAX_STATUS), packages, damage)
     applied = 0
     for name in _journal(target, damage):
         path = UPDATES + b"/" + name
         try:
-            entry = target.read_bytes(path, limit=MAX_LIST)
+            entry = Lines(target, path, MAX_LIST)
         except OSError as error:
             damage.append(Damage(path, f"cannot read the journal entry: {error.strerror or error}"))
             continue
-        _load(entry, path, packages, damage)
+        _load(entry, packages, damage)
         applied += 1
     return packages, damage, applied
 
@@ -236,14 +363,35 @@ def _journal(target: Target, damage: List[Damage]) -> List[bytes]:
     return digits[:MAX_JOURNAL_ENTRIES]
 
 
-def _load(data: bytes, source: bytes, packages: Dict[Tuple[str, str], Package], damage: List[Damage]) -> None:
-    for line, lines in _paragraphs(data):
-        fields, bad = parse_paragraph(lines, source, line)
-        damage.extend(bad)
-        package, bad = _package(fields, source, line)
-        damage.extend(bad)
-        if package is not None:
-            packages[package.key] = package
+def _load(lines: Lines, packages: Dict[Tuple[str, str], Package], damage: List[Damage]) -> None:
+    source = lines.path
+    entries = 0
+    before = len(damage)
+    try:
+        for line, paragraph in _paragraphs(lines, damage):
+            entries += 1
+            if entries > MAX_PACKAGES:
+                damage.append(
+                    Damage(source, f"more than {MAX_PACKAGES:,} entries: the rest was not read", line)
+                )
+                break
+            fields, bad = parse_paragraph(paragraph, source, line)
+            package, more = _package(fields, source, line)
+            bad += more
+            room = MAX_DAMAGE - (len(damage) - before)
+            damage.extend(bad[: max(room, 0)])
+            if package is not None:
+                packages[package.key] = package
+            if len(bad) > room:
+                damage.append(
+                    Damage(source, f"more than {MAX_DAMAGE:,} damaged lines: the rest was not read", line)
+                )
+                break
+    except OSError as error:
+        damage.append(Damage(source, f"reading stopped: {error.strerror or error}"))
+    damage.extend(lines.damage())
+    if lines.unterminated:
+        damage.append(Damage(source, "the file does not end with a newline: it may be truncated"))
 
 
 # -- per-package files in info/ ----------------------------------------------------------------
@@ -258,52 +406,99 @@ def info_path(target: Target, package: Package, suffix: str) -> bytes | None:
     return None
 
 
+def _nonempty_lines(block: bytes) -> int:
+    """How many of the block's lines are not empty, without a Python step per line: with every
+    other byte made an `x`, a non-empty line is an `x` at the start or after a newline."""
+    marked = block.translate(_MARK)
+    return marked.count(b"\nx") + marked.startswith(b"x")
+
+
+def _first_bad(block: bytes, first: int, valid: re.Pattern) -> int:
+    """The number of the first non-empty line of `block` that `valid` does not match."""
+    for number, line in enumerate(block.split(b"\n"), first):
+        if line and not valid.fullmatch(line):
+            return number
+    return first
+
+
 def read_list(target: Target, path: bytes) -> Tuple[List[bytes], List[Damage]]:
-    """The absolute paths of an `info/*.list` file (without `/.`)."""
-    data = target.read_bytes(path, limit=MAX_LIST)
+    """The absolute paths of an `info/*.list` file (without `/.`), at most MAX_PATHS of them.
+
+    Each block of lines is matched with one regular expression: a file of millions of malformed
+    lines costs no Python work per line."""
+    lines = Lines(target, path, MAX_LIST)
     damage = []
-    if data and not data.endswith(b"\n"):
-        damage.append(Damage(path, "the file does not end with a newline: it may be truncated"))
-    paths = []
+    paths: List[bytes] = []
     bad = 0
     first_bad = None
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line:
-            continue
-        if not line.startswith(b"/") or b"\0" in line:
-            bad += 1
-            first_bad = first_bad or number
-            continue
-        if line != b"/.":
-            paths.append(line.rstrip(b"/") or b"/")
+    try:
+        for first, block in lines.blocks():
+            if not block.strip(b"\n"):
+                continue
+            valid = 0
+            for match in _LIST_LINE.finditer(block):
+                valid += 1
+                line = match.group()
+                if line == b"/.":
+                    continue
+                if len(paths) >= MAX_PATHS:
+                    damage.append(_too_many(path, first + block.count(b"\n", 0, match.start())))
+                    return paths, damage + lines.damage()
+                paths.append(line.rstrip(b"/") or b"/")
+            nonempty = _nonempty_lines(block)
+            if nonempty > valid:
+                bad += nonempty - valid
+                first_bad = first_bad or _first_bad(block, first, _LIST_LINE)
+    except OSError as error:
+        damage.append(Damage(path, f"reading stopped: {error.strerror or error}"))
+    if lines.unterminated:
+        damage.append(Damage(path, "the file does not end with a newline: it may be truncated"))
     if bad:
         damage.append(Damage(path, "lines that are not absolute paths", first_bad, bad))
-    return paths, damage
+    return paths, damage + lines.damage()
+
+
+def _too_many(path: bytes, line: int) -> Damage:
+    return Damage(
+        path, f"more than {MAX_PATHS:,} paths, more than any package holds: the rest was not read", line
+    )
 
 
 def read_md5sums(target: Target, path: bytes) -> Tuple[Dict[bytes, str], List[Damage]]:
-    """Absolute path -> md5 from an `info/*.md5sums` file. A last line without its newline is
-    dropped: a truncated file cuts it anywhere, also inside the path."""
-    data = target.read_bytes(path, limit=MAX_LIST)
+    """Absolute path -> md5 from an `info/*.md5sums` file, at most MAX_PATHS of them. A last line
+    without its newline is dropped: a truncated file cuts it anywhere, also inside the path."""
+    lines = Lines(target, path, MAX_LIST)
     damage = []
-    lines = data.split(b"\n")
-    if lines and lines[-1]:
-        damage.append(Damage(path, "the file does not end with a newline: it is truncated", len(lines)))
     sums: Dict[bytes, str] = {}
     bad = 0
     first_bad = None
-    for number, line in enumerate(lines[:-1], 1):
-        if not line:
-            continue
-        md5, sep, name = line[:32], line[32:34], line[34:]
-        if not _MD5.match(md5) or sep not in (b"  ", b" *") or not name or b"\0" in name:
-            bad += 1
-            first_bad = first_bad or number
-            continue
-        sums[b"/" + name.lstrip(b"/")] = md5.decode().lower()
+    last = 0
+    try:
+        for first, block in lines.blocks():
+            last = first + block.count(b"\n")
+            if lines.unterminated:
+                break
+            if not block.strip(b"\n"):
+                continue
+            valid = 0
+            for match in _MD5_LINE.finditer(block):
+                valid += 1
+                name = b"/" + match.group(2).lstrip(b"/")
+                if name not in sums and len(sums) >= MAX_PATHS:
+                    damage.append(_too_many(path, first + block.count(b"\n", 0, match.start())))
+                    return sums, damage + lines.damage()
+                sums[name] = match.group(1).decode().lower()
+            nonempty = _nonempty_lines(block)
+            if nonempty > valid:
+                bad += nonempty - valid
+                first_bad = first_bad or _first_bad(block, first, _MD5_LINE)
+    except OSError as error:
+        damage.append(Damage(path, f"reading stopped: {error.strerror or error}"))
+    if lines.unterminated:
+        damage.append(Damage(path, "the file does not end with a newline: it is truncated", last))
     if bad:
         damage.append(Damage(path, "malformed lines", first_bad, bad))
-    return sums, damage
+    return sums, damage + lines.damage()
 
 
 def list_owners(target: Target) -> Set[str]:
@@ -327,23 +522,35 @@ class Diversion:
 
 def read_diversions(target: Target) -> Tuple[Dict[bytes, Diversion], List[Damage]]:
     try:
-        data = target.read_bytes(DIVERSIONS, limit=MAX_LIST)
+        lines = Lines(target, DIVERSIONS, MAX_LIST)
     except FileNotFoundError:
         return {}, []
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
     damage = []
-    if len(lines) % 3:
-        damage.append(Damage(DIVERSIONS, "the number of lines is not a multiple of 3: it is damaged"))
     diversions = {}
-    for index in range(0, len(lines) - 2, 3):
-        source, to, package = lines[index : index + 3]
-        if not source.startswith(b"/") or not to.startswith(b"/") or not package:
-            damage.append(Damage(DIVERSIONS, "a malformed diversion", index + 1))
-            continue
-        diversions[source] = Diversion(source, to, package.decode("utf-8", "surrogateescape"))
-    return diversions, damage
+    group: List[bytes] = []
+    count = 0
+    try:
+        for number, line in lines:
+            count = number
+            group.append(line)
+            if len(group) < 3:
+                continue
+            source, to, package = group
+            group = []
+            if len(diversions) >= MAX_DIVERSIONS:
+                damage.append(
+                    Damage(DIVERSIONS, f"more than {MAX_DIVERSIONS:,} diversions: the rest was not read")
+                )
+                return diversions, damage
+            if not source.startswith(b"/") or not to.startswith(b"/") or not package:
+                damage.append(Damage(DIVERSIONS, "a malformed diversion", number - 2))
+                continue
+            diversions[source] = Diversion(source, to, package.decode("utf-8", "surrogateescape"))
+    except OSError as error:
+        damage.append(Damage(DIVERSIONS, f"reading stopped: {error.strerror or error}"))
+    if count % 3:
+        damage.append(Damage(DIVERSIONS, "the number of lines is not a multiple of 3: it is damaged"))
+    return diversions, damage + lines.damage()
 
 
 def diverted_location(path: bytes, owner: str, diversions: Dict[bytes, Diversion]) -> bytes:

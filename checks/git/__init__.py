@@ -21,22 +21,16 @@ from fsaudit.outcomes import (
 )
 from fsaudit.target import Target
 from fsaudit_checks.git.index import IndexDamaged, IndexEntry, read_index
+from fsaudit_checks.git.sandbox import GitSandbox, RepositoryConfig, locate_common_dir
 
 DEFAULT_PATHS = ("/srv", "/opt", "/home", "/var/www", "/root")
 SEARCH_DEPTH = 8
 PRUNE = {b".git", b"node_modules", b"__pycache__", b"site-packages", b".cache", b".venv", b"venv"}
 INDEX_LIMIT = 512 << 20
 FSCK_LINES = 50
-# Safe settings for a repository we do not trust: never run a program its config names, never take
-# a lock or refresh the index, accept repositories owned by another user.
-GIT_CONFIG = ("-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
+FSCK_LINE_LENGTH = 500
+ATTRIBUTES_TIMEOUT = 300
 _FSCK_PROBLEM = re.compile(r"^(error|fatal|missing|broken link|bad|warning in|hash mismatch)", re.I)
-
-
-def git_environment() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", LC_ALL="C")
-    return env
 
 
 def blob_header(size: int) -> bytes:
@@ -59,6 +53,7 @@ class GitChecker(Checker):
     )
     codes = {
         "object-damaged": "git fsck reports damaged or missing objects in the repository",
+        "repository-damaged": "the repository's HEAD or config is damaged (git would refuse the repository)",
         "index-damaged": "the repository's index file is damaged (checksum or format)",
         "content-differs": "a tracked file changed while its size and mtime stayed as git recorded them:"
         " silent damage",
@@ -104,46 +99,89 @@ class GitChecker(Checker):
 
     def run(self, target: Target) -> Iterator:
         seen = set()
+        checked = set()
         for tree in self._work_trees(target):
             git_dir = self._git_dir(target, tree)
             if git_dir is None or target.resolve(git_dir) in seen:
                 continue
             seen.add(target.resolve(git_dir))
             self.count("repositories")
-            if self.settings["fsck"]:
-                yield from self._fsck(target, tree, git_dir)
-            yield from self._tracked_files(target, tree, git_dir)
+            common_dir = locate_common_dir(target, git_dir)
+            config = RepositoryConfig.read(target, common_dir)
+            if config.object_format not in ("sha1", "sha256"):
+                self.incomplete(
+                    f"{target.display(tree)} was not checked: its object format {config.object_format!r}"
+                    " is unknown"
+                )
+                continue
+            if config.damage:
+                yield self._repository_damaged(
+                    target, tree, common_dir, f"its config is damaged ({config.damage})"
+                )
+            # A linked work tree shares its repository's objects: one fsck for them all.
+            fsck = self.settings["fsck"] and common_dir not in checked
+            checked.add(common_dir)
+            try:
+                if fsck and git_dir != common_dir:
+                    # fsck sees the repository from its own git directory, with every work tree's
+                    # HEAD and index as roots, whichever work tree was found first.
+                    with GitSandbox(target, common_dir, common_dir, config) as sandbox:
+                        yield from self._fsck(target, tree, common_dir, config, sandbox)
+                    fsck = False
+                with GitSandbox(target, git_dir, common_dir, config) as sandbox:
+                    if sandbox.head_damage:
+                        yield self._repository_damaged(target, tree, git_dir, sandbox.head_damage)
+                    if fsck:
+                        yield from self._fsck(target, tree, common_dir, config, sandbox)
+                    yield from self._tracked_files(target, tree, git_dir, config, sandbox)
+                    if self.settings["fsck"] and git_dir != common_dir and not config.partial_clone:
+                        yield from self._linked_index_objects(target, tree, git_dir, config, sandbox)
+            except OSError as error:
+                # The scratch repository is on this machine: failing to make it is our failure.
+                self.incomplete(f"{target.display(tree)} was not checked: {error.strerror or error}")
 
-    def _git(self, target: Target, git_dir: bytes, *args: str, timeout: int) -> subprocess.CompletedProcess:
-        command = ["git", *GIT_CONFIG, f"--git-dir={os.fsdecode(target.resolve(git_dir))}", *args]
-        return subprocess.run(
-            command,
-            capture_output=True,
-            timeout=timeout,
-            env=git_environment(),
-            stdin=subprocess.DEVNULL,
-            check=False,
+    def _repository_damaged(self, target: Target, tree: bytes, where: bytes, problem: str):
+        return self.finding(
+            "repository-damaged",
+            "critical",
+            f"the repository is damaged: {problem}",
+            path=tree,
+            details={"git_dir": target.display(where)},
+            advice="re-deploy this tree from its remote (git clone), or restore the repository from backup",
         )
 
-    def _fsck(self, target: Target, tree: bytes, git_dir: bytes) -> Iterator:
+    def _fsck(
+        self, target: Target, tree: bytes, common_dir: bytes, config: RepositoryConfig, sandbox: GitSandbox
+    ) -> Iterator:
         advice = "re-deploy this tree from its remote (git clone), or restore the repository from backup"
-        try:
-            done = self._git(
-                target,
-                git_dir,
-                "fsck",
-                "--full",
-                "--no-progress",
-                "--no-dangling",
-                timeout=self.settings["timeout"],
-            )
-        except subprocess.TimeoutExpired:
+        shown = target.display(tree)
+        if config.unknown_extensions:
+            self.count("repositories_fsck_skipped")
             self.incomplete(
-                f"git fsck took longer than {self.settings['timeout']} s in {target.display(tree)}"
+                f"git fsck was not run in {shown}: it uses repository extensions this git does not know"
+                f" ({', '.join(config.unknown_extensions)})"
             )
             return
-        output = (done.stdout + done.stderr).decode("utf-8", "replace").splitlines()
+        for note in sandbox.notes:
+            self.incomplete(f"git fsck in {shown} is incomplete: {note}")
+        arguments = ["fsck", "--full", "--no-progress", "--no-dangling"]
+        if not sandbox.reflogs:
+            arguments.append("--no-reflogs")
+        try:
+            done = sandbox.run(*arguments, timeout=self.settings["timeout"])
+        except subprocess.TimeoutExpired:
+            self.incomplete(f"git fsck took longer than {self.settings['timeout']} s in {shown}")
+            return
+        output = sandbox.display((done.stdout + done.stderr).decode("utf-8", "replace")).splitlines()
+        output = [line[:FSCK_LINE_LENGTH] for line in output]
         problems = [line for line in output if _FSCK_PROBLEM.match(line.strip())]
+        denied = [line for line in problems if "Permission denied" in line]
+        if denied:
+            # Objects this user may not read are not damaged: the check is incomplete instead.
+            not_checked_for_permission(self, len(denied))
+            problems = [line for line in problems if line not in denied]
+            if not problems:
+                return
         if done.returncode == 0 and not problems:
             self.count("repositories_fsck_clean")
             return
@@ -157,35 +195,73 @@ class GitChecker(Checker):
             details={
                 "fsck": problems[:FSCK_LINES],
                 "problems": len(problems),
-                "git_dir": target.display(git_dir),
+                "git_dir": target.display(common_dir),
             },
             advice=advice,
         )
 
-    def _entries(self, target: Target, tree: bytes, git_dir: bytes) -> Tuple[List[IndexEntry], Optional[str]]:
+    def _entries(
+        self, target: Target, git_dir: bytes, config: RepositoryConfig
+    ) -> Tuple[List[IndexEntry], Optional[str]]:
         index = git_dir + b"/index"
         try:
-            data = target.read_bytes(index, limit=INDEX_LIMIT)
+            data = target.read_bytes(index, limit=INDEX_LIMIT, follow=False)
         except FileNotFoundError:
+            return [], None
+        except PermissionError:
+            not_checked_for_permission(self)
             return [], None
         except OSError as error:
             return [], f"cannot read the index: {error.strerror or error}"
-        hash_size = 32 if self._object_format(target, git_dir) == "sha256" else 20
+        hash_size = 32 if config.object_format == "sha256" else 20
         try:
             return read_index(data, hash_size), None
         except IndexDamaged as error:
             return [], str(error)
 
-    def _object_format(self, target: Target, git_dir: bytes) -> str:
+    def _linked_index_objects(
+        self, target: Target, tree: bytes, git_dir: bytes, config: RepositoryConfig, sandbox: GitSandbox
+    ) -> Iterator:
+        """The objects a linked work tree's index names must exist: git fsck before 2.41 checks the
+        index of the work tree it runs in only, so the repository's fsck does not cover this one."""
+        entries, damage = self._entries(target, git_dir, config)
+        ids = sorted({entry.object_id for entry in entries if entry.kind != "submodule"})
+        if damage or not ids:
+            return
         try:
-            config = target.read_text(git_dir + b"/config", limit=1 << 20)
-        except OSError:
-            return "sha1"
-        match = re.search(r"^\s*objectformat\s*=\s*(\w+)", config, re.I | re.M)
-        return match.group(1).lower() if match else "sha1"
+            done = sandbox.run(
+                "cat-file",
+                "--batch-check",
+                stdin=("\n".join(ids) + "\n").encode(),
+                timeout=ATTRIBUTES_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            self.incomplete(f"the objects of {target.display(tree)}'s index could not be checked in time")
+            return
+        missing = [
+            line.split()[0]
+            for line in done.stdout.decode("ascii", "replace").splitlines()
+            if line.endswith(" missing")
+        ]
+        if not missing:
+            return
+        yield self.finding(
+            "object-damaged",
+            "critical",
+            f"{len(missing)} object(s) this work tree's index names are missing from the repository",
+            path=tree,
+            details={
+                "fsck": [f"missing blob {oid}" for oid in missing[:FSCK_LINES]],
+                "problems": len(missing),
+                "git_dir": target.display(git_dir),
+            },
+            advice="re-deploy this tree from its remote (git clone), or restore the repository from backup",
+        )
 
-    def _tracked_files(self, target: Target, tree: bytes, git_dir: bytes) -> Iterator:
-        entries, damage = self._entries(target, tree, git_dir)
+    def _tracked_files(
+        self, target: Target, tree: bytes, git_dir: bytes, config: RepositoryConfig, sandbox: GitSandbox
+    ) -> Iterator:
+        entries, damage = self._entries(target, git_dir, config)
         advice = "re-deploy this tree from its remote, or restore the file from backup"
         if damage:
             yield self.finding(
@@ -211,7 +287,9 @@ class GitChecker(Checker):
                 yield from self._symlink(target, path, entry, advice)
                 continue
             by_path[path] = entry
-            requests.append(HashRequest(path, "sha1", prefix=blob_header, key=entry, follow=False))
+            requests.append(
+                HashRequest(path, config.object_format, prefix=blob_header, key=entry, follow=False)
+            )
         for result in hash_files(target, requests, self.context.jobs):
             entry = result.request.key
             path = result.request.path
@@ -225,7 +303,7 @@ class GitChecker(Checker):
                 not_checked_for_permission(self)
             else:
                 yield unverified_finding(self, verdict, result, path, advice, "tracked file")
-        yield from self._mismatches(target, tree, git_dir, mismatched, advice)
+        yield from self._mismatches(target, tree, config, sandbox, mismatched, advice)
 
     def _symlink(self, target: Target, path: bytes, entry: IndexEntry, advice: str) -> Iterator:
         try:
@@ -251,20 +329,24 @@ class GitChecker(Checker):
                 advice=advice,
             )
 
-    def _filtered(self, target: Target, git_dir: bytes, tree: bytes, paths: List[bytes]) -> set:
-        """Paths git converts on checkout (filters, eol), whose bytes cannot match the blob as is."""
+    def _filtered(
+        self, target: Target, tree: bytes, config: RepositoryConfig, sandbox: GitSandbox, paths: List[bytes]
+    ) -> Optional[set]:
+        """Paths git converts on checkout (filters, eol), whose bytes cannot match the blob as is;
+        None when git could not say. The attributes are read from the index (`--cached`): those
+        checkout applied, and git reads no file of the work tree."""
         if not paths:
             return set()
+        if config.autocrlf in ("true", "input") or config.eol == "crlf":
+            return set(paths)
+        if not sandbox.index_copied:
+            return None
         base = b"" if tree == b"/" else tree.rstrip(b"/")
         relative = [p[len(base) + 1 :] for p in paths]
-        command_input = b"\0".join(relative) + b"\0"
-        done = subprocess.run(
-            [
-                "git",
-                *GIT_CONFIG,
-                f"--git-dir={os.fsdecode(target.resolve(git_dir))}",
-                f"--work-tree={os.fsdecode(target.resolve(tree))}",
+        try:
+            done = sandbox.run(
                 "check-attr",
+                "--cached",
                 "-z",
                 "--stdin",
                 "filter",
@@ -272,31 +354,39 @@ class GitChecker(Checker):
                 "eol",
                 "ident",
                 "working-tree-encoding",
-            ],
-            input=command_input,
-            capture_output=True,
-            env=git_environment(),
-            timeout=300,
-            check=False,
-        )
+                stdin=b"\0".join(relative) + b"\0",
+                timeout=ATTRIBUTES_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode != 0:
+            return None
         fields = done.stdout.split(b"\0")
         converted = set()
         for index in range(0, len(fields) - 2, 3):
             name, attribute, value = fields[index : index + 3]
             if value not in (b"unspecified", b"unset") and not (attribute == b"text" and value == b"auto"):
                 converted.add(base + b"/" + name)
-        autocrlf = self._git(target, git_dir, "config", "--get", "core.autocrlf", timeout=60).stdout.strip()
-        if autocrlf in (b"true", b"input"):
-            converted.update(paths)
         return converted
 
     def _mismatches(
-        self, target: Target, tree: bytes, git_dir: bytes, mismatched: list, advice: str
+        self,
+        target: Target,
+        tree: bytes,
+        config: RepositoryConfig,
+        sandbox: GitSandbox,
+        mismatched: list,
+        advice: str,
     ) -> Iterator:
-        converted = self._filtered(target, git_dir, tree, [path for path, _, _ in mismatched])
+        converted = self._filtered(target, tree, config, sandbox, [path for path, _, _ in mismatched])
+        if converted is None:
+            self.incomplete(
+                f"git could not say which files of {target.display(tree)} it converts on checkout:"
+                " the files that differ were not judged"
+            )
         unverified = 0
         for path, entry, result in mismatched:
-            if path in converted:
+            if converted is None or path in converted:
                 unverified += 1
                 continue
             self.count("files_verified")

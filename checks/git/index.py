@@ -52,6 +52,14 @@ def _varint(data: bytes, offset: int) -> tuple:
     return value, offset
 
 
+def _valid_path(path: bytes) -> bool:
+    """git's own rule for paths in the index (verify_path): relative, no empty, `.`, `..` or `.git`
+    component. Anything else would make fsaudit read outside the work tree."""
+    if not path or path.startswith(b"/") or path.endswith(b"/"):
+        return False
+    return all(part not in (b"", b".", b"..") and part.lower() != b".git" for part in path.split(b"/"))
+
+
 def read_index(data: bytes, hash_size: int = 20) -> List[IndexEntry]:
     """Every entry of the index `data`; raises IndexDamaged for anything malformed."""
     return list(iter_index(data, hash_size))
@@ -104,6 +112,8 @@ def iter_index(data: bytes, hash_size: int = 20) -> Iterator[IndexEntry]:
             # Entries are padded with NULs to a multiple of 8 bytes.
             offset = start + ((nul - start + 8) & ~7)
         previous = path
+        if not _valid_path(path):
+            raise IndexDamaged(f"an entry with an invalid path {path[:80]!r}")
         yield IndexEntry(
             path=path,
             mode=fields[6],

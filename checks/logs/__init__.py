@@ -25,9 +25,10 @@ from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
+from fsaudit.outcomes import not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
 from fsaudit.window import target_timezone
-from fsaudit_checks.logs.files import Decompressed, compression, target_glob
+from fsaudit_checks.logs.files import MAX_RATIO, Decompressed, compression, decompressed_cap, target_glob
 from fsaudit_checks.logs.journal import JournalReader
 from fsaudit_checks.logs.scan import LogScan, quote
 from fsaudit_checks.logs.signatures import CODES, Signature
@@ -174,6 +175,10 @@ class LogsChecker(Checker):
                 path, f"a {error.kind} stands where a log file was expected", Severity.WARNING
             )
             return
+        except PermissionError:
+            # Permission denied is not damage: counted, and the runner says the check is incomplete.
+            not_checked_for_permission(self)
+            return
         except OSError as error:
             yield self._unreadable(path, error.strerror or str(error), self._severity(error))
             return
@@ -193,6 +198,9 @@ class LogsChecker(Checker):
 
     def _read_stream(self, path: bytes, handle, kind: str, reference: datetime) -> Iterator[Finding]:
         cap = max(self.settings["max_file_mb"], 1) << 20
+        by_ratio = False
+        if kind != "plain":
+            cap, by_ratio = decompressed_cap(handle.st.st_size, cap)
         start = 0
         if kind == "plain" and handle.st.st_size > cap:
             # The newest lines matter most: read the end.
@@ -200,7 +208,7 @@ class LogsChecker(Checker):
             handle.seek(start)
             yield self._partly_read(path, f"only its last {cap >> 20:,} MiB were read", handle.st.st_size)
         if kind == "zstd":
-            yield from self._read_zstd(path, handle, reference, cap)
+            yield from self._read_zstd(path, handle, reference, cap, by_ratio)
             return
         stream = Decompressed(handle, kind) if kind != "plain" else handle
         scan = LogScan(self, path, reference, start, line_known=start == 0)
@@ -209,9 +217,24 @@ class LogsChecker(Checker):
         if kind != "plain" and stream.error:
             yield self._damaged(path, kind, scan.lines, stream.error)
         elif kind != "plain" and scan.truncated:
-            yield self._partly_read(path, f"only its first {cap >> 20:,} MiB (decompressed) were read", None)
+            yield self._decompressed_cut(path, cap, by_ratio)
 
-    def _read_zstd(self, path: bytes, handle, reference: datetime, cap: int) -> Iterator[Finding]:
+    def _decompressed_cut(self, path: bytes, cap: int, by_ratio: bool) -> Finding:
+        if not by_ratio:
+            return self._partly_read(path, f"only its first {cap >> 20:,} MiB (decompressed) were read", None)
+        return self.finding(
+            "log-partly-read",
+            Severity.WARNING,
+            f"only its first {cap >> 20:,} MiB (decompressed) were read: more than {MAX_RATIO:,} times its"
+            " compressed size, a decompression bomb or data too repetitive to read in full",
+            path=path,
+            details={"decompressed_read": cap, "max_ratio": MAX_RATIO},
+            advice="Look at this file by hand: a log does not compress this well.",
+        )
+
+    def _read_zstd(
+        self, path: bytes, handle, reference: datetime, cap: int, by_ratio: bool
+    ) -> Iterator[Finding]:
         zstd = shutil.which("zstd")
         if not zstd:
             yield self._unreadable(
@@ -219,7 +242,13 @@ class LogsChecker(Checker):
             )
             return
         with tempfile.TemporaryFile() as errors:
-            process = subprocess.Popen([zstd, "-dc"], stdin=handle, stdout=subprocess.PIPE, stderr=errors)
+            process = subprocess.Popen(
+                [zstd, "-dc", "-q"],
+                stdin=handle,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+            )
             scan = LogScan(self, path, reference, 0, line_known=True)
             try:
                 yield from scan.read(process.stdout, cap)
@@ -234,6 +263,8 @@ class LogsChecker(Checker):
                 yield self._damaged(
                     path, "zstd", scan.lines, errors.read(500).decode("utf-8", "replace").strip()
                 )
+            elif scan.truncated:
+                yield self._decompressed_cut(path, cap, by_ratio)
 
     # -- the journal ------------------------------------------------------------------------------
 

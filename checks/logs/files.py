@@ -7,12 +7,16 @@ import fnmatch
 import lzma
 import os
 import zlib
-from typing import List
+from typing import List, Tuple
 
 from fsaudit.target import Target
 
 CHUNK = 1 << 20
 MAX_GLOB = 10_000
+# A rotated log compresses 5 to 50 times; 1000 times is a decompression bomb (a few KiB of bzip2 can
+# hold hundreds of GiB of zeros) or data too repetitive to be worth reading in full.
+MAX_RATIO = 1000
+RATIO_FLOOR = 64 << 20
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
@@ -34,6 +38,14 @@ def target_glob(target: Target, pattern: str, limit: int = MAX_GLOB) -> List[byt
             found.extend(base + b"/" + name for name in sorted(names) if fnmatch.fnmatchcase(name, part))
         current = found[:limit]
     return [path for path in current if target.exists(path, follow=True)]
+
+
+def decompressed_cap(compressed_size: int, limit: int) -> Tuple[int, bool]:
+    """How many decompressed bytes of a compressed log to read: `limit` (max_file_mb), or less when
+    that is more than MAX_RATIO times the compressed size (never less than RATIO_FLOOR); and whether
+    the ratio is what sets it."""
+    by_ratio = max(RATIO_FLOOR, compressed_size * MAX_RATIO)
+    return (by_ratio, True) if by_ratio < limit else (limit, False)
 
 
 def compression(head: bytes) -> str:

@@ -131,6 +131,8 @@ class ZodbChecker(Checker):
                 self.settings["max_files"],
             )
             self.count("files_searched", found.files_examined)
+            self.count("python_libraries_not_searched", found.library_dirs)
+            self.count("directories_below_max_depth", found.too_deep)
             if found.unreadable_dirs:
                 self.count("directories_unreadable", found.unreadable_dirs)
             if found.limit_reached:

@@ -13,6 +13,9 @@ from fsaudit_checks.zodb.format import MAGICS
 CONFIG_NAMES = (b"zeo.conf", b"zope.conf")
 # Trees that never hold a FileStorage but do hold very many files.
 _PRUNE_NAMES = {b".git", b".hg", b".svn", b"node_modules", b"__pycache__", b".cache", b"proc", b"sys"}
+# Python environments hold libraries, not an application's database: ZODB itself ships a FileStorage
+# for its tests (ZODB/scripts/manual_tests/test-checker.fs), which is no customer's data.
+_LIBRARY_NAMES = {b"site-packages", b"dist-packages"}
 _PRUNE_PATHS = {
     b"/var/lib/dpkg",
     b"/var/lib/apt",
@@ -45,6 +48,8 @@ class Discovery:
     files_examined: int = 0
     unreadable_dirs: int = 0
     limit_reached: bool = False
+    library_dirs: int = 0  # Python library directories left out of the search
+    too_deep: int = 0  # directories below max_depth, not searched
 
     def add(self, path: bytes, blob_dir: bytes | None, source: str) -> None:
         path = os.path.normpath(path)
@@ -170,15 +175,22 @@ def discover(
     def prune(path: bytes, entry) -> bool:
         if entry.name in _PRUNE_NAMES or path in _PRUNE_PATHS:
             return True
+        if entry.name in _LIBRARY_NAMES:
+            found.library_dirs += 1
+            return True
+        if path.count(b"/") - depth_of_root[0] > max_depth:
+            found.too_deep += 1
+            return True
         # A blob directory has one directory per oid byte and no FileStorage.
         return os.path.exists(os.path.join(entry.path, b".layout"))
 
+    depth_of_root = [0]
     for root in roots:
         if not target.exists(root, follow=True):
             continue
-        for directory, entries in target.walk(
-            os.fsencode(root), onerror=onerror, prune=prune, max_depth=max_depth
-        ):
+        start = target.inner_path(target.resolve(root))
+        depth_of_root[0] = start.rstrip(b"/").count(b"/")
+        for directory, entries in target.walk(start, onerror=onerror, prune=prune, max_depth=max_depth + 1):
             for entry in entries:
                 try:
                     if not entry.is_file(follow_symlinks=False):

@@ -252,6 +252,29 @@ def test_found_by_magic_and_from_zeo_config(base, tmp_path):
     assert run.check("zodb")["stats"]["blobs_checked"] == 1
 
 
+def test_storages_inside_python_environments_are_library_data_not_searched(base, tmp_path):
+    """ZODB ships a FileStorage for its own tests in site-packages: it is nobody's database."""
+    import ZODB
+
+    shipped = glob.glob(os.path.join(os.path.dirname(ZODB.__file__), "**", "*.fs"), recursive=True)
+    assert shipped, "ZODB no longer ships a test FileStorage: use any storage for this test"
+    root = tmp_path / "vm"
+    for library in (
+        root / "opt" / "venv" / "lib" / "python3.11" / "site-packages" / "ZODB" / "scripts",
+        root / "srv" / "app" / "lib" / "python3" / "dist-packages" / "ZODB" / "tests",
+    ):
+        library.mkdir(parents=True)
+        shutil.copy(shipped[0], library / os.path.basename(shipped[0]))
+    application = root / "srv" / "app" / "var" / "filestorage"
+    application.mkdir(parents=True)
+    shutil.copy(base.path, application / "Data.fs")
+    run = fsaudit("audit", "--root", root, "--check", "zodb", "--format", "json")
+    assert {f["path"] for f in run.findings("zodb", "storage-checked")} == {
+        "/srv/app/var/filestorage/Data.fs"
+    }
+    assert run.check("zodb")["stats"]["python_libraries_not_searched"] == 2
+
+
 def test_no_storage_is_skipped(tmp_path):
     (tmp_path / "srv").mkdir()
     run = fsaudit("audit", "--root", tmp_path, "--check", "zodb", "--format", "json")
