@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Callable, Dict, Iterator, Sequence, Set, Tuple, Union
 
 from fsaudit.model import Finding, Severity
@@ -41,7 +42,9 @@ class Option:
     `kind` is str, int, float or bool. `multiple` options collect a list: repeated `--set`, a TOML
     array, or a comma-separated value, unless `split` is False: DNs, URLs and connection strings
     hold commas of their own (`dc=example,dc=org`, `host=a,b`), so their options take one value per
-    `--set` or array item, never split.
+    `--set` or array item, never split. `flag` (of a checker marked `self_check`): `fsaudit self-check`
+    offers the option as `--FLAG FILE`, a file that must exist (e.g. the baseline's `file` as
+    `--baseline`), so the core names no checker's option.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Option:
     multiple: bool = False
     choices: Tuple[str, ...] = ()
     split: bool = True
+    flag: str = ""
 
     def parse_one(self, raw: Any) -> Any:
         if isinstance(raw, (list, tuple, dict)):
@@ -92,17 +96,25 @@ class Settings(dict):
 
 @dataclass
 class Context:
-    """What the audit as a whole tells each checker: the window, parallelism, progress."""
+    """What the audit as a whole tells each checker, worked out once by the CLI (fsaudit.settings): the
+    audited system's time zone, the window placed in it, parallelism, progress; and the paths the
+    checkers verified."""
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Reads in flight, set by the disk (network storage: deep), not by the cores (`--io-depth`).
+    io_depth: int = 32
     window: Window | None = None
+    # The audited system's local time zone (its own /etc/localtime); None: not known (UTC is used).
+    timezone: tzinfo | None = None
     progress: Progress = field(default_factory=Progress)
-    # Results of the checkers that already ran, by name.
-    results: Dict[str, Any] = field(default_factory=dict)
     # Paths (bytes, inside the target) that a checker verified against an independent expectation
     # (a package manifest, a RECORD file, a baseline), so `window` can say which at-risk files no
     # checker could verify.
     verified: Set[bytes] = field(default_factory=set)
+
+    def __post_init__(self):
+        self.jobs = max(1, int(self.jobs))
+        self.io_depth = max(1, int(self.io_depth))
 
 
 class Checker:

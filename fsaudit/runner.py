@@ -18,6 +18,7 @@ from fsaudit.model import NOTHING_FOUND, CheckResult, Report, Severity, Status
 from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 from fsaudit.registry import Entry
 from fsaudit.target import Target
+from fsaudit.window import target_timezone
 
 LOG = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def run_audit(
     user interrupted it (the checks not reached are then `unknown`)."""
     context = context or Context()
     context.progress = GuardedProgress.around(context.progress)
+    if context.timezone is None:  # a caller without fsaudit.settings (a library, a test)
+        context.timezone = target_timezone(target)
     report = Report(
         host=host_info(target),
         root=target.root_text,
@@ -210,7 +213,6 @@ def run_audit(
             interrupted = True
         finally:
             context.progress.stop()
-        context.results[entry.name] = result
         report.checks.append(result)
     report.finished = _now()
     report.interrupted = interrupted

@@ -27,7 +27,6 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.outcomes import not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
-from fsaudit.window import target_timezone
 from fsaudit_checks.logs.files import MAX_RATIO, Decompressed, compression, decompressed_cap, target_glob
 from fsaudit_checks.logs.journal import JournalReader
 from fsaudit_checks.logs.scan import LogScan, quote
@@ -121,7 +120,7 @@ class LogsChecker(Checker):
 
     def run(self, target: Target) -> Iterator[Finding]:
         self._target = target
-        self.tz = target_timezone(target.root_text)
+        self.tz = self.context.timezone or timezone.utc
         self.since = self._since_time()
         self.stats["since"] = self.since.isoformat(timespec="seconds")
         for key in ("logs_read", "logs_older_than_since", "lines_matched", "bytes_read"):

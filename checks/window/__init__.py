@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import Target, file_kind
-from fsaudit.window import Window, WindowError, parse_window, target_timezone
+from fsaudit.window import Window, WindowError, WindowSpec
 from fsaudit_checks.window.mounts import excluded_mounts, read_mounts
 
 # Deeper than this, directories are reported as not walked (a loop or a hostile tree).
@@ -50,14 +50,12 @@ ADVICE_READ_ERROR = (
 )
 
 
-def window_range(raw) -> str:
-    """The text of a window option, checked for syntax now (zones are applied when the target is known)."""
-    text = str(raw)
+def window_range(raw) -> WindowSpec:
+    """A window option, read now (its zone is applied when the audited system's is known)."""
     try:
-        parse_window(text)
+        return WindowSpec.parse(str(raw))
     except WindowError as error:
         raise ValueError(str(error)) from None
-    return text
 
 
 # Option errors say "expected <kind name>": make that a useful sentence.
@@ -155,27 +153,27 @@ class WindowChecker(Checker):
     }
 
     def applies(self, target: Target) -> bool:
-        self._window = self._choose_window(target)
-        if self._window is None:
+        if self._choose_window() is None:
             raise Skip(
                 "no window given: use --window START..END, `window` in [audit] or [checks.window] "
                 "of the config, or --set window.window=START..END"
             )
         return True
 
-    def _choose_window(self, target: Target) -> Window | None:
-        text = self.settings["window"]
-        if not text:
+    def _choose_window(self) -> Window | None:
+        """This check's own `window` option placed in the audited system's zone, else the audit's."""
+        spec = self.settings["window"]
+        if spec is None:
             return self.context.window
         try:
-            return parse_window(text, target_timezone(target.root_text))
+            return spec.resolve(self.context.timezone)
         except WindowError as error:
             raise Skip(f"window.window: {error}") from None
 
     # -- the walk ----------------------------------------------------------------------------------
 
     def run(self, target: Target) -> Iterator[Finding]:
-        window = getattr(self, "_window", None) or self._choose_window(target)
+        window = self._choose_window()
         if window is None:
             raise Skip("no window given")
         self._start, self._end = window.start_ts, window.end_ts

@@ -147,3 +147,7 @@ def render_html(report: Report, colour: bool = False) -> str:
         checks=_checks(report),
         critical=Severity.CRITICAL.value,
     )
+
+
+# Asked before an audit starts (fsaudit.report.check_format): the page cannot be made without jinja2.
+render_html.require = require_jinja2  # type: ignore[attr-defined]

@@ -439,7 +439,7 @@ def run_git_config(data: bytes) -> None:
 
 @functools.cache
 def baseline_seeds() -> List[bytes]:
-    from fsaudit.baseline import FORMAT, Entry
+    from fsaudit_checks.baseline.format import FORMAT, Entry
 
     lines = [json.dumps({"format": FORMAT, "root": "/", "created": "2014-06-01T00:00:00+00:00"}) + "\n"]
     for number in range(5):
@@ -453,7 +453,7 @@ def baseline_seeds() -> List[bytes]:
 
 
 def run_baseline(data: bytes) -> None:
-    from fsaudit.baseline import BaselineDamaged, read_baseline
+    from fsaudit_checks.baseline.format import BaselineDamaged, read_baseline
 
     try:
         _header, entries = read_baseline(io.BytesIO(data))
