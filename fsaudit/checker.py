@@ -137,6 +137,10 @@ class Checker:
       finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
     - `present()`: whether what it checks is on this system at all, even when it cannot be checked
       here; that tells "nothing of this kind here" (skipped) from "not checked" (unknown).
+    - `cap`: findings listed per group at most (0: all); the runner counts the rest, and the report
+      says how many of each group were not listed (`CheckResult.not_listed`). A group is the
+      finding fields named in `cap_by` (code and severity; add "path" for per-file caps, "subject"
+      for per-subject ones). A checker whose cap is an option sets `self.cap` from its settings.
     """
 
     name: str = ""
@@ -149,6 +153,8 @@ class Checker:
     covers: str = ""
     category: str = ""
     repairer: str = ""
+    cap: int = 0
+    cap_by: Tuple[str, ...] = ("code", "severity")
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
         """`options`: the `Settings` the CLI validated, or raw values (then validated here)."""

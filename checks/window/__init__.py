@@ -148,9 +148,12 @@ class WindowChecker(Checker):
         "read-error": "the filesystem answered with an I/O or corruption error for a directory or an entry",
         "summary-by-directory": "entries at risk and those no checker verified, per top-level directory",
         "summary-by-owner": "entries at risk and those no checker verified, per owning user",
-        "list-cut": "more findings of one code than `list_limit`: the rest are counted in the stats, "
-        "not listed",
     }
+
+    @property
+    def cap(self) -> int:
+        """Findings listed per code and severity (`list_limit`); the runner counts the rest."""
+        return self.settings["list_limit"]
 
     def applies(self, target: Target) -> bool:
         if self._choose_window() is None:
@@ -183,7 +186,6 @@ class WindowChecker(Checker):
         self._pending: Dict[bytes, os.stat_result] = {}
         self._errors: List[Tuple[bytes, OSError]] = []
         self._vanished: set = set()
-        self._listed: Dict[Tuple[str, str], int] = {}
         self._by_top = _Tally()
         self._by_owner = _Tally()
         self._owners: Dict[int, str] | None = None
@@ -321,7 +323,7 @@ class WindowChecker(Checker):
             yield from self._file(path, st, modified, verified)
         if denied:
             self.stats["directories_unreadable"] += 1
-            yield from self._listed_finding(
+            yield self._finding(
                 "unreadable-directory",
                 Severity.WARNING,
                 f"{denied:,} of its {len(entries):,} entries could not be examined (permission denied)",
@@ -356,7 +358,7 @@ class WindowChecker(Checker):
             "owner": owner,
             "verified": verified,
         }
-        yield from self._listed_finding(
+        yield self._finding(
             code, severity, message, path, details, ADVICE_VERIFIED if verified else ADVICE_UNVERIFIED
         )
 
@@ -390,7 +392,7 @@ class WindowChecker(Checker):
             if self.settings["list_entries"]:
                 details["entry_names"] = sorted(entry.name for entry in entries)
                 details["names_in_window"] = sorted(names or ())
-        yield from self._listed_finding(
+        yield self._finding(
             "directory-changed-in-window", Severity.WARNING, message, directory, details, ADVICE_DIRECTORY
         )
 
@@ -422,7 +424,7 @@ class WindowChecker(Checker):
             return
         if error.errno in _DAMAGE_ERRNOS:
             self.count("read_errors")
-            yield from self._listed_finding(
+            yield self._finding(
                 "read-error",
                 Severity.CRITICAL,
                 f"the filesystem answered {reason}",
@@ -432,7 +434,7 @@ class WindowChecker(Checker):
             )
             return
         self.stats["directories_unreadable"] += 1
-        yield from self._listed_finding(
+        yield self._finding(
             "unreadable-directory",
             Severity.WARNING,
             f"could not be walked: {reason}; nothing below it was checked",
@@ -446,33 +448,10 @@ class WindowChecker(Checker):
 
     # -- output ------------------------------------------------------------------------------------
 
-    def _listed_finding(self, code, severity, message, path, details, advice) -> Iterator[Finding]:
-        key = (code, severity.value)
-        listed = self._listed.get(key, 0)
-        self._listed[key] = listed + 1
-        limit = self.settings["list_limit"]
-        if limit and listed >= limit:
-            return
-        yield self.finding(code, severity, message, path=path, details=details, advice=advice)
+    def _finding(self, code, severity, message, path, details, advice) -> Finding:
+        return self.finding(code, severity, message, path=path, details=details, advice=advice)
 
     def _summaries(self) -> Iterator[Finding]:
-        limit = self.settings["list_limit"]
-        for (code, severity), count in sorted(self._listed.items()):
-            if limit and count > limit:
-                self.stats.setdefault("not_listed", {})[f"{code} ({severity})"] = count - limit
-                yield self.finding(
-                    "list-cut",
-                    Severity.INFO,
-                    f"{count - limit:,} more {severity} findings {code} were counted but not listed "
-                    f"(the first {limit:,} are); narrow `paths` or raise window.list_limit to see them",
-                    subject=code,
-                    details={
-                        "code": code,
-                        "severity": severity,
-                        "listed": limit,
-                        "not_listed": count - limit,
-                    },
-                )
         by_top = {
             self._target.display(key) if isinstance(key, bytes) else key: v
             for key, v in self._by_top.groups.items()

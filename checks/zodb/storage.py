@@ -6,9 +6,10 @@ import binascii
 import io
 import itertools
 import os
+from dataclasses import dataclass
 from typing import Dict, Iterator, List
 
-from fsaudit.model import Finding, Severity
+from fsaudit.model import Severity
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb.discovery import Storage, blob_layout
 from fsaudit_checks.zodb.format import hex_id, p64, tid_text
@@ -25,8 +26,6 @@ from fsaudit_checks.zodb.walk import Problem, Walk
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 BLOB_CLASSES = {"ZODB.blob.Blob"}
-# Findings listed per code and storage; the rest are counted in the storage's summary.
-MAX_PER_CODE = 50
 # Records parsed between two hand-overs of findings (see `memory_ceiling`).
 BATCH = 4096
 # Oids named in one finding's details.
@@ -74,38 +73,52 @@ def _oid_repr(oid: bytes) -> str:
     return "0x" + (digits.decode() or "00")
 
 
-def suppressed(listed: Dict[str, int]) -> Dict[str, int]:
-    return {code: count - MAX_PER_CODE for code, count in listed.items() if count > MAX_PER_CODE}
+@dataclass
+class StorageProblem:
+    """What the audit of a storage found, as plain data: the checker makes it a Finding."""
+
+    code: str
+    severity: Severity
+    message: str
+    path: bytes | None = None
+    subject: str | None = None
+    details: dict | None = None
+    advice: str = ""
+
+
+@dataclass
+class WindowWrites:
+    """The storage's last transaction, for the checker to say whether it was written in the window."""
+
+    subject: str
+    path: bytes | None
+    last_tid: bytes
+    walk: Walk | None
 
 
 class StorageAudit:
-    """Everything checked for one Data.fs, on behalf of `checker` (the ZodbChecker it reports for)."""
+    """Everything checked for one Data.fs, for `checker` (the ZodbChecker: its settings, counters and
+    context); what it finds it yields as StorageProblems, which the checker makes findings."""
 
     def __init__(self, checker, target: Target, storage: Storage):
         self.checker = checker
         self.target = target
         self.storage = storage
         self.path = storage.path
-        self.listed: Dict[str, int] = {}
         self.damaged = False
         self.parser = RecordParser()
 
-    def finding(self, code, severity, message, subject=None, details=None, advice="") -> Finding | None:
-        self.listed[code] = self.listed.get(code, 0) + 1
+    def problem(self, code, severity, message, subject=None, details=None, advice="") -> StorageProblem:
         if severity == CRITICAL:
             self.damaged = True
-        if self.listed[code] > MAX_PER_CODE:
-            return None
-        return self.checker.finding(
-            code, severity, message, path=self.path, subject=subject, details=details, advice=advice
-        )
+        return StorageProblem(code, severity, message, self.path, subject, details, advice)
 
-    def run(self) -> Iterator[Finding]:
+    def run(self) -> Iterator[StorageProblem]:
         checker = self.checker
         try:
             handle = self.target.open(self.path)
         except FileNotFoundError:
-            yield checker.finding(
+            yield StorageProblem(
                 "storage-missing",
                 WARNING,
                 "the storage file named by " + ", ".join(self.storage.sources) + " does not exist",
@@ -115,13 +128,13 @@ class StorageAudit:
             )
             return
         except NotRegularFile as error:
-            yield checker.finding(
+            yield StorageProblem(
                 "unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path
             )
             checker.incomplete(f"{self.target.display(self.path)} could not be read")
             return
         except OSError as error:
-            yield checker.finding(
+            yield StorageProblem(
                 "unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path
             )
             checker.incomplete(f"{self.target.display(self.path)} could not be read")
@@ -131,18 +144,16 @@ class StorageAudit:
             try:
                 yield from self._audit(handle)
             except OSError as error:
-                found = self.finding(
+                yield self.problem(
                     "unreadable",
                     WARNING,
                     f"reading failed: {error.strerror or error}",
                     advice="A read error on Data.fs is damage on the disk: copy what can be read and "
                     "restore from a backup.",
                 )
-                if found:
-                    yield found
                 checker.incomplete(f"{self.target.display(self.path)} could not be read to the end")
 
-    def _audit(self, handle) -> Iterator[Finding]:
+    def _audit(self, handle) -> Iterator[StorageProblem]:
         size = handle.st.st_size
         self.checker.count("bytes_read", size)
         walk = Walk(handle, size, window=self.checker.context.window)
@@ -172,9 +183,7 @@ class StorageAudit:
             references = yield from self._references(walk)
         yield from self._index(walk, size)
         if walk.last_tid:
-            yield from self.checker.window_findings(
-                f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk
-            )
+            yield WindowWrites(f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk)
         details = {
             "size": size,
             "magic": walk.magic.decode("latin-1"),
@@ -184,7 +193,6 @@ class StorageAudit:
             "references": references,
             "unreachable_bytes": sum(end - start for start, end in walk.unreachable),
             "blob_dir": os.fsdecode(self.storage.blob_dir) if self.storage.blob_dir else None,
-            "suppressed": suppressed(self.listed),
         }
         if walk.last_tid:
             details.update(
@@ -197,7 +205,7 @@ class StorageAudit:
             # Every byte of it was read and cross-checked: `window` need not list it as unverified.
             self.checker.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
         verdict = "damaged" if self.damaged else "intact"
-        yield self.checker.finding(
+        yield StorageProblem(
             "storage-checked",
             INFO,
             f"{verdict}: {walk.transactions} transactions, {objects} objects, last transaction "
@@ -208,7 +216,7 @@ class StorageAudit:
 
     # -- structure --------------------------------------------------------------------------------
 
-    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[Finding]:
+    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[StorageProblem]:
         details = {"offset": problem.pos, **problem.details}
         subject_parts = []
         if problem.tid:
@@ -220,7 +228,7 @@ class StorageAudit:
         if last_good:
             details.update(last_good_tid=hex_id(last_good), last_good_time=tid_text(last_good))
         advice = restore_advice(last_good)
-        found = self.finding(
+        yield self.problem(
             problem.code,
             SEVERITY[problem.code],
             problem.message,
@@ -228,8 +236,6 @@ class StorageAudit:
             details=details,
             advice=advice,
         )
-        if found:
-            yield found
 
     # -- references and blobs ------------------------------------------------------------------------
 
@@ -244,7 +250,7 @@ class StorageAudit:
         extra = max(1 << 30, 8 * walk.max_plen)
         done = references = 0
         while True:
-            found: List[Finding] = []
+            found: List[StorageProblem] = []
             with memory_ceiling(extra):
                 batch = list(itertools.islice(records, BATCH))
                 for item in batch:
@@ -266,7 +272,7 @@ class StorageAudit:
             )
         return references
 
-    def _check_record(self, walk: Walk, item, found: List[Finding], blobs: BlobCheck) -> int:
+    def _check_record(self, walk: Walk, item, found: List[StorageProblem], blobs: BlobCheck) -> int:
         """Parse one record, adding its findings to `found`; the number of references it holds."""
         oid_int, tid, pos, data, back, current = item
         if not current:
@@ -308,11 +314,11 @@ class StorageAudit:
             found.extend(blobs.check(p64(oid_int), tid))
         return len(refs)
 
-    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Finding]:
+    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[StorageProblem]:
         try:
             self.parser.references(data)
         except UnreadablePickle as error:
-            found = self.finding(
+            yield self.problem(
                 "unreadable-revision",
                 WARNING,
                 f"an older revision of oid {hex(oid_int)} (at offset {pos}) cannot be unpickled: {error}",
@@ -321,10 +327,8 @@ class StorageAudit:
                 advice="The current state is intact, but undo and history of this object back to this "
                 "revision fail. Restore from a backup if you need them.",
             )
-            if found:
-                yield found
 
-    def _extensions(self, walk: Walk) -> Iterator[Finding]:
+    def _extensions(self, walk: Walk) -> Iterator[StorageProblem]:
         damaged = []
         with memory_ceiling(1 << 30):
             for pos, tid, data in walk.extensions():
@@ -333,7 +337,7 @@ class StorageAudit:
                 except UnreadablePickle as error:
                     damaged.append((pos, tid, error))
         for pos, tid, error in damaged:
-            found = self.finding(
+            yield self.problem(
                 "metadata-damaged",
                 WARNING,
                 f"the extension metadata of the transaction at {pos} cannot be unpickled: {error}",
@@ -342,10 +346,8 @@ class StorageAudit:
                 advice="The objects are intact, but undo and history listings fail on this transaction. "
                 "Restore from a backup if you need them.",
             )
-            if found:
-                yield found
 
-    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
+    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[StorageProblem]:
         missing = sorted(set(missing), key=lambda text: int(text, 16))
         undone = sorted(set(undone), key=lambda text: int(text, 16))
         names = missing + undone
@@ -354,7 +356,7 @@ class StorageAudit:
         message += ", which " + ("does not exist" if len(names) == 1 else "do not exist")
         if undone and not missing:
             message += " (their creation was undone)"
-        found = self.finding(
+        yield self.problem(
             "dangling-reference",
             CRITICAL,
             message,
@@ -371,12 +373,10 @@ class StorageAudit:
             "taken before the damage; if Data.fs is otherwise intact, the application must repair the "
             "referencing objects (replace or remove the references).",
         )
-        if found:
-            yield found
 
     # -- Data.fs.index ---------------------------------------------------------------------------
 
-    def _index(self, walk: Walk, size: int) -> Iterator[Finding]:
+    def _index(self, walk: Walk, size: int) -> Iterator[StorageProblem]:
         index_path = self.path + b".index"
         rebuild = (
             "Data.fs.index is only a cache: stop the application or ZEO server, move Data.fs.index aside "
@@ -387,11 +387,7 @@ class StorageAudit:
         except FileNotFoundError:
             return
         except OSError as error:
-            found = self.finding(
-                "index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}"
-            )
-            if found:
-                yield found
+            yield self.problem("index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}")
             return
         self.checker.count("indexes")
         with handle, io.BufferedReader(handle, 1 << 20) as buffered:
@@ -400,17 +396,15 @@ class StorageAudit:
                     covered, buckets = read_index(buffered)
                     summary = self._compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
-                found = self.finding(
+                yield self.problem(
                     "index-unreadable",
                     WARNING,
                     f"{os.fsdecode(index_path)} cannot be read: {error}",
                     advice=rebuild,
                 )
-                if found:
-                    yield found
                 return
         if covered > size:
-            found = self.finding(
+            yield self.problem(
                 "index-beyond-end",
                 CRITICAL,
                 f"Data.fs.index was written when Data.fs was {covered} bytes long; it now has {size}: "
@@ -428,23 +422,19 @@ class StorageAudit:
                 + " Everything committed after it is gone from this file; keep Data.fs.index as evidence "
                 "of how much was lost.",
             )
-            if found:
-                yield found
             return
         problems = summary["wrong"] + summary["unindexed"] + summary["beyond"]
         if covered not in (4, walk.end_pos) and not walk.is_boundary(covered):
             problems += 1
             summary["position_not_a_transaction"] = covered
         if problems:
-            found = self.finding(
+            yield self.problem(
                 "index-mismatch",
                 WARNING if not self.damaged else CRITICAL,
                 f"Data.fs.index disagrees with Data.fs for {problems} object(s)",
                 details={"index_position": covered, **summary},
                 advice=(RESTORE + " " if self.damaged else "") + rebuild,
             )
-            if found:
-                yield found
 
     @staticmethod
     def _last_good(walk: Walk) -> dict:
@@ -510,7 +500,7 @@ class BlobCheck:
         self.unverified = 0
         self.layout = blob_layout(audit.target, self.blob_dir) if self.blob_dir else "bushy"
 
-    def check(self, oid: bytes, tid: bytes) -> Iterator[Finding]:
+    def check(self, oid: bytes, tid: bytes) -> Iterator[StorageProblem]:
         if not self.blob_dir:
             self.unverified += 1
             return
@@ -520,7 +510,7 @@ class BlobCheck:
         try:
             st = self.audit.target.stat(path)
         except FileNotFoundError:
-            found = self.audit.finding(
+            yield self.audit.problem(
                 "blob-missing",
                 CRITICAL,
                 f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is missing: {os.fsdecode(path)}",
@@ -528,11 +518,9 @@ class BlobCheck:
                 details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
                 advice="Restore the blob directory from the backup that matches Data.fs.",
             )
-            if found:
-                yield found
             return
         except OSError as error:
-            found = self.audit.finding(
+            yield self.audit.problem(
                 "blob-missing",
                 CRITICAL,
                 f"the blob of oid {hex_id(oid)} cannot be read: {error}",
@@ -540,11 +528,9 @@ class BlobCheck:
                 details={"oid": hex_id(oid), "tid": hex_id(tid), "blob": path},
                 advice="Restore the blob directory from the backup that matches Data.fs.",
             )
-            if found:
-                yield found
             return
         if st.st_size == 0:
-            found = self.audit.finding(
+            yield self.audit.problem(
                 "blob-empty",
                 WARNING,
                 f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is an empty file",
@@ -553,5 +539,3 @@ class BlobCheck:
                 advice="Unless this blob was meant to be empty, its content was lost: restore the blob "
                 "directory from a backup.",
             )
-            if found:
-                yield found

@@ -79,6 +79,7 @@ def _checks(report: Report) -> List[dict]:
         groups = []
         for (severity, code), findings in facts.grouped_findings(check).items():
             count = facts.group_count(check, severity, code, len(findings))
+            listed = facts.listed_count(check, severity, code, len(findings))
             advice = Counter(f.advice for f in findings if f.advice)
             groups.append(
                 {
@@ -86,7 +87,8 @@ def _checks(report: Report) -> List[dict]:
                     "code": code,
                     "count": count,
                     "findings": findings[:HTML_LIST_LIMIT],
-                    "more": max(0, count - min(len(findings), HTML_LIST_LIMIT)),
+                    "more": max(0, listed - min(len(findings), HTML_LIST_LIMIT)),
+                    "not_listed": [facts.not_listed_text(g) for g in check.unlisted(severity, code)],
                     # Said once for the group when a few texts cover it, not on each of 1,293 rows.
                     "advice": advice.most_common() if len(advice) <= GROUP_ADVICE_LIMIT else [],
                     "advice_per_finding": len(advice) > GROUP_ADVICE_LIMIT,
