@@ -35,7 +35,7 @@ def require_jinja2():
     return jinja2
 
 
-def _environment():
+def environment():
     jinja2 = require_jinja2()
     # Autoescape everything: file names, messages and details come from a possibly damaged system.
     return jinja2.Environment(
@@ -127,10 +127,10 @@ def render_html(report: Report, colour: bool = False) -> str:
     damage = facts.package_damage(report)
     advice = facts.advice_groups(report, skip_packages=True)
     unchecked, absent = facts.unchecked(report)
-    environment = _environment()
-    environment.filters["when"] = readable_time
-    environment.filters["label"] = lambda value: LABELS.get(value, value)
-    template = environment.get_template("report.html")
+    jinja = environment()
+    jinja.filters["when"] = readable_time
+    jinja.filters["label"] = lambda value: LABELS.get(value, value)
+    template = jinja.get_template("report.html")
     return template.render(
         report=report,
         status=status.value,
