@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Callable, Dict, Iterator, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Sequence, Set, Tuple, Union
 
 from fsaudit.model import Finding, Severity
+from fsaudit.problems import Count, Incomplete, Problem, Stat
 from fsaudit.progress import Progress
 from fsaudit.window import Window
 
@@ -137,6 +138,8 @@ class Checker:
       finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
     - `present()`: whether what it checks is on this system at all, even when it cannot be checked
       here; that tells "nothing of this kind here" (skipped) from "not checked" (unknown).
+    - How it reports: `run()` yields Findings (`self.finding`); helper modules return or yield plain
+      problems (fsaudit.problems), which `self.report(items)` turns into Findings and stats.
     - `cap`: findings listed per group at most (0: all); the runner counts the rest, and the report
       says how many of each group were not listed (`CheckResult.not_listed`). A group is the
       finding fields named in `cap_by` (code and severity; add "path" for per-file caps, "subject"
@@ -230,6 +233,29 @@ class Checker:
             details=dict(details or {}),
             advice=advice,
         )
+
+    def report(self, items: Iterable[Any]) -> Iterator[Finding]:
+        """The Findings of what a helper found: its Problems become Findings of this checker, its
+        Counts, Stats and Incompletes go to the check's stats and reasons (fsaudit.problems)."""
+        for item in items:
+            if isinstance(item, Problem):
+                yield self.finding(
+                    item.code,
+                    item.severity,
+                    item.message,
+                    path=item.path,
+                    subject=item.subject,
+                    details=item.details,
+                    advice=item.advice or "",
+                )
+            elif isinstance(item, Count):
+                self.count(item.key, item.amount)
+            elif isinstance(item, Stat):
+                self.stats[item.key] = item.value
+            elif isinstance(item, Incomplete):
+                self.incomplete(item.reason)
+            else:
+                raise TypeError(f"{self.name}: a helper reported {type(item).__name__}, not a problem")
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add to one of the counters reported in the check's `stats`."""

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psycopg
 
 from fsaudit_checks.postgres.commitlog import NamedFile, named_file, refused_for_damage, xid_in_message
-from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, Problem
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, at
 from fsaudit_checks.postgres.session import (
     ServerWatch,
     connect,
@@ -266,7 +266,7 @@ class DatabaseReport:
             reasons, self.incomplete_reasons = self.incomplete_reasons, []
             counts, self.counts = self.counts, {}
         found.sort(key=_finding_order)
-        items: List[Item] = [Problem.at(self.place, **finding) for finding in found]
+        items: List[Item] = [at(self.place, **finding) for finding in found]
         items += [Count(key, amount) for key, amount in counts.items()]
         items += [Incomplete(reason) for reason in sorted(reasons)]
         return items

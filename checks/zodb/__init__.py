@@ -10,7 +10,7 @@ from fsaudit.model import Finding, Severity
 from fsaudit.target import Target
 from fsaudit_checks.zodb.discovery import Storage, discover, guess_blob_dir
 from fsaudit_checks.zodb.format import hex_id, tid_text, tid_time
-from fsaudit_checks.zodb.storage import SEVERITY, StorageAudit, StorageProblem, WindowWrites
+from fsaudit_checks.zodb.storage import SEVERITY, StorageAudit, WindowWrites
 from fsaudit_checks.zodb.walk import Walk
 
 WARNING, INFO = Severity.WARNING, Severity.INFO
@@ -105,20 +105,12 @@ class ZodbChecker(Checker):
             yield from self._findings(StorageAudit(self, target, storage).run())
 
     def _findings(self, problems) -> Iterator[Finding]:
-        """The findings of what a storage's audit found (plain problems)."""
+        """The findings of what a storage's audit found (plain problems, and its last transaction)."""
         for problem in problems:
             if isinstance(problem, WindowWrites):
                 yield from self.window_findings(problem.subject, problem.path, problem.last_tid, problem.walk)
-            elif isinstance(problem, StorageProblem):
-                yield self.finding(
-                    problem.code,
-                    problem.severity,
-                    problem.message,
-                    path=problem.path,
-                    subject=problem.subject,
-                    details=problem.details,
-                    advice=problem.advice,
-                )
+            else:
+                yield from self.report([problem])
 
     # -- finding the storages ------------------------------------------------------------------
 

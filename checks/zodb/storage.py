@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List
 
 from fsaudit.model import Severity
+from fsaudit.problems import Item
+from fsaudit.problems import Problem as Found
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb.discovery import Storage, blob_layout
 from fsaudit_checks.zodb.format import hex_id, p64, tid_text
@@ -74,19 +76,6 @@ def _oid_repr(oid: bytes) -> str:
 
 
 @dataclass
-class StorageProblem:
-    """What the audit of a storage found, as plain data: the checker makes it a Finding."""
-
-    code: str
-    severity: Severity
-    message: str
-    path: bytes | None = None
-    subject: str | None = None
-    details: dict | None = None
-    advice: str = ""
-
-
-@dataclass
 class WindowWrites:
     """The storage's last transaction, for the checker to say whether it was written in the window."""
 
@@ -98,7 +87,7 @@ class WindowWrites:
 
 class StorageAudit:
     """Everything checked for one Data.fs, for `checker` (the ZodbChecker: its settings, counters and
-    context); what it finds it yields as StorageProblems, which the checker makes findings."""
+    context); what it finds it yields as plain problems, which the checker makes findings."""
 
     def __init__(self, checker, target: Target, storage: Storage):
         self.checker = checker
@@ -108,17 +97,17 @@ class StorageAudit:
         self.damaged = False
         self.parser = RecordParser()
 
-    def problem(self, code, severity, message, subject=None, details=None, advice="") -> StorageProblem:
+    def problem(self, code, severity, message, subject=None, details=None, advice="") -> Item:
         if severity == CRITICAL:
             self.damaged = True
-        return StorageProblem(code, severity, message, self.path, subject, details, advice)
+        return Found(code, severity, message, subject, self.path, details or {}, advice)
 
-    def run(self) -> Iterator[StorageProblem]:
+    def run(self) -> Iterator[Item]:
         checker = self.checker
         try:
             handle = self.target.open(self.path)
         except FileNotFoundError:
-            yield StorageProblem(
+            yield Found(
                 "storage-missing",
                 WARNING,
                 "the storage file named by " + ", ".join(self.storage.sources) + " does not exist",
@@ -128,15 +117,11 @@ class StorageAudit:
             )
             return
         except NotRegularFile as error:
-            yield StorageProblem(
-                "unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path
-            )
+            yield Found("unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path)
             checker.incomplete(f"{self.target.display(self.path)} could not be read")
             return
         except OSError as error:
-            yield StorageProblem(
-                "unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path
-            )
+            yield Found("unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path)
             checker.incomplete(f"{self.target.display(self.path)} could not be read")
             return
         checker.count("storages")
@@ -153,7 +138,7 @@ class StorageAudit:
                 )
                 checker.incomplete(f"{self.target.display(self.path)} could not be read to the end")
 
-    def _audit(self, handle) -> Iterator[StorageProblem]:
+    def _audit(self, handle) -> Iterator[Item]:
         size = handle.st.st_size
         self.checker.count("bytes_read", size)
         walk = Walk(handle, size, window=self.checker.context.window)
@@ -205,7 +190,7 @@ class StorageAudit:
             # Every byte of it was read and cross-checked: `window` need not list it as unverified.
             self.checker.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
         verdict = "damaged" if self.damaged else "intact"
-        yield StorageProblem(
+        yield Found(
             "storage-checked",
             INFO,
             f"{verdict}: {walk.transactions} transactions, {objects} objects, last transaction "
@@ -216,7 +201,7 @@ class StorageAudit:
 
     # -- structure --------------------------------------------------------------------------------
 
-    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[StorageProblem]:
+    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[Item]:
         details = {"offset": problem.pos, **problem.details}
         subject_parts = []
         if problem.tid:
@@ -250,7 +235,7 @@ class StorageAudit:
         extra = max(1 << 30, 8 * walk.max_plen)
         done = references = 0
         while True:
-            found: List[StorageProblem] = []
+            found: List[Item] = []
             with memory_ceiling(extra):
                 batch = list(itertools.islice(records, BATCH))
                 for item in batch:
@@ -272,7 +257,7 @@ class StorageAudit:
             )
         return references
 
-    def _check_record(self, walk: Walk, item, found: List[StorageProblem], blobs: BlobCheck) -> int:
+    def _check_record(self, walk: Walk, item, found: List[Item], blobs: BlobCheck) -> int:
         """Parse one record, adding its findings to `found`; the number of references it holds."""
         oid_int, tid, pos, data, back, current = item
         if not current:
@@ -314,7 +299,7 @@ class StorageAudit:
             found.extend(blobs.check(p64(oid_int), tid))
         return len(refs)
 
-    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[StorageProblem]:
+    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Item]:
         try:
             self.parser.references(data)
         except UnreadablePickle as error:
@@ -328,7 +313,7 @@ class StorageAudit:
                 "revision fail. Restore from a backup if you need them.",
             )
 
-    def _extensions(self, walk: Walk) -> Iterator[StorageProblem]:
+    def _extensions(self, walk: Walk) -> Iterator[Item]:
         damaged = []
         with memory_ceiling(1 << 30):
             for pos, tid, data in walk.extensions():
@@ -347,7 +332,7 @@ class StorageAudit:
                 "Restore from a backup if you need them.",
             )
 
-    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[StorageProblem]:
+    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Item]:
         missing = sorted(set(missing), key=lambda text: int(text, 16))
         undone = sorted(set(undone), key=lambda text: int(text, 16))
         names = missing + undone
@@ -376,7 +361,7 @@ class StorageAudit:
 
     # -- Data.fs.index ---------------------------------------------------------------------------
 
-    def _index(self, walk: Walk, size: int) -> Iterator[StorageProblem]:
+    def _index(self, walk: Walk, size: int) -> Iterator[Item]:
         index_path = self.path + b".index"
         rebuild = (
             "Data.fs.index is only a cache: stop the application or ZEO server, move Data.fs.index aside "
@@ -500,7 +485,7 @@ class BlobCheck:
         self.unverified = 0
         self.layout = blob_layout(audit.target, self.blob_dir) if self.blob_dir else "bushy"
 
-    def check(self, oid: bytes, tid: bytes) -> Iterator[StorageProblem]:
+    def check(self, oid: bytes, tid: bytes) -> Iterator[Item]:
         if not self.blob_dir:
             self.unverified += 1
             return
