@@ -178,10 +178,9 @@ def check_tar(handle, job: Job) -> Optional[Problem]:
     try:
         with tarfile.open(fileobj=handle, mode="r:") as archive:
             for member in archive:
-                if member.isfile():
-                    stream = archive.extractfile(member)
-                    if stream is not None:
-                        _drain(stream, job, handle.st.st_size)
+                stream = archive.extractfile(member) if member.isfile() else None
+                if stream is not None:
+                    _drain(stream, job, handle.st.st_size)
             end = archive.offset
     except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, MemoryError) as error:
         return Problem("structure-damaged", f"the tar archive is damaged: {error}")

@@ -55,32 +55,32 @@ class JournalReader:
 
     def read(self) -> Iterator[Union[Match, JournalComplaint]]:
         """The matching entries, then what journalctl complained about (if it did)."""
-        entries = 0
         for fields in (True, False):
-            with tempfile.TemporaryFile() as errors:
-                env = {"PATH": SAFE_PATH, "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-                process = subprocess.Popen(
-                    self.command(fields), stdout=subprocess.PIPE, stderr=errors, env=env
-                )
-                try:
-                    for raw in self._lines(process.stdout):
-                        entries += 1
-                        found = self._entry(raw)
-                        if found is not None:
-                            yield found
-                finally:
-                    process.stdout.close()
-                    process.wait()
-                errors.seek(0)
-                complaint = " ".join(errors.read(2000).decode("utf-8", "replace").split())
-            if process.returncode != 0 and fields and "output-fields" in complaint and entries == 0:
+            returncode, complaint = yield from self._run(fields)
+            if returncode != 0 and fields and "output-fields" in complaint and self.entries == 0:
                 continue  # an older journalctl: ask for every field instead
             break
-        self.entries = entries
-        if process.returncode != 0 or complaint:
+        if returncode != 0 or complaint:
             # Entries journalctl skipped were not checked.
-            skipped = process.returncode != 0 or "ignoring file" in complaint
-            yield JournalComplaint(self.directory, process.returncode, complaint, skipped)
+            skipped = returncode != 0 or "ignoring file" in complaint
+            yield JournalComplaint(self.directory, returncode, complaint, skipped)
+
+    def _run(self, fields: bool):
+        """Run journalctl once, yielding the matching entries; returns (exit code, what it said)."""
+        env = {"PATH": SAFE_PATH, "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(self.command(fields), stdout=subprocess.PIPE, stderr=errors, env=env)
+            try:
+                for raw in self._lines(process.stdout):
+                    self.entries += 1
+                    found = self._entry(raw)
+                    if found is not None:
+                        yield found
+            finally:
+                process.stdout.close()
+                process.wait()
+            errors.seek(0)
+            return process.returncode, " ".join(errors.read(2000).decode("utf-8", "replace").split())
 
     def _lines(self, stream) -> Iterator[bytes]:
         while True:
