@@ -23,7 +23,7 @@ from fsaudit_checks.postgres.commitlog import (
 from fsaudit_checks.postgres.database import DatabaseAudit
 from fsaudit_checks.postgres.parallel import Slots
 from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, at
-from fsaudit_checks.postgres.report import ADVICE
+from fsaudit_checks.postgres.relation import ADVICE
 from fsaudit_checks.postgres.session import ServerWatch, connect, server_message
 
 RESTARTED_ADVICE = (

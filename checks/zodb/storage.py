@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import binascii
 import io
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List
+from typing import Iterator, List
 
 from fsaudit.model import Severity
 from fsaudit.problems import Item
 from fsaudit.problems import Problem as Found
 from fsaudit.target import NotRegularFile, Target
-from fsaudit_checks.zodb.discovery import Storage, blob_layout
+from fsaudit_checks.zodb.blobs import BlobCheck
+from fsaudit_checks.zodb.discovery import Storage
 from fsaudit_checks.zodb.format import hex_id, p64, tid_text
+from fsaudit_checks.zodb.index import MAX_LISTED, compare_index
 from fsaudit_checks.zodb.pickle import (
     IndexUnreadable,
     RecordParser,
@@ -30,8 +31,6 @@ CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 BLOB_CLASSES = {"ZODB.blob.Blob"}
 # Records parsed between two hand-overs of findings (see `memory_ceiling`).
 BATCH = 4096
-# Oids named in one finding's details.
-MAX_LISTED = 20
 
 SEVERITY = {
     "bad-magic": CRITICAL,
@@ -59,20 +58,6 @@ def restore_advice(last_good: bytes | None) -> str:
         return RESTORE
     when = tid_text(last_good)
     return f"{RESTORE} The last intact transaction before the damage is {hex_id(last_good)} ({when})."
-
-
-def _oid_path(oid: bytes, layout: str) -> str:
-    """The blob directory path of an oid, as ZODB.blob's bushy or lawn layout writes it."""
-    if layout == "lawn":
-        return _oid_repr(oid)
-    return "/".join("0x" + binascii.hexlify(oid[i : i + 1]).decode() for i in range(8))
-
-
-def _oid_repr(oid: bytes) -> str:
-    digits = binascii.hexlify(oid).lstrip(b"0")
-    if len(digits) & 1:
-        digits = b"0" + digits
-    return "0x" + (digits.decode() or "00")
 
 
 @dataclass
@@ -229,7 +214,7 @@ class StorageAudit:
         progress = self.checker.context.progress
         total = walk.records if history else walk.current.count
         progress.start(f"zodb {self.target.display(self.path)}: objects", total)
-        blobs = BlobCheck(self)
+        blobs = BlobCheck(self.checker, self.target, self.storage.blob_dir, self.problem)
         records = walk.iter_records(history)
         # Generous for any real record, small enough that a pickle announcing absurd sizes fails.
         extra = max(1 << 30, 8 * walk.max_plen)
@@ -379,7 +364,7 @@ class StorageAudit:
             try:
                 with memory_ceiling(1 << 30):
                     covered, buckets = read_index(buffered)
-                    summary = self._compare_index(walk, size, covered, buckets)
+                    summary = compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
                 yield self.problem(
                     "index-unreadable",
@@ -426,101 +411,3 @@ class StorageAudit:
         if not walk.last_tid:
             return {}
         return {"last_good_tid": hex_id(walk.last_tid), "last_good_time": tid_text(walk.last_tid)}
-
-    @staticmethod
-    def _compare_index(walk: Walk, size: int, covered: int, buckets) -> dict:
-        """Counts (and a few oids) of index entries that disagree with the walk."""
-        dense, sparse = walk.current.dense, walk.current.sparse
-        dense_len = len(dense)
-        seen = bytearray()
-        entries = exact = 0
-        counts = {"wrong": 0, "beyond": 0}
-        examples: Dict[str, List[str]] = {"wrong_oids": [], "beyond_oids": [], "unindexed_oids": []}
-        for high, keys, positions in buckets:
-            entries += len(keys)
-            last = (high | keys[-1]) >> 3 if keys else 0
-            if last < (1 << 27) and last >= len(seen):
-                seen.extend(bytes(last + 1 - len(seen) + len(seen) // 2))
-            for number, low in enumerate(keys):
-                oid = high | low
-                position = (positions[2 * number] << 32) | positions[2 * number + 1]
-                if oid >> 3 < len(seen):
-                    seen[oid >> 3] |= 1 << (oid & 7)
-                value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
-                found = (value >> 1) - 1
-                if found == position:
-                    exact += 1
-                    continue
-                if position >= size:
-                    kind = "beyond"
-                elif found > position and found >= covered:
-                    continue
-                else:
-                    kind = "wrong"
-                counts[kind] += 1
-                if len(examples[kind + "_oids"]) < MAX_LISTED:
-                    examples[kind + "_oids"].append(hex(oid))
-        # Every object whose current record lies before `covered` must be in the index with it.
-        if covered >= walk.end_pos:
-            before = walk.current.count
-        else:
-            before = sum(1 for _oid, position, _deleted in walk.current.items() if position < covered)
-        unindexed = max(before - exact, 0)
-        if unindexed:
-            for oid, position, _deleted in walk.current.items():
-                if position >= covered or (oid >> 3 < len(seen) and seen[oid >> 3] & (1 << (oid & 7))):
-                    continue
-                examples["unindexed_oids"].append(hex(oid))
-                if len(examples["unindexed_oids"]) >= MAX_LISTED:
-                    break
-        return {"entries": entries, **counts, "unindexed": unindexed, **examples}
-
-
-class BlobCheck:
-    """Blob records against the blob directory: the file of each current blob revision must exist."""
-
-    def __init__(self, audit: StorageAudit):
-        self.audit = audit
-        self.blob_dir = audit.storage.blob_dir
-        self.unverified = 0
-        self.layout = blob_layout(audit.target, self.blob_dir) if self.blob_dir else "bushy"
-
-    def check(self, oid: bytes, tid: bytes) -> Iterator[Item]:
-        if not self.blob_dir:
-            self.unverified += 1
-            return
-        self.audit.checker.count("blobs_checked")
-        relative = f"{_oid_path(oid, self.layout)}/{_oid_repr(tid)}.blob"
-        path = os.path.join(self.blob_dir, os.fsencode(relative))
-        try:
-            st = self.audit.target.stat(path)
-        except FileNotFoundError:
-            yield self.audit.problem(
-                "blob-missing",
-                CRITICAL,
-                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is missing: {os.fsdecode(path)}",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
-                advice="Restore the blob directory from the backup that matches Data.fs.",
-            )
-            return
-        except OSError as error:
-            yield self.audit.problem(
-                "blob-missing",
-                CRITICAL,
-                f"the blob of oid {hex_id(oid)} cannot be read: {error}",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "blob": path},
-                advice="Restore the blob directory from the backup that matches Data.fs.",
-            )
-            return
-        if st.st_size == 0:
-            yield self.audit.problem(
-                "blob-empty",
-                WARNING,
-                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is an empty file",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
-                advice="Unless this blob was meant to be empty, its content was lost: restore the blob "
-                "directory from a backup.",
-            )
