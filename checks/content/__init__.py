@@ -121,7 +121,7 @@ class ContentChecker(Checker):
 
     def run(self, target: Target) -> Iterator:
         self.deepest: Optional[bytes] = None
-        workers = max(1, self.context.jobs)
+        workers = self.context.jobs  # at least 1 (fsaudit.settings)
         limits = Limits(max_ratio=max(1, self.settings["max_ratio"]))
         pool = WorkerPool(workers, self.settings["max_memory_mb"] << 20, self.settings["timeout"], limits)
         pending: deque = deque()

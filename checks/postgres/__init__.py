@@ -133,7 +133,7 @@ class PostgresChecker(Checker):
         from fsaudit_checks.postgres import cluster_audit
 
         settings = self.audit_settings()
-        jobs = max(1, int(self.context.jobs or 1))
+        jobs = self.context.jobs  # at least 1 (fsaudit.settings)
         if self.dsns():
             for dsn in self.dsns():
                 label = cluster_audit.safe_label(dsn)
