@@ -10,6 +10,7 @@ from typing import Iterator, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.outcomes import is_permission_denied, not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
+from fsaudit_checks.content.bytecode import source_of
 from fsaudit_checks.content.formats import (
     MAGIC_BYTES,
     Cut,
@@ -19,7 +20,6 @@ from fsaudit_checks.content.formats import (
     Problem,
     Unsupported,
     recognise,
-    source_of,
 )
 from fsaudit_checks.content.worker import WorkerPool
 
