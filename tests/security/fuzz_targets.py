@@ -184,9 +184,9 @@ def run_dpkg_list(data: bytes) -> None:
 
 
 def run_dpkg_diversions(data: bytes) -> None:
-    from fsaudit_checks.debian import dpkg_db
+    from fsaudit_checks.debian import placement
 
-    diversions, damage = dpkg_db.read_diversions(_in_root("/var/lib/dpkg/diversions", data))
+    diversions, damage = placement.read_diversions(_in_root("/var/lib/dpkg/diversions", data))
     for source, diversion in diversions.items():
         assert source.startswith(b"/") and diversion.to.startswith(b"/") and diversion.package
 
