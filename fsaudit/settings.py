@@ -107,6 +107,7 @@ def run_settings(
     *,
     window: WindowSpec | None = None,
     jobs: int | None = None,
+    io_depth: int | None = None,
     drop_cache: bool | None = None,
     progress: Progress | None = None,
 ) -> RunSettings:
@@ -119,6 +120,7 @@ def run_settings(
         raise UsageError(f"--window: {error}") from None
     context = Context(
         jobs=jobs or default_jobs(),
+        io_depth=io_depth or Context.io_depth,
         window=placed,
         timezone=zone,
         progress=progress or Progress(),
