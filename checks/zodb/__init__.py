@@ -102,7 +102,7 @@ class ZodbChecker(Checker):
         if not storages and not self.settings["zeo"]:
             raise Skip("no FileStorage found under " + ", ".join(self.settings["search"]))
         for storage in storages:
-            yield from self._findings(StorageAudit(self, target, storage).run())
+            yield from self._findings(StorageAudit(self.settings, self.context, target, storage).run())
 
     def _findings(self, problems) -> Iterator[Finding]:
         """The findings of what a storage's audit found (plain problems, and its last transaction)."""

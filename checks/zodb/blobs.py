@@ -7,7 +7,7 @@ import os
 from typing import Iterator
 
 from fsaudit.model import Severity
-from fsaudit.problems import Item
+from fsaudit.problems import Count, Item
 from fsaudit.target import Target
 from fsaudit_checks.zodb.discovery import blob_layout
 from fsaudit_checks.zodb.format import hex_id, tid_text
@@ -32,8 +32,7 @@ def _oid_repr(oid: bytes) -> str:
 class BlobCheck:
     """Blob records against the blob directory: the file of each current blob revision must exist."""
 
-    def __init__(self, checker, target: Target, blob_dir: bytes | None, problem):
-        self.checker = checker
+    def __init__(self, target: Target, blob_dir: bytes | None, problem):
         self.target = target
         self.problem = problem  # StorageAudit.problem: a plain problem of the storage
         self.blob_dir = blob_dir
@@ -44,7 +43,7 @@ class BlobCheck:
         if not self.blob_dir:
             self.unverified += 1
             return
-        self.checker.count("blobs_checked")
+        yield Count("blobs_checked")
         relative = f"{_oid_path(oid, self.layout)}/{_oid_repr(tid)}.blob"
         path = os.path.join(self.blob_dir, os.fsencode(relative))
         try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Iterator, List
 
 from fsaudit.model import Severity
-from fsaudit.problems import Item
+from fsaudit.problems import Count, Incomplete, Item
 from fsaudit.problems import Problem as Found
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.zodb.blobs import BlobCheck
@@ -71,11 +71,12 @@ class WindowWrites:
 
 
 class StorageAudit:
-    """Everything checked for one Data.fs, for `checker` (the ZodbChecker: its settings, counters and
-    context); what it finds it yields as plain problems, which the checker makes findings."""
+    """Everything checked for one Data.fs; what it finds and counts it yields as plain problems
+    (fsaudit.problems), which the checker makes findings and stats."""
 
-    def __init__(self, checker, target: Target, storage: Storage):
-        self.checker = checker
+    def __init__(self, settings, context, target: Target, storage: Storage):
+        self.settings = settings  # the zodb checker's (references, history)
+        self.context = context  # the run's: window, progress, verified paths
         self.target = target
         self.storage = storage
         self.path = storage.path
@@ -88,7 +89,6 @@ class StorageAudit:
         return Found(code, severity, message, subject, self.path, details or {}, advice)
 
     def run(self) -> Iterator[Item]:
-        checker = self.checker
         try:
             handle = self.target.open(self.path)
         except FileNotFoundError:
@@ -103,13 +103,13 @@ class StorageAudit:
             return
         except NotRegularFile as error:
             yield Found("unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path)
-            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            yield Incomplete(f"{self.target.display(self.path)} could not be read")
             return
         except OSError as error:
             yield Found("unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path)
-            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            yield Incomplete(f"{self.target.display(self.path)} could not be read")
             return
-        checker.count("storages")
+        yield Count("storages")
         with handle:
             try:
                 yield from self._audit(handle)
@@ -121,13 +121,13 @@ class StorageAudit:
                     advice="A read error on Data.fs is damage on the disk: copy what can be read and "
                     "restore from a backup.",
                 )
-                checker.incomplete(f"{self.target.display(self.path)} could not be read to the end")
+                yield Incomplete(f"{self.target.display(self.path)} could not be read to the end")
 
     def _audit(self, handle) -> Iterator[Item]:
         size = handle.st.st_size
-        self.checker.count("bytes_read", size)
-        walk = Walk(handle, size, window=self.checker.context.window)
-        progress = self.checker.context.progress
+        yield Count("bytes_read", size)
+        walk = Walk(handle, size, window=self.context.window)
+        progress = self.context.progress
         progress.start(f"zodb {self.target.display(self.path)}: structure (bytes)", size)
         walked = [0]
 
@@ -141,15 +141,15 @@ class StorageAudit:
         progress.stop()
         for problem in walk.verify_backs():
             yield from self._emit(problem, None)
-        self.checker.count("transactions", walk.transactions)
-        self.checker.count("records", walk.records)
+        yield Count("transactions", walk.transactions)
+        yield Count("records", walk.records)
         objects = len(walk.current)
         if walk.transactions and (walk.current.get(0) is None or walk.current.get(0)[1]):
             yield from self._emit(
                 Problem("root-missing", 4, "the storage has no root object (oid 0x0)"), None
             )
         references = 0
-        if self.checker.settings["references"] and walk.magic:
+        if self.settings["references"] and walk.magic:
             references = yield from self._references(walk)
         yield from self._index(walk, size)
         if walk.last_tid:
@@ -171,9 +171,9 @@ class StorageAudit:
                 last_tid=hex_id(walk.last_tid),
                 last_time=tid_text(walk.last_tid),
             )
-        if self.checker.settings["references"]:
+        if self.settings["references"]:
             # Every byte of it was read and cross-checked: `window` need not list it as unverified.
-            self.checker.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
+            self.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
         verdict = "damaged" if self.damaged else "intact"
         yield Found(
             "storage-checked",
@@ -210,11 +210,11 @@ class StorageAudit:
     # -- references and blobs ------------------------------------------------------------------------
 
     def _references(self, walk: Walk):
-        history = self.checker.settings["history"]
-        progress = self.checker.context.progress
+        history = self.settings["history"]
+        progress = self.context.progress
         total = walk.records if history else walk.current.count
         progress.start(f"zodb {self.target.display(self.path)}: objects", total)
-        blobs = BlobCheck(self.checker, self.target, self.storage.blob_dir, self.problem)
+        blobs = BlobCheck(self.target, self.storage.blob_dir, self.problem)
         records = walk.iter_records(history)
         # Generous for any real record, small enough that a pickle announcing absurd sizes fails.
         extra = max(1 << 30, 8 * walk.max_plen)
@@ -232,11 +232,11 @@ class StorageAudit:
             if len(batch) < BATCH:
                 break
         progress.stop()
-        self.checker.count("records_parsed", done)
+        yield Count("records_parsed", done)
         yield from self._extensions(walk)
-        self.checker.count("references_checked", references)
+        yield Count("references_checked", references)
         if blobs.unverified:
-            self.checker.incomplete(
+            yield Incomplete(
                 f"{blobs.unverified} blob(s) of {self.target.display(self.path)} not verified: "
                 "no blob directory known (set zodb.blob_dir)"
             )
@@ -359,7 +359,7 @@ class StorageAudit:
         except OSError as error:
             yield self.problem("index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}")
             return
-        self.checker.count("indexes")
+        yield Count("indexes")
         with handle, io.BufferedReader(handle, 1 << 20) as buffered:
             try:
                 with memory_ceiling(1 << 30):
