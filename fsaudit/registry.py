@@ -16,8 +16,6 @@ CHECKERS = "fsaudit.checks"
 RENDERERS = "fsaudit.renderers"
 COMMANDS = "fsaudit.commands"
 GROUPS = (CHECKERS, RENDERERS, COMMANDS)
-# Kept for add-ons and scripts that import it under its old name.
-GROUP = CHECKERS
 
 
 class Plugin:
@@ -28,7 +26,6 @@ class Plugin:
     def __init__(self, name: str, origin: str, point=None, accept: Callable[[Any], str] | None = None):
         self.name = name
         self.origin = origin
-        self.value = point.value if point is not None else ""
         self._point = point
         self._accept = accept
         self._loaded: Any = None
@@ -110,21 +107,22 @@ def registered(group: str) -> Tuple[Registered, ...]:
     return _registered().get(group, ())
 
 
-def load_plugins(group: str, accept: Callable[[Any], str] | None = None) -> Dict[str, Plugin]:
-    """Every plug-in of `group` by name, sorted (the first distribution to register a name wins)."""
+def _by_name(group: str, make: Callable[[Registered], Plugin]) -> Dict[str, Any]:
+    """The plug-ins of `group` by name, sorted; the first distribution to register a name wins."""
     plugins: Dict[str, Plugin] = {}
     for item in registered(group):
         if item.point.name not in plugins:
-            plugins[item.point.name] = Plugin(item.point.name, item.origin, item.point, accept)
+            plugins[item.point.name] = make(item)
     return dict(sorted(plugins.items()))
+
+
+def load_plugins(group: str, accept: Callable[[Any], str] | None = None) -> Dict[str, Plugin]:
+    """Every plug-in of `group` by name (each imported when first used)."""
+    return _by_name(group, lambda item: Plugin(item.point.name, item.origin, item.point, accept))
 
 
 def load_checkers() -> Dict[str, Entry]:
     """Every checker registered in the `fsaudit.checks` entry-point group, by name (each imported
     when first used). A checker whose module fails to import is kept with the error, so
     `fsaudit checks` and the report can say so instead of silently dropping it."""
-    entries: Dict[str, Entry] = {}
-    for item in registered(CHECKERS):
-        if item.point.name not in entries:
-            entries[item.point.name] = Entry(item.point.name, item.origin, item.point)
-    return dict(sorted(entries.items()))
+    return _by_name(CHECKERS, lambda item: Entry(item.point.name, item.origin, item.point))
