@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import stat
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
+from fsaudit.hashing import read_files
 from fsaudit.target import NotRegularFile, Target
 from fsaudit_checks.content.formats import MAGIC_BYTES, Format, Problem, Unsupported, recognise
 
@@ -73,15 +72,9 @@ class ContentChecker(Checker):
                     yield (b"" if directory == b"/" else directory) + b"/" + entry.name, st.st_size
 
     def run(self, target: Target) -> Iterator:
-        workers = max(1, self.context.jobs)
-        pending: deque = deque()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsaudit-content") as pool:
-            for path, _size in self._candidates(target):
-                pending.append(pool.submit(self._validate, target, path))
-                if len(pending) >= workers * 4:
-                    yield from self._report(*pending.popleft().result())
-            while pending:
-                yield from self._report(*pending.popleft().result())
+        paths = (path for path, _size in self._candidates(target))
+        for outcome in read_files(target, paths, lambda path: self._validate(target, path), self.context):
+            yield from self._report(*outcome)
 
     def _validate(self, target: Target, path: bytes) -> Tuple[bytes, Optional[Format], object]:
         """(path, format, outcome): outcome is None (sound), a Problem, "unknown", "unsupported: ..."

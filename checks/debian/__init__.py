@@ -255,7 +255,9 @@ class _Audit:
 
     def _verify(self, packages: List[Package]) -> Iterator[Finding]:
         order: deque = deque()
-        results = hash_files(self.target, self._requests(packages, order), self.checker.context.jobs)
+        results = hash_files(
+            self.target, self._requests(packages, order), self.checker.context, self.checker.stats
+        )
         for result in results:
             while True:
                 item = order.popleft()

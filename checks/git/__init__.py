@@ -202,8 +202,8 @@ class GitChecker(Checker):
                 yield from self._symlink(target, path, entry, advice)
                 continue
             by_path[path] = entry
-            requests.append(HashRequest(path, "sha1", prefix=blob_header, key=entry, follow=False))
-        for result in hash_files(target, requests, self.context.jobs):
+            requests.append(HashRequest(path, "sha1", prefix=b"blob %d\0", key=entry, follow=False))
+        for result in hash_files(target, requests, self.context, self.stats):
             entry = result.request.key
             path = result.request.path
             verdict = outcome(result, entry.object_id)
