@@ -274,17 +274,51 @@ def _lstat(entry: os.DirEntry):
         return error
 
 
+def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
+    """(entries, records) of the directory at `host`, opened with O_NOATIME, every entry lstat'ed
+    through the open directory. `records` are (name, type, stat fields or errno) of the entries a
+    walk must look at: every subdirectory, every entry whose mtime or ctime lies in [start, end),
+    every entry that could not be examined, or, with `full`, all of them; `entries` counts all."""
+    fd = open_noatime(host, DIRECTORY_FLAGS)
+    try:
+        records = []
+        entries = 0
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                entries += 1
+                kind = _entry_type(entry)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as error:
+                    records.append((os.fsencode(entry.name), kind, error.errno or errno.EIO))
+                    continue
+                if (
+                    full
+                    or kind == stat.S_IFDIR
+                    or start <= st.st_mtime < end
+                    or start <= st.st_ctime < end
+                    or (not kind and stat.S_ISDIR(st.st_mode))
+                ):
+                    records.append((os.fsencode(entry.name), kind, stat_fields(st)))
+        return entries, records
+    finally:
+        os.close(fd)
+
+
 # -- the worker process ------------------------------------------------------------------------------
 #
 # Messages both ways are frames: 4 bytes of little-endian length, then a marshal'ed tuple (the peer is
 # our own process: nothing from the audited system is ever unmarshal'ed). To the worker:
-#   ("hash", epoch, root, drop_cache, [(seq, path, how, algorithm, expected_size, prefix), ...])
+#   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix), ...])
 #       how: 0 = resolve `path` inside `root` without following its last component, 1 = following
 #       it, 2 = `path` is already a host path
+#   ("scan", epoch, (start, end), [(seq, host directory, full), ...])
 #   ("cancel", epoch)
 # From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
-#   (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode) for a file that
-#   is not regular, (seq, errno, strerror) for any other OSError, (seq, -2, text) for a bug.
+#   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
+#       for a file that is not regular,
+#   for "scan": (seq, 0, entries, records),
+#   for both: (seq, errno, strerror) for an OSError, (seq, -2, text) for a bug.
 
 STAT_FIELDS = (
     "st_mode",
@@ -312,12 +346,13 @@ def stat_fields(st: os.stat_result) -> tuple:
 def stat_result(fields) -> os.stat_result:
     """An os.stat_result from `stat_fields()` (how a stat crosses from a worker process)."""
     mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = fields
+    # The float times exactly as os.stat computes them (seconds + nanoseconds * 1e-9).
     return os.stat_result(
         (mode, ino, dev, nlink, uid, gid, size, atime // 10**9, mtime // 10**9, ctime // 10**9),
         {
-            "st_atime": atime / 1e9,
-            "st_mtime": mtime / 1e9,
-            "st_ctime": ctime / 1e9,
+            "st_atime": atime // 10**9 + atime % 10**9 * 1e-9,
+            "st_mtime": mtime // 10**9 + mtime % 10**9 * 1e-9,
+            "st_ctime": ctime // 10**9 + ctime % 10**9 * 1e-9,
             "st_atime_ns": atime,
             "st_mtime_ns": mtime,
             "st_ctime_ns": ctime,
@@ -328,27 +363,43 @@ def stat_result(fields) -> os.stat_result:
     )
 
 
-def run_job(job: tuple, root: bytes, drop_cache: bool, resolvers: dict, stopped, buffer) -> tuple:
-    """One hash job (the tuple in a "hash" message) to its reply tuple; never raises."""
-    seq, path, how, algorithm, expected_size, prefix = job
-    try:
+class Jobs:
+    """Runs the jobs of the messages; one instance per reader thread (its own read buffer and
+    resolvers). `run` never raises: every outcome is a reply tuple."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.resolvers: dict = {}
+
+    def run(self, kind: str, header: tuple, job: tuple, stopped) -> tuple:
+        try:
+            if kind == "hash":
+                return self.hash(job, *header, stopped)
+            seq, host, full = job
+            return (seq, OK, *scan_directory(host, header[0], header[1], full))
+        except NotRegularFile as error:
+            return (job[0], NOT_REGULAR, error.mode)
+        except OSError as error:
+            return (job[0], error.errno or errno.EIO, error.strerror or str(error))
+        except Exception as error:  # an unknown algorithm, a bug: the engine raises it in the caller
+            return (job[0], BUG, f"{type(error).__name__}: {error}")
+
+    def hash(self, job: tuple, root: bytes, drop_cache: bool, stopped) -> tuple:
+        seq, path, how, algorithm, expected_size, prefix = job
         if how == HOST:
             host = path
         else:
-            resolver = resolvers.get(root)
+            resolver = self.resolvers.get(root)
             if resolver is None:
-                resolver = resolvers[root] = Resolver(root)
+                resolver = self.resolvers[root] = Resolver(root)
             host = resolver.resolve(path, follow=how == FOLLOW)
+        expected = None if expected_size < 0 else expected_size
+        if not self.buffer:
+            self.buffer = bytearray(BLOCK_SIZE)
         digest, st, empty, anomaly, drop_failed = hash_file(
-            host, algorithm, None if expected_size < 0 else expected_size, prefix, drop_cache, stopped, buffer
+            host, algorithm, expected, prefix, drop_cache, stopped, self.buffer
         )
         return (seq, OK, digest, stat_fields(st), empty, anomaly, drop_failed)
-    except NotRegularFile as error:
-        return (seq, NOT_REGULAR, error.mode)
-    except OSError as error:
-        return (seq, error.errno or errno.EIO, error.strerror or str(error))
-    except Exception as error:  # an unknown algorithm, a bug: the engine raises it in the caller
-        return (seq, BUG, f"{type(error).__name__}: {error}")
 
 
 def write_frame(fd: int, message) -> None:
@@ -384,7 +435,7 @@ def _die_with_the_parent() -> None:
 
 
 def main() -> None:
-    """A worker process: `threads` reader threads hash the jobs that arrive on stdin and the replies
+    """A worker process: `threads` reader threads run the jobs that arrive on stdin, and the replies
     leave on stdout in batches. End-of-file on stdin (the engine is done, or its process died) ends
     the worker at once, whatever its threads are reading."""
     import queue
@@ -399,20 +450,19 @@ def main() -> None:
     threads = int(sys.argv[1])
     stdin = sys.stdin.buffer
     out = sys.stdout.fileno()
-    jobs: queue.SimpleQueue = queue.SimpleQueue()
+    work: queue.SimpleQueue = queue.SimpleQueue()
     cancelled: set = set()
     replies: list = []
     ready = threading.Condition()
 
     def reader() -> None:
-        buffer = bytearray(BLOCK_SIZE)
-        resolvers: dict = {}
+        jobs = Jobs()
         while True:
-            epoch, root, drop_cache, job = jobs.get()
+            epoch, kind, header, job = work.get()
             if epoch in cancelled:
                 continue
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
-            reply = run_job(job, root, drop_cache, resolvers, stopped, buffer)
+            reply = jobs.run(kind, header, job, stopped)
             with ready:
                 replies.append((epoch, reply))
                 ready.notify()
@@ -438,12 +488,12 @@ def main() -> None:
         message = read_frame(stdin)
         if message is None:
             os._exit(0)
-        if message[0] == "hash":
-            _, epoch, root, drop_cache, batch = message
-            for job in batch:
-                jobs.put((epoch, root, drop_cache, job))
-        elif message[0] == "cancel":
+        if message[0] == "cancel":
             cancelled.add(message[1])
+            continue
+        kind, epoch, header, batch = message
+        for job in batch:
+            work.put((epoch, kind, header, job))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""Where the reading engine's reads run: worker processes for the cores, threads of this process else.
+
+The worker processes run `fsaudit.reader` (standard library only), started from its source text
+with `python -I -S`: a fresh interpreter, never a fork of this threaded process, and one that starts
+wherever fsaudit runs, also from the fleet's in-memory bootstrap on a VM. They are started on first
+use and kept for the rest of the audit (a check may hand over thousands of small batches); each has
+its own reader threads. They end with this process: end-of-file on their stdin ends them at once,
+PR_SET_PDEATHSIG if this process dies without closing it, and `shutdown()` at exit. When one of them
+ends unexpectedly all are ended, and the calls in progress read the rest on threads.
+
+Callers register an inbox (a queue) and get an epoch; replies for that epoch arrive in the inbox as
+("done", [reply, ...]), and ("dead",) when the workers are gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import subprocess
+import sys
+import threading
+from typing import Dict, List, Optional
+
+from fsaudit import reader
+
+LOG = logging.getLogger(__name__)
+
+_POLL_SECONDS = 0.25
+_BOOT = 'import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[2])),"fsaudit-reader","exec"))'
+
+
+def get(inbox: queue.SimpleQueue):
+    """The next message of an inbox, waiting in short steps so that Ctrl-C is seen at once."""
+    while True:
+        try:
+            return inbox.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            continue
+
+
+class Threads:
+    """Daemon threads of this process running queued calls `(function, *arguments)`. Daemon threads:
+    an interrupted audit does not wait for a read in progress."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def grow(self, count: int) -> Threads:
+        with self.lock:
+            while self.count < count:
+                threading.Thread(target=self._serve, name=f"fsaudit-read-{self.count}", daemon=True).start()
+                self.count += 1
+        return self
+
+    def put(self, work: tuple) -> None:
+        self.queue.put(work)
+
+    def _serve(self) -> None:
+        while True:
+            function, *arguments = self.queue.get()
+            function(*arguments)
+
+
+_THREADS = Threads()
+
+
+def threads(count: int) -> Threads:
+    """The threads of this process, at least `count` of them."""
+    return _THREADS.grow(count)
+
+
+class Workers:
+    """The worker processes of this fsaudit process (see the module's docstring)."""
+
+    current: Optional[Workers] = None
+    # Why worker processes are not used: set once they could not start or ended unexpectedly.
+    failure: str = ""
+    lock = threading.Lock()
+
+    def __init__(self, count: int, threads_each: int):
+        self.shape = (count, threads_each)
+        self.inboxes: Dict[int, queue.SimpleQueue] = {}
+        self.next_epoch = 0
+        self.processes: List[subprocess.Popen] = []
+        self.outstanding: List[int] = [0] * count
+        self.write_lock = threading.Lock()
+        self.alive = True
+        source = _reader_source()
+        try:
+            for _ in range(count):
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", _BOOT, str(threads_each), str(len(source))],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    close_fds=True,
+                )
+                self.processes.append(process)
+                process.stdin.write(source)
+                process.stdin.flush()
+        except BaseException:
+            self.close()
+            raise
+        for index in range(count):
+            threading.Thread(
+                target=self._listen, args=(index,), name=f"fsaudit-worker-{index}", daemon=True
+            ).start()
+
+    def register(self, inbox: queue.SimpleQueue) -> int:
+        with self.lock:
+            self.next_epoch += 1
+            self.inboxes[self.next_epoch] = inbox
+            if not self.alive:
+                inbox.put(("dead",))
+            return self.next_epoch
+
+    def unregister(self, epoch: int, cancel: bool) -> None:
+        """The caller is done with `epoch`; `cancel` drops its jobs still queued or being read."""
+        with self.lock:
+            self.inboxes.pop(epoch, None)
+        if cancel:
+            for index in range(len(self.processes)):
+                self._write(index, ("cancel", epoch))
+
+    def send(self, kind: str, epoch: int, header: tuple, jobs: List[tuple]) -> bool:
+        """Give jobs of one kind ("hash", "scan") to the least busy worker; False when none is left."""
+        with self.lock:
+            index = min(range(len(self.processes)), key=self.outstanding.__getitem__)
+            self.outstanding[index] += len(jobs)
+        return self._write(index, (kind, epoch, header, jobs))
+
+    def _write(self, index: int, message) -> bool:
+        if not self.alive:
+            return False
+        try:
+            with self.write_lock:
+                reader.write_frame(self.processes[index].stdin.fileno(), message)
+        except (OSError, ValueError):
+            self._lost()
+            return False
+        return True
+
+    def _listen(self, index: int) -> None:
+        stream = self.processes[index].stdout
+        while True:
+            try:
+                message = reader.read_frame(stream)
+            except (OSError, ValueError, EOFError):
+                message = None
+            if message is None:
+                self._lost()
+                return
+            if message[0] != "done":
+                continue
+            with self.lock:
+                self.outstanding[index] -= len(message[2])
+                inbox = self.inboxes.get(message[1])
+            if inbox is not None:
+                inbox.put(("done", message[2]))
+
+    def _lost(self) -> None:
+        with self.lock:
+            if not self.alive:
+                return
+            self.alive = False
+            inboxes = list(self.inboxes.values())
+        if Workers.current is self:
+            Workers.failure = "a worker process ended unexpectedly"
+        for inbox in inboxes:
+            inbox.put(("dead",))
+        self.close()
+
+    def close(self) -> None:
+        """End every worker now: closing its stdin ends a worker at once, kill() one that is stuck."""
+        self.alive = False
+        if Workers.current is self:
+            Workers.current = None
+        for process in self.processes:
+            for end in (process.stdin.close, process.kill):
+                try:
+                    end()
+                except OSError:
+                    pass
+
+
+def workers(count: int, threads_total: int) -> Optional[Workers]:
+    """Worker processes for `count` jobs with `threads_total` reader threads in all, or None where
+    none can start (`Workers.failure` says why)."""
+    threads_each = max(1, -(-threads_total // count))
+    with Workers.lock:
+        if Workers.failure:
+            return None
+        current = Workers.current
+        if current is not None and current.shape == (count, threads_each) and current.alive:
+            return current
+        if current is not None:
+            current.close()
+        if not sys.executable:
+            Workers.failure = "worker processes could not start: no Python interpreter to run"
+            return None
+        try:
+            Workers.current = Workers(count, threads_each)
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            Workers.failure = f"worker processes could not start: {error}"
+            LOG.debug("worker processes could not start", exc_info=True)
+            return None
+        return Workers.current
+
+
+def _reader_source() -> bytes:
+    """The source of fsaudit.reader, from wherever fsaudit was imported (a file, a zip, memory)."""
+    spec = reader.__spec__
+    source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
+    if not source:
+        raise ValueError("the source of fsaudit.reader is not available")
+    return source.encode("utf-8")
+
+
+def shutdown() -> None:
+    """End the worker processes and reap them (at exit)."""
+    current = Workers.current
+    if current is not None:
+        current.close()
+        for process in current.processes:
+            try:
+                process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+atexit.register(shutdown)
