@@ -36,6 +36,8 @@ BLOCK_SIZE = reader.BLOCK_SIZE
 # Jobs handed to a worker in one message, and the window of requests sorted by path before that.
 BATCH = 16
 _WINDOW = 64
+# Requests a call reads on threads of this process before it starts the worker processes.
+START_AFTER = 2 * _WINDOW
 __all__ = [
     "ABSURD_SIZE",
     "SPARSE",
@@ -179,14 +181,23 @@ class _Call:
         self.capacity = max(4 * depth, 4 * BATCH)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False
-        self.pool = workers.workers(jobs, depth) if jobs > 1 else None
-        self.remote = self.pool is not None
+        self.pool = None
+        self.remote = False
+        self.epoch = None
+        self.dispatched = 0
+        # Worker processes already running are used at once; a call that has only a few files to
+        # read does not start them (starting costs more than reading a few files here).
+        if jobs > 1:
+            self._use(workers.running(jobs, depth))
         self.threads = workers.threads(1 if self.remote else depth)
-        self.epoch = self.pool.register(self.inbox) if self.remote else None
         # seq -> (request, True while a worker process holds it)
         self.in_flight: Dict[int, tuple] = {}
         self.done: Dict[int, HashResult] = {}
-        self._say_how()
+
+    def _use(self, pool) -> None:
+        if pool is not None:
+            self.pool, self.remote = pool, True
+            self.epoch = pool.register(self.inbox)
 
     def _say_how(self) -> None:
         if self.stats is None:
@@ -196,8 +207,12 @@ class _Call:
             how = f"{len(self.pool.processes)} worker processes, {reads}"
         elif self.jobs == 1:
             how = f"threads of one process (--jobs 1), {reads}"
-        else:
+        elif workers.Workers.failure:
             how = f"threads of one process ({workers.Workers.failure}), {reads}"
+        elif "reading" in self.stats:
+            return  # a few files read here: the earlier calls said how the rest was read
+        else:
+            how = f"threads of one process (only {self.dispatched} files), {reads}"
         self.stats["reading"] = how
 
     def run(self, requests: Iterator[HashRequest]) -> Iterator[HashResult]:
@@ -236,9 +251,14 @@ class _Call:
             self.cancelled = True
             if self.epoch is not None:
                 self.pool.unregister(self.epoch, cancel=bool(self.in_flight))
+            self._say_how()
 
     def _dispatch(self, window: List[tuple]) -> None:
         """Hand a window of requests out, in path order (the files of a directory together)."""
+        if self.jobs > 1 and self.pool is None and self.dispatched >= START_AFTER:
+            self._use(workers.workers(self.jobs, self.depth))
+            self.threads = workers.threads(1 if self.remote else self.depth)
+        self.dispatched += len(window)
         window.sort(key=lambda item: item[1].host or item[1].path)
         remote: List[tuple] = []
         for seq, request in window:
@@ -300,7 +320,6 @@ class _Call:
             return
         self.remote = False
         self.threads = workers.threads(self.depth)
-        self._say_how()
         lost = [(seq, entry[0]) for seq, entry in self.in_flight.items() if entry[1]]
         LOG.debug("the reading workers ended; %d files are read on threads instead", len(lost))
         for seq, request in lost:

@@ -73,17 +73,26 @@ def scan_tree(
     )
 
 
+# Directories a walk lists on threads of this process before it starts the worker processes.
+START_AFTER = 64
+
+
 class _Scan:
     def __init__(self, jobs: int, depth: int, start: float, end: float):
+        self.jobs = jobs
         self.depth = depth
         self.header = (float(start), float(end))
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.pool = workers.workers(jobs, depth) if jobs > 1 else None
-        self.threads = workers.threads(1 if self.pool is not None else depth)
-        self.epoch = self.pool.register(self.inbox) if self.pool is not None else None
+        self.pool = None
+        self.remote = False
+        self.epoch = None
+        # Worker processes already running are used at once; a small tree does not start them.
+        if jobs > 1:
+            self._use(workers.running(jobs, depth))
+        self.threads = workers.threads(1 if self.remote else depth)
         self.cancelled = False
         self.next_seq = 0
-        self.waiting: dict = {}  # seq -> node, listing asked for
+        self.waiting: dict = {}  # seq -> (node, True when a worker process lists it)
         self.replies: dict = {}  # seq -> reply
 
     def walk(self, top: _Node, full, descend, max_depth: int):
@@ -113,7 +122,7 @@ class _Scan:
 
     def _prefetch(self, stack: List[_Node]) -> None:
         """Ask for the listings of the directories the walk reaches next (the top of the stack)."""
-        room = 2 * self.depth - len(self.waiting) - len(self.replies)
+        room = 2 * self.depth - len(self.waiting)
         wanted = []
         for node in reversed(stack):
             if room <= 0:
@@ -124,24 +133,32 @@ class _Scan:
         if wanted:
             self._submit(wanted)
 
+    def _use(self, pool) -> None:
+        if pool is not None:
+            self.pool, self.remote = pool, True
+            self.epoch = pool.register(self.inbox)
+
     def _submit(self, nodes: List[_Node]) -> None:
+        if self.jobs > 1 and self.pool is None and self.next_seq >= START_AFTER:
+            self._use(workers.workers(self.jobs, self.depth))
+            self.threads = workers.threads(1 if self.remote else self.depth)
         jobs = []
         for node in nodes:
             node.seq = self.next_seq
             self.next_seq += 1
-            self.waiting[node.seq] = node
             jobs.append((node.seq, node.host, node.full))
-        if self.pool is not None and self.pool.alive:
+        if self.remote:
             share = -(-len(jobs) // len(self.pool.processes))
-            sent = all(
-                self.pool.send("scan", self.epoch, self.header, jobs[i : i + share])
-                for i in range(0, len(jobs), share)
-            )
-            if sent:
-                return
-            self._rescue()
+            for start in range(0, len(jobs), share):
+                batch = jobs[start : start + share]
+                sent = self.remote and self.pool.send("scan", self.epoch, self.header, batch)
+                for job, node in zip(batch, nodes[start : start + share]):
+                    self.waiting[job[0]] = (node, sent)
+                    if not sent:
+                        self.threads.put((self._run_here, job))
             return
-        for job in jobs:
+        for job, node in zip(jobs, nodes):
+            self.waiting[job[0]] = (node, False)
             self.threads.put((self._run_here, job))
 
     def _run_here(self, job: tuple) -> None:
@@ -150,13 +167,14 @@ class _Scan:
         self.inbox.put(("done", [reader.Jobs().run("scan", self.header, job, lambda: self.cancelled)]))
 
     def _rescue(self) -> None:
-        """The worker processes are gone: every listing still awaited is made here instead."""
-        if self.pool is None:
+        """The worker processes are gone: the listings they held, and the rest, are made here."""
+        if not self.remote:
             return
-        self.pool = None
+        self.remote = False
         self.threads = workers.threads(self.depth)
-        for seq, node in self.waiting.items():
-            if seq not in self.replies:
+        for seq, (node, remote) in list(self.waiting.items()):
+            if remote and seq not in self.replies:
+                self.waiting[seq] = (node, False)
                 self.threads.put((self._run_here, (seq, node.host, node.full)))
 
     def _listing(self, node: _Node) -> Union[Listing, OSError]:

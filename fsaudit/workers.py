@@ -186,6 +186,15 @@ class Workers:
                     pass
 
 
+def running(count: int, threads_total: int) -> Optional[Workers]:
+    """The worker processes already running for `count` jobs with `threads_total` threads, if any."""
+    current = Workers.current
+    threads_each = max(1, -(-threads_total // count))
+    if current is not None and current.alive and current.shape == (count, threads_each):
+        return current
+    return None
+
+
 def workers(count: int, threads_total: int) -> Optional[Workers]:
     """Worker processes for `count` jobs with `threads_total` reader threads in all, or None where
     none can start (`Workers.failure` says why)."""

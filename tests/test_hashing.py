@@ -196,11 +196,17 @@ def _gone(pids, seconds: float = 10) -> bool:
     return False
 
 
-def test_workers_are_reused_and_end_with_shutdown(tree):
+def test_workers_start_for_many_files_only_are_reused_and_end_with_shutdown(tree):
     target = Target(tree)
-    list(hash_files(target, _requests(tree), Context(jobs=2)))
+    workers.shutdown()
+    stats = {}
+    list(hash_files(target, _requests(tree)[:20], Context(jobs=2), stats))
+    assert _worker_pids(os.getpid()) == [] and stats["reading"].startswith("threads of one process (only 20")
+    list(hash_files(target, _requests(tree), Context(jobs=2), stats))
     first = _worker_pids(os.getpid())
-    assert len(first) == 2
+    assert len(first) == 2 and stats["reading"].startswith("2 worker processes")
+    list(hash_files(target, _requests(tree)[:20], Context(jobs=2), stats))
+    assert stats["reading"].startswith("2 worker processes")  # running workers are used at once
     list(hash_files(target, _requests(tree), Context(jobs=2)))
     assert _worker_pids(os.getpid()) == first  # one pool for the whole audit
     workers.shutdown()
@@ -214,7 +220,8 @@ def test_workers_die_with_a_parent_that_is_killed(tree):
         from fsaudit.checker import Context
         from fsaudit.hashing import HashRequest, hash_files
         from fsaudit.target import Target
-        list(hash_files(Target({str(tree)!r}), [HashRequest(b"/d/f001", "md5")], Context(jobs=2)))
+        requests = [HashRequest(b"/d/f%03d" % n, "md5") for n in range(300)]
+        list(hash_files(Target({str(tree)!r}), requests, Context(jobs=2)))
         print("ready", flush=True)
         time.sleep(600)
         """
@@ -237,6 +244,7 @@ def test_a_worker_that_dies_hands_its_files_to_threads(tree):
     reference = [_outcome(r) for r in hash_files(target, requests, Context(jobs=1))]
     workers.shutdown()
     workers.Workers.failure = ""
+    list(hash_files(target, requests, Context(jobs=2, io_depth=2)))  # starts the workers
     stats = {}
     results = hash_files(target, iter(requests), Context(jobs=2, io_depth=2), stats)
     outcomes = [_outcome(next(results))]
@@ -259,9 +267,9 @@ def test_without_worker_processes_the_same_reads_run_on_threads(tree):
         from fsaudit.hashing import HashRequest, hash_files
         from fsaudit.target import Target
         stats = {{}}
-        requests = [HashRequest(b"/d/f010", "md5")]
+        requests = [HashRequest(b"/d/f%03d" % n, "md5") for n in range(300)]
         results = list(hash_files(Target({str(tree)!r}), requests, Context(jobs=2), stats))
-        print(results[0].digest)
+        print(results[10].digest)
         print(stats["reading"])
         """
     )
