@@ -17,12 +17,14 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
-import subprocess
 import sys
 import threading
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from fsaudit import reader
+
+if TYPE_CHECKING:
+    import subprocess
 
 LOG = logging.getLogger(__name__)
 
@@ -40,36 +42,49 @@ def get(inbox: queue.SimpleQueue):
 
 
 class Threads:
-    """Daemon threads of this process running queued calls `(function, *arguments)`. Daemon threads:
-    an interrupted audit does not wait for a read in progress."""
+    """Daemon threads of this process running queued calls `(function, *arguments)`, started as the
+    work needs them, up to the largest number asked for. Daemon threads: an interrupted audit does
+    not wait for a read in progress."""
 
     def __init__(self):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.count = 0
+        self.idle = 0
+        self.limit = 0
         self.lock = threading.Lock()
 
-    def grow(self, count: int) -> Threads:
+    def allow(self, count: int) -> Threads:
         with self.lock:
-            while self.count < count:
-                threading.Thread(target=self._serve, name=f"fsaudit-read-{self.count}", daemon=True).start()
-                self.count += 1
+            self.limit = max(self.limit, count)
         return self
 
     def put(self, work: tuple) -> None:
         self.queue.put(work)
+        with self.lock:
+            if self.queue.qsize() > self.idle and self.count < self.limit:
+                self.count += 1
+                self.idle += 1
+                threading.Thread(target=self._serve, name=f"fsaudit-read-{self.count}", daemon=True).start()
 
     def _serve(self) -> None:
         while True:
             function, *arguments = self.queue.get()
-            function(*arguments)
+            with self.lock:
+                self.idle -= 1
+            try:
+                function(*arguments)
+            finally:
+                with self.lock:
+                    self.idle += 1
 
 
 _THREADS = Threads()
 
 
 def threads(count: int) -> Threads:
-    """The threads of this process, at least `count` of them."""
-    return _THREADS.grow(count)
+    """The threads of this process, up to `count` of them at work at once (or more, when asked for
+    by another caller)."""
+    return _THREADS.allow(count)
 
 
 class Workers:
@@ -88,6 +103,8 @@ class Workers:
         self.outstanding: List[int] = [0] * count
         self.write_lock = threading.Lock()
         self.alive = True
+        import subprocess  # here: an audit that starts no worker does not pay for it
+
         source = _reader_source()
         try:
             for _ in range(count):
@@ -210,6 +227,8 @@ def workers(count: int, threads_total: int) -> Optional[Workers]:
         if not sys.executable:
             Workers.failure = "worker processes could not start: no Python interpreter to run"
             return None
+        import subprocess
+
         try:
             Workers.current = Workers(count, threads_each)
         except (OSError, ValueError, subprocess.SubprocessError) as error:
@@ -236,7 +255,7 @@ def shutdown() -> None:
         for process in current.processes:
             try:
                 process.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
+            except Exception:  # subprocess.TimeoutExpired: a worker stuck in the kernel
                 pass
 
 
