@@ -102,19 +102,19 @@ def torn_down_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _entries(tree: Path) -> int:
-    return sum(1 + len(dirs) + len(files) for _, dirs, files in os.walk(tree))
-
-
-def _size(tree: Path) -> int:
-    total = 0
+def _footprint(tree: Path) -> tuple:
+    """(entries, bytes an ext4 copy needs: whole 4 KiB blocks per file and directory, 256-byte
+    inodes) of a tree."""
+    entries = blocks = 0
     for directory, _, files in os.walk(tree):
+        entries += 1 + len(files)
+        blocks += 1
         for name in files:
             try:
-                total += os.lstat(os.path.join(directory, name)).st_size
+                blocks += -(-os.lstat(os.path.join(directory, name)).st_size // 4096)
             except OSError:
                 pass
-    return total
+    return entries, blocks * 4096 + entries * 256
 
 
 @contextmanager
@@ -130,8 +130,9 @@ def network_disk(tree: Path, delay_ms: float = 1.0, connections: int = 16) -> It
     nbdkit_pid = work / "nbdkit.pid"
     steps: List[Callable[[], None]] = []
     try:
-        size_mb = int(_size(tree) * 1.25 / 2**20) + 256
-        inodes = int(_entries(tree) * 1.3) + 10_000
+        entries, footprint = _footprint(tree)
+        size_mb = int(footprint * 1.2 / 2**20) + 256
+        inodes = int(entries * 1.3) + 10_000
         print(f"disk: copying {tree} into a {size_mb} MiB ext4 image", file=sys.stderr)
         subprocess.run(
             ["mkfs.ext4", "-q", "-F", "-N", str(inodes), "-d", str(tree), str(image), f"{size_mb}M"],
@@ -219,6 +220,7 @@ class Sample:
     wall: float
     cpu: float
     load: str
+    peak_kib: int = 0  # the tool's own peak RSS (GNU time's %M)
 
 
 @dataclass
@@ -236,13 +238,18 @@ class Tool:
 
 
 def timed(command: List[str], env=None) -> tuple:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, env=env)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Wall and CPU seconds (the tool and every process it waited for), the load average, and the
+    tool's peak RSS, of one run."""
+    with tempfile.NamedTemporaryFile("r", prefix="fsaudit-rss-") as rss:
+        wrapped = ["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *command]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        completed = subprocess.run(wrapped, capture_output=True, env=env)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = rss.read().strip().splitlines()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Sample(wall, cpu, load()), completed
+    return Sample(wall, cpu, load(), int(peak[-1]) if peak and peak[-1].isdigit() else 0), completed
 
 
 def compare(tools: List[Tool], mode: str, repeat: int, tree: Path) -> None:
@@ -264,7 +271,7 @@ def compare(tools: List[Tool], mode: str, repeat: int, tree: Path) -> None:
                 tool.outcome[mode] = tool.check(completed)
             print(
                 f"  {mode} round {round_number + 1}: {tool.name:<28} {sample.wall:8.2f} s wall "
-                f"{sample.cpu:7.2f} s CPU   load {sample.load}",
+                f"{sample.cpu:7.2f} s CPU {sample.peak_kib / 1024:7.1f} MiB   load {sample.load}",
                 file=sys.stderr,
             )
 
@@ -281,11 +288,12 @@ def table(tools: List[Tool], peer: Tool, goals: Dict[str, Dict[str, float]], mod
         if not peer.samples.get(mode):
             continue
         print(f"\n{mode} ({len(peer.samples[mode])} interleaved runs each; medians)")
-        print(f"  {'':<30} {'wall':>9} {'CPU':>9}   {'ratio':>6}   goal")
+        print(f"  {'':<30} {'wall':>9} {'CPU':>9} {'peak RSS':>10}   {'ratio':>6}   goal")
         for tool in tools:
             if not tool.samples.get(mode):
                 continue
             wall, cpu = median(tool, mode), median(tool, mode, "cpu")
+            peak = max(s.peak_kib for s in tool.samples[mode]) / 1024
             ratio = wall / median(peer, mode)
             goal = goals.get(tool.name, {}).get(mode)
             verdict = ""
@@ -293,7 +301,7 @@ def table(tools: List[Tool], peer: Tool, goals: Dict[str, Dict[str, float]], mod
                 ok = ratio <= goal
                 met &= ok
                 verdict = f"<= {goal:.2f} {'met' if ok else 'NOT MET'}"
-            print(f"  {tool.name:<30} {wall:8.2f}s {cpu:8.2f}s   {ratio:6.2f}   {verdict}")
+            print(f"  {tool.name:<30} {wall:8.2f}s {cpu:8.2f}s {peak:7.1f} MiB   {ratio:6.2f}   {verdict}")
         loads = sorted({s.load for t in tools for s in t.samples.get(mode, [])})
         print(f"  load averages during these runs: {loads[0]} .. {loads[-1]}")
     return met

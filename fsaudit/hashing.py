@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 from fsaudit import reader, workers
 from fsaudit.reader import ABSURD_SIZE, SPARSE, NotRegularFile
 from fsaudit.target import Target
-from fsaudit.workers import get, shutdown
+from fsaudit.workers import shutdown
 
 LOG = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def read_files(
         if exhausted and taken == submitted:
             return
         while taken not in pending:
-            seq, ok, value = get(inbox)
+            seq, ok, value = workers.wait(inbox)
             pending[seq] = (ok, value)
         ok, value = pending.pop(taken)
         taken += 1
@@ -288,11 +288,15 @@ class _Call:
         except BaseException as error:  # a bug: raised in the caller's thread
             reply = (0, reader.BUG, f"{type(error).__name__}: {error}")
         self.inbox.put(("done", [(seq,) + reply[1:]]))
+        workers.wake(self.pool if self.remote else None)
 
     def _receive(self, block: bool) -> None:
+        pool = self.pool if self.remote else None
+        if pool is not None and not block:
+            pool.poll(0)
         while True:
             if block:
-                message = get(self.inbox)
+                message = workers.wait(self.inbox, pool)
                 block = False
             else:
                 try:

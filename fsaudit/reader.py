@@ -255,6 +255,9 @@ def list_directory(host: bytes, with_stat: bool) -> list:
         os.close(fd)
 
 
+_TYPES = (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK)
+
+
 def _entry_type(entry: os.DirEntry) -> int:
     try:
         if entry.is_symlink():
@@ -287,20 +290,14 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
         with os.scandir(fd) as scan:
             for entry in scan:
                 entries += 1
-                kind = _entry_type(entry)
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError as error:
-                    records.append((os.fsencode(entry.name), kind, error.errno or errno.EIO))
+                    records.append((os.fsencode(entry.name), _entry_type(entry), error.errno or errno.EIO))
                     continue
-                if (
-                    full
-                    or kind == stat.S_IFDIR
-                    or start <= st.st_mtime < end
-                    or start <= st.st_ctime < end
-                    or (not kind and stat.S_ISDIR(st.st_mode))
-                ):
-                    records.append((os.fsencode(entry.name), kind, stat_fields(st)))
+                kind = stat.S_IFMT(st.st_mode)
+                if full or kind == stat.S_IFDIR or start <= st.st_mtime < end or start <= st.st_ctime < end:
+                    records.append((os.fsencode(entry.name), kind if kind in _TYPES else 0, stat_fields(st)))
         return entries, records
     finally:
         os.close(fd)

@@ -257,6 +257,7 @@ class Target:
         top_full: bool = False,
         descend: Callable[[bytes, bytes, os.stat_result], bool] = lambda inner, host, st: True,
         max_depth: int = 256,
+        may_list: Callable[[bytes, int], bool] = lambda host, depth: True,
     ) -> Iterator[tuple]:
         """The tree below `host_top` walked at the reading engine's depth (`fsaudit.scan.scan_tree`):
         (inner path, host path, Listing or OSError) per directory, depth-first, every entry lstat'ed,
@@ -264,5 +265,14 @@ class Target:
         from fsaudit.scan import scan_tree
 
         yield from scan_tree(
-            host_top, self.inner_path(host_top), start, end, settings, full, top_full, descend, max_depth
+            host_top,
+            self.inner_path(host_top),
+            start,
+            end,
+            settings,
+            full,
+            top_full,
+            descend,
+            max_depth,
+            may_list,
         )

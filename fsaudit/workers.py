@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import marshal
+import os
 import queue
+import select
 import sys
 import threading
 from typing import TYPE_CHECKING, Dict, List, Optional
@@ -32,13 +35,27 @@ _POLL_SECONDS = 0.25
 _BOOT = 'import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[2])),"fsaudit-reader","exec"))'
 
 
-def get(inbox: queue.SimpleQueue):
-    """The next message of an inbox, waiting in short steps so that Ctrl-C is seen at once."""
+def wait(inbox: queue.SimpleQueue, pool: Optional[Workers] = None):
+    """The next message of an inbox, reading the worker processes' replies meanwhile when `pool` is
+    given; waiting in short steps so that Ctrl-C is seen at once."""
     while True:
+        try:
+            return inbox.get_nowait()
+        except queue.Empty:
+            pass
+        if pool is not None and pool.alive:
+            pool.poll(_POLL_SECONDS)
+            continue
         try:
             return inbox.get(timeout=_POLL_SECONDS)
         except queue.Empty:
             continue
+
+
+def wake(pool: Optional[Workers]) -> None:
+    """Tell a caller waiting in `wait` with `pool` that a thread put something in its inbox."""
+    if pool is not None:
+        pool.wake()
 
 
 class Threads:
@@ -88,7 +105,9 @@ def threads(count: int) -> Threads:
 
 
 class Workers:
-    """The worker processes of this fsaudit process (see the module's docstring)."""
+    """The worker processes of this fsaudit process (see the module's docstring). Their replies are
+    read by the thread that waits for them (`wait`), not by threads of their own: on a busy core,
+    listener threads cost more in GIL hand-overs than they save."""
 
     current: Optional[Workers] = None
     # Why worker processes are not used: set once they could not start or ended unexpectedly.
@@ -96,15 +115,18 @@ class Workers:
     lock = threading.Lock()
 
     def __init__(self, count: int, threads_each: int):
+        import subprocess  # here: an audit that starts no worker does not pay for it
+
         self.shape = (count, threads_each)
         self.inboxes: Dict[int, queue.SimpleQueue] = {}
         self.next_epoch = 0
         self.processes: List[subprocess.Popen] = []
         self.outstanding: List[int] = [0] * count
-        self.write_lock = threading.Lock()
+        self.buffers: List[bytearray] = [bytearray() for _ in range(count)]
+        self.reading = threading.Lock()
         self.alive = True
-        import subprocess  # here: an audit that starts no worker does not pay for it
-
+        # Threads of this process that finish work for a caller waiting here write a byte to it.
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         source = _reader_source()
         try:
             for _ in range(count):
@@ -121,10 +143,7 @@ class Workers:
         except BaseException:
             self.close()
             raise
-        for index in range(count):
-            threading.Thread(
-                target=self._listen, args=(index,), name=f"fsaudit-worker-{index}", daemon=True
-            ).start()
+        self.sources = {process.stdout.fileno(): index for index, process in enumerate(self.processes)}
 
     def register(self, inbox: queue.SimpleQueue) -> int:
         with self.lock:
@@ -153,23 +172,49 @@ class Workers:
         if not self.alive:
             return False
         try:
-            with self.write_lock:
-                reader.write_frame(self.processes[index].stdin.fileno(), message)
+            reader.write_frame(self.processes[index].stdin.fileno(), message)
         except (OSError, ValueError):
             self._lost()
             return False
         return True
 
-    def _listen(self, index: int) -> None:
-        stream = self.processes[index].stdout
-        while True:
-            try:
-                message = reader.read_frame(stream)
-            except (OSError, ValueError, EOFError):
-                message = None
-            if message is None:
-                self._lost()
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_write, b"!")
+        except OSError:  # full (someone will wake up anyway) or closed
+            pass
+
+    def poll(self, timeout: float) -> None:
+        """Read what the workers sent, waiting up to `timeout` for anything (or a wake-up), and put
+        each reply in its caller's inbox."""
+        if not self.reading.acquire(timeout=timeout):
+            return  # another thread is reading for everyone
+        try:
+            if not self.alive:
                 return
+            ready, _, _ = select.select([self.wake_read, *self.sources], [], [], timeout)
+            for fd in ready:
+                if fd == self.wake_read:
+                    _drain(fd)
+                    continue
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    self._lost()
+                    return
+                self._frames(self.sources[fd], chunk)
+        finally:
+            self.reading.release()
+
+    def _frames(self, index: int, chunk: bytes) -> None:
+        buffer = self.buffers[index]
+        buffer += chunk
+        start = 0
+        while len(buffer) - start >= 4:
+            size = int.from_bytes(buffer[start : start + 4], "little")
+            if len(buffer) - start - 4 < size:
+                break
+            message = marshal.loads(buffer[start + 4 : start + 4 + size])
+            start += 4 + size
             if message[0] != "done":
                 continue
             with self.lock:
@@ -177,6 +222,7 @@ class Workers:
                 inbox = self.inboxes.get(message[1])
             if inbox is not None:
                 inbox.put(("done", message[2]))
+        del buffer[:start]
 
     def _lost(self) -> None:
         with self.lock:
@@ -201,6 +247,14 @@ class Workers:
                     end()
                 except OSError:
                     pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:  # EAGAIN: empty
+        pass
 
 
 def running(count: int, threads_total: int) -> Optional[Workers]:

@@ -10,6 +10,7 @@ counts only, so memory stays flat however many entries the tree holds.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from datetime import datetime, timezone
@@ -187,6 +188,7 @@ class WindowChecker(Checker):
         self._by_top = _Tally()
         self._by_owner = _Tally()
         self._owners: Dict[int, str] | None = None
+        self._times: Dict[int, str] = {}
         self.stats["window"] = str(window)
         for key in (
             "entries_scanned",
@@ -271,6 +273,8 @@ class WindowChecker(Checker):
             top_full=top in self._pending,
             descend=descend,
             max_depth=MAX_DEPTH + 1,
+            # Listed ahead of the walk only where it will go: never a mount it leaves out.
+            may_list=lambda host, depth: host not in excluded and depth <= MAX_DEPTH,
         )
         for directory, host, listing in walk:
             if isinstance(listing, OSError):
@@ -507,10 +511,18 @@ class WindowChecker(Checker):
                 )
 
     def _time(self, timestamp: float) -> str:
-        try:
-            return datetime.fromtimestamp(timestamp, self._tz).isoformat(timespec="seconds")
-        except (OverflowError, OSError, ValueError):
-            return str(timestamp)
+        # Files changed together share their second: each second is formatted once.
+        second = math.floor(timestamp)
+        text = self._times.get(second)
+        if text is None:
+            try:
+                text = datetime.fromtimestamp(second, self._tz).isoformat(timespec="seconds")
+            except (OverflowError, OSError, ValueError):
+                return str(timestamp)
+            if len(self._times) >= MAX_GROUPS:
+                self._times.clear()
+            self._times[second] = text
+        return text
 
     def _owner(self, uid: int) -> str:
         if self._owners is None:
