@@ -221,24 +221,23 @@ class _Call:
         exhausted = False
         try:
             while True:
-                # Everything not yet yielded counts: results wait here for the one before them.
-                while not exhausted and len(self.in_flight) + len(self.done) + len(window) < self.capacity:
-                    try:
-                        request = next(requests)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    window.append((next_seq, request))
-                    next_seq += 1
-                    if len(window) >= _WINDOW:
+                # A whole window at a time, when there is room for one (one message per worker, and
+                # files sorted together): everything not yet yielded counts, also the results that
+                # wait for the one before them.
+                while not exhausted and len(self.in_flight) + len(self.done) + _WINDOW <= self.capacity:
+                    while len(window) < _WINDOW:
+                        try:
+                            request = next(requests)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        window.append((next_seq, request))
+                        next_seq += 1
+                    if window:
                         self._dispatch(window)
                         window = []
-                if window and (
-                    exhausted or len(self.in_flight) + len(self.done) + len(window) >= self.capacity
-                ):
-                    self._dispatch(window)
-                    window = []
-                self._receive(block=False)
+                if next_out not in self.done:
+                    self._receive(block=False)
                 if next_out in self.done:
                     result = self.done.pop(next_out)
                     next_out += 1

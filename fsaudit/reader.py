@@ -451,7 +451,29 @@ def main() -> None:
     work: queue.SimpleQueue = queue.SimpleQueue()
     cancelled: set = set()
     replies: list = []
-    ready = threading.Condition()
+    lock = threading.Lock()
+    flushing = [False]
+
+    def send(epoch, reply) -> None:
+        # The thread that finds nobody writing writes what has gathered, its own reply and those
+        # that others add meanwhile; the others just add theirs. No thread waits for another.
+        with lock:
+            replies.append((epoch, reply))
+            if flushing[0]:
+                return
+            flushing[0] = True
+        while True:
+            with lock:
+                batch = replies[:]
+                del replies[:]
+                if not batch:
+                    flushing[0] = False
+                    return
+            by_epoch: dict = {}
+            for epoch, reply in batch:
+                by_epoch.setdefault(epoch, []).append(reply)
+            for epoch, chunk in by_epoch.items():
+                write_frame(out, ("done", epoch, chunk))
 
     def reader() -> None:
         jobs = Jobs()
@@ -460,27 +482,10 @@ def main() -> None:
             if epoch in cancelled:
                 continue
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
-            reply = jobs.run(kind, header, job, stopped)
-            with ready:
-                replies.append((epoch, reply))
-                ready.notify()
-
-    def writer() -> None:
-        while True:
-            with ready:
-                while not replies:
-                    ready.wait()
-                batch = replies[:]
-                del replies[:]
-            by_epoch: dict = {}
-            for epoch, reply in batch:
-                by_epoch.setdefault(epoch, []).append(reply)
-            for epoch, chunk in by_epoch.items():
-                write_frame(out, ("done", epoch, chunk))
+            send(epoch, jobs.run(kind, header, job, stopped))
 
     for _ in range(threads):
         threading.Thread(target=reader, daemon=True).start()
-    threading.Thread(target=writer, daemon=True).start()
     write_frame(out, ("ready", os.getpid()))
     while True:
         message = read_frame(stdin)

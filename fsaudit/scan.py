@@ -148,12 +148,18 @@ class _Scan:
         """Ask for the listings the walk will need next, up to 2 x io depth in flight; keep what was
         listed and not yet taken below 16 x io depth."""
         room = 2 * self.depth - (len(self.waiting) - len(self.replies))
-        while room > 0 and self.ahead and len(self.replies) < 16 * self.depth:
+        if room < max(1, self.depth // 2):
+            return  # ask in batches: one message per worker, not one per directory
+        wanted: List[tuple] = []
+        chosen: set = set()
+        while len(wanted) < room and self.ahead and len(self.replies) + len(wanted) < 16 * self.depth:
             key, host, depth, full = heapq.heappop(self.ahead)
-            if key <= self.position or host in self.listed:
+            if key <= self.position or host in self.listed or host in chosen:
                 continue  # the walk is past it, or it is asked for already
-            self._submit([(host, key, depth, full)])
-            room -= 1
+            chosen.add(host)
+            wanted.append((host, key, depth, full))
+        if wanted:
+            self._submit(wanted)
         if len(self.listed) > 64 * self.depth:
             # Listed ahead and then left out by the walk (a subdirectory it did not enter).
             for host, (_, key, _) in list(self.listed.items()):
@@ -200,12 +206,15 @@ class _Scan:
             self.listed[host] = (seq, key, full)
             self.waiting[seq] = (host, key, depth, full, False)
             jobs.append((seq, host, full))
-        if self.remote and self.pool.send("scan", self.epoch, self.header, jobs):
-            for seq, _, _ in jobs:
-                self.waiting[seq] = self.waiting[seq][:4] + (True,)
-        else:
-            for job in jobs:
-                self.threads.put((self._run_here, job))
+        share = -(-len(jobs) // len(self.pool.processes)) if self.remote else len(jobs)
+        for start in range(0, len(jobs), share):
+            batch = jobs[start : start + share]
+            if self.remote and self.pool.send("scan", self.epoch, self.header, batch):
+                for seq, _, _ in batch:
+                    self.waiting[seq] = self.waiting[seq][:4] + (True,)
+            else:
+                for job in batch:
+                    self.threads.put((self._run_here, job))
         return [job[0] for job in jobs]
 
     def _run_here(self, job: tuple) -> None:
