@@ -119,13 +119,14 @@ def hash_files(
 
 
 def read_files(
-    target: Target, items: Iterable[Any], read: Callable[[Any], Any], settings: Union[int, Any] = 1
+    items: Iterable[Any], read: Callable[[Any], Any], settings: Union[int, Any] = 1
 ) -> Iterator[Any]:
     """`read(item)` for every item on `io depth` threads of this process, results in item order.
 
     For checkers whose reading is their own Python code (a format validator): the reads overlap
-    like the engine's. `read` must not raise for problems of the file (return them). Ctrl-C stops
-    the wait at once; threads finish their current item in the background.
+    like the engine's. `read` must not raise for problems of the file (return them); an exception
+    it raises anyway is raised here. Ctrl-C stops the wait at once; items not started yet are not
+    read, the threads finish the ones they hold in the background.
     """
     depth = DEFAULT_IO_DEPTH if isinstance(settings, int) else getattr(settings, "io_depth", 0)
     depth = max(1, int(depth or DEFAULT_IO_DEPTH))
@@ -135,35 +136,38 @@ def read_files(
     submitted = taken = 0
     iterator = iter(items)
     exhausted = False
+    stopped = []
 
     def call(seq: int, item: Any) -> None:
+        if stopped:
+            return
         try:
             inbox.put((seq, True, read(item)))
-        except BaseException as error:  # re-raised in the caller's thread
+        except BaseException as error:  # raised in the caller's thread
             inbox.put((seq, False, error))
 
-    while True:
-        while not exhausted and submitted - taken < 2 * depth:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                exhausted = True
-                break
-            pool.put((call, submitted, item))
-            submitted += 1
-        if exhausted and taken == submitted:
-            return
-        while taken not in pending:
-            seq, ok, value = workers.wait(inbox)
-            pending[seq] = (ok, value)
-        ok, value = pending.pop(taken)
-        taken += 1
-        if not ok:
-            raise value
-        yield value
-
-
-# -- one call of hash_files ---------------------------------------------------------------------------
+    try:
+        while True:
+            while not exhausted and submitted - taken < 2 * depth:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pool.put((call, submitted, item))
+                submitted += 1
+            if exhausted and taken == submitted:
+                return
+            while taken not in pending:
+                seq, ok, value = workers.wait(inbox)
+                pending[seq] = (ok, value)
+            ok, value = pending.pop(taken)
+            taken += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stopped.append(True)
 
 
 # -- one call of hash_files ---------------------------------------------------------------------------

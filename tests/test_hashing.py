@@ -17,7 +17,7 @@ import pytest
 from fixtures.corrupt import replace_with_fifo
 from fsaudit import workers
 from fsaudit.checker import Context
-from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one
+from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files
 from fsaudit.reader import SPARSE_LIMIT, NotRegularFile
 from fsaudit.target import Target
 from tests.conftest import REPO
@@ -287,3 +287,26 @@ def test_an_interrupted_call_leaves_no_work_behind(tree):
     assert [_outcome(r) for r in hash_files(target, _requests(tree), Context(jobs=2, io_depth=4))] == [
         _outcome(r) for r in hash_files(target, _requests(tree), Context(jobs=1))
     ]
+
+
+def test_read_files_runs_a_checker_s_own_reading_in_order_and_stops_with_its_caller():
+    started = []
+
+    def read(number):
+        started.append(number)
+        time.sleep(0.001 * (number % 5))  # finishing out of order
+        if number == 150:
+            raise ValueError("a bug in the reading code")
+        return number * 2
+
+    results = read_files(range(100), read, Context(io_depth=8))
+    assert list(results) == [n * 2 for n in range(100)]
+    failing = read_files(range(200), read, Context(io_depth=8))
+    with pytest.raises(ValueError):
+        list(failing)
+    started.clear()
+    stopped = read_files(range(10_000), read, Context(io_depth=4))
+    next(stopped)
+    stopped.close()
+    time.sleep(0.2)
+    assert len(started) < 50  # what was not started when the caller stopped is not read

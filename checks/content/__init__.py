@@ -73,7 +73,7 @@ class ContentChecker(Checker):
 
     def run(self, target: Target) -> Iterator:
         paths = (path for path, _size in self._candidates(target))
-        for outcome in read_files(target, paths, lambda path: self._validate(target, path), self.context):
+        for outcome in read_files(paths, lambda path: self._validate(target, path), self.context):
             yield from self._report(*outcome)
 
     def _validate(self, target: Target, path: bytes) -> Tuple[bytes, Optional[Format], object]:
