@@ -123,7 +123,7 @@ class Workers:
         self.processes: List[subprocess.Popen] = []
         self.outstanding: List[int] = [0] * count
         self.buffers: List[bytearray] = [bytearray() for _ in range(count)]
-        self.reading = threading.Lock()
+        self.reading = threading.RLock()
         self.alive = True
         # Threads of this process that finish work for a caller waiting here write a byte to it.
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -144,6 +144,10 @@ class Workers:
             self.close()
             raise
         self.sources = {process.stdout.fileno(): index for index, process in enumerate(self.processes)}
+        # poll, not select: an audit may hold more than 1024 descriptors when the workers start.
+        self.poller = select.poll()
+        for fd in (self.wake_read, *self.sources):
+            self.poller.register(fd, select.POLLIN)
 
     def register(self, inbox: queue.SimpleQueue) -> int:
         with self.lock:
@@ -181,7 +185,7 @@ class Workers:
     def wake(self) -> None:
         try:
             os.write(self.wake_write, b"!")
-        except OSError:  # full (someone will wake up anyway) or closed
+        except (OSError, ValueError):  # full (someone will wake up anyway), or closed
             pass
 
     def poll(self, timeout: float) -> None:
@@ -192,8 +196,7 @@ class Workers:
         try:
             if not self.alive:
                 return
-            ready, _, _ = select.select([self.wake_read, *self.sources], [], [], timeout)
-            for fd in ready:
+            for fd, _ in self.poller.poll(timeout * 1000):
                 if fd == self.wake_read:
                     _drain(fd)
                     continue
@@ -247,6 +250,13 @@ class Workers:
                     end()
                 except OSError:
                     pass
+        with self.reading:  # not while another thread polls them
+            for fd in (self.wake_read, self.wake_write):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.wake_read = self.wake_write = -1
 
 
 def _drain(fd: int) -> None:
