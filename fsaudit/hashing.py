@@ -33,8 +33,7 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_IO_DEPTH = 32
 BLOCK_SIZE = reader.BLOCK_SIZE
-# Jobs handed to a worker in one message, and the window of requests sorted by path before that.
-BATCH = 16
+# Requests sorted by path and handed out together (one message per worker).
 _WINDOW = 64
 # Requests a call reads on threads of this process before it starts the worker processes.
 START_AFTER = 2 * _WINDOW
@@ -182,7 +181,7 @@ class _Call:
         self.depth = depth
         self.progress = progress
         self.stats = stats
-        self.capacity = max(4 * depth, 4 * BATCH)
+        self.capacity = max(4 * depth, 2 * _WINDOW)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.cancelled = False
         self.pool = None
@@ -270,8 +269,10 @@ class _Call:
             else:
                 self._on_thread(seq, request)
         header = (self.target.root, bool(self.target.drop_cache))
-        for start in range(0, len(remote), BATCH):
-            batch = remote[start : start + BATCH]
+        # One message per worker: the window shared out evenly.
+        share = -(-len(remote) // len(self.pool.processes)) if remote else 1
+        for start in range(0, len(remote), share):
+            batch = remote[start : start + share]
             if self.remote and self.pool.send("hash", self.epoch, header, [_job(s, r) for s, r in batch]):
                 for seq, request in batch:
                     self.in_flight[seq] = (request, True)
