@@ -455,11 +455,12 @@ def main() -> None:
     flushing = [False]
 
     def send(epoch, reply) -> None:
-        # The thread that finds nobody writing writes what has gathered, its own reply and those
-        # that others add meanwhile; the others just add theirs. No thread waits for another.
+        # Replies leave together: when no job is left waiting (the engine is waiting for them) or
+        # when 32 have gathered. The thread that finds nobody writing writes what has gathered,
+        # its own reply and those that others add meanwhile; no thread waits for another.
         with lock:
             replies.append((epoch, reply))
-            if flushing[0]:
+            if flushing[0] or (len(replies) < 32 and not work.empty()):
                 return
             flushing[0] = True
         while True:
