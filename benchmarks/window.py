@@ -6,7 +6,8 @@
 Builds a tree of ENTRIES entries (directories of about 20 entries, 4 levels; 5 % of the files and a
 few directories modified in the window) once in --workdir, copies it onto the simulated network
 disk (benchmarks/common.py) and runs, interleaved, warm and cold: find (the peer), fsaudit with its
-defaults and fsaudit --jobs 1. Both must list the same entries changed in the window. Also prints
+defaults, fsaudit --jobs 1, and the floor: 64 finds at once, one per directory two levels down.
+fsaudit must list the entries find lists. Also prints
 fsaudit's start-up: the same audit of an empty root against the bare interpreter (goal: well under
 0.1 s more). Goals (fsaudit / find): warm <= 1.3, cold <= 0.3 (issue 18).
 """
@@ -130,10 +131,16 @@ def main() -> int:
         )
         fsaudit = [*FSAUDIT, "audit", "--root", str(disk), "--check", "window", "--window", f"{START}..{END}"]
         fsaudit += ["--set", "window.list_limit=0", "--format", "json"]
+        # The floor: the same walk by 64 finds at once, one per directory two levels down.
+        parallel = (
+            f'find "{disk}" -mindepth 2 -maxdepth 2 -type d -print0 | xargs -0 -r -P 64 -I{{}} '
+            f"find {{}} -newermt {START} ! -newermt {END} > /dev/null"
+        )
         tools = [
             peer,
             Tool("fsaudit", fsaudit, fsaudit_outcome, env=ENV, ok_codes=(1,)),
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(1,)),
+            Tool("64 x find (floor)", ["sh", "-c", parallel]),
         ]
         for mode in args.modes.split(","):
             compare(tools, mode.strip(), args.repeat, disk)
