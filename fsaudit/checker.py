@@ -95,6 +95,8 @@ class Context:
     """What the audit as a whole tells each checker: the window, parallelism, progress."""
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Reads in flight, set by the disk (network storage: deep), not by the cores (`--io-depth`).
+    io_depth: int = 32
     window: Window | None = None
     progress: Progress = field(default_factory=Progress)
     # Results of the checkers that already ran, by name.

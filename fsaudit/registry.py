@@ -61,10 +61,13 @@ def load_checkers() -> Dict[str, Entry]:
     when first used). A checker whose module fails to import is kept with the error, so
     `fsaudit checks` and the report can say so instead of silently dropping it."""
     entries: Dict[str, Entry] = {}
+    origins: Dict[object, str] = {}  # a distribution's metadata is parsed once, not once per checker
     for point, dist in _entry_points():
         if point.name in entries:
             continue
-        name = dist.metadata["Name"] if dist.metadata else None
-        origin = f"{name} {dist.version}" if name else point.value
-        entries[point.name] = Entry(point.name, origin, point)
+        if dist not in origins:
+            meta = dist.metadata
+            name = meta["Name"] if meta else None
+            origins[dist] = f"{name} {meta['Version']}" if name else ""
+        entries[point.name] = Entry(point.name, origins[dist] or point.value, point)
     return dict(sorted(entries.items()))

@@ -4,6 +4,7 @@ One module per command (as borg does); this one holds the group and `main()`."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import List
@@ -11,13 +12,36 @@ from typing import List
 import click
 
 from fsaudit import __version__
-from fsaudit.cli import audit, baseline, fleet, repair, report
 from fsaudit.cli.common import EXIT_UNKNOWN, LOG
 from fsaudit.errors import FsauditError
 from fsaudit.escape import inert
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands, each imported when it is used: an audit does not pay for the fleet's code."""
+
+    WHERE = {
+        "audit": "audit:audit",
+        "self-check": "audit:self_check",
+        "checks": "audit:checks",
+        "baseline": "baseline:baseline",
+        "report": "report:report",
+        "fleet": "fleet:fleet",
+        "fleet-report": "fleet:fleet_report",
+        "repair": "repair:repair",
+    }
+
+    def list_commands(self, ctx) -> List[str]:
+        return sorted(self.WHERE)
+
+    def get_command(self, ctx, name: str):
+        if name not in self.WHERE:
+            return None
+        module, attribute = self.WHERE[name].split(":")
+        return getattr(importlib.import_module(f"fsaudit.cli.{module}"), attribute)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fsaudit")
 @click.option("--debug", is_flag=True, help="Log what happens, with tracebacks, on stderr.")
 def cli(debug: bool) -> None:
@@ -28,16 +52,6 @@ def cli(debug: bool) -> None:
     )
     if debug:
         LOG.setLevel(logging.DEBUG)
-
-
-cli.add_command(audit.audit)
-cli.add_command(audit.self_check)
-cli.add_command(audit.checks)
-cli.add_command(baseline.baseline)
-cli.add_command(report.report)
-cli.add_command(fleet.fleet)
-cli.add_command(fleet.fleet_report)
-cli.add_command(repair.repair)
 
 
 def main(argv: List[str] | None = None) -> None:

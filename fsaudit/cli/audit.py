@@ -71,12 +71,17 @@ def checker_names(context, parameter, incomplete: str) -> list:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
 @click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers per checker (default: all cores).")
 @click.option(
+    "--io-depth",
+    type=click.IntRange(min=1, max=1024),
+    help="Reads in flight at once (default: 32; network storage likes many, a single disk few).",
+)
+@click.option(
     "--drop-cache/--no-drop-cache",
     default=None,
     help="Drop each file's cached pages before reading it, so the disk is read "
     "(default: on for /, off under --root).",
 )
-def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_cache) -> int:
+def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, io_depth, drop_cache) -> int:
     """Audit ROOT and report what is damaged; the exit code says how bad (0 ok .. 3 unknown)."""
     config = load_config(config_path)
     settings = config.get("audit", {})
@@ -89,6 +94,7 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
     selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
     context = Context(
         jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,
+        io_depth=io_depth or int(settings.get("io_depth") or 0) or Context.io_depth,
         window=window_option(window_text, root),
         progress=Progress.for_terminal(),
     )
