@@ -1,87 +1,154 @@
-"""Benchmark: `baseline` verification beside `sha256sum -c` on the same tree, in one run.
+"""Benchmark the `baseline` check beside `sha256sum -c` on the same tree.
 
-    .venv/bin/python benchmarks/baseline.py [--files 2000] [--megabytes 1024] [--tree DIR]
+    python benchmarks/baseline.py                     # 1,000 files, 300 MiB, warm and cold
+    python benchmarks/baseline.py --files 200 --megabytes 50 --repeat 1
 
-Both read a warm page cache (the tree is read once first), so they compare like with like.
-Prints wall times and the ratio fsaudit / sha256sum (goal: at most 0.6 on 2 cores).
+Builds the tree once in --workdir, records a baseline (`fsaudit baseline create --root`) and a
+SHA256SUMS manifest of it, then changes a few files the way lost writes do (bytes overwritten, size
+and mtime kept), copies the tree onto the simulated network disk (benchmarks/common.py) and runs,
+interleaved, warm and cold: `sha256sum -c` (the peer), fsaudit with its defaults, fsaudit --jobs 1,
+and the floor: the same files hashed by 64 parallel sha256sum processes. fsaudit must verify every
+file and find the files sha256sum finds. Goals (fsaudit / sha256sum -c): warm <= 0.6, cold <= 0.2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def build_tree(root: Path, files: int, megabytes: int) -> None:
+from common import (  # noqa: E402
+    ENV,
+    FSAUDIT,
+    Tool,
+    compare,
+    compile_fsaudit,
+    network_disk,
+    parallel_hash_floor,
+    require,
+    same_work,
+    table,
+    torn_down_on_signals,
+)
+
+GOALS = {"fsaudit": {"warm": 0.6, "cold": 0.2}}
+
+
+def build(work: Path, files: int, megabytes: int) -> set:
+    tree = work / "tree"
     size = max(1, megabytes * (1 << 20) // files)
     block = os.urandom(1 << 20)
     for number in range(files):
-        directory = root / f"d{number % 50:02d}"
+        directory = tree / f"d{number % 50:02d}"
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / f"f{number:06d}.bin", "wb") as handle:
             remaining = size
             while remaining:
-                chunk = block[: min(remaining, len(block))]
+                chunk = block[(number * 4099) % 4096 :][: min(remaining, len(block) - 4096)]
                 handle.write(chunk)
                 remaining -= len(chunk)
+    # mkfs.ext4 -d copies whole seconds of the times: so must the baseline have them.
+    for path in tree.rglob("*"):
+        st = path.stat()
+        os.utime(path, (int(st.st_atime), int(st.st_mtime)))
+    subprocess.run(
+        [*FSAUDIT, "baseline", "create", "/", "--root", str(tree), "--output", str(work / "tree.baseline")],
+        check=True,
+        env=ENV,
+    )
+    paths = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+    with open(work / "SHA256SUMS", "w") as out:
+        for start in range(0, len(paths), 500):
+            subprocess.run(["sha256sum", "--", *paths[start : start + 500]], check=True, stdout=out, cwd=tree)
+    damaged = set()
+    for path in random.Random(7).sample(paths, 3):
+        full = tree / path
+        st = full.stat()
+        with open(full, "r+b") as handle:
+            handle.seek(st.st_size // 2)
+            handle.write(b"\0" * 4096)
+        os.utime(full, ns=(st.st_atime_ns, st.st_mtime_ns))
+        damaged.add("/" + path)
+    return damaged
 
 
-def timed(command, **kwargs) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, **kwargs)
-    return time.perf_counter() - started
+def sha256sum_outcome(total: int):
+    def check(completed: subprocess.CompletedProcess) -> dict:
+        failed = {
+            "/" + line.rsplit(":", 1)[0]
+            for line in completed.stdout.decode(errors="replace").splitlines()
+            if line.endswith(": FAILED")
+        }
+        return {"verified": total, "damage": failed}
+
+    return check
+
+
+def fsaudit_outcome(completed: subprocess.CompletedProcess) -> dict:
+    check = json.loads(completed.stdout)["checks"][0]
+    damage = {f["path"] for f in check["findings"] if f["code"] == "silent-change"}
+    return {
+        "verified": check["stats"]["files_verified"],
+        "damage": damage,
+        "reading": check["stats"].get("reading"),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--megabytes", type=int, default=1024)
-    parser.add_argument("--tree", type=Path, help="use this tree instead of generating one")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--megabytes", type=int, default=300)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/baseline"))
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
+    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fsaudit-bench-") as scratch:
-        scratch = Path(scratch)
-        tree = args.tree or scratch / "tree"
-        if args.tree is None:
-            build_tree(tree, args.files, args.megabytes)
-        manifest = scratch / "SHA256SUMS"
-        paths = sorted(str(p) for p in tree.rglob("*") if p.is_file())
-        with open(manifest, "w") as out:
-            for start in range(0, len(paths), 500):
-                subprocess.run(["sha256sum", "--", *paths[start : start + 500]], check=True, stdout=out)
-        baseline = scratch / "tree.baseline"
-        fsaudit = [sys.executable, "-m", "fsaudit"]
-        subprocess.run(
-            [*fsaudit, "baseline", "create", str(tree), "--output", str(baseline)],
-            check=True,
-            stdout=subprocess.DEVNULL,
+    require("sha256sum")
+    compile_fsaudit()
+    work = args.workdir / f"{args.files}-{args.megabytes}"
+    if not (work / "damage.json").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / "damage.json").write_text(json.dumps(sorted(build(work, args.files, args.megabytes))))
+    planted = set(json.loads((work / "damage.json").read_text()))
+    lines = (work / "SHA256SUMS").read_text().splitlines()
+
+    with torn_down_on_signals(), network_disk(work / "tree", delay_ms=args.delay_ms) as disk:
+        manifest = str(work / "SHA256SUMS")
+        peer = Tool(
+            "sha256sum -c",
+            ["sh", "-c", f'cd "{disk}" && exec sha256sum -c "{manifest}"'],
+            sha256sum_outcome(len(lines)),
+            ok_codes=(1,),
         )
-        subprocess.run(["cat", *paths[:1]], stdout=subprocess.DEVNULL)
-        timed(["sha256sum", "-c", "--quiet", str(manifest)])  # warms the cache for both
-        peer = timed(["sha256sum", "-c", "--quiet", str(manifest)])
-        ours = timed(
-            [
-                *fsaudit,
-                "audit",
-                "--check",
-                "baseline",
-                "--set",
-                f"baseline.file={baseline}",
-                "--no-drop-cache",
-                "--format",
-                "json",
-            ]
-        )
-        total = sum(os.path.getsize(p) for p in paths)
-        print(f"tree: {len(paths):,} files, {total / (1 << 20):,.0f} MiB, {os.cpu_count()} cores")
-        print(f"sha256sum -c:             {peer:8.2f} s")
-        print(f"fsaudit --check baseline: {ours:8.2f} s")
-        print(f"ratio fsaudit / sha256sum: {ours / peer:.2f} (goal <= 0.6)")
-    return 0
+        fsaudit = [*FSAUDIT, "audit", "--root", str(disk), "--check", "baseline", "--no-drop-cache"]
+        fsaudit += ["--set", f"baseline.file={work / 'tree.baseline'}", "--format", "json"]
+        tools = [
+            peer,
+            Tool("fsaudit", fsaudit, fsaudit_outcome, env=ENV, ok_codes=(2,)),
+            Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,)),
+            parallel_hash_floor(
+                "64 x sha256sum (floor)", "sha256sum", [f"{disk}/{line.split('  ', 1)[1]}" for line in lines]
+            ),
+        ]
+        for mode in args.modes.split(","):
+            compare(tools, mode.strip(), args.repeat, disk)
+    if next(iter(peer.outcome.values()))["damage"] != planted:
+        sys.exit("sha256sum -c did not report the planted damage")
+    print(f"\ntree: {len(lines):,} files, {args.megabytes} MiB, {len(planted)} changed on purpose")
+    print(f"fsaudit: {next(iter(tools[1].outcome.values()))['reading']}")
+    same_work(tools, peer)
+    met = table(tools, peer, GOALS)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

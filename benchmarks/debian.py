@@ -1,34 +1,50 @@
-"""Benchmark the `debian` checker against `dpkg --verify` and `debsums` on the same root.
+"""Benchmark the `debian` checker beside `dpkg --verify` (and `debsums -a`) on the same root.
 
-    python benchmarks/debian.py                    # build a 1 GB, 25,000-file root and compare
-    python benchmarks/debian.py --size-mb 200 --files 5000
-    python benchmarks/debian.py --root /mnt/image  # an existing root
+    python benchmarks/debian.py                       # 1 GB, 25,000 files in 250 packages
+    python benchmarks/debian.py --size-mb 200 --files 5000 --repeat 1
+    python benchmarks/debian.py --modes warm          # only from the page cache
 
-The root is built from real packages (dpkg-deb, dpkg --root). Every tool runs warm (the tree is read
-once first, and fsaudit runs with --no-drop-cache, so all three read from the page cache), or with
---cold every tool starts from an empty page cache and reads the disk. The floor is
-bytes ÷ (MD5 speed of one core × cores): what perfect parallel hashing would take.
+The root is built from real packages (dpkg-deb, dpkg --root) once and kept in --workdir; a few
+files are damaged on purpose (bytes overwritten with the mtime kept, one truncated, one deleted).
+It is then copied onto the simulated network disk (benchmarks/common.py: 1 ms per read request,
+16 in flight) and every tool runs there, interleaved, warm and cold: `dpkg --verify` (the peer),
+`debsums -a`, fsaudit with its defaults, fsaudit --jobs 1 (one process: the old engine's shape),
+and the floor: the same files hashed by 64 parallel md5sum processes. Every tool must verify the
+files dpkg verifies and find the same damage. Goals (fsaudit / dpkg --verify): warm <= 0.6, cold
+<= 0.25 (issue 18).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    ENV,
+    FSAUDIT,
+    Tool,
+    compare,
+    compile_fsaudit,
+    network_disk,
+    parallel_hash_floor,
+    require,
+    same_work,
+    table,
+    torn_down_on_signals,
+)
 
 from fixtures.debian import install, make_deb, make_root  # noqa: E402
+
+GOALS = {"fsaudit": {"warm": 0.6, "cold": 0.25}}
+DAMAGE_CODES = {"content-differs", "missing", "wrong-type"}
 
 
 def build_root(workdir: Path, size_mb: int, files: int, packages: int) -> Path:
@@ -56,131 +72,123 @@ def build_root(workdir: Path, size_mb: int, files: int, packages: int) -> Path:
     root = make_root(workdir / "root")
     for start in range(0, len(debs), 50):
         install(root, *debs[start : start + 50])
-        print(f"\rinstalling: {min(start + 50, len(debs))}/{len(debs)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
     shutil.rmtree(workdir / "debs")
     return root
 
 
-def warm(root: Path) -> int:
-    """Read every file once so every tool starts with the same page cache; returns the bytes."""
-    total = 0
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as handle:
-                    while True:
-                        chunk = handle.read(1 << 20)
-                        if not chunk:
-                            break
-                        total += len(chunk)
-    return total
+def plant_damage(root: Path) -> set:
+    """Damage a few packaged files the way lost writes do; returns their paths inside the root."""
+    victims = sorted(p for p in (root / "usr" / "lib").rglob("f*") if p.is_file() and p.stat().st_size > 64)
+    rng = random.Random(7)
+    chosen = rng.sample(victims, 5)
+    for path in chosen[:3]:  # overwritten in place, mtime kept: silent damage
+        st = path.stat()
+        with open(path, "r+b") as handle:
+            handle.write(b"\0DAMAGED BY THE BENCHMARK\0")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.truncate(chosen[3], 17)
+    chosen[4].unlink()
+    return {"/" + str(p.relative_to(root)) for p in chosen}
 
 
-def drop_page_cache() -> None:
-    """Empty the page cache so the next tool reads the disk (cold); needs root."""
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as handle:
-        handle.write("3\n")
+def packaged_files(root: Path) -> list:
+    """Every path the md5sums files list (what dpkg --verify checks)."""
+    paths = []
+    for sums in sorted((root / "var" / "lib" / "dpkg" / "info").glob("*.md5sums")):
+        for line in sums.read_bytes().splitlines():
+            if line.strip():
+                paths.append("/" + os.fsdecode(line.split(b"  ", 1)[1]))
+    return paths
 
 
-def md5_speed() -> float:
-    """Bytes per second one core hashes with MD5."""
-    data = os.urandom(64 << 20)
-    # CPU time, not wall time: on a shared machine the wall time also counts waiting for a CPU.
-    started = time.thread_time()
-    hashlib.md5(data).hexdigest()
-    return len(data) / (time.thread_time() - started)
+def dpkg_outcome(total: int):
+    def check(completed: subprocess.CompletedProcess) -> dict:
+        damage = set()
+        for line in completed.stdout.decode(errors="replace").splitlines():
+            fields = line.split()
+            if fields:
+                damage.add(fields[-1])
+        return {"verified": total, "damage": damage}
+
+    return check
 
 
-def timed(command, **kwargs):
-    """Wall seconds, CPU seconds (user + system) and the outcome of `command`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return (wall, cpu), completed
+def debsums_outcome(total: int, disk: Path):
+    def check(completed: subprocess.CompletedProcess) -> dict:
+        damage = set()
+        for line in completed.stderr.decode(errors="replace").splitlines():
+            # debsums: changed file /ROOT/usr/lib/... (from bench3 package)
+            if line.startswith("debsums: ") and " file /" in line:
+                path = line.split(" file ", 1)[1].split(" (from ", 1)[0]
+                damage.add(path[len(str(disk)) :] if path.startswith(f"{disk}/") else path)
+        return {"verified": total, "damage": damage}
+
+    return check
+
+
+def fsaudit_outcome(completed: subprocess.CompletedProcess) -> dict:
+    check = next(c for c in json.loads(completed.stdout)["checks"] if c["name"] == "debian")
+    damage = {f["path"] for f in check["findings"] if f["code"] in DAMAGE_CODES}
+    stats = check["stats"]
+    accounted = stats["files_verified"] + stats["conffiles_verified"] + stats["unreadable"]
+    accounted += sum(1 for f in check["findings"] if f["code"] in ("missing", "wrong-type"))
+    return {"verified": accounted, "damage": damage, "reading": stats.get("reading")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", help="benchmark this existing root instead of building one")
     parser.add_argument("--size-mb", type=int, default=1024, help="total size of the built root (MB)")
     parser.add_argument("--files", type=int, default=25_000, help="number of files in the built root")
     parser.add_argument("--packages", type=int, default=250, help="number of packages in the built root")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="fsaudit --jobs")
-    parser.add_argument("--keep", action="store_true", help="keep the built root")
-    parser.add_argument(
-        "--cold",
-        action="store_true",
-        help="drop the page cache before each tool (needs root): all three read the disk",
-    )
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/debian"))
+    parser.add_argument("--rebuild", action="store_true", help="build the root again")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
+    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
     args = parser.parse_args()
+    require("dpkg", "md5sum")
+    compile_fsaudit()
 
-    workdir = None
-    if args.root:
-        root = Path(args.root)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="fsaudit-bench-debian-"))
-        root = build_root(workdir, args.size_mb, args.files, args.packages)
-    try:
-        print(f"root: {root}", file=sys.stderr)
-        warmed = warm(root)
-        speed = md5_speed()
-        cores = os.cpu_count() or 1
-        results = {}
-        prepare = drop_page_cache if args.cold else (lambda: None)
-        prepare()
-        results["dpkg --verify"], dpkg = timed(["dpkg", f"--root={root}", "--verify"])
-        debsums = shutil.which("debsums")
-        if debsums:
-            prepare()
-            results["debsums -a"], _ = timed([debsums, "-a", "-s", f"--root={root}"])
-        command = [sys.executable, "-m", "fsaudit", "audit", "--root", str(root), "--check", "debian"]
-        command += ["--no-drop-cache", "--format", "json", "--jobs", str(args.jobs)]
-        prepare()
-        results["fsaudit"], run = timed(command, cwd=REPO)
-        report = json.loads(run.stdout)
-        check = next(c for c in report["checks"] if c["name"] == "debian")
-        hashed = check["stats"].get("bytes_hashed", 0)
-        floor = hashed / (speed * cores)
-        print(
-            f"files verified: {check['stats'].get('files_verified', 0):,}; "
-            f"bytes hashed: {hashed / 1e6:,.0f} MB "
-            f"(tree read to warm the cache: {warmed / 1e6:,.0f} MB); fsaudit status: {check['status']}; "
-            f"dpkg --verify lines: {len(dpkg.stdout.splitlines())}"
+    shape = f"{args.size_mb}-{args.files}-{args.packages}"
+    work = args.workdir / shape
+    root = work / "root"
+    if args.rebuild and work.exists():
+        shutil.rmtree(work)
+    if not (work / "damage.json").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        build_root(work, args.size_mb, args.files, args.packages)
+        (work / "damage.json").write_text(json.dumps(sorted(plant_damage(root))))
+    planted = set(json.loads((work / "damage.json").read_text()))
+    files = packaged_files(root)
+
+    with torn_down_on_signals(), network_disk(root, delay_ms=args.delay_ms) as disk:
+        fsaudit = [*FSAUDIT, "audit", "--root", str(disk), "--check", "debian", "--no-drop-cache"]
+        fsaudit += ["--format", "json"]
+        peer = Tool(
+            "dpkg --verify", ["dpkg", f"--root={disk}", "--verify"], dpkg_outcome(len(files)), ok_codes=(0, 1)
         )
-        print(f"MD5 speed: {speed / 1e6:,.0f} MB/s per core x {cores} cores -> floor {floor:.2f} s")
-        # On a shared machine the wall time also counts waiting for a CPU; the CPU time does not.
-        print(f"{'':15} {'wall':>8}   {'cpu':>8}")
-        for name, (wall, cpu) in results.items():
-            print(f"{name:15} {wall:8.2f} s {cpu:8.2f} s")
-        fsaudit = results["fsaudit"]
-        dpkg_time = results["dpkg --verify"]
-        print(
-            f"fsaudit / dpkg --verify: wall {fsaudit[0] / dpkg_time[0]:.2f} (goal <= 0.6), "
-            f"cpu {fsaudit[1] / dpkg_time[1]:.2f}"
+        tools = [peer]
+        if shutil.which("debsums"):
+            command = ["debsums", "-a", "-s", f"--root={disk}"]
+            tools.append(Tool("debsums -a", command, debsums_outcome(len(files), disk), ok_codes=(0, 2)))
+        tools.append(Tool("fsaudit", fsaudit, fsaudit_outcome, env=ENV, ok_codes=(2,)))
+        tools.append(
+            Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,))
         )
-        if "debsums -a" in results:
-            debsums_time = results["debsums -a"]
-            print(
-                f"fsaudit / debsums -a:    wall {fsaudit[0] / debsums_time[0]:.2f}, "
-                f"cpu {fsaudit[1] / debsums_time[1]:.2f}"
-            )
-        if floor:
-            print(f"fsaudit / floor:         wall {fsaudit[0] / floor:.2f} (goal <= 1.3)")
-        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {cores} cores")
-    finally:
-        if workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif workdir:
-            print(f"kept {root}", file=sys.stderr)
-    return 0
+        tools.append(parallel_hash_floor("64 x md5sum (floor)", "md5sum", [f"{disk}{p}" for p in files]))
+        for mode in args.modes.split(","):
+            compare(tools, mode.strip(), args.repeat, disk)
+    print(f"\nroot: {len(files):,} packaged files, {sum(1 for _ in planted)} damaged on purpose")
+    for tool in tools:
+        if "reading" in tool.outcome.get("warm", tool.outcome.get("cold", {})):
+            print(f"{tool.name}: {next(iter(tool.outcome.values()))['reading']}")
+    if peer.outcome and next(iter(peer.outcome.values()))["damage"] != planted:
+        sys.exit(f"dpkg --verify did not find the planted damage: {next(iter(peer.outcome.values()))}")
+    same_work(tools, peer)
+    met = table(tools, peer, GOALS)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""fsaudit's rpm checker beside `rpm --root R -Va` on the same root: wall times and their ratio.
+"""Benchmark the `rpm` checker beside `rpm -Va` on the same root.
+
+    python benchmarks/rpm.py                      # 30 packages, 600 MB, warm and cold
+    python benchmarks/rpm.py --size-mb 60 --repeat 1
 
 Builds PACKAGES noarch RPMs holding SIZE_MB of incompressible data in all (uncompressed payloads, so
-building stays quick), installs them into a throwaway root with `rpm --root`, then times both tools
-with a warm page cache (both read the same cached files: like with like). Goal: fsaudit at most 0.8x
-rpm's wall time on 30 packages / 600 MB.
-
-    python benchmarks/rpm.py                  # 30 packages, 600 MB
-    python benchmarks/rpm.py --size-mb 60     # a quick run
+building stays quick) once in --workdir, installs them into a root with `rpm --root`, damages a few
+files on purpose (bytes overwritten with the mtime kept, one truncated, one deleted), copies the
+root onto the simulated network disk (benchmarks/common.py) and runs, interleaved, warm and cold:
+`rpm -Va` (the peer), fsaudit with its defaults, fsaudit --jobs 1, and the floor: the same files
+hashed by 64 parallel sha256sum processes. fsaudit must verify what rpm verifies and find the same
+damage. Goals (fsaudit / rpm -Va): warm <= 0.8, cold <= 0.2 (issue 18).
 """
 
 from __future__ import annotations
@@ -14,15 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import random
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    ENV,
+    FSAUDIT,
+    Tool,
+    compare,
+    compile_fsaudit,
+    network_disk,
+    parallel_hash_floor,
+    require,
+    same_work,
+    table,
+    torn_down_on_signals,
+)
+
+GOALS = {"fsaudit": {"warm": 0.8, "cold": 0.2}}
+DAMAGE_CODES = {"content-differs", "missing", "type-differs"}
 SPEC = """\
 Name: {name}
 Version: 1.0
@@ -68,84 +86,115 @@ def build_packages(work: Path, packages: int, size_mb: int) -> list:
             ["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], check=True, capture_output=True
         )
         rpms.append(top / "RPMS" / "noarch" / f"{name}-1.0-1.noarch.rpm")
+        print(f"\rbuilding packages: {index + 1}/{packages}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     return rpms
 
 
 def make_root(work: Path, packages: int, size_mb: int) -> Path:
-    started = time.perf_counter()
     rpms = build_packages(work, packages, size_mb)
     root = work / "root"
     root.mkdir()
     install = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-i", "--nodeps", "--noscripts"]
     subprocess.run([*install, *map(str, rpms)], check=True, capture_output=True)
     shutil.rmtree(work / "rpmbuild")
-    print(f"built and installed {packages} packages, {size_mb} MB in {time.perf_counter() - started:.1f} s")
     return root
 
 
-def timed(command: list) -> tuple:
-    """Wall seconds, CPU seconds (user + system) and the outcome of one run of `command`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, cpu, completed
+def plant_damage(root: Path) -> set:
+    victims = sorted(p for p in (root / "usr" / "share").rglob("file*") if p.is_file())
+    chosen = random.Random(7).sample(victims, 5)
+    for path in chosen[:3]:
+        st = path.stat()
+        with open(path, "r+b") as handle:
+            handle.seek(4096)
+            handle.write(b"\0DAMAGED BY THE BENCHMARK\0")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st = chosen[3].stat()
+    os.truncate(chosen[3], 17)
+    os.utime(chosen[3], ns=(st.st_atime_ns, st.st_mtime_ns))
+    chosen[4].unlink()
+    return {"/" + str(p.relative_to(root)) for p in chosen}
+
+
+def rpm_outcome(completed: subprocess.CompletedProcess) -> dict:
+    damage = set()
+    for line in completed.stdout.decode(errors="replace").splitlines():
+        fields = line.split()
+        if fields and (fields[0] == "missing" or "5" in fields[0] or "S" in fields[0]):
+            damage.add(fields[-1])
+    return {"damage": damage}
+
+
+def fsaudit_outcome(completed: subprocess.CompletedProcess) -> dict:
+    check = json.loads(completed.stdout)["checks"][0]
+    damage = {f["path"] for f in check["findings"] if f["code"] in DAMAGE_CODES}
+    return {
+        "damage": damage,
+        "verified": check["stats"]["files_verified"],
+        "reading": check["stats"].get("reading"),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--packages", type=int, default=30)
     parser.add_argument("--size-mb", type=int, default=600)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--root", type=Path, help="reuse a root a previous --keep run left")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/rpm"))
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
+    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fsaudit-bench-rpm-"))
-    try:
-        root = args.root or make_root(work, args.packages, args.size_mb)
-        rpm_cmd = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-Va", "--nodeps", "--noscripts"]
-        fsaudit_cmd = [
-            sys.executable,
-            "-m",
-            "fsaudit",
+    require("rpm", "rpmbuild", "sha256sum")
+    compile_fsaudit()
+    work = args.workdir / f"{args.packages}-{args.size_mb}"
+    root = work / "root"
+    if not (work / "damage.json").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        make_root(work, args.packages, args.size_mb)
+        (work / "damage.json").write_text(json.dumps(sorted(plant_damage(root))))
+    planted = set(json.loads((work / "damage.json").read_text()))
+    files = [str(p.relative_to(root)) for p in (root / "usr" / "share").rglob("*") if p.is_file()]
+
+    with torn_down_on_signals(), network_disk(root, delay_ms=args.delay_ms) as disk:
+        rpm = ["rpm", "--root", str(disk), "--dbpath", "/var/lib/rpm", "-Va", "--nodeps", "--noscripts"]
+        peer = Tool("rpm -Va", rpm, rpm_outcome, ok_codes=(1,))
+        fsaudit = [
+            *FSAUDIT,
             "audit",
             "--root",
-            str(root),
+            str(disk),
             "--check",
             "rpm",
+            "--no-drop-cache",
             "--format",
             "json",
         ]
-        timed(rpm_cmd)  # warm the page cache for both
-        rpm_runs, fsaudit_runs, check_seconds = [], [], []
-        for _ in range(args.repeat):
-            wall, cpu, completed = timed(rpm_cmd)
-            assert completed.stdout == "", f"rpm -Va found differences: {completed.stdout[:500]}"
-            rpm_runs.append((wall, cpu))
-            wall, cpu, completed = timed(fsaudit_cmd)
-            assert completed.returncode == 0, completed.stdout[:2000] + completed.stderr[-2000:]
-            fsaudit_runs.append((wall, cpu))
-            check_seconds.append(json.loads(completed.stdout)["checks"][0]["seconds"])
-        medians = {}
-        for label, runs in (("rpm -Va", rpm_runs), ("fsaudit rpm", fsaudit_runs)):
-            wall = statistics.median(w for w, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
-            medians[label] = wall
-            walls = ", ".join(f"{w:.2f}" for w, _ in runs)
-            print(
-                f"{label:<12}: {wall:.2f} s wall, {cpu:.2f} s CPU (medians of {args.repeat}; walls: {walls})"
-            )
-        print(f"  of which the rpm check itself (report): {statistics.median(check_seconds):.2f} s")
-        ratio = medians["fsaudit rpm"] / medians["rpm -Va"]
-        print(f"ratio fsaudit/rpm (wall): {ratio:.2f} (goal: at most 0.80; {os.cpu_count()} cores here)")
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+        tools = [
+            peer,
+            Tool("fsaudit", fsaudit, fsaudit_outcome, env=ENV, ok_codes=(2,)),
+            Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,)),
+            parallel_hash_floor("64 x sha256sum (floor)", "sha256sum", [f"{disk}/{p}" for p in files]),
+        ]
+        for mode in args.modes.split(","):
+            compare(tools, mode.strip(), args.repeat, disk)
+    peer_damage = next(iter(peer.outcome.values()))["damage"]
+    if peer_damage != planted:
+        sys.exit(
+            f"rpm -Va did not report the planted damage: {sorted(peer_damage)} against {sorted(planted)}"
+        )
+    ours = next(iter(tools[1].outcome.values()))
+    print(
+        f"\nroot: {args.packages} packages, {ours['verified']:,} files verified; "
+        f"{len(planted)} damaged on purpose"
+    )
+    print(f"fsaudit: {ours['reading']}")
+    same_work(tools, peer, keys=("damage",))
+    met = table(tools, peer, GOALS)
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

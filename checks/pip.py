@@ -208,7 +208,7 @@ class PipChecker(Checker):
             f"(pip install --force-reinstall --no-deps '{name}=={version}' with that environment's pip)"
         )
         problems: list = []
-        for result in hash_files(target, self._records(target, dist, problems), self.context.jobs):
+        for result in hash_files(target, self._records(target, dist, problems), self.context, self.stats):
             verdict = outcome(result, result.request.key)
             path = result.request.path
             details = {"distribution": name, "version": version, "environment": env_text}

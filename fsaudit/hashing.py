@@ -1,22 +1,52 @@
-"""The hashing engine every file-verifying checker shares: all cores, large reads, flat memory.
+"""The reading engine every file-verifying checker shares: as fast as the disk, as fast as the cores.
 
-hashlib releases the GIL while it hashes a large buffer, so plain threads use every core. A file
-whose size already differs from the expected one is not read at all.
+On the network storage the audits are made for, a read costs about a millisecond and many can be in
+flight, so the number of reads in flight is set by the disk (`--io-depth`, default 32), not by the
+core count. Hashing runs in worker processes, one per job (`--jobs`, default: the cores), so the
+cores are not shared through the GIL; each worker reads with its own threads (io depth / jobs of
+them). `fsaudit.workers` runs them; where they cannot start, the same reads run on threads of this
+process and the check's stats say so (`reading`).
+
+Requests are read in order of their path within a window (the files of a directory together),
+results come back in request order, and only a bounded number are in flight: memory stays flat
+however many files there are, and callers may feed requests from a generator. A file is read no
+further than its size when it was opened, a file whose size already differs from the expected one
+is not read at all, and holes and absurd sizes are reported (`HashResult.holes`, `.anomaly`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
+import logging
+import os
+import queue
 import threading
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
+from fsaudit import reader, workers
+from fsaudit.reader import ABSURD_SIZE, SPARSE, NotRegularFile
 from fsaudit.target import Target
+from fsaudit.workers import shutdown
 
-BLOCK_SIZE = 1 << 20
-BATCH = 16
+LOG = logging.getLogger(__name__)
+
+DEFAULT_IO_DEPTH = 32
+BLOCK_SIZE = reader.BLOCK_SIZE
+# Requests sorted by path and handed out together (one message per worker).
+_WINDOW = 64
+# Requests a call reads on threads of this process before it starts the worker processes.
+START_AFTER = 2 * _WINDOW
+__all__ = [
+    "ABSURD_SIZE",
+    "SPARSE",
+    "HashRequest",
+    "HashResult",
+    "hash_files",
+    "hash_one",
+    "read_files",
+    "shutdown",
+]
 
 
 @dataclass
@@ -28,8 +58,9 @@ class HashRequest:
     expected_size: int | None = None
     key: Any = None
     follow: bool = True
-    # Bytes hashed before the content, given the file's size (git hashes b"blob <size>\0" first).
-    prefix: Optional[Callable[[int], bytes]] = None
+    # Bytes hashed before the content: bytes in which `%d` stands for the file's size (git hashes
+    # b"blob %d\0" first), or a callable given the size (hashed on a thread of this process).
+    prefix: Optional[Union[bytes, Callable[[int], bytes]]] = None
     # The host path when the caller already resolved it (Target.resolve with the same `follow`).
     host: Optional[bytes] = None
 
@@ -39,7 +70,10 @@ class HashResult:
     """The outcome for one request: a hex digest, or why there is none.
 
     `digest` is None when the file could not be read (`error` says why: FileNotFoundError,
-    NotRegularFile, EIO, ...) or when its size differs from `expected_size` (no need to read it).
+    NotRegularFile, EIO, ...), when its size differs from `expected_size` (no need to read it), or
+    when it is an anomaly of its own (`anomaly`): `SPARSE`, more than 64 MiB of holes where no size
+    was expected (zeros nobody wrote), or `ABSURD_SIZE`, larger than its whole filesystem. `holes`
+    counts the bytes in holes of any file (0 for a file written the ordinary way).
     """
 
     request: HashRequest
@@ -47,6 +81,9 @@ class HashResult:
     size: int | None = None
     mtime: float | None = None
     error: OSError | None = None
+    st: os.stat_result | None = None
+    holes: int = 0
+    anomaly: str | None = None
 
     @property
     def size_differs(self) -> bool:
@@ -54,77 +91,294 @@ class HashResult:
         return self.error is None and expected is not None and self.size != expected
 
 
+def hash_one(target: Target, request: HashRequest) -> HashResult:
+    """Hash one file of the target in this thread; never raises for problems of the file itself."""
+    return _result(target, request, _run_here(target, request, lambda: False))
+
+
+def hash_files(
+    target: Target,
+    requests: Iterable[HashRequest],
+    settings: Union[int, Any] = 1,
+    stats: Dict[str, Any] | None = None,
+) -> Iterator[HashResult]:
+    """Hash files, yielding one HashResult per request, in request order.
+
+    `settings` is the checkers' Context (its `jobs`, `io_depth` and `progress`), or a number of jobs.
+    `stats`, when given, gets a `reading` entry saying how the files were read (worker processes,
+    or threads and why).
+    """
+    if isinstance(settings, int):
+        jobs, depth, progress = settings, DEFAULT_IO_DEPTH, None
+    else:
+        jobs = settings.jobs
+        depth = getattr(settings, "io_depth", None) or DEFAULT_IO_DEPTH
+        progress = getattr(settings, "progress", None)
+    yield from _Call(target, max(1, int(jobs)), max(1, int(depth)), progress, stats).run(iter(requests))
+
+
+def read_files(
+    items: Iterable[Any], read: Callable[[Any], Any], settings: Union[int, Any] = 1
+) -> Iterator[Any]:
+    """`read(item)` for every item on `io depth` threads of this process, results in item order.
+
+    For checkers whose reading is their own Python code (a format validator): the reads overlap
+    like the engine's. `read` must not raise for problems of the file (return them); an exception
+    it raises anyway is raised here. Ctrl-C stops the wait at once; items not started yet are not
+    read, the threads finish the ones they hold in the background.
+    """
+    depth = DEFAULT_IO_DEPTH if isinstance(settings, int) else getattr(settings, "io_depth", 0)
+    depth = max(1, int(depth or DEFAULT_IO_DEPTH))
+    pool = workers.threads(depth)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    pending: Dict[int, Any] = {}
+    submitted = taken = 0
+    iterator = iter(items)
+    exhausted = False
+    stopped = []
+
+    def call(seq: int, item: Any) -> None:
+        if stopped:
+            return
+        try:
+            inbox.put((seq, True, read(item)))
+        except BaseException as error:  # raised in the caller's thread
+            inbox.put((seq, False, error))
+
+    try:
+        while True:
+            while not exhausted and submitted - taken < 2 * depth:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pool.put((call, submitted, item))
+                submitted += 1
+            if exhausted and taken == submitted:
+                return
+            while taken not in pending:
+                seq, ok, value = workers.wait(inbox)
+                pending[seq] = (ok, value)
+            ok, value = pending.pop(taken)
+            taken += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        stopped.append(True)
+
+
+# -- one call of hash_files ---------------------------------------------------------------------------
+
+
+class _Call:
+    """The requests of one `hash_files` call on their way through the workers and back in order."""
+
+    def __init__(self, target: Target, jobs: int, depth: int, progress, stats):
+        self.target = target
+        self.jobs = jobs
+        self.depth = depth
+        self.progress = progress
+        self.stats = stats
+        self.capacity = max(4 * depth, 2 * _WINDOW)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled = False
+        self.pool = None
+        self.remote = False
+        self.epoch = None
+        self.dispatched = 0
+        # Worker processes already running are used at once; a call that has only a few files to
+        # read does not start them (starting costs more than reading a few files here).
+        if jobs > 1:
+            self._use(workers.running(jobs, depth))
+        self.threads = workers.threads(1 if self.remote else depth)
+        # seq -> (request, True while a worker process holds it)
+        self.in_flight: Dict[int, tuple] = {}
+        self.done: Dict[int, HashResult] = {}
+
+    def _use(self, pool) -> None:
+        if pool is not None:
+            self.pool, self.remote = pool, True
+            self.epoch = pool.register(self.inbox)
+
+    def _say_how(self) -> None:
+        if self.stats is None:
+            return
+        reads = f"{self.depth} reads in flight"
+        if self.remote:
+            how = f"{len(self.pool.processes)} worker processes, {reads}"
+        elif self.jobs == 1:
+            how = f"threads of one process (--jobs 1), {reads}"
+        elif workers.Workers.failure:
+            how = f"threads of one process ({workers.Workers.failure}), {reads}"
+        elif "reading" in self.stats:
+            return  # a few files read here: the earlier calls said how the rest was read
+        else:
+            how = f"threads of one process (only {self.dispatched} files), {reads}"
+        self.stats["reading"] = how
+
+    def run(self, requests: Iterator[HashRequest]) -> Iterator[HashResult]:
+        window: List[tuple] = []
+        next_seq = next_out = 0
+        exhausted = False
+        try:
+            while True:
+                # A whole window at a time, when there is room for one (one message per worker, and
+                # files sorted together): everything not yet yielded counts, also the results that
+                # wait for the one before them.
+                while not exhausted and len(self.in_flight) + len(self.done) + _WINDOW <= self.capacity:
+                    while len(window) < _WINDOW:
+                        try:
+                            request = next(requests)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        window.append((next_seq, request))
+                        next_seq += 1
+                    if window:
+                        self._dispatch(window)
+                        window = []
+                if next_out not in self.done:
+                    self._receive(block=False)
+                if next_out in self.done:
+                    result = self.done.pop(next_out)
+                    next_out += 1
+                    yield result
+                    continue
+                if exhausted and next_out == next_seq:
+                    return
+                self._receive(block=True)
+        finally:
+            self.cancelled = True
+            if self.epoch is not None:
+                self.pool.unregister(self.epoch, cancel=bool(self.in_flight))
+            self._say_how()
+
+    def _dispatch(self, window: List[tuple]) -> None:
+        """Hand a window of requests out, in path order (the files of a directory together)."""
+        if self.jobs > 1 and self.pool is None and self.dispatched >= START_AFTER:
+            self._use(workers.workers(self.jobs, self.depth))
+            self.threads = workers.threads(1 if self.remote else self.depth)
+        self.dispatched += len(window)
+        window.sort(key=lambda item: item[1].host or item[1].path)
+        remote: List[tuple] = []
+        for seq, request in window:
+            if self.remote and not callable(request.prefix):
+                remote.append((seq, request))
+            else:
+                self._on_thread(seq, request)
+        header = (self.target.root, bool(self.target.drop_cache))
+        # One message per worker: the window shared out evenly.
+        share = -(-len(remote) // len(self.pool.processes)) if remote else 1
+        for start in range(0, len(remote), share):
+            batch = remote[start : start + share]
+            if self.remote and self.pool.send("hash", self.epoch, header, [_job(s, r) for s, r in batch]):
+                for seq, request in batch:
+                    self.in_flight[seq] = (request, True)
+            else:
+                for seq, request in batch:
+                    self._on_thread(seq, request)
+
+    def _on_thread(self, seq: int, request: HashRequest) -> None:
+        self.in_flight[seq] = (request, False)
+        self.threads.put((self._run_on_thread, seq, request))
+
+    def _run_on_thread(self, seq: int, request: HashRequest) -> None:
+        if self.cancelled:
+            return
+        try:
+            reply = _run_here(self.target, request, lambda: self.cancelled)
+        except BaseException as error:  # a bug: raised in the caller's thread
+            reply = (0, reader.BUG, f"{type(error).__name__}: {error}")
+        self.inbox.put(("done", [(seq,) + reply[1:]]))
+        workers.wake(self.pool if self.remote else None)
+
+    def _receive(self, block: bool) -> None:
+        pool = self.pool if self.remote else None
+        if pool is not None and not block:
+            pool.poll(0)
+        while True:
+            if block:
+                message = workers.wait(self.inbox, pool)
+                block = False
+            else:
+                try:
+                    message = self.inbox.get_nowait()
+                except queue.Empty:
+                    return
+            if message[0] == "done":
+                for reply in message[1]:
+                    self._complete(reply)
+            else:
+                self._rescue()
+
+    def _complete(self, reply: tuple) -> None:
+        entry = self.in_flight.pop(reply[0], None)
+        if entry is None:
+            return
+        result = _result(self.target, entry[0], reply)
+        self.done[reply[0]] = result
+        if self.progress is not None and result.digest is not None:
+            self.progress.add_bytes(result.size or 0)
+
+    def _rescue(self) -> None:
+        """The worker processes are gone: what they held, and the rest of the call, runs on threads."""
+        if not self.remote:
+            return
+        self.remote = False
+        self.threads = workers.threads(self.depth)
+        lost = [(seq, entry[0]) for seq, entry in self.in_flight.items() if entry[1]]
+        LOG.debug("the reading workers ended; %d files are read on threads instead", len(lost))
+        for seq, request in lost:
+            self._on_thread(seq, request)
+
+
+def _run_here(target: Target, request: HashRequest, stopped) -> tuple:
+    """A reply tuple (as a worker sends it) for one request read in this process."""
+    try:
+        host = request.host if request.host is not None else target.resolve(request.path, request.follow)
+    except OSError as error:
+        return (0, error.errno or errno.EIO, error.strerror or str(error))
+    job = (0, host, reader.HOST, request.algorithm, _expected(request), request.prefix)
+    return _local_jobs().run("hash", (target.root, target.drop_cache), job, stopped)
+
+
+def _job(seq: int, request: HashRequest) -> tuple:
+    """The tuple a worker process gets for a request."""
+    if request.host is not None:
+        path, how = request.host, reader.HOST
+    else:
+        path = request.path if isinstance(request.path, bytes) else os.fsencode(request.path)
+        how = reader.FOLLOW if request.follow else reader.RESOLVE
+    return (seq, path, how, request.algorithm, _expected(request), request.prefix)
+
+
+def _expected(request: HashRequest) -> int:
+    return -1 if request.expected_size is None else request.expected_size
+
+
+def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
+    status = reply[1]
+    if status == reader.OK:
+        digest, fields, holes, anomaly, drop_failed = reply[2:]
+        st = reader.stat_result(fields)
+        if drop_failed:
+            target.cache_drop_failures += 1
+        return HashResult(request, digest, st.st_size, st.st_mtime, None, st, holes, anomaly)
+    if status == reader.NOT_REGULAR:
+        return HashResult(request, error=NotRegularFile(request.path, reply[2]))
+    if status == reader.BUG:
+        raise RuntimeError(f"reading {target.display(request.path)} failed: {reply[2]}")
+    return HashResult(request, error=OSError(status, reply[2], request.path))
+
+
 _local = threading.local()
 
 
-def _buffer() -> memoryview:
-    view = getattr(_local, "buffer", None)
-    if view is None:
-        view = _local.buffer = memoryview(bytearray(BLOCK_SIZE))
-    return view
-
-
-def hash_one(target: Target, request: HashRequest) -> HashResult:
-    """Hash one file of the target; never raises for problems of the file itself."""
-    result = HashResult(request)
-    try:
-        if request.host is not None:
-            handle = target.open_host(request.host)
-        else:
-            handle = target.open(request.path, follow=request.follow)
-        with handle:
-            result.st = handle.st
-            result.size = handle.st.st_size
-            result.mtime = handle.st.st_mtime
-            if request.expected_size is not None and result.size != request.expected_size:
-                return result
-            digest = hashlib.new(request.algorithm)
-            if request.prefix is not None:
-                digest.update(request.prefix(result.size))
-            buffer = _buffer()
-            while True:
-                count = handle.readinto(buffer)
-                if not count:
-                    break
-                digest.update(buffer[:count])
-            result.digest = digest.hexdigest()
-    except OSError as error:
-        result.error = error
-    return result
-
-
-def _hash_batch(target: Target, batch: List[HashRequest]) -> List[HashResult]:
-    return [hash_one(target, request) for request in batch]
-
-
-def _batches(requests: Iterable[HashRequest], size: int) -> Iterator[List[HashRequest]]:
-    batch: List[HashRequest] = []
-    for request in requests:
-        batch.append(request)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def hash_files(target: Target, requests: Iterable[HashRequest], workers: int = 1) -> Iterator[HashResult]:
-    """Hash files on `workers` threads, yielding results in request order.
-
-    Requests go to the threads in small batches (one hand-over per batch, not per file: most
-    packaged files are small), and only a few batches per worker are in flight, so memory stays
-    flat however many files there are and the caller may feed requests from a generator.
-    """
-    workers = max(1, int(workers))
-    if workers == 1:
-        for request in requests:
-            yield hash_one(target, request)
-        return
-    pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsaudit-hash") as pool:
-        for batch in _batches(requests, BATCH):
-            pending.append(pool.submit(_hash_batch, target, batch))
-            if len(pending) >= workers * 4:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+def _local_jobs() -> reader.Jobs:
+    """The job runner of this thread (with its own read buffer)."""
+    jobs = getattr(_local, "jobs", None)
+    if jobs is None:
+        jobs = _local.jobs = reader.Jobs()
+    return jobs

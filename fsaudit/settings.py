@@ -40,11 +40,20 @@ def jobs_option(help_text: str = "Parallel workers per checker (default: all cor
 
 def run_jobs(given: int | None, audit_config: Dict[str, Any]) -> int:
     """`--jobs`, else `[audit] jobs` of the config, else every core; never below one."""
-    value = given if given is not None else audit_config.get("jobs")
+    return _whole_number("jobs", given, audit_config, default_jobs())
+
+
+def run_io_depth(given: int | None, audit_config: Dict[str, Any]) -> int:
+    """`--io-depth`, else `[audit] io_depth` of the config, else the engine's default; never below one."""
+    return _whole_number("io_depth", given, audit_config, Context.io_depth)
+
+
+def _whole_number(key: str, given: int | None, audit_config: Dict[str, Any], default: int) -> int:
+    value = given if given is not None else audit_config.get(key)
     if value is None:
-        return default_jobs()
+        return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"[audit] jobs must be a whole number, not {value!r}")
+        raise UsageError(f"[audit] {key} must be a whole number, not {value!r}")
     return max(1, value)
 
 

@@ -4,53 +4,32 @@ Every path a checker uses is a path *inside* the audited system (`/usr/bin/sed`)
 resolves it to a path on this machine, following symlinks the way the audited system would: an
 absolute link in a mounted image points into the image, `..` never climbs out of the root, and
 merged-/usr aliases (`/bin -> usr/bin`) work. Files are opened without following a final symlink,
-without updating atime, without blocking on a FIFO, and only when they are regular files.
+without updating atime, without blocking on a FIFO, and only when they are regular files;
+directories are listed without updating their atime either (the kernel does update a symlink's
+atime whenever it is read, which no flag prevents). The primitives live in `fsaudit.reader`, which
+the reading engine's worker processes run too.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
 from typing import Callable, Iterator, List, Tuple, Union
 
 from fsaudit.model import display_path
+from fsaudit.reader import (
+    DIRECTORY_FLAGS,
+    MAX_SYMLINKS,
+    NotRegularFile,
+    Resolver,
+    file_kind,
+    list_directory,
+    open_noatime,
+)
 
+__all__ = ["MAX_SYMLINKS", "Entry", "NotRegularFile", "OpenFile", "Target", "file_kind"]
 PathLike = Union[str, bytes]
-MAX_SYMLINKS = 40
-_DIR_CACHE_LIMIT = 65536
-_NOATIME = getattr(os, "O_NOATIME", 0)
-_OPEN_FLAGS = (
-    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-)
-
-_KINDS = (
-    (stat.S_ISREG, "regular file"),
-    (stat.S_ISDIR, "directory"),
-    (stat.S_ISLNK, "symlink"),
-    (stat.S_ISFIFO, "FIFO"),
-    (stat.S_ISSOCK, "socket"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-)
-
-
-def file_kind(mode: int) -> str:
-    """A word for the type of file `mode` describes ("FIFO", "directory", ...)."""
-    for test, word in _KINDS:
-        if test(mode):
-            return word
-    return "unknown file type"
-
-
-class NotRegularFile(OSError):
-    """Something other than a regular file stands where a file was to be read."""
-
-    def __init__(self, path: bytes, mode: int):
-        self.kind = file_kind(mode)
-        self.mode = mode
-        super().__init__(errno.EINVAL, f"{self.kind} where a regular file was expected", path)
 
 
 class OpenFile(io.FileIO):
@@ -63,8 +42,52 @@ def _fsencode(path: PathLike) -> bytes:
     return path if isinstance(path, bytes) else os.fsencode(path)
 
 
-def _components(path: bytes) -> List[bytes]:
-    return [part for part in path.split(b"/") if part and part != b"."]
+class Entry:
+    """One entry of a directory listing, used like os.DirEntry: `name`, `path` (on this machine),
+    the type the directory gave without an lstat, and the lstat taken while listing or on first use."""
+
+    __slots__ = ("name", "path", "_type", "_lstat")
+
+    def __init__(self, name: bytes, path: bytes, kind: int, lstat=None):
+        self.name = name
+        self.path = path
+        self._type = kind
+        self._lstat = lstat
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.name!r}>"
+
+    def __fspath__(self) -> bytes:
+        return self.path
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        if follow_symlinks:
+            return os.stat(self.path)
+        if isinstance(self._lstat, OSError):
+            raise self._lstat
+        if self._lstat is None:
+            self._lstat = os.lstat(self.path)
+        return self._lstat
+
+    def _is(self, kind: int, follow_symlinks: bool) -> bool:
+        if self._type and not (follow_symlinks and self._type == stat.S_IFLNK):
+            return self._type == kind
+        try:
+            return stat.S_IFMT(self.stat(follow_symlinks).st_mode) == kind
+        except OSError:
+            return False
+
+    def is_dir(self, follow_symlinks: bool = True) -> bool:
+        return self._is(stat.S_IFDIR, follow_symlinks)
+
+    def is_file(self, follow_symlinks: bool = True) -> bool:
+        return self._is(stat.S_IFREG, follow_symlinks)
+
+    def is_symlink(self) -> bool:
+        return self._is(stat.S_IFLNK, False)
+
+    def inode(self) -> int:
+        return self.stat(follow_symlinks=False).st_ino
 
 
 class Target:
@@ -78,7 +101,7 @@ class Target:
         # nothing cached that its disk lost (DESIGN.md rule 6).
         self.drop_cache = self.live if drop_cache is None else drop_cache
         self.cache_drop_failures = 0
-        self._dir_cache: dict = {}
+        self._resolver = Resolver(self.root)
 
     @property
     def root_text(self) -> str:
@@ -91,7 +114,8 @@ class Target:
 
     def host_path(self, path: PathLike) -> bytes:
         """`path` joined to the root as it is written, without resolving anything."""
-        return self.root + b"/" + b"/".join(_components(_fsencode(path)))
+        parts = [part for part in _fsencode(path).split(b"/") if part and part != b"."]
+        return self.root + b"/" + b"/".join(parts)
 
     def inner_path(self, host_path: PathLike) -> bytes:
         """The path inside the audited system of a host path below the root."""
@@ -112,58 +136,7 @@ class Target:
         that does not exist ends resolution (opening the result then fails with ENOENT). A symlink
         loop raises OSError(ELOOP).
         """
-        parts = _components(_fsencode(path))
-        if not parts:
-            return self.root or b"/"
-        parent = self._resolve_dir(tuple(parts[:-1]))
-        if parent == b"/":
-            # The live root: its entries are /etc, not //etc.
-            parent = b""
-        if not follow:
-            return parent + b"/" + parts[-1]
-        return self._walk(parent, [parts[-1]], follow_last=True, hops=0)
-
-    def _resolve_dir(self, parts: Tuple[bytes, ...]) -> bytes:
-        cached = self._dir_cache.get(parts)
-        if cached is None:
-            cached = self._walk(self.root, list(parts), follow_last=True, hops=0)
-            if len(self._dir_cache) >= _DIR_CACHE_LIMIT:
-                self._dir_cache.clear()
-            self._dir_cache[parts] = cached
-        return cached
-
-    def _walk(self, start: bytes, parts: List[bytes], follow_last: bool, hops: int) -> bytes:
-        current = start
-        pending = list(reversed(parts))
-        while pending:
-            name = pending.pop()
-            if name in (b"", b"."):
-                continue
-            if name == b"..":
-                if len(current) > len(self.root):
-                    current = current.rsplit(b"/", 1)[0]
-                    if len(current) < len(self.root):
-                        current = self.root
-                continue
-            candidate = current + b"/" + name
-            if not pending and not follow_last:
-                return candidate
-            try:
-                st = os.lstat(candidate)
-            except OSError:
-                # Missing or unreadable: the rest cannot be resolved; keep it literal.
-                return candidate + b"".join(b"/" + part for part in reversed(pending))
-            if not stat.S_ISLNK(st.st_mode):
-                current = candidate
-                continue
-            hops += 1
-            if hops > MAX_SYMLINKS:
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", self.inner_path(candidate))
-            link = os.readlink(candidate)
-            if link.startswith(b"/"):
-                current = self.root
-            pending.extend(reversed(_components(link)))
-        return current or b"/"
+        return self._resolver.resolve(_fsencode(path), follow)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -198,7 +171,7 @@ class Target:
     def open_host(self, host: bytes) -> OpenFile:
         """`open()` of a path already resolved with `resolve()` (callers that resolve to find
         duplicates need not resolve twice)."""
-        fd = _open_noatime(host)
+        fd = open_noatime(host)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -227,20 +200,28 @@ class Target:
         return self.read_bytes(path, limit).decode("utf-8", errors)
 
     def listdir(self, path: PathLike) -> List[bytes]:
-        return os.listdir(self.resolve(path, follow=True))
+        """The names in a directory, listed without updating its atime."""
+        fd = open_noatime(self.resolve(path, follow=True), DIRECTORY_FLAGS)
+        try:
+            return [os.fsencode(name) for name in os.listdir(fd)]
+        finally:
+            os.close(fd)
 
     def walk(
         self,
         top: PathLike = b"/",
         onerror: Callable[[bytes, OSError], None] | None = None,
-        prune: Callable[[bytes, os.DirEntry], bool] | None = None,
+        prune: Callable[[bytes, Entry], bool] | None = None,
         max_depth: int = 256,
-    ) -> Iterator[Tuple[bytes, List[os.DirEntry]]]:
+        stats: bool = False,
+    ) -> Iterator[Tuple[bytes, List[Entry]]]:
         """Walk a tree below `top` without following symlinks: yields (inner dir path, entries).
 
-        Directory entries come from `scandir` (their `stat(follow_symlinks=False)` is cached). An
-        unreadable directory is passed to `onerror` and skipped; `prune(inner_path, entry)` True
-        keeps the walk out of that subdirectory. Depth is bounded.
+        Entries are used like os.DirEntry (`name`, `path`, `is_dir(follow_symlinks=False)`, `stat(...)`);
+        with `stats`, every entry is lstat'ed while its directory is open (faster than one by one
+        later, for callers that look at every entry). Directories are listed without updating their
+        atime. An unreadable directory is passed to `onerror` and skipped; `prune(inner_path, entry)`
+        True keeps the walk out of that subdirectory. Depth is bounded.
         """
         start = self.resolve(top, follow=True)
         stack = [(start, 0)]
@@ -248,35 +229,50 @@ class Target:
             host_dir, depth = stack.pop()
             inner = self.inner_path(host_dir)
             try:
-                with os.scandir(host_dir) as scan:
-                    entries = list(scan)
+                listing = list_directory(host_dir, stats)
             except OSError as error:
                 if onerror:
                     onerror(inner, error)
                 continue
+            base = b"" if host_dir == b"/" else host_dir
+            entries = [Entry(name, base + b"/" + name, kind, st) for name, kind, st in listing]
             yield inner, entries
             if depth >= max_depth:
                 continue
+            prefix = b"" if inner == b"/" else inner.rstrip(b"/")
             for entry in reversed(entries):
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
+                if not entry.is_dir(follow_symlinks=False):
                     continue
-                if not is_dir:
+                if prune and prune(prefix + b"/" + entry.name, entry):
                     continue
-                child = (inner.rstrip(b"/") + b"/" + entry.name) if inner != b"/" else b"/" + entry.name
-                if prune and prune(child, entry):
-                    continue
-                stack.append(
-                    (entry.path if isinstance(entry.path, bytes) else os.fsencode(entry.path), depth + 1)
-                )
+                stack.append((entry.path, depth + 1))
 
+    def scan(
+        self,
+        host_top: bytes,
+        start: float,
+        end: float,
+        settings=1,
+        full: Callable[[os.stat_result], bool] = lambda st: False,
+        top_full: bool = False,
+        descend: Callable[[bytes, bytes, os.stat_result], bool] = lambda inner, host, st: True,
+        max_depth: int = 256,
+        may_list: Callable[[bytes, int], bool] = lambda host, depth: True,
+    ) -> Iterator[tuple]:
+        """The tree below `host_top` walked at the reading engine's depth (`fsaudit.scan.scan_tree`):
+        (inner path, host path, Listing or OSError) per directory, depth-first, every entry lstat'ed,
+        only the entries changed in [start, end) and the subdirectories sent back unless `full`."""
+        from fsaudit.scan import scan_tree
 
-def _open_noatime(host: bytes) -> int:
-    if _NOATIME:
-        try:
-            return os.open(host, _OPEN_FLAGS | _NOATIME)
-        except PermissionError:
-            # O_NOATIME is refused on files we do not own unless we hold CAP_FOWNER.
-            pass
-    return os.open(host, _OPEN_FLAGS)
+        yield from scan_tree(
+            host_top,
+            self.inner_path(host_top),
+            start,
+            end,
+            settings,
+            full,
+            top_full,
+            descend,
+            max_depth,
+            may_list,
+        )

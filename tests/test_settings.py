@@ -11,7 +11,7 @@ import fsaudit.settings
 from fsaudit.checker import Context
 from fsaudit.cli import main
 from fsaudit.errors import UsageError
-from fsaudit.settings import default_jobs, read_window, run_jobs, run_settings
+from fsaudit.settings import default_jobs, read_window, run_io_depth, run_jobs, run_settings
 from fsaudit.window import WindowSpec
 
 TOKYO = "/usr/share/zoneinfo/Asia/Tokyo"
@@ -35,6 +35,8 @@ def test_jobs_have_one_default_and_one_clamp():
     with pytest.raises(UsageError):
         run_jobs(None, {"jobs": "many"})
     assert Context(jobs=0).jobs == 1 and Context(io_depth=-4).io_depth == 1
+    assert run_io_depth(None, {}) == 32 and run_io_depth(None, {"io_depth": 8}) == 8
+    assert run_io_depth(64, {"io_depth": 8}) == 64
 
 
 def test_the_window_is_read_once_and_placed_in_the_audited_systems_zone(tokyo_root):

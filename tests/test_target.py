@@ -107,7 +107,7 @@ def test_hash_engine_reports_every_outcome_in_order(image):
         HashRequest(b"/etc/gone", "md5"),
         HashRequest(b"/usr/bin/ls", "sha256", expected_size=1),
     ]
-    results = list(hash_files(target, requests, workers=2))
+    results = list(hash_files(target, requests, 2))
     assert [r.request for r in results] == requests
     assert results[0].digest == hashlib.md5(b"inside the image\n").hexdigest()
     assert isinstance(results[1].error, NotRegularFile)

@@ -95,7 +95,7 @@ class BaselineChecker(Checker):
     def _compare(self, target: Target, requests: Iterator[HashRequest]) -> Iterator:
         # Findings about directories and symlinks, met while feeding file requests to the hash engine.
         self._pending: list = []
-        for result in hash_files(target, requests, self.context.jobs):
+        for result in hash_files(target, requests, self.context, self.stats):
             yield from self._pending
             self._pending.clear()
             yield from self._file(target, result)

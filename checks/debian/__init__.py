@@ -209,7 +209,7 @@ class _Audit:
     def _verify(self, packages: List[Package]) -> Iterator[Finding]:
         order: deque = deque()
         requests = self.planner.requests(packages, order)
-        for result in hash_files(self.target, requests, self.checker.context.jobs):
+        for result in hash_files(self.target, requests, self.checker.context, self.checker.stats):
             while True:
                 item = order.popleft()
                 if item.request is result.request:

@@ -288,9 +288,9 @@ class GitChecker(Checker):
                 continue
             by_path[path] = entry
             requests.append(
-                HashRequest(path, config.object_format, prefix=blob_header, key=entry, follow=False)
+                HashRequest(path, config.object_format, prefix=b"blob %d\0", key=entry, follow=False)
             )
-        for result in hash_files(target, requests, self.context.jobs):
+        for result in hash_files(target, requests, self.context, self.stats):
             entry = result.request.key
             path = result.request.path
             verdict = outcome(result, entry.object_id)

@@ -140,8 +140,8 @@ class Verification:
 
     def _verify(self) -> Iterator[Finding]:
         order: deque = deque()
-        jobs = self.checker.context.jobs
-        for result in hash_files(self.target, self._requests(order), jobs):
+        requests = self._requests(order)
+        for result in hash_files(self.target, requests, self.checker.context, self.checker.stats):
             while True:
                 item = order.popleft()
                 if item.request is result.request:

@@ -120,7 +120,7 @@ class RpmChecker(Checker):
         self._cache = PackageCache(target)
         ready: List[Finding] = []
         requests = self._requests(target, database, accounts, ready)
-        for result in hash_files(target, requests, self.context.jobs):
+        for result in hash_files(target, requests, self.context, self.stats):
             yield from ready
             ready.clear()
             outcome, package = result.request.key

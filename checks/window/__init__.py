@@ -10,6 +10,7 @@ counts only, so memory stays flat however many entries the tree holds.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from typing import Dict, Iterator, List, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
+from fsaudit.scan import Listing
 from fsaudit.target import Target, file_kind
 from fsaudit.window import Window, WindowError, WindowSpec
 from fsaudit_checks.window.mounts import excluded_mounts, read_mounts
@@ -185,10 +187,10 @@ class WindowChecker(Checker):
         self._verified = self._canonical_verified(target)
         self._pending: Dict[bytes, os.stat_result] = {}
         self._errors: List[Tuple[bytes, OSError]] = []
-        self._vanished: set = set()
         self._by_top = _Tally()
         self._by_owner = _Tally()
         self._owners: Dict[int, str] | None = None
+        self._times: Dict[int, str] = {}
         self.stats["window"] = str(window)
         for key in (
             "entries_scanned",
@@ -251,53 +253,62 @@ class WindowChecker(Checker):
                 skipped.append(f"{target.display(target.inner_path(point))} ({why})")
         base_depth = top.rstrip(b"/").count(b"/")
 
-        def prune(child: bytes, entry: os.DirEntry) -> bool:
-            if excluded and entry.path in excluded:
-                return True
+        def descend(child: bytes, host: bytes, st: os.stat_result) -> bool:
+            if excluded and host in excluded:
+                return False
             if child.count(b"/") - base_depth > MAX_DEPTH:
                 self._pending.pop(child, None)
                 self._errors.append(
                     (child, OSError(errno.ELOOP, f"deeper than {MAX_DEPTH} levels; not walked"))
                 )
-                return True
-            return False
+                return False
+            return True
 
-        def onerror(directory: bytes, error: OSError) -> None:
-            self._errors.append((directory, error))
-
-        walk = target.walk(top, onerror=onerror, prune=prune, max_depth=MAX_DEPTH + 1)
-        for directory, entries in walk:
+        # A directory changed in the window sends all its entries back (its finding counts them);
+        # from the others, only what changed in the window and the subdirectories.
+        walk = target.scan(
+            host_top,
+            self._start,
+            self._end,
+            self.context,
+            full=self._in_window,
+            top_full=top in self._pending,
+            descend=descend,
+            max_depth=MAX_DEPTH + 1,
+            # Listed ahead of the walk only where it will go: never a mount it leaves out.
+            may_list=lambda host, depth: host not in excluded and depth <= MAX_DEPTH,
+        )
+        for directory, host, listing in walk:
+            if isinstance(listing, OSError):
+                self._errors.append((directory, listing))
+                continue
             if self._errors:
                 yield from self._drain_errors()
-            yield from self._directory(directory, entries, excluded)
+            yield from self._directory(directory, host, listing, excluded)
         yield from self._drain_errors()
 
     def _in_window(self, st: os.stat_result) -> bool:
         return self._start <= st.st_mtime < self._end or self._start <= st.st_ctime < self._end
 
-    def _directory(self, directory: bytes, entries: List[os.DirEntry], excluded) -> Iterator[Finding]:
+    def _directory(self, directory: bytes, host: bytes, listing: Listing, excluded) -> Iterator[Finding]:
         self.stats["directories_scanned"] += 1
-        self.stats["entries_scanned"] += len(entries)
+        self.stats["entries_scanned"] += listing.entries
         own = self._pending.pop(directory, None)
         base = b"" if directory == b"/" else directory
+        host_base = b"" if host == b"/" else host
         start, end = self._start, self._end
         at_risk = not_verified = denied = 0
         # Names of the entries changed in the window, kept only when asked for and only for the
         # directory being read.
         names: List[bytes] | None = [] if own is not None and self.settings["list_entries"] else None
-        for entry in entries:
-            if excluded and entry.path in excluded:
+        for name, _kind, st in listing.records:
+            if excluded and host_base + b"/" + name in excluded:
                 continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as error:
-                if error.errno in _GONE_ERRNOS:
+            if isinstance(st, OSError):
+                if st.errno in _GONE_ERRNOS:
                     self.count("entries_vanished")
-                    if entry.is_dir(follow_symlinks=False):
-                        # The walk will still try to list it: counted once, here.
-                        self._vanished.add(base + b"/" + entry.name)
-                elif error.errno in _DAMAGE_ERRNOS:
-                    yield from self._error(base + b"/" + entry.name, error)
+                elif st.errno in _DAMAGE_ERRNOS:
+                    yield from self._error(base + b"/" + name, st)
                 else:
                     denied += 1
                 continue
@@ -306,14 +317,14 @@ class WindowChecker(Checker):
                 if (
                     own is not None
                     and not stat.S_ISDIR(st.st_mode)
-                    and base + b"/" + entry.name not in self._verified
+                    and base + b"/" + name not in self._verified
                 ):
                     not_verified += 1
                 continue
             at_risk += 1
             if names is not None:
-                names.append(entry.name)
-            path = base + b"/" + entry.name
+                names.append(name)
+            path = base + b"/" + name
             if stat.S_ISDIR(st.st_mode):
                 # Its finding comes when its own listing is read, with the counts of what is in it.
                 self._pending[path] = st
@@ -326,13 +337,16 @@ class WindowChecker(Checker):
             yield self._finding(
                 "unreadable-directory",
                 Severity.WARNING,
-                f"{denied:,} of its {len(entries):,} entries could not be examined (permission denied)",
+                f"{denied:,} of its {listing.entries:,} entries could not be examined (permission denied)",
                 directory,
                 {"entries_not_examined": denied},
                 ADVICE_UNREADABLE,
             )
         if own is not None:
-            yield from self._directory_finding(directory, own, entries, at_risk, not_verified, names)
+            every = [name for name, _, _ in listing.records] if self.settings["list_entries"] else None
+            yield from self._directory_finding(
+                directory, own, listing.entries, at_risk, not_verified, names, every
+            )
 
     def _file(self, path: bytes, st: os.stat_result, modified: bool, verified: bool) -> Iterator[Finding]:
         mtime, ctime = self._time(st.st_mtime), self._time(st.st_ctime)
@@ -366,10 +380,11 @@ class WindowChecker(Checker):
         self,
         directory: bytes,
         st: os.stat_result,
-        entries: List[os.DirEntry] | None,
+        entries: int | None,
         at_risk: int,
         not_verified: int,
         names: List[bytes] | None = None,
+        every: List[bytes] | None = None,
     ) -> Iterator[Finding]:
         self.stats["directories_changed_in_window"] += 1
         self._by_top.add(_top_directory(directory, directory=True), True, directory=True)
@@ -384,13 +399,13 @@ class WindowChecker(Checker):
         if entries is None:
             message = f"directory changed in the window ({which} {when}); its entries could not be listed"
         else:
-            details.update(entries=len(entries), entries_in_window=at_risk, files_not_verified=not_verified)
+            details.update(entries=entries, entries_in_window=at_risk, files_not_verified=not_verified)
             message = (
-                f"directory changed in the window ({which} {when}): {at_risk:,} of its {len(entries):,} "
+                f"directory changed in the window ({which} {when}): {at_risk:,} of its {entries:,} "
                 f"entries changed in the window; {not_verified:,} files in it no checker verified"
             )
             if self.settings["list_entries"]:
-                details["entry_names"] = sorted(entry.name for entry in entries)
+                details["entry_names"] = sorted(every or ())
                 details["names_in_window"] = sorted(names or ())
         yield self._finding(
             "directory-changed-in-window", Severity.WARNING, message, directory, details, ADVICE_DIRECTORY
@@ -417,10 +432,7 @@ class WindowChecker(Checker):
         details = {"errno": errno.errorcode.get(error.errno, str(error.errno))}
         if error.errno in _GONE_ERRNOS and path not in self._walk_tops():
             # Removed while the walk ran: nothing left to check, but count it.
-            if path in self._vanished:
-                self._vanished.discard(path)
-            else:
-                self.count("entries_vanished")
+            self.count("entries_vanished")
             return
         if error.errno in _DAMAGE_ERRNOS:
             self.count("read_errors")
@@ -478,10 +490,18 @@ class WindowChecker(Checker):
                 )
 
     def _time(self, timestamp: float) -> str:
-        try:
-            return datetime.fromtimestamp(timestamp, self._tz).isoformat(timespec="seconds")
-        except (OverflowError, OSError, ValueError):
-            return str(timestamp)
+        # Files changed together share their second: each second is formatted once.
+        second = math.floor(timestamp)
+        text = self._times.get(second)
+        if text is None:
+            try:
+                text = datetime.fromtimestamp(second, self._tz).isoformat(timespec="seconds")
+            except (OverflowError, OSError, ValueError):
+                return str(timestamp)
+            if len(self._times) >= MAX_GROUPS:
+                self._times.clear()
+            self._times[second] = text
+        return text
 
     def _owner(self, uid: int) -> str:
         if self._owners is None:

@@ -30,6 +30,7 @@ from fsaudit.settings import (
     RunSettings,
     jobs_option,
     read_window,
+    run_io_depth,
     run_jobs,
     run_settings,
     select_checkers,
@@ -78,12 +79,17 @@ def checker_names(context, parameter, incomplete: str) -> list:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
 @jobs_option()
 @click.option(
+    "--io-depth",
+    type=click.IntRange(min=1, max=1024),
+    help="Reads in flight at once (default: 32; network storage likes many, a single disk few).",
+)
+@click.option(
     "--drop-cache/--no-drop-cache",
     default=None,
     help="Drop each file's cached pages before reading it, so the disk is read "
     "(default: on for /, off under --root).",
 )
-def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_cache) -> int:
+def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, io_depth, drop_cache) -> int:
     """Audit ROOT and report what is damaged; the exit code says how bad (0 ok .. 3 unknown)."""
     config = load_config(config_path)
     settings = config.get("audit", {})
@@ -95,9 +101,16 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, drop_c
     check_format(fmt)
     spec = read_window(window_text)
     workers = run_jobs(jobs, settings)
+    depth = run_io_depth(io_depth, settings)
     selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
     run = run_settings(
-        root, selected, window=spec, jobs=workers, drop_cache=drop_cache, progress=Progress.for_terminal()
+        root,
+        selected,
+        window=spec,
+        jobs=workers,
+        io_depth=depth,
+        drop_cache=drop_cache,
+        progress=Progress.for_terminal(),
     )
     return _run(run, fmt, output)[1]
 

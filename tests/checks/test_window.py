@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 
 from fixtures import debian as debfix
+from fixtures.disk import ext4_with_damaged_directory
 from fixtures.window import IN_WINDOW, OLD, WINDOW, age_directories, build_awkward_tree, set_mtime
 from fsaudit.checker import Context
 from fsaudit.target import Target
@@ -311,17 +312,17 @@ def test_unreadable_directories_are_reported_and_the_walk_goes_on(image):
 
 class VanishingTarget(Target):
     """A real Target on a tree that other processes change during the walk: names starting with
-    `gone` disappear between the listing of their directory and their lstat."""
+    `gone` disappear between the listing of their directory and their lstat (their lstat answers
+    ENOENT, as it does when that race happens)."""
 
-    def walk(self, *args, **kwargs):
-        for directory, entries in super().walk(*args, **kwargs):
-            for entry in entries:
-                if entry.name.startswith(b"gone"):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path)
-                    else:
-                        os.unlink(entry.path)
-            yield directory, entries
+    def scan(self, *args, **kwargs):
+        for directory, host, listing in super().scan(*args, **kwargs):
+            if not isinstance(listing, OSError):
+                listing.records = [
+                    (name, kind, OSError(errno.ENOENT, "gone", name) if name.startswith(b"gone") else st)
+                    for name, kind, st in listing.records
+                ]
+            yield directory, host, listing
 
 
 def test_entries_vanishing_during_the_walk_are_counted_not_fatal(tmp_path):
@@ -397,33 +398,25 @@ def test_paths_inside_other_paths_are_walked_once():
     assert _outermost([b"/srv", b"/"]) == [b"/"]
 
 
-class FailingTarget(Target):
-    """A real Target whose filesystem answers EIO when /srv/bad is listed (a damaged directory block)."""
-
-    def walk(self, top=b"/", onerror=None, prune=None, max_depth=256):
-        def failing_prune(child, entry):
-            if child == b"/srv/bad":
-                onerror(child, OSError(errno.EIO, "Input/output error"))
-                return True
-            return prune(child, entry) if prune else False
-
-        yield from super().walk(top, onerror=onerror, prune=failing_prune, max_depth=max_depth)
-
-
 def test_an_io_error_on_a_directory_is_critical_and_the_walk_goes_on(tmp_path):
-    root = tmp_path / "root"
-    (root / "srv" / "bad").mkdir(parents=True)
-    (root / "srv" / "good").write_text("x")
-    set_mtime(root / "srv" / "good", IN_WINDOW)
-    set_mtime(root / "srv" / "bad", IN_WINDOW)
-    checker = WindowChecker({}, Context(window=parse_window(WINDOW)))
-    target = FailingTarget(root)
-    assert checker.applies(target)
-    findings = {(f.code, f.path): f for f in checker.run(target)}
-    assert findings[("read-error", "/srv/bad")].severity.value == "critical"
-    assert findings[("read-error", "/srv/bad")].details["errno"] == "EIO"
-    assert "could not be listed" in findings[("directory-changed-in-window", "/srv/bad")].message
-    assert ("modified-in-window", "/srv/good") in findings
+    """A real ext4 image whose directory block was overwritten: listing it fails its checksum."""
+    require_program("debugfs", "e2fsprogs")
+    source = tmp_path / "source"
+    (source / "srv" / "bad").mkdir(parents=True)
+    for number in range(40):
+        (source / "srv" / "bad" / f"file-with-a-long-name-{number:03d}").write_text("x")
+    (source / "srv" / "good").write_text("x")
+    set_mtime(source / "srv" / "good", IN_WINDOW)
+    set_mtime(source / "srv" / "bad", IN_WINDOW)
+    set_mtime(source / "srv", OLD)
+    with ext4_with_damaged_directory(source, "/srv/bad", tmp_path / "disk") as root:
+        run = audit(root, "--window", WINDOW)
+    assert run.code == 2, run.stderr
+    read_error = by_path(run, "read-error")["/srv/bad"]
+    assert read_error["severity"] == "critical"
+    assert read_error["details"]["errno"] in ("EBADMSG", "EUCLEAN", "EIO")
+    assert "could not be listed" in by_path(run, "directory-changed-in-window")["/srv/bad"]["message"]
+    assert "/srv/good" in by_path(run, "modified-in-window")
 
 
 def test_files_the_debian_checker_verified_are_info_and_the_rest_is_listed(tmp_path):

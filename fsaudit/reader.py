@@ -1,0 +1,504 @@
+"""Reading the audited system one file or directory at a time: safely, boundedly, without changing it.
+
+Standard library only, on purpose: the reading engine (`fsaudit.hashing`) starts this module's
+`main()` as its worker processes from the module's source text (`python -I -S`), so workers start
+wherever fsaudit runs, also from the fleet's in-memory bootstrap on a VM where no fsaudit is
+installed; the engine's threads and `fsaudit.target` call the same functions in process.
+
+Every open is read-only, without following a final symlink, without blocking on a FIFO, without
+updating the access time (where the caller owns the file or is root), and reads only regular files.
+A file is read no further than its size at open: a file that grows (or a hostile one that claims to
+be larger than its filesystem) never makes a read unbounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import stat
+import sys
+
+BLOCK_SIZE = 1 << 20
+MAX_SYMLINKS = 40
+NOATIME = getattr(os, "O_NOATIME", 0)
+FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+DIRECTORY_FLAGS = FILE_FLAGS | getattr(os, "O_DIRECTORY", 0)
+# Files whose holes hold more than this are not hashed when no size is expected: gigabytes of zeros
+# nobody wrote are an anomaly to report, not content to hash for minutes.
+SPARSE_LIMIT = 64 << 20
+# Hole and data regions examined per file; past that the holes are estimated from the blocks.
+MAX_REGIONS = 4096
+_DIR_CACHE_LIMIT = 65536
+
+# What `hash_file` found besides the digest (`HashResult.anomaly`).
+SPARSE = "sparse"
+ABSURD_SIZE = "absurd-size"
+
+_KINDS = (
+    (stat.S_ISREG, "regular file"),
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """A word for the type of file `mode` describes ("FIFO", "directory", ...)."""
+    for test, word in _KINDS:
+        if test(mode):
+            return word
+    return "unknown file type"
+
+
+class NotRegularFile(OSError):
+    """Something other than a regular file stands where a file was to be read."""
+
+    def __init__(self, path: bytes, mode: int):
+        self.kind = file_kind(mode)
+        self.mode = mode
+        super().__init__(errno.EINVAL, f"{self.kind} where a regular file was expected", path)
+
+
+def open_noatime(path, flags: int = FILE_FLAGS, dir_fd: int | None = None) -> int:
+    """os.open with O_NOATIME where the kernel allows it (the caller owns the file, or holds
+    CAP_FOWNER), without it elsewhere: reading must not change what it reads, atime included."""
+    if NOATIME:
+        try:
+            return os.open(path, flags | NOATIME, dir_fd=dir_fd)
+        except PermissionError as error:
+            if error.errno != errno.EPERM:
+                raise
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+def components(path: bytes) -> list:
+    return [part for part in path.split(b"/") if part and part != b"."]
+
+
+class Resolver:
+    """Paths inside a root resolved to paths on this machine, symlinks followed the way the audited
+    system would: an absolute link points into the root, `..` never climbs out of it."""
+
+    def __init__(self, root: bytes):
+        self.root = root
+        self._dirs: dict = {}
+
+    def resolve(self, path: bytes, follow: bool = True) -> bytes:
+        """Every directory on the way is resolved; the last component only when `follow`. A component
+        that does not exist ends resolution (opening the result then fails with ENOENT). A symlink
+        loop raises OSError(ELOOP)."""
+        parts = components(path)
+        if not parts:
+            return self.root or b"/"
+        parent = self.directory(tuple(parts[:-1]))
+        if parent == b"/":
+            # The live root: its entries are /etc, not //etc.
+            parent = b""
+        if not follow:
+            return parent + b"/" + parts[-1]
+        return self._walk(parent, [parts[-1]], hops=0)
+
+    def directory(self, parts: tuple) -> bytes:
+        cached = self._dirs.get(parts)
+        if cached is None:
+            cached = self._walk(self.root, list(parts), hops=0)
+            if len(self._dirs) >= _DIR_CACHE_LIMIT:
+                self._dirs.clear()
+            self._dirs[parts] = cached
+        return cached
+
+    def _walk(self, start: bytes, parts: list, hops: int) -> bytes:
+        current = start
+        pending = list(reversed(parts))
+        while pending:
+            name = pending.pop()
+            if name in (b"", b"."):
+                continue
+            if name == b"..":
+                if len(current) > len(self.root):
+                    current = current.rsplit(b"/", 1)[0]
+                    if len(current) < len(self.root):
+                        current = self.root
+                continue
+            candidate = current + b"/" + name
+            try:
+                st = os.lstat(candidate)
+            except OSError:
+                # Missing or unreadable: the rest cannot be resolved; keep it literal.
+                return candidate + b"".join(b"/" + part for part in reversed(pending))
+            if not stat.S_ISLNK(st.st_mode):
+                current = candidate
+                continue
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                inner = candidate[len(self.root) :] if self.root else candidate
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", inner)
+            link = os.readlink(candidate)
+            if link.startswith(b"/"):
+                current = self.root
+            pending.extend(reversed(components(link)))
+        return current or b"/"
+
+
+def holes(fd: int, st: os.stat_result) -> int:
+    """Bytes of the file in holes (regions no data was ever written to, read as zeros); 0 when its
+    blocks cover its size, as they do for every file written the ordinary way."""
+    size = st.st_size
+    allocated = st.st_blocks * 512
+    if allocated >= size:
+        return 0
+    total = 0
+    offset = 0
+    try:
+        for _ in range(MAX_REGIONS):
+            hole = os.lseek(fd, offset, os.SEEK_HOLE)
+            if hole >= size:
+                return total
+            try:
+                data = os.lseek(fd, hole, os.SEEK_DATA)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                data = size  # a hole up to the end
+            total += min(data, size) - hole
+            offset = data
+            if offset >= size:
+                return total
+    except (AttributeError, OSError):
+        pass
+    # SEEK_HOLE unsupported or too many regions: what the blocks allow.
+    return max(total, size - allocated)
+
+
+def hash_file(host: bytes, algorithm: str, expected_size, prefix, drop_cache: bool, stopped, buffer) -> tuple:
+    """Hash the regular file at `host`: (digest or None, stat, holes, anomaly, cache drop failed).
+
+    The digest is None when the size differs from `expected_size` (nothing to learn by reading), or
+    when the file is an anomaly of its own (`SPARSE`: more than SPARSE_LIMIT of holes where no size
+    was expected; `ABSURD_SIZE`: larger than its whole filesystem). `prefix` is hashed before the
+    content: bytes in which `%d` stands for the size, or a callable given the size. `stopped()` is
+    asked between blocks: True ends the read with OSError(EINTR). Raises NotRegularFile or OSError
+    for what cannot be read.
+    """
+    fd = open_noatime(host)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(host, st.st_mode)
+        drop_failed = False
+        if drop_cache:
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except (AttributeError, OSError):
+                drop_failed = True
+        size = st.st_size
+        if expected_size is not None and size != expected_size:
+            return None, st, 0, None, drop_failed
+        empty = holes(fd, st)
+        if empty:
+            os.lseek(fd, 0, os.SEEK_SET)
+        if empty and _larger_than_filesystem(fd, size):
+            return None, st, empty, ABSURD_SIZE, drop_failed
+        if empty > SPARSE_LIMIT and expected_size is None:
+            return None, st, empty, SPARSE, drop_failed
+        import hashlib  # here: an audit that hashes nothing does not load OpenSSL
+
+        digest = hashlib.new(algorithm)
+        if prefix is not None:
+            if callable(prefix):
+                digest.update(prefix(size))
+            else:
+                digest.update(prefix % size if b"%d" in prefix else prefix)
+        view = memoryview(buffer)
+        remaining = size
+        while remaining:
+            if stopped():
+                raise OSError(errno.EINTR, "stopped", host)
+            count = os.readv(fd, [view[: min(remaining, len(view))]])
+            if not count:
+                break  # the file shrank while it was read: what was read is what it holds
+            digest.update(view[:count])
+            remaining -= count
+        return digest.hexdigest(), st, empty, None, drop_failed
+    finally:
+        os.close(fd)
+
+
+def _larger_than_filesystem(fd: int, size: int) -> bool:
+    try:
+        fs = os.fstatvfs(fd)
+    except OSError:
+        return False
+    return fs.f_blocks > 0 and size > fs.f_blocks * fs.f_frsize
+
+
+def list_directory(host: bytes, with_stat: bool) -> list:
+    """[(name, type, lstat or OSError or None)] of the directory at `host`, which is opened with
+    O_NOATIME so that listing it does not change its access time. `type` is S_IFDIR, S_IFREG,
+    S_IFLNK or 0 (anything else), from the directory itself where the filesystem says (no lstat).
+    With `with_stat`, every entry is lstat'ed here, through the open directory: on a cold disk the
+    stats are the slow part, and they run wherever the listing runs (a reader thread)."""
+    fd = open_noatime(host, DIRECTORY_FLAGS)
+    try:
+        listing = []
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                listing.append(
+                    (os.fsencode(entry.name), _entry_type(entry), _lstat(entry) if with_stat else None)
+                )
+        return listing
+    finally:
+        os.close(fd)
+
+
+_TYPES = (stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK)
+
+
+def _entry_type(entry: os.DirEntry) -> int:
+    try:
+        if entry.is_symlink():
+            return stat.S_IFLNK
+        if entry.is_dir(follow_symlinks=False):
+            return stat.S_IFDIR
+        if entry.is_file(follow_symlinks=False):
+            return stat.S_IFREG
+    except OSError:
+        pass
+    return 0
+
+
+def _lstat(entry: os.DirEntry):
+    try:
+        return entry.stat(follow_symlinks=False)
+    except OSError as error:
+        return error
+
+
+def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
+    """(entries, records) of the directory at `host`, opened with O_NOATIME, every entry lstat'ed
+    through the open directory. `records` are (name, type, stat fields or errno) of the entries a
+    walk must look at: every subdirectory, every entry whose mtime or ctime lies in [start, end),
+    every entry that could not be examined, or, with `full`, all of them; `entries` counts all."""
+    fd = open_noatime(host, DIRECTORY_FLAGS)
+    try:
+        records = []
+        entries = 0
+        with os.scandir(fd) as scan:
+            for entry in scan:
+                entries += 1
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as error:
+                    records.append((os.fsencode(entry.name), _entry_type(entry), error.errno or errno.EIO))
+                    continue
+                kind = stat.S_IFMT(st.st_mode)
+                if full or kind == stat.S_IFDIR or start <= st.st_mtime < end or start <= st.st_ctime < end:
+                    records.append((os.fsencode(entry.name), kind if kind in _TYPES else 0, stat_fields(st)))
+        return entries, records
+    finally:
+        os.close(fd)
+
+
+# -- the worker process ------------------------------------------------------------------------------
+#
+# Messages both ways are frames: 4 bytes of little-endian length, then a marshal'ed tuple (the peer is
+# our own process: nothing from the audited system is ever unmarshal'ed). To the worker:
+#   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix), ...])
+#       how: 0 = resolve `path` inside `root` without following its last component, 1 = following
+#       it, 2 = `path` is already a host path
+#   ("scan", epoch, (start, end), [(seq, host directory, full), ...])
+#   ("cancel", epoch)
+# From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
+#   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
+#       for a file that is not regular,
+#   for "scan": (seq, 0, entries, records),
+#   for both: (seq, errno, strerror) for an OSError, (seq, -2, text) for a bug.
+
+STAT_FIELDS = (
+    "st_mode",
+    "st_ino",
+    "st_dev",
+    "st_nlink",
+    "st_uid",
+    "st_gid",
+    "st_size",
+    "st_atime_ns",
+    "st_mtime_ns",
+    "st_ctime_ns",
+    "st_blksize",
+    "st_blocks",
+    "st_rdev",
+)
+OK, NOT_REGULAR, BUG = 0, -1, -2
+RESOLVE, FOLLOW, HOST = 0, 1, 2
+
+
+def stat_fields(st: os.stat_result) -> tuple:
+    return tuple(getattr(st, name) for name in STAT_FIELDS)
+
+
+def stat_result(fields) -> os.stat_result:
+    """An os.stat_result from `stat_fields()` (how a stat crosses from a worker process)."""
+    mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = fields
+    # The float times exactly as os.stat computes them (seconds + nanoseconds * 1e-9).
+    return os.stat_result(
+        (mode, ino, dev, nlink, uid, gid, size, atime // 10**9, mtime // 10**9, ctime // 10**9),
+        {
+            "st_atime": atime // 10**9 + atime % 10**9 * 1e-9,
+            "st_mtime": mtime // 10**9 + mtime % 10**9 * 1e-9,
+            "st_ctime": ctime // 10**9 + ctime % 10**9 * 1e-9,
+            "st_atime_ns": atime,
+            "st_mtime_ns": mtime,
+            "st_ctime_ns": ctime,
+            "st_blksize": blksize,
+            "st_blocks": blocks,
+            "st_rdev": rdev,
+        },
+    )
+
+
+class Jobs:
+    """Runs the jobs of the messages; one instance per reader thread (its own read buffer and
+    resolvers). `run` never raises: every outcome is a reply tuple."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.resolvers: dict = {}
+
+    def run(self, kind: str, header: tuple, job: tuple, stopped) -> tuple:
+        try:
+            if kind == "hash":
+                return self.hash(job, *header, stopped)
+            seq, host, full = job
+            return (seq, OK, *scan_directory(host, header[0], header[1], full))
+        except NotRegularFile as error:
+            return (job[0], NOT_REGULAR, error.mode)
+        except OSError as error:
+            return (job[0], error.errno or errno.EIO, error.strerror or str(error))
+        except Exception as error:  # an unknown algorithm, a bug: the engine raises it in the caller
+            return (job[0], BUG, f"{type(error).__name__}: {error}")
+
+    def hash(self, job: tuple, root: bytes, drop_cache: bool, stopped) -> tuple:
+        seq, path, how, algorithm, expected_size, prefix = job
+        if how == HOST:
+            host = path
+        else:
+            resolver = self.resolvers.get(root)
+            if resolver is None:
+                resolver = self.resolvers[root] = Resolver(root)
+            host = resolver.resolve(path, follow=how == FOLLOW)
+        expected = None if expected_size < 0 else expected_size
+        if not self.buffer:
+            self.buffer = bytearray(BLOCK_SIZE)
+        digest, st, empty, anomaly, drop_failed = hash_file(
+            host, algorithm, expected, prefix, drop_cache, stopped, self.buffer
+        )
+        return (seq, OK, digest, stat_fields(st), empty, anomaly, drop_failed)
+
+
+def write_frame(fd: int, message) -> None:
+    payload = marshal.dumps(message)
+    data = memoryview(len(payload).to_bytes(4, "little") + payload)
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def read_frame(stream):
+    """The next message from a binary stream, or None at its end."""
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    size = int.from_bytes(header, "little")
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return marshal.loads(payload)
+
+
+def _die_with_the_parent() -> None:
+    """Ask the kernel to kill this worker when the process that started it dies (belt and braces:
+    end-of-file on stdin ends it too, once its current read returns)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main() -> None:
+    """A worker process: `threads` reader threads run the jobs that arrive on stdin, and the replies
+    leave on stdout in batches. End-of-file on stdin (the engine is done, or its process died) ends
+    the worker at once, whatever its threads are reading."""
+    import queue
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    parent = os.getppid()
+    _die_with_the_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+    threads = int(sys.argv[1])
+    stdin = sys.stdin.buffer
+    out = sys.stdout.fileno()
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    cancelled: set = set()
+    replies: list = []
+    lock = threading.Lock()
+    flushing = [False]
+
+    def send(epoch, reply) -> None:
+        # Replies leave together: when no job is left waiting (the engine is waiting for them) or
+        # when 32 have gathered. The thread that finds nobody writing writes what has gathered,
+        # its own reply and those that others add meanwhile; no thread waits for another.
+        with lock:
+            replies.append((epoch, reply))
+            if flushing[0] or (len(replies) < 32 and not work.empty()):
+                return
+            flushing[0] = True
+        while True:
+            with lock:
+                batch = replies[:]
+                del replies[:]
+                if not batch:
+                    flushing[0] = False
+                    return
+            by_epoch: dict = {}
+            for epoch, reply in batch:
+                by_epoch.setdefault(epoch, []).append(reply)
+            for epoch, chunk in by_epoch.items():
+                write_frame(out, ("done", epoch, chunk))
+
+    def reader() -> None:
+        jobs = Jobs()
+        while True:
+            epoch, kind, header, job = work.get()
+            if epoch in cancelled:
+                continue
+            stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
+            send(epoch, jobs.run(kind, header, job, stopped))
+
+    for _ in range(threads):
+        threading.Thread(target=reader, daemon=True).start()
+    write_frame(out, ("ready", os.getpid()))
+    while True:
+        message = read_frame(stdin)
+        if message is None:
+            os._exit(0)
+        if message[0] == "cancel":
+            cancelled.add(message[1])
+            continue
+        kind, epoch, header, batch = message
+        for job in batch:
+            work.put((epoch, kind, header, job))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The reading engine: the same results at any --jobs and --io-depth, in request order; worker
+processes that start from source, die with their parent and hand over to threads when they cannot
+start or die; flat memory; sparse and absurd files reported without being read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from fixtures.corrupt import replace_with_fifo
+from fsaudit import workers
+from fsaudit.checker import Context
+from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files
+from fsaudit.reader import SPARSE_LIMIT, NotRegularFile
+from fsaudit.target import Target
+from tests.conftest import REPO
+
+SETTINGS = [(1, 1), (1, 32), (2, 1), (2, 32), (3, 7)]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """Every kind of outcome: small, empty, multi-block and sparse files, a FIFO, a symlink, a
+    directory, a name that is not UTF-8, a missing file, a size that differs."""
+    root = tmp_path / "root"
+    (root / "d" / "sub").mkdir(parents=True)
+    for number in range(300):
+        (root / "d" / f"f{number:03d}").write_bytes(os.urandom(number * 37))
+    (root / "d" / "empty").write_bytes(b"")
+    (root / "d" / "big").write_bytes(os.urandom(3 * (1 << 20) + 12345))
+    with open(root / "d" / "holes", "wb") as handle:
+        handle.write(b"start")
+        handle.truncate(8 << 20)
+    os.symlink("f001", root / "d" / "link")
+    (root / "d" / "pipe").write_text("")
+    replace_with_fifo(root / "d" / "pipe")
+    with open(os.fsencode(root / "d") + b"/caf\xe9", "wb") as handle:
+        handle.write(b"latin-1 name")
+    return root
+
+
+def _requests(root):
+    names = [f"f{n:03d}" for n in range(300)] + ["empty", "big", "holes", "link", "pipe", "sub", "gone"]
+    requests = [HashRequest(b"/d/" + name.encode(), "md5", follow=False, key=name) for name in names]
+    requests.append(HashRequest(b"/d/caf\xe9", "sha256", follow=False))
+    requests.append(HashRequest(b"/d/big", "sha256", expected_size=5, follow=False))
+    requests.append(HashRequest(b"/d/f005", "sha1", prefix=b"blob %d\0", follow=False))
+    requests.append(HashRequest(b"/d/f006", "sha1", prefix=lambda size: b"blob %d\0" % size, follow=False))
+    requests.append(HashRequest(b"/d/link", "md5", follow=True))
+    return requests
+
+
+def _outcome(result):
+    error = result.error
+    return (
+        result.request.path,
+        result.digest,
+        result.size,
+        result.holes,
+        result.anomaly,
+        type(error).__name__ if error else None,
+        getattr(error, "errno", None),
+    )
+
+
+@pytest.mark.parametrize("jobs,depth", SETTINGS)
+def test_every_setting_gives_the_same_results_in_request_order(tree, jobs, depth):
+    target = Target(tree)
+    requests = _requests(tree)
+    stats = {}
+    results = list(hash_files(target, iter(requests), Context(jobs=jobs, io_depth=depth), stats))
+    assert [r.request for r in results] == requests
+    reference = [_outcome(r) for r in hash_files(target, requests, Context(jobs=1, io_depth=1))]
+    assert [_outcome(r) for r in results] == reference
+    by_name = {r.request.key: r for r in results if r.request.key}
+    data = (tree / "d" / "f100").read_bytes()
+    assert by_name["f100"].digest == hashlib.md5(data).hexdigest()
+    assert by_name["big"].digest == hashlib.md5((tree / "d" / "big").read_bytes()).hexdigest()
+    assert by_name["empty"].digest == hashlib.md5(b"").hexdigest()
+    assert isinstance(by_name["pipe"].error, NotRegularFile) and by_name["pipe"].error.kind == "FIFO"
+    assert isinstance(by_name["sub"].error, NotRegularFile) and by_name["sub"].error.kind == "directory"
+    assert isinstance(by_name["gone"].error, FileNotFoundError)
+    assert by_name["link"].error.errno == 40  # ELOOP: a final symlink is not followed
+    assert by_name["holes"].holes >= (8 << 20) - 8192 and by_name["holes"].digest is not None
+    blob = (tree / "d" / "f005").read_bytes()
+    git_digest = hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest()
+    assert results[-3].digest == git_digest
+    assert (
+        results[-2].digest
+        == hashlib.sha1(b"blob %d\0" % 222 + (tree / "d" / "f006").read_bytes()).hexdigest()
+    )
+    assert results[-4].digest is None and results[-4].size_differs
+    assert results[-1].digest == hashlib.md5((tree / "d" / "f001").read_bytes()).hexdigest()
+    assert results[0].st.st_size == 0 and results[0].mtime == os.stat(tree / "d" / "f000").st_mtime
+    expected = "worker processes" if jobs > 1 else "threads of one process (--jobs 1)"
+    assert expected in stats["reading"] and f"{depth} reads in flight" in stats["reading"]
+
+
+def test_a_file_is_read_no_further_than_its_size_at_open():
+    # /proc files say they hold 0 bytes and then return more: the engine reads what the size said.
+    result = hash_one(Target("/"), HashRequest(b"/proc/self/status", "md5", follow=False))
+    assert result.size == 0 and result.digest == hashlib.md5(b"").hexdigest()
+
+
+def test_sparse_and_absurd_files_are_reported_and_not_read(tmp_path):
+    sparse, absurd = tmp_path / "sparse", tmp_path / "absurd"
+    with open(sparse, "wb") as handle:
+        handle.truncate(SPARSE_LIMIT * 4)
+    fs = os.statvfs(tmp_path)
+    with open(absurd, "wb") as handle:
+        handle.truncate(fs.f_blocks * fs.f_frsize + (1 << 30))
+    target = Target(tmp_path)
+    requests = [HashRequest(b"/sparse", "md5"), HashRequest(b"/absurd", "md5")]
+    sized = HashRequest(b"/sparse", "md5", expected_size=SPARSE_LIMIT * 4)
+    results = list(hash_files(target, requests + [sized], Context(jobs=2)))
+    assert results[0].anomaly == SPARSE and results[0].digest is None
+    assert results[0].holes == SPARSE_LIMIT * 4
+    assert results[1].anomaly == ABSURD_SIZE and results[1].digest is None
+    # Where a size is expected and matches, holes are content like any other: hashed.
+    assert results[2].anomaly is None and results[2].holes == SPARSE_LIMIT * 4
+    assert results[2].digest == hashlib.md5(b"\0" * (SPARSE_LIMIT * 4)).hexdigest()
+
+
+def test_reading_does_not_change_atimes_in_worker_processes(tree):
+    path = tree / "d" / "f010"
+    os.utime(path, (1_000_000, 2_000_000))  # atime before mtime: relatime would update it
+    list(hash_files(Target(tree), [HashRequest(b"/d/f010", "md5")], Context(jobs=2)))
+    assert os.stat(path).st_atime == 1_000_000
+
+
+def test_memory_stays_flat_over_many_files(tmp_path):
+    """30,000 files hashed through a generator by a child process: its peak RSS stays small."""
+    for directory in range(30):
+        (tmp_path / f"d{directory}").mkdir()
+        for number in range(1000):
+            (tmp_path / f"d{directory}" / f"f{number}").write_bytes(b"%d" % number)
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from fsaudit.checker import Context
+        from fsaudit.hashing import HashRequest, hash_files
+        from fsaudit.target import Target
+        paths = (b"/d%d/f%d" % (d, n) for d in range(30) for n in range(1000))
+        requests = (HashRequest(path, "md5", follow=False) for path in paths)
+        results = hash_files(Target({str(tmp_path)!r}), requests, Context(jobs=2))
+        count = sum(1 for r in results if r.digest)
+        # VmHWM, not ru_maxrss: after fork and exec, ru_maxrss still counts the parent's (pytest's) pages.
+        peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        print(count, peak.split()[1])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
+    count, peak_kib = map(int, out.stdout.split())
+    assert count == 30_000
+    assert peak_kib < 64 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+def _worker_pids(parent: int) -> list:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"fsaudit-reader" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def _gone(pids, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_workers_start_for_many_files_only_are_reused_and_end_with_shutdown(tree):
+    target = Target(tree)
+    workers.shutdown()
+    stats = {}
+    list(hash_files(target, _requests(tree)[:20], Context(jobs=2), stats))
+    assert _worker_pids(os.getpid()) == [] and stats["reading"].startswith("threads of one process (only 20")
+    list(hash_files(target, _requests(tree), Context(jobs=2), stats))
+    first = _worker_pids(os.getpid())
+    assert len(first) == 2 and stats["reading"].startswith("2 worker processes")
+    list(hash_files(target, _requests(tree)[:20], Context(jobs=2), stats))
+    assert stats["reading"].startswith("2 worker processes")  # running workers are used at once
+    list(hash_files(target, _requests(tree), Context(jobs=2)))
+    assert _worker_pids(os.getpid()) == first  # one pool for the whole audit
+    workers.shutdown()
+    assert _gone(first) and _worker_pids(os.getpid()) == []
+
+
+def test_workers_die_with_a_parent_that_is_killed(tree):
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from fsaudit.checker import Context
+        from fsaudit.hashing import HashRequest, hash_files
+        from fsaudit.target import Target
+        requests = [HashRequest(b"/d/f%03d" % n, "md5") for n in range(300)]
+        list(hash_files(Target({str(tree)!r}), requests, Context(jobs=2)))
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        pids = _worker_pids(child.pid)
+        assert len(pids) == 2
+        child.kill()
+        child.wait()
+        assert _gone(pids)
+    finally:
+        child.kill()
+
+
+def test_a_worker_that_dies_hands_its_files_to_threads(tree):
+    target = Target(tree)
+    requests = _requests(tree)
+    reference = [_outcome(r) for r in hash_files(target, requests, Context(jobs=1))]
+    workers.shutdown()
+    workers.Workers.failure = ""
+    list(hash_files(target, requests, Context(jobs=2, io_depth=2)))  # starts the workers
+    stats = {}
+    results = hash_files(target, iter(requests), Context(jobs=2, io_depth=2), stats)
+    outcomes = [_outcome(next(results))]
+    for pid in _worker_pids(os.getpid()):
+        os.kill(pid, signal.SIGKILL)
+    outcomes.extend(_outcome(r) for r in results)
+    assert outcomes == reference
+    assert "a worker process ended unexpectedly" in stats["reading"]
+    workers.Workers.failure = ""  # the next tests may start workers again
+
+
+def test_without_worker_processes_the_same_reads_run_on_threads(tree):
+    """A Python that cannot start another interpreter (no sys.executable, as when embedded): threads,
+    and the stats say why."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.executable = ""
+        from fsaudit.checker import Context
+        from fsaudit.hashing import HashRequest, hash_files
+        from fsaudit.target import Target
+        stats = {{}}
+        requests = [HashRequest(b"/d/f%03d" % n, "md5") for n in range(300)]
+        results = list(hash_files(Target({str(tree)!r}), requests, Context(jobs=2), stats))
+        print(results[10].digest)
+        print(stats["reading"])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
+    digest, reading = out.stdout.splitlines()
+    assert digest == hashlib.md5((tree / "d" / "f010").read_bytes()).hexdigest()
+    assert reading.startswith("threads of one process (worker processes could not start")
+
+
+def test_an_interrupted_call_leaves_no_work_behind(tree):
+    target = Target(tree)
+    results = hash_files(target, iter(_requests(tree)), Context(jobs=2, io_depth=4))
+    next(results)
+    results.close()  # the caller stops early (an exception, Ctrl-C)
+    assert [_outcome(r) for r in hash_files(target, _requests(tree), Context(jobs=2, io_depth=4))] == [
+        _outcome(r) for r in hash_files(target, _requests(tree), Context(jobs=1))
+    ]
+
+
+def test_read_files_runs_a_checker_s_own_reading_in_order_and_stops_with_its_caller():
+    started = []
+
+    def read(number):
+        started.append(number)
+        time.sleep(0.001 * (number % 5))  # finishing out of order
+        if number == 150:
+            raise ValueError("a bug in the reading code")
+        return number * 2
+
+    results = read_files(range(100), read, Context(io_depth=8))
+    assert list(results) == [n * 2 for n in range(100)]
+    failing = read_files(range(200), read, Context(io_depth=8))
+    with pytest.raises(ValueError):
+        list(failing)
+    started.clear()
+    stopped = read_files(range(10_000), read, Context(io_depth=4))
+    next(stopped)
+    stopped.close()
+    time.sleep(0.2)
+    assert len(started) < 50  # what was not started when the caller stopped is not read
