@@ -133,17 +133,8 @@ class PipChecker(Checker):
             for directory, entries in target.walk(
                 top, prune=prune, onerror=lambda path, error: None, max_depth=SEARCH_DEPTH
             ):
-                if not any(e.name == b"pyvenv.cfg" for e in entries):
-                    continue
-                for lib in (b"lib", b"lib64"):
-                    try:
-                        versions = target.listdir(directory + b"/" + lib)
-                    except OSError:
-                        continue
-                    for version in sorted(versions):
-                        site = directory + b"/" + lib + b"/" + version + b"/site-packages"
-                        if version.startswith(b"python") and target.exists(site, follow=True):
-                            yield directory, site
+                if any(e.name == b"pyvenv.cfg" for e in entries):
+                    yield from _venv_sites(target, directory)
 
     def _distributions(self, target: Target, environment: bytes, site: bytes, system: bool) -> Iterator:
         try:
@@ -267,3 +258,16 @@ def _rebuild_advice(path: bytes) -> str:
     if path.endswith(b".pyc") and b"/__pycache__/" in path:
         return "delete this cached bytecode file; Python rebuilds it from the source"
     return ""
+
+
+def _venv_sites(target: Target, directory: bytes) -> Iterator[Tuple[bytes, bytes]]:
+    """(the environment, each site-packages) of the virtualenv at `directory`."""
+    for lib in (b"lib", b"lib64"):
+        try:
+            versions = target.listdir(directory + b"/" + lib)
+        except OSError:
+            continue
+        for version in sorted(versions):
+            site = directory + b"/" + lib + b"/" + version + b"/site-packages"
+            if version.startswith(b"python") and target.exists(site, follow=True):
+                yield directory, site

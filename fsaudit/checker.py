@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Sequence, Set, Tuple, Union
+from datetime import tzinfo
+from typing import Any, Callable, Dict, Iterable, Iterator, Sequence, Set, Tuple, Union
 
 from fsaudit.model import Finding, Severity
+from fsaudit.problems import Count, Incomplete, Problem, Stat
 from fsaudit.progress import Progress
 from fsaudit.window import Window
 
@@ -41,7 +43,9 @@ class Option:
     `kind` is str, int, float or bool. `multiple` options collect a list: repeated `--set`, a TOML
     array, or a comma-separated value, unless `split` is False: DNs, URLs and connection strings
     hold commas of their own (`dc=example,dc=org`, `host=a,b`), so their options take one value per
-    `--set` or array item, never split.
+    `--set` or array item, never split. `flag` (of a checker marked `self_check`): `fsaudit self-check`
+    offers the option as `--FLAG FILE`, a file that must exist (e.g. the baseline's `file` as
+    `--baseline`), so the core names no checker's option.
     """
 
     name: str
@@ -51,6 +55,7 @@ class Option:
     multiple: bool = False
     choices: Tuple[str, ...] = ()
     split: bool = True
+    flag: str = ""
 
     def parse_one(self, raw: Any) -> Any:
         if isinstance(raw, (list, tuple, dict)):
@@ -92,19 +97,25 @@ class Settings(dict):
 
 @dataclass
 class Context:
-    """What the audit as a whole tells each checker: the window, parallelism, progress."""
+    """What the audit as a whole tells each checker, worked out once by the CLI (fsaudit.settings): the
+    audited system's time zone, the window placed in it, parallelism, progress; and the paths the
+    checkers verified."""
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     # Reads in flight, set by the disk (network storage: deep), not by the cores (`--io-depth`).
     io_depth: int = 32
     window: Window | None = None
+    # The audited system's local time zone (its own /etc/localtime); None: not known (UTC is used).
+    timezone: tzinfo | None = None
     progress: Progress = field(default_factory=Progress)
-    # Results of the checkers that already ran, by name.
-    results: Dict[str, Any] = field(default_factory=dict)
     # Paths (bytes, inside the target) that a checker verified against an independent expectation
     # (a package manifest, a RECORD file, a baseline), so `window` can say which at-risk files no
     # checker could verify.
     verified: Set[bytes] = field(default_factory=set)
+
+    def __post_init__(self):
+        self.jobs = max(1, int(self.jobs))
+        self.io_depth = max(1, int(self.io_depth))
 
 
 class Checker:
@@ -127,6 +138,12 @@ class Checker:
       finds (loaded only by `fsaudit repair`), or "" when nothing can be restored automatically.
     - `present()`: whether what it checks is on this system at all, even when it cannot be checked
       here; that tells "nothing of this kind here" (skipped) from "not checked" (unknown).
+    - How it reports: `run()` yields Findings (`self.finding`); helper modules return or yield plain
+      problems (fsaudit.problems), which `self.report(items)` turns into Findings and stats.
+    - `cap`: findings listed per group at most (0: all); the runner counts the rest, and the report
+      says how many of each group were not listed (`CheckResult.not_listed`). A group is the
+      finding fields named in `cap_by` (code and severity; add "path" for per-file caps, "subject"
+      for per-subject ones). A checker whose cap is an option sets `self.cap` from its settings.
     """
 
     name: str = ""
@@ -139,6 +156,8 @@ class Checker:
     covers: str = ""
     category: str = ""
     repairer: str = ""
+    cap: int = 0
+    cap_by: Tuple[str, ...] = ("code", "severity")
 
     def __init__(self, options: Dict[str, Any] | None = None, context: Context | None = None):
         """`options`: the `Settings` the CLI validated, or raw values (then validated here)."""
@@ -214,6 +233,29 @@ class Checker:
             details=dict(details or {}),
             advice=advice,
         )
+
+    def report(self, items: Iterable[Any]) -> Iterator[Finding]:
+        """The Findings of what a helper found: its Problems become Findings of this checker, its
+        Counts, Stats and Incompletes go to the check's stats and reasons (fsaudit.problems)."""
+        for item in items:
+            if isinstance(item, Problem):
+                yield self.finding(
+                    item.code,
+                    item.severity,
+                    item.message,
+                    path=item.path,
+                    subject=item.subject,
+                    details=item.details,
+                    advice=item.advice or "",
+                )
+            elif isinstance(item, Count):
+                self.count(item.key, item.amount)
+            elif isinstance(item, Stat):
+                self.stats[item.key] = item.value
+            elif isinstance(item, Incomplete):
+                self.incomplete(item.reason)
+            else:
+                raise TypeError(f"{self.name}: a helper reported {type(item).__name__}, not a problem")
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add to one of the counters reported in the check's `stats`."""

@@ -15,7 +15,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
 DEFAULT_CONFIG = "/etc/fsaudit/fsaudit.toml"
-AUDIT_KEYS = {"window", "check", "skip", "jobs", "drop_cache"}
+AUDIT_KEYS = {"window", "check", "skip", "jobs", "io_depth", "drop_cache"}
 
 # checker name -> option name -> the raw values given, in order
 RawOptions = Dict[str, Dict[str, List[Any]]]

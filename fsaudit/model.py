@@ -73,12 +73,20 @@ def display_path(path: Union[str, bytes]) -> tuple[str, str | None]:
         return raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode("ascii")
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
 def _clean(value: Any) -> Any:
     """Make `value` JSON-safe: bytes and undecodable text become escaped text."""
+    if isinstance(value, str):
+        # Most text is ASCII, which needs nothing (a finding per line of a huge log is made often).
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, bytes):
         return display_path(value)[0]
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
@@ -140,6 +148,44 @@ class Finding:
 
 
 @dataclass
+class NotListed:
+    """Findings of one group that the check made but the report does not list: past the check's cap
+    (`Checker.cap`), the runner counts them instead. The group is the fields the checker caps by
+    (`Checker.cap_by`); those it does not group by are None."""
+
+    code: str
+    severity: Severity
+    count: int
+    path: str | None = None
+    subject: str | None = None
+    last: str = ""  # the message of the last one not listed (when, what)
+
+    def __post_init__(self):
+        self.severity = Severity(self.severity)
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "count": self.count,
+            "path": self.path,
+            "subject": self.subject,
+            "last": self.last,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NotListed:
+        return cls(
+            code=data["code"],
+            severity=Severity(data["severity"]),
+            count=int(data["count"]),
+            path=data.get("path"),
+            subject=data.get("subject"),
+            last=data.get("last") or "",
+        )
+
+
+@dataclass
 class CheckResult:
     """What one checker did: its status, why, how long, its counters and its findings."""
 
@@ -154,6 +200,8 @@ class CheckResult:
     # what it covers in a customer's words, and its category in the fleet view.
     covers: str = ""
     category: str = ""
+    # Groups of findings past the checker's cap: counted, not listed.
+    not_listed: List[NotListed] = field(default_factory=list)
     # Findings per (severity, code) when the list was cut while loading (not part of the JSON):
     # renderers say "N more" from it.
     group_counts: Dict[Tuple[str, str], int] = field(default_factory=dict, compare=False, repr=False)
@@ -169,7 +217,13 @@ class CheckResult:
         result = {s.value: 0 for s in Severity}
         for finding in self.findings:
             result[finding.severity.value] += 1
+        for group in self.not_listed:
+            result[group.severity.value] += group.count
         return result
+
+    def unlisted(self, severity: Severity, code: str) -> List[NotListed]:
+        """The groups of (severity, code) the check counted but did not list."""
+        return [g for g in self.not_listed if g.code == code and g.severity is Severity(severity)]
 
     def to_dict(self) -> dict:
         return {
@@ -181,6 +235,7 @@ class CheckResult:
             "truncated": self.truncated,
             "covers": self.covers,
             "category": self.category,
+            "not_listed": [group.to_dict() for group in self.not_listed],
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -196,6 +251,7 @@ class CheckResult:
             findings=[Finding.from_dict(f) for f in data.get("findings") or []],
             covers=data.get("covers") or "",
             category=data.get("category") or "",
+            not_listed=[NotListed.from_dict(g) for g in data.get("not_listed") or []],
         )
 
 

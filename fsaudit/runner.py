@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Tuple
 
 from fsaudit import __version__
 from fsaudit.checker import Checker, Context, Skip
-from fsaudit.model import NOTHING_FOUND, CheckResult, Report, Severity, Status
+from fsaudit.model import NOTHING_FOUND, CheckResult, Finding, NotListed, Report, Severity, Status
 from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 from fsaudit.registry import Entry
 from fsaudit.target import Target
+from fsaudit.window import target_timezone
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +80,38 @@ def install_hint(checker: type, module: str) -> str:
     return f"needs the Python module {module}: pip install {extra}"
 
 
+class Listing:
+    """The cap a checker declares (`cap`, `cap_by`): the first `cap` findings of each group are
+    listed, the rest only counted, with the message of the last one kept for the report."""
+
+    def __init__(self, cap: int, fields: Tuple[str, ...]):
+        self.cap = max(0, int(cap or 0))
+        self.fields = tuple(fields)
+        self.seen: Dict[tuple, int] = {}
+        self.unlisted: Dict[tuple, NotListed] = {}
+
+    def admit(self, finding: Finding) -> bool:
+        """Whether `finding` is listed; when not, it is counted in its group."""
+        if not self.cap:
+            return True
+        key = tuple(getattr(finding, name) for name in self.fields)
+        seen = self.seen.get(key, 0) + 1
+        self.seen[key] = seen
+        if seen <= self.cap:
+            return True
+        group = self.unlisted.get(key)
+        if group is None:
+            group = self.unlisted[key] = NotListed(finding.code, finding.severity, 0)
+            group.path = finding.path if "path" in self.fields else None
+            group.subject = finding.subject if "subject" in self.fields else None
+        group.count += 1
+        group.last = finding.message
+        return False
+
+    def not_listed(self) -> List[NotListed]:
+        return list(self.unlisted.values())
+
+
 def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS) -> CheckResult:
     """Run one checker to the end, whatever it does: a crash becomes status `unknown`."""
     result = CheckResult(
@@ -87,6 +120,7 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
     started = time.monotonic()
     drops_before = target.cache_drop_failures
     by_severity = {s.value: 0 for s in Severity}
+    listing = Listing(checker.cap, checker.cap_by)
     interrupted = False
     try:
         module = missing_module(type(checker))
@@ -96,6 +130,8 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
             raise Skip("does not apply to this system")
         for finding in checker.run(target):
             by_severity[finding.severity.value] += 1
+            if not listing.admit(finding):
+                continue
             if len(result.findings) < max_findings:
                 result.findings.append(finding)
             else:
@@ -125,6 +161,7 @@ def run_check(checker: Checker, target: Target, max_findings: int = MAX_FINDINGS
             result.reason = NOTHING_FOUND
     result.seconds = time.monotonic() - started
     result.stats = dict(checker.stats)
+    result.not_listed = listing.not_listed()
     if result.truncated:
         result.stats["findings_by_severity"] = by_severity
     if target.cache_drop_failures > drops_before:
@@ -182,6 +219,8 @@ def run_audit(
     user interrupted it (the checks not reached are then `unknown`)."""
     context = context or Context()
     context.progress = GuardedProgress.around(context.progress)
+    if context.timezone is None:  # a caller without fsaudit.settings (a library, a test)
+        context.timezone = target_timezone(target)
     report = Report(
         host=host_info(target),
         root=target.root_text,
@@ -210,7 +249,6 @@ def run_audit(
             interrupted = True
         finally:
             context.progress.stop()
-        context.results[entry.name] = result
         report.checks.append(result)
     report.finished = _now()
     report.interrupted = interrupted

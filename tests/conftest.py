@@ -72,6 +72,16 @@ def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:
     return run
 
 
+def fsaudit_measured(*args, timeout: float = 300, env=None) -> tuple:
+    """(Run, Cost) of `python -m fsaudit ARGS`: its outcome, wall time and its own peak memory."""
+    from fixtures.measured import run_measured
+
+    completed, cost = run_measured([sys.executable, "-m", "fsaudit", *args], timeout=timeout, env=env)
+    run = Run(completed)
+    _validate_json_output([str(a) for a in args], run, None)
+    return run, cost
+
+
 def _validate_json_output(args: list, run: Run, cwd) -> None:
     """A JSON report the command wrote, to stdout or to --output, must follow the schema."""
     if "json" not in [b for a, b in zip(args, args[1:]) if a == "--format"]:
@@ -84,6 +94,17 @@ def _validate_json_output(args: list, run: Run, cwd) -> None:
     path = Path(cwd or ".", output)
     if path.is_file():
         assert_valid_report(json.loads(path.read_text(encoding="utf-8")))
+
+
+def require_module(name: str, install: str):
+    """The Python module the test needs; fail with the install hint when it is missing (a test tool
+    the suite needs is never a reason to skip: tests/run installs it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pytest.fail(f"the Python module {name} is missing: {install} (tests/run installs it)", pytrace=False)
 
 
 def require_program(name: str, package: str) -> str:

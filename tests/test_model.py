@@ -6,7 +6,7 @@ import json
 import jsonschema
 import pytest
 
-from fsaudit.model import CheckResult, Finding, Report, Severity, Status, worst
+from fsaudit.model import CheckResult, Finding, NotListed, Report, Severity, Status, worst
 from tests.conftest import REPO
 
 SCHEMA = json.loads((REPO / "fsaudit" / "schema" / "report.schema.json").read_text())
@@ -42,6 +42,7 @@ def _report() -> Report:
                     ),
                     Finding("debian", "missing", "critical", "file is missing", path=raw),
                 ],
+                not_listed=[NotListed("missing", Severity.CRITICAL, 7, path="/usr/bin/sed", last="gone")],
             ),
             CheckResult("window", Status.SKIPPED, reason="no window given"),
         ],
@@ -107,9 +108,10 @@ def test_a_report_from_before_uid_and_interruption_still_loads():
     for key in ("uid", "interrupted"):
         del data[key]
     for check in data["checks"]:
-        del check["covers"], check["category"]
+        del check["covers"], check["category"], check["not_listed"]
     report = Report.from_dict(data)
     assert report.uid is None and report.interrupted is False and report.checks[0].covers == ""
+    assert report.checks[0].not_listed == []
     jsonschema.validate(data, SCHEMA)
 
 
@@ -125,3 +127,11 @@ def test_one_ranking_sorts_statuses_and_severities_worst_first():
     assert [s.value for s in statuses] == ["critical", "unknown", "warning", "ok", "skipped"]
     severities = sorted(Severity, key=lambda s: -s.rank)
     assert [s.value for s in severities] == ["critical", "warning", "info"]
+
+
+def test_findings_counted_but_not_listed_count_in_the_totals():
+    check = _report().checks[0]
+    assert check.counts() == {"critical": 2 + 7, "warning": 0, "info": 0}
+    data = json.loads(_report().to_json())["checks"][0]["not_listed"]
+    assert data == [{"code": "missing", "severity": "critical", "count": 7, "path": "/usr/bin/sed",
+                     "subject": None, "last": "gone"}]  # fmt: skip

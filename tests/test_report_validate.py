@@ -64,7 +64,7 @@ def test_a_report_the_cli_writes_validates(tmp_path):
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     run = fsaudit("audit", "--root", root, "--format", "json", "--output", output)
-    assert run.code in (0, 1, 2, 3), run.stderr
+    assert run.code == 0, run.stderr  # nothing of any kind to check there: every check is skipped
     assert fsaudit("report", "--validate", output).code == 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import stat
 from typing import Iterator
 
-from fsaudit.baseline import BaselineDamaged, Entry, entry_kind, read_baseline
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, HashResult, hash_files
 from fsaudit.outcomes import (
@@ -18,6 +17,7 @@ from fsaudit.outcomes import (
     unverified_finding,
 )
 from fsaudit.target import Target
+from fsaudit_checks.baseline.format import BaselineDamaged, Entry, entry_kind, read_baseline
 
 RESTORE = "restore this file from backup (it changed without any write that the filesystem recorded)"
 
@@ -29,7 +29,13 @@ class BaselineChecker(Checker):
     covers = "files compared with the baseline"
     category = "applications"
     self_check = True
-    options = (Option("file", "The baseline file made by `fsaudit baseline create` (on this machine)"),)
+    options = (
+        Option(
+            "file",
+            "The baseline file made by `fsaudit baseline create` (on this machine)",
+            flag="--baseline",
+        ),
+    )
     codes = {
         "silent-change": "content or size changed while the modification time stayed the same: silent damage",
         "changed": "content changed along with a newer modification time: an ordinary update",

@@ -10,6 +10,7 @@ from typing import Iterator, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.outcomes import is_permission_denied, not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
+from fsaudit_checks.content.bytecode import source_of
 from fsaudit_checks.content.formats import (
     MAGIC_BYTES,
     Cut,
@@ -19,7 +20,6 @@ from fsaudit_checks.content.formats import (
     Problem,
     Unsupported,
     recognise,
-    source_of,
 )
 from fsaudit_checks.content.worker import WorkerPool
 
@@ -121,7 +121,7 @@ class ContentChecker(Checker):
 
     def run(self, target: Target) -> Iterator:
         self.deepest: Optional[bytes] = None
-        workers = max(1, self.context.jobs)
+        workers = self.context.jobs  # at least 1 (fsaudit.settings)
         limits = Limits(max_ratio=max(1, self.settings["max_ratio"]))
         pool = WorkerPool(workers, self.settings["max_memory_mb"] << 20, self.settings["timeout"], limits)
         pending: deque = deque()

@@ -13,10 +13,8 @@ from __future__ import annotations
 import ast
 import bz2
 import gzip
-import importlib.util
 import json
 import lzma
-import marshal
 import os
 import re
 import shutil
@@ -26,91 +24,31 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import types
 import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 from xml.parsers import expat
 
+from fsaudit_checks.content.bytecode import check_pyc
+from fsaudit_checks.content.job import CHUNK, Cut, Job, Limits, Problem, Unsupported, drain, read_parsable
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-CHUNK = 1 << 20
-PARSE_LIMIT = 64 << 20
+# The helpers' vocabulary is used through this module by the checker and its worker.
+__all__ = ["FORMATS", "Cut", "Format", "Job", "Limits", "Problem", "Unsupported", "recognise", "zero_blocks"]
+
 ZERO_BLOCK = 4096
-
-
-@dataclass
-class Problem:
-    """What is wrong with a file: a finding code of the `content` checker and words for it."""
-
-    code: str  # checksum-mismatch, structure-damaged, zero-blocks, parse-error, bytecode-mismatch
-    message: str
-    path: Optional[bytes] = None  # the file the finding is about, when not the one checked
-
-
-class Unsupported(Exception):
-    """The format is known but cannot be checked on this machine (a module or program is missing)."""
-
-
-class Cut(Exception):
-    """A bound stopped the check before the file's end: what was read is sound, the rest unknown."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How far a check may go: decompressed bytes at most `max_ratio` times the compressed size
-    (never less than `floor`, never more than `max_decompressed`)."""
-
-    max_ratio: int = 1000
-    max_decompressed: int = 16 << 30
-    floor: int = 64 << 20
-
-    def decompressed_cap(self, compressed: int) -> int:
-        return min(self.max_decompressed, max(self.floor, compressed * self.max_ratio))
-
-
-@dataclass
-class Job:
-    """One file to check: its path (for messages), the bounds, and for a `.pyc` its source."""
-
-    path: bytes
-    limits: Limits = Limits()
-    source: Optional[object] = None  # an open file
-    source_path: Optional[bytes] = None
-
-
-def _drain(stream, job: Job, compressed: int, total: Optional[list] = None) -> None:
-    """Read a decompressing stream to its end, stopping at the job's cap (Cut)."""
-    cap = job.limits.decompressed_cap(compressed)
-    total = total if total is not None else [0]
-    while True:
-        block = stream.read(CHUNK)
-        if not block:
-            return
-        total[0] += len(block)
-        if total[0] > cap:
-            raise Cut(
-                f"decompressed data passed {_size(cap)} ({job.limits.max_ratio}:1 of its {_size(compressed)})"
-                " and was not read further: a decompression bomb, or data too compressible to check in full"
-            )
-
-
-def _size(count: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if count >= 1 << shift:
-            return f"{count / (1 << shift):,.1f} {unit}"
-    return f"{count:,} bytes"
 
 
 def _compressed(opener: Callable) -> Callable:
     def check(handle, job: Job) -> Optional[Problem]:
         try:
             with opener(handle) as stream:
-                _drain(stream, job, handle.st.st_size)
+                drain(stream, job, handle.st.st_size)
         except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError) as error:
             text = str(error)
             code = "checksum-mismatch" if re.search(r"crc|checksum", text, re.I) else "structure-damaged"
@@ -128,7 +66,7 @@ def check_zstd(handle, job: Job) -> Optional[Problem]:
     if zstandard is not None:
         try:
             with zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True) as stream:
-                _drain(stream, job, handle.st.st_size)
+                drain(stream, job, handle.st.st_size)
         except zstandard.ZstdError as error:
             return Problem("structure-damaged", f"the zstd stream is damaged: {error}")
         return None
@@ -143,7 +81,7 @@ def check_zstd(handle, job: Job) -> Optional[Problem]:
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
         )
         try:
-            _drain(process.stdout, job, handle.st.st_size)
+            drain(process.stdout, job, handle.st.st_size)
         finally:
             process.stdout.close()
             if process.poll() is None:
@@ -163,7 +101,7 @@ def check_zip(handle, job: Job) -> Optional[Problem]:
             for info in archive.infolist():
                 with archive.open(info) as member:
                     # Members may overlap (a zip bomb): the cap is over the whole archive.
-                    _drain(member, job, handle.st.st_size, total)
+                    drain(member, job, handle.st.st_size, total)
     except zipfile.BadZipFile as error:
         code = "checksum-mismatch" if "CRC" in str(error) else "structure-damaged"
         return Problem(code, f"the archive is damaged: {error}")
@@ -178,10 +116,9 @@ def check_tar(handle, job: Job) -> Optional[Problem]:
     try:
         with tarfile.open(fileobj=handle, mode="r:") as archive:
             for member in archive:
-                if member.isfile():
-                    stream = archive.extractfile(member)
-                    if stream is not None:
-                        _drain(stream, job, handle.st.st_size)
+                stream = archive.extractfile(member) if member.isfile() else None
+                if stream is not None:
+                    drain(stream, job, handle.st.st_size)
             end = archive.offset
     except (tarfile.TarError, OSError, EOFError, ValueError, OverflowError, MemoryError) as error:
         return Problem("structure-damaged", f"the tar archive is damaged: {error}")
@@ -260,13 +197,6 @@ def check_elf(handle, job: Job) -> Optional[Problem]:
     return None
 
 
-def _text(handle) -> bytes:
-    data = handle.read(PARSE_LIMIT + 1)
-    if len(data) > PARSE_LIMIT:
-        raise Unsupported("too large to parse")
-    return data
-
-
 def zero_blocks(data: bytes) -> Optional[Problem]:
     """NUL runs in a text file, or 4 KiB-aligned zero blocks: the trace of a lost extent update."""
     blocks = sum(
@@ -283,7 +213,7 @@ def zero_blocks(data: bytes) -> Optional[Problem]:
 
 def _parsed(parse: Callable[[bytes], object], what: str) -> Callable:
     def check(handle, job: Job) -> Optional[Problem]:
-        data = _text(handle)
+        data = read_parsable(handle)
         problem = zero_blocks(data)
         if problem:
             return problem
@@ -318,92 +248,7 @@ def _parse_python(data: bytes) -> None:
 
 
 def check_text(handle, job: Job) -> Optional[Problem]:
-    return zero_blocks(_text(handle))
-
-
-def check_pyc(handle, job: Job) -> Optional[Problem]:
-    """The bytecode loads; and when its header says it was compiled from the source beside it as it
-    is now (same mtime and size, or same hash), it is what that source compiles to. A source
-    changed by lost writes keeps its size and mtime, so Python keeps running the old bytecode and
-    nothing else notices."""
-    header = handle.read(16)
-    if len(header) < 16:
-        return Problem("structure-damaged", "the bytecode file is shorter than its header")
-    if header[:4] != importlib.util.MAGIC_NUMBER:
-        raise Unsupported("bytecode of another Python version")
-    try:
-        code = marshal.loads(_text(handle))
-    except MemoryError:
-        # The worker's memory cap stopped an allocation far beyond what the file can hold.
-        return Problem("structure-damaged", "the bytecode announces more data than the file holds")
-    except (ValueError, EOFError, TypeError, SystemError) as error:
-        # SystemError: CPython's code object constructor rejecting what marshal read.
-        return Problem("structure-damaged", f"the bytecode cannot be loaded ({error})")
-    if not isinstance(code, types.CodeType):
-        return Problem("structure-damaged", f"the bytecode holds a {type(code).__name__}, not a code object")
-    if job.source is None:
-        return None
-    return _against_source(header, code, job)
-
-
-def _against_source(header: bytes, code: types.CodeType, job: Job) -> Optional[Problem]:
-    flags = int.from_bytes(header[4:8], "little")
-    source = job.source.read(PARSE_LIMIT + 1)
-    if len(source) > PARSE_LIMIT:
-        raise Cut("its source is too large to compile for comparison")
-    if flags & 0b1:
-        corresponds = importlib.util.source_hash(source) == header[8:16]
-    else:
-        st = job.source.st
-        corresponds = (int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF) == (
-            int.from_bytes(header[8:12], "little"),
-            int.from_bytes(header[12:16], "little"),
-        )
-    if not corresponds:
-        # Python recompiles such a file on import: an ordinary edit, nothing to compare.
-        return None
-    source_name = os.fsdecode(job.source_path or b"")
-    bytecode_name = os.fsdecode(job.path)
-    try:
-        compiled = compile(
-            source, source_name, "exec", dont_inherit=True, optimize=optimization_level(job.path)
-        )
-    except (SyntaxError, ValueError) as error:
-        return Problem(
-            "bytecode-mismatch",
-            f"no longer compiles ({str(error)[:200]}) although the bytecode {bytecode_name} records its"
-            " size and modification time: the source changed silently",
-            path=job.source_path,
-        )
-    if compiled != code:
-        return Problem(
-            "bytecode-mismatch",
-            f"differs from what its bytecode {bytecode_name} was compiled from, although the bytecode"
-            " records its size and modification time: the source (or the bytecode) changed silently",
-            path=job.source_path,
-        )
-    return None
-
-
-def optimization_level(pyc_path: bytes) -> int:
-    """0, 1 or 2 from a PEP 488 name (`mod.cpython-311.opt-1.pyc`)."""
-    match = re.search(rb"\.opt-([12])\.pyc$", pyc_path)
-    return int(match.group(1)) if match else 0
-
-
-def source_of(pyc_path: bytes) -> Optional[bytes]:
-    """The source a `.pyc` was compiled from: `pkg/mod.py` for `pkg/__pycache__/mod.TAG[.opt-N].pyc`
-    (PEP 3147) of this Python, `mod.py` beside a legacy `mod.pyc`; None for other names."""
-    directory, _, name = pyc_path.rpartition(b"/")
-    if not name.endswith(b".pyc"):
-        return None
-    if directory.endswith(b"/__pycache__") or directory == b"__pycache__":
-        parts = name.split(b".")
-        tag = (sys.implementation.cache_tag or "").encode()
-        if len(parts) < 3 or parts[1] != tag or not parts[0]:
-            return None
-        return directory[: -len(b"__pycache__")] + parts[0] + b".py"
-    return pyc_path[:-1]
+    return zero_blocks(read_parsable(handle))
 
 
 def check_sqlite(handle, job: Job) -> Optional[Problem]:

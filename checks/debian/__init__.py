@@ -14,7 +14,7 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import hash_files
 from fsaudit.model import Finding
 from fsaudit.target import Target
-from fsaudit_checks.debian import dpkg_db
+from fsaudit_checks.debian import dpkg_db, placement
 from fsaudit_checks.debian.classify import AptCache
 from fsaudit_checks.debian.dpkg_db import Package
 from fsaudit_checks.debian.plan import Database, Item, Planner
@@ -124,7 +124,7 @@ class _Audit:
         context = self.checker.context
         self.judge = Judge(
             target,
-            dpkg_db.PathFilter([]),
+            placement.PathFilter([]),
             self.cache,
             self.count,
             context.verified,
@@ -143,10 +143,10 @@ class _Audit:
         self.count("journal_entries", applied)
         for item in damage:
             yield self.finding(self.judge.database_damage(item))
-        diversions, damage = dpkg_db.read_diversions(target)
+        diversions, damage = placement.read_diversions(target)
         for item in damage:
             yield self.finding(self.judge.database_damage(item))
-        database = Database(diversions, dpkg_db.read_path_filter(target))
+        database = Database(diversions, placement.read_path_filter(target))
         self.judge.filter = database.filter
         self.planner = Planner(
             target, database, self.judge, self.count, self.checker.settings["hashes_from_cache"], self.cache

@@ -14,9 +14,10 @@ from typing import Callable, Dict, Iterator, List, Set, Tuple
 
 from fsaudit.hashing import HashRequest
 from fsaudit.target import Target
-from fsaudit_checks.debian import debfile, dpkg_db
+from fsaudit_checks.debian import debfile, dpkg_db, placement
 from fsaudit_checks.debian.classify import AptCache
-from fsaudit_checks.debian.dpkg_db import Damage, Diversion, Package, PathFilter
+from fsaudit_checks.debian.dpkg_db import Damage, Package
+from fsaudit_checks.debian.placement import Diversion, PathFilter
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Planner:
             elif path in unchecked_conffiles:
                 continue
             else:
-                location = dpkg_db.diverted_location(path, package.name, self.database.diversions)
+                location = placement.diverted_location(path, package.name, self.database.diversions)
                 yield Item(owner, "other", path, location, parent=path in parents)
         for path, conffile in conffiles.items():
             if path not in listed_set:
@@ -199,7 +200,7 @@ class Planner:
         return {path: md5 for path, (kind, md5) in members.items() if kind == "file" and md5}, None
 
     def _file_item(self, owner: Owner, kind: str, path: bytes, expected: str) -> Item:
-        location = dpkg_db.diverted_location(path, owner.package.name, self.database.diversions)
+        location = placement.diverted_location(path, owner.package.name, self.database.diversions)
         item = Item(owner, kind, path, location, expected=expected)
         try:
             item.host = self.target.resolve(location, follow=False)

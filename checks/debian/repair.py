@@ -28,7 +28,7 @@ from fsaudit.hashing import HashRequest, hash_one
 from fsaudit.model import Finding, Severity
 from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
 from fsaudit.target import Target
-from fsaudit_checks.debian import debfile, dpkg_db
+from fsaudit_checks.debian import debfile, dpkg_db, placement
 from fsaudit_checks.debian.dpkg_db import Package
 from fsaudit_checks.debian.verdicts import iso, local_change
 
@@ -111,7 +111,7 @@ class Database:
             (p for p in packages.values() if p.state in dpkg_db.UNPACKED_STATES),
             key=lambda p: (p.name, p.architecture),
         )
-        self.diversions, _damage = dpkg_db.read_diversions(target)
+        self.diversions, _damage = placement.read_diversions(target)
 
     def owners(self, wanted: Iterable[bytes]) -> Dict[bytes, List[PackagedPath]]:
         """Every installed package's entry for each wanted location (diversions applied)."""
@@ -131,7 +131,7 @@ class Database:
             }
             matched = []
             for path in set(listed) | set(conffiles):
-                location = dpkg_db.diverted_location(path, package.name, self.diversions)
+                location = placement.diverted_location(path, package.name, self.diversions)
                 if location in wanted:
                     matched.append((path, location))
             # Only the packages that list a wanted path have their checksums read.

@@ -21,7 +21,8 @@ from fsaudit.target import Target, file_kind
 from fsaudit.window import Window
 from fsaudit_checks.debian import dpkg_db
 from fsaudit_checks.debian.classify import AptCache
-from fsaudit_checks.debian.dpkg_db import Damage, Package, PathFilter
+from fsaudit_checks.debian.dpkg_db import Damage, Package
+from fsaudit_checks.debian.placement import PathFilter
 from fsaudit_checks.debian.plan import Item, Owner
 
 # At most this many content differences are compared with .deb files from the apt cache (each

@@ -18,7 +18,6 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.ldap.directory import Credentials, Directory, SearchFailed, Unreachable
 from fsaudit_checks.ldap.dn import DnNames
 from fsaudit_checks.ldap.entries import REFERENCES, EntriesAudit
-from fsaudit_checks.ldap.problems import Count, Incomplete, Item, Problem, Stat
 from fsaudit_checks.ldap.replica import CsnIndex
 from fsaudit_checks.ldap.replica import compare as replica_compare
 from fsaudit_checks.ldap.schema import Schema
@@ -196,9 +195,9 @@ class LdapChecker(Checker):
             )
             audit.others = [key for key in keys.values() if key is not None and key != base_key]
             audits.append(audit)
-            yield from self._translate(audit.run())
+            yield from self.report(audit.run())
             if self.settings["slapcat"]:
-                yield from self._translate(
+                yield from self.report(
                     slapcat_compare(
                         target,
                         directory,
@@ -214,26 +213,7 @@ class LdapChecker(Checker):
                     directory, credentials, base, names, csns if audit.complete else None
                 )
         for audit in audits:
-            yield from self._translate(audit.check_foreign(audits))
-
-    def _translate(self, items: Iterator[Item]) -> Iterator:
-        """Findings, counters, stats and incompleteness from the plain items of the helpers."""
-        for item in items:
-            if isinstance(item, Problem):
-                yield self.finding(
-                    item.code,
-                    item.severity,
-                    item.message,
-                    subject=item.subject,
-                    details=item.details,
-                    advice=item.advice,
-                )
-            elif isinstance(item, Count):
-                self.count(item.key, item.amount)
-            elif isinstance(item, Stat):
-                self.stats[item.key] = item.value
-            elif isinstance(item, Incomplete):
-                self.incomplete(item.reason)
+            yield from self.report(audit.check_foreign(audits))
 
     def _replicas(
         self, provider: Directory, credentials: Credentials, base: str, names: DnNames, csns: CsnIndex | None
@@ -250,7 +230,7 @@ class LdapChecker(Checker):
                 self.incomplete(f"replica not compared: {error}")
                 continue
             try:
-                yield from self._translate(
+                yield from self.report(
                     replica_compare(provider, replica, base, names, self.settings["page_size"], csns)
                 )
             except SearchFailed as error:

@@ -1,48 +1,14 @@
-"""What the ldap helpers report, as plain data: a `Problem` found, a `Count` or a `Stat` for the
-check's stats, an `Incomplete` reason. Only the checker (`ldap/__init__.py`) makes Findings."""
+"""What the ldap helpers report, as plain data (fsaudit.problems: a `Problem` found, a `Count` or a
+`Stat` for the check's stats, an `Incomplete` reason). Only the checker (`ldap/__init__.py`) makes
+Findings, with `Checker.report`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Dict
 
+from fsaudit.problems import Count, Incomplete, Item, Problem, Stat
 
-@dataclass
-class Problem:
-    """Something found: a Finding but for the checker's name."""
-
-    code: str
-    severity: str
-    message: str
-    subject: Optional[str] = None
-    details: Dict[str, Any] = field(default_factory=dict)
-    advice: str = ""
-
-
-@dataclass
-class Count:
-    """An amount to add to one of the check's stats."""
-
-    key: str
-    amount: int = 1
-
-
-@dataclass
-class Stat:
-    """A stat that is a sentence (how slapcat was run, or why not)."""
-
-    key: str
-    value: str
-
-
-@dataclass
-class Incomplete:
-    """Why the check could not verify everything."""
-
-    reason: str
-
-
-Item = Union[Problem, Count, Stat, Incomplete]
+__all__ = ["Count", "Incomplete", "Item", "Problem", "Stat", "counts"]
 
 
 def counts(tally: Dict[str, int]):

@@ -27,11 +27,10 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.outcomes import not_checked_for_permission
 from fsaudit.target import NotRegularFile, Target
-from fsaudit.window import target_timezone
 from fsaudit_checks.logs.files import MAX_RATIO, Decompressed, compression, decompressed_cap, target_glob
-from fsaudit_checks.logs.journal import JournalReader
-from fsaudit_checks.logs.scan import LogScan, quote
-from fsaudit_checks.logs.signatures import CODES, Signature
+from fsaudit_checks.logs.journal import JournalComplaint, JournalReader
+from fsaudit_checks.logs.scan import LogScan, Match, ZeroRuns, quote
+from fsaudit_checks.logs.signatures import CODES
 
 # Kernel and system logs, then the logs of the managed services; rotated copies match the `*`.
 SYSTEM_LOGS = (
@@ -98,7 +97,7 @@ class LogsChecker(Checker):
         Option("journal", "read the systemd journal with journalctl", kind=bool, default=True),
         Option(
             "max_per_signature",
-            "lines listed per signature and log; the rest are counted in one finding",
+            "lines listed per signature and log; the rest are counted (the report says how many)",
             kind=int,
             default=20,
         ),
@@ -113,6 +112,12 @@ class LogsChecker(Checker):
         "log-partly-read": "a log is larger than `max_file_mb`: only part of it was read",
         "journal-unreadable": "journalctl is missing, failed, or reported damaged journal files",
     }
+    # Lines listed per signature and log; the runner counts the rest (`max_per_signature`).
+    cap_by = ("code", "severity", "subject", "path")
+
+    @property
+    def cap(self) -> int:
+        return self.settings["max_per_signature"]
 
     def applies(self, target: Target) -> bool:
         if not self.settings["paths"] and not target.exists("/var/log", follow=True):
@@ -121,7 +126,7 @@ class LogsChecker(Checker):
 
     def run(self, target: Target) -> Iterator[Finding]:
         self._target = target
-        self.tz = target_timezone(target.root_text)
+        self.tz = self.context.timezone or timezone.utc
         self.since = self._since_time()
         self.stats["since"] = self.since.isoformat(timespec="seconds")
         for key in ("logs_read", "logs_older_than_since", "lines_matched", "bytes_read"):
@@ -211,9 +216,10 @@ class LogsChecker(Checker):
             yield from self._read_zstd(path, handle, reference, cap, by_ratio)
             return
         stream = Decompressed(handle, kind) if kind != "plain" else handle
-        scan = LogScan(self, path, reference, start, line_known=start == 0)
-        yield from scan.read(stream, cap)
-        yield from scan.finish()
+        scan = self._scan(path, reference, start)
+        yield from self._findings(scan.read(stream, cap))
+        yield from self._findings(scan.finish())
+        self.stats["bytes_read"] += scan.bytes_read
         if kind != "plain" and stream.error:
             yield self._damaged(path, kind, scan.lines, stream.error)
         elif kind != "plain" and scan.truncated:
@@ -249,15 +255,16 @@ class LogsChecker(Checker):
                 stderr=errors,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
             )
-            scan = LogScan(self, path, reference, 0, line_known=True)
+            scan = self._scan(path, reference, 0)
             try:
-                yield from scan.read(process.stdout, cap)
+                yield from self._findings(scan.read(process.stdout, cap))
             finally:
                 process.stdout.close()
                 if process.poll() is None:
                     process.kill()
                 process.wait()
-            yield from scan.finish()
+            yield from self._findings(scan.finish())
+            self.stats["bytes_read"] += scan.bytes_read
             if process.returncode not in (0, -9):
                 errors.seek(0)
                 yield self._damaged(
@@ -285,7 +292,9 @@ class LogsChecker(Checker):
                     advice=ADVICE_JOURNAL,
                 )
                 continue
-            yield from JournalReader(self, target, directory, journalctl).read()
+            reader = JournalReader(target, directory, journalctl, self.since)
+            yield from self._findings(reader.read())
+            self.count("journal_entries_read", reader.entries)
 
     def _holds_journal_files(self, target: Target, directory: str) -> bool:
         try:
@@ -305,33 +314,33 @@ class LogsChecker(Checker):
 
     # -- findings ------------------------------------------------------------------------------------
 
-    def signature_finding(
-        self, signature: Signature, log: bytes, line: bytes, when: datetime | None, details: dict
-    ) -> Finding:
+    def _scan(self, path: bytes, reference: datetime, start: int) -> LogScan:
+        return LogScan(path, reference, start, start == 0, self.tz, self.since)
+
+    def _findings(self, problems) -> Iterator[Finding]:
+        """The findings of what the log readers found (plain problems)."""
+        for problem in problems:
+            if isinstance(problem, Match):
+                yield self._signature_finding(problem)
+            elif isinstance(problem, ZeroRuns):
+                yield self._zero_finding(problem)
+            elif isinstance(problem, JournalComplaint):
+                yield self._journal_finding(problem)
+
+    def _signature_finding(self, found: Match) -> Finding:
+        signature, when, details = found.signature, found.when, found.details
         self.stats["lines_matched"] += 1
         time_text = when.astimezone(self.tz).isoformat(timespec="seconds") if when else None
         where = f"line {details['line_number']:,}" if details.get("line_number") else "an entry"
         at = f" at {time_text}" if time_text else " (time unknown)"
-        quoted = quote(line)
+        quoted = quote(found.line)
         return self.finding(
             signature.code,
             signature.severity,
             f"{where}{at}: {signature.meaning}: {quoted}",
-            path=log,
+            path=found.log,
             subject=signature.name,
             details={"signature": signature.name, "line": quoted, "time": time_text, **details},
-            advice=signature.advice,
-        )
-
-    def overflow_finding(self, log: bytes, signature: Signature, more: int, last: str) -> Finding:
-        return self.finding(
-            signature.code,
-            signature.severity,
-            f"{more:,} more lines matched this signature (not listed; the last at "
-            f"{last or 'an unknown time'}): {signature.meaning}",
-            path=log,
-            subject=signature.name,
-            details={"signature": signature.name, "not_listed": more, "last_time": last or None},
             advice=signature.advice,
         )
 
@@ -370,12 +379,27 @@ class LogsChecker(Checker):
             advice="Raise logs.max_file_mb to read all of it.",
         )
 
-    def zero_finding(self, path: bytes, first: int, runs: int, zero_bytes: int) -> Finding:
+    def _zero_finding(self, found: ZeroRuns) -> Finding:
         return self.finding(
             "log-zero-filled",
             Severity.WARNING,
-            f"{zero_bytes:,} zero bytes in {runs:,} runs, the first at offset {first:,}",
-            path=path,
-            details={"first_offset": first, "runs": runs, "zero_bytes": zero_bytes},
+            f"{found.zero_bytes:,} zero bytes in {found.runs:,} runs, the first at offset {found.first:,}",
+            path=found.log,
+            details={"first_offset": found.first, "runs": found.runs, "zero_bytes": found.zero_bytes},
             advice=ADVICE_ZEROS,
+        )
+
+    def _journal_finding(self, found: JournalComplaint) -> Finding:
+        if found.entries_skipped:
+            complaint = found.complaint[:200]
+            self.incomplete(f"journalctl could not read all of {found.directory}: {complaint}")
+        said = quote(found.complaint.encode()) or f"exit code {found.exit_code}"
+        return self.finding(
+            "journal-unreadable",
+            Severity.WARNING,
+            f"journalctl {'failed' if found.exit_code else 'complained'} reading this journal: {said}",
+            path=found.directory,
+            details={"exit_code": found.exit_code},
+            advice="Damaged journal files are skipped by journalctl: check them with "
+            "`journalctl --verify --directory=DIR`.",
         )

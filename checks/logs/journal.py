@@ -10,16 +10,26 @@ import json
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterator, List
+from typing import Iterator, List, Union
 
-from fsaudit.model import Finding, Severity
 from fsaudit.target import Target
-from fsaudit_checks.logs.scan import MAX_LINE, Matches, quote
+from fsaudit_checks.logs.scan import MAX_LINE, Match
 from fsaudit_checks.logs.signatures import match, trigger_positions
 
-if TYPE_CHECKING:  # the checker imports this module
-    from fsaudit_checks.logs import LogsChecker
+# journalctl reads tenant data: it gets a clean environment (the shared convention).
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class JournalComplaint:
+    """journalctl failed, or complained while reading: what it said, and whether entries were skipped."""
+
+    directory: str
+    exit_code: int
+    complaint: str
+    entries_skipped: bool
 
 
 class JournalReader:
@@ -28,61 +38,49 @@ class JournalReader:
     MAX_ENTRY = 1 << 20
     FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_COMM"
 
-    def __init__(self, checker: LogsChecker, target: Target, directory: str, journalctl: str):
-        self.checker = checker
+    def __init__(self, target: Target, directory: str, journalctl: str, since: datetime):
+        self.since = since
+        self.entries = 0
         self.directory = directory
         self.host = target.resolve(directory)
         self.journalctl = journalctl
-        self.matches = Matches(checker.settings["max_per_signature"])
 
     def command(self, fields: bool = True) -> List[str]:
-        since = int(self.checker.since.timestamp())
+        since = int(self.since.timestamp())
         command = [self.journalctl, f"--directory={os.fsdecode(self.host)}", "--output=json", "--all"]
         command += ["--no-pager", f"--since=@{since}"]
         if fields:
             command.append(f"--output-fields={self.FIELDS}")
         return command
 
-    def read(self) -> Iterator[Finding]:
-        entries = 0
+    def read(self) -> Iterator[Union[Match, JournalComplaint]]:
+        """The matching entries, then what journalctl complained about (if it did)."""
         for fields in (True, False):
-            with tempfile.TemporaryFile() as errors:
-                env = {**os.environ, "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
-                process = subprocess.Popen(
-                    self.command(fields), stdout=subprocess.PIPE, stderr=errors, env=env
-                )
-                try:
-                    for raw in self._lines(process.stdout):
-                        entries += 1
-                        finding = self._entry(raw)
-                        if finding is not None:
-                            yield finding
-                finally:
-                    process.stdout.close()
-                    process.wait()
-                errors.seek(0)
-                complaint = " ".join(errors.read(2000).decode("utf-8", "replace").split())
-            if process.returncode != 0 and fields and "output-fields" in complaint and entries == 0:
+            returncode, complaint = yield from self._run(fields)
+            if returncode != 0 and fields and "output-fields" in complaint and self.entries == 0:
                 continue  # an older journalctl: ask for every field instead
             break
-        self.checker.count("journal_entries_read", entries)
-        for signature, more, last in self.matches.overflow():
-            yield self.checker.overflow_finding(os.fsencode(self.directory), signature, more, last)
-        if process.returncode != 0 or complaint:
-            if process.returncode != 0 or "ignoring file" in complaint:
-                # Entries journalctl skipped were not checked.
-                reason = f"journalctl could not read all of {self.directory}: {complaint[:200]}"
-                self.checker.incomplete(reason)
-            yield self.checker.finding(
-                "journal-unreadable",
-                Severity.WARNING,
-                f"journalctl {'failed' if process.returncode else 'complained'} reading this journal: "
-                f"{quote(complaint.encode()) or 'exit code ' + str(process.returncode)}",
-                path=self.directory,
-                details={"exit_code": process.returncode},
-                advice="Damaged journal files are skipped by journalctl: check them with "
-                "`journalctl --verify --directory=DIR`.",
-            )
+        if returncode != 0 or complaint:
+            # Entries journalctl skipped were not checked.
+            skipped = returncode != 0 or "ignoring file" in complaint
+            yield JournalComplaint(self.directory, returncode, complaint, skipped)
+
+    def _run(self, fields: bool):
+        """Run journalctl once, yielding the matching entries; returns (exit code, what it said)."""
+        env = {"PATH": SAFE_PATH, "LC_ALL": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": ""}
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(self.command(fields), stdout=subprocess.PIPE, stderr=errors, env=env)
+            try:
+                for raw in self._lines(process.stdout):
+                    self.entries += 1
+                    found = self._entry(raw)
+                    if found is not None:
+                        yield found
+            finally:
+                process.stdout.close()
+                process.wait()
+            errors.seek(0)
+            return process.returncode, " ".join(errors.read(2000).decode("utf-8", "replace").split())
 
     def _lines(self, stream) -> Iterator[bytes]:
         while True:
@@ -97,7 +95,7 @@ class JournalReader:
                 continue
             yield raw
 
-    def _entry(self, raw: bytes) -> Finding | None:
+    def _entry(self, raw: bytes) -> Match | None:
         # JSON escapes quotes and backslashes; a binary MESSAGE is a list of byte values.
         unescaped = raw.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
         if b'"MESSAGE":[' not in raw and not trigger_positions(unescaped):
@@ -126,12 +124,9 @@ class JournalReader:
             when = datetime.fromtimestamp(int(entry.get("__REALTIME_TIMESTAMP")) / 1e6, timezone.utc)
         except (TypeError, ValueError, OverflowError, OSError):
             when = None
-        when_text = when.astimezone(self.checker.tz).isoformat(timespec="seconds") if when else ""
-        if not self.matches.listed(signature, when_text):
-            return None
         cursor = entry.get("__CURSOR")
         details = {
             "cursor": cursor[:200] if isinstance(cursor, str) else None,
             "identifier": identifier or None,
         }
-        return self.checker.signature_finding(signature, os.fsencode(self.directory), line, when, details)
+        return Match(signature, os.fsencode(self.directory), line, when, details)

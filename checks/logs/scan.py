@@ -7,16 +7,13 @@ bytes, and a "line" without a newline (a run of zeros where text was) handled in
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import TYPE_CHECKING, Dict, Iterator, Tuple
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Iterator, Union
 
-from fsaudit.model import Finding
 from fsaudit_checks.logs.files import CHUNK
 from fsaudit_checks.logs.signatures import Signature, match, trigger_positions
 from fsaudit_checks.logs.times import line_time
-
-if TYPE_CHECKING:  # the checker imports this module
-    from fsaudit_checks.logs import LogsChecker
 
 MAX_LINE = 16 << 10  # a longer line is scanned up to here
 MAX_CARRY = 4 << 20  # a "line" without a newline this long is scanned in pieces
@@ -34,45 +31,50 @@ def quote(line: bytes) -> str:
     return text if len(text) <= QUOTE else text[: QUOTE - 1] + "…"
 
 
-class Matches:
-    """How many lines matched each signature in one log; the first few are listed, the rest counted."""
+@dataclass
+class Match:
+    """A line of a log (or an entry of a journal) that matches a corruption signature."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.counts: Dict[str, int] = {}
-        self.last: Dict[str, Tuple[Signature, str]] = {}
+    signature: Signature
+    log: bytes
+    line: bytes
+    when: datetime | None
+    details: dict
 
-    def listed(self, signature: Signature, when: str) -> bool:
-        count = self.counts.get(signature.name, 0) + 1
-        self.counts[signature.name] = count
-        self.last[signature.name] = (signature, when)
-        return count <= self.limit
 
-    def overflow(self) -> Iterator[Tuple[Signature, int, str]]:
-        for name, count in self.counts.items():
-            if count > self.limit:
-                signature, when = self.last[name]
-                yield signature, count - self.limit, when
+@dataclass
+class ZeroRuns:
+    """Runs of zero bytes in a text log: blocks allocated whose data never reached the disk."""
+
+    log: bytes
+    first: int
+    runs: int
+    zero_bytes: int
+
+
+Problem = Union[Match, ZeroRuns]
 
 
 class LogScan:
-    """One log read block by block: the lines holding a trigger are matched and dated."""
+    """One log read block by block: the lines holding a trigger are matched and dated, and yielded as
+    plain problems (the checker makes the findings)."""
 
-    def __init__(self, checker: LogsChecker, path: bytes, reference: datetime, offset: int, line_known: bool):
-        self.checker = checker
+    def __init__(self, path: bytes, reference: datetime, offset: int, line_known: bool, tz: tzinfo, since):
         self.path = path
+        self.tz = tz
+        self.since = since
+        self.bytes_read = 0
         self.reference = reference
         self.offset = offset
         self.line_known = line_known
         self.lines = 0
         self.truncated = False
-        self.matches = Matches(checker.settings["max_per_signature"])
         self.previous = b""
         self.zero_first = -1
         self.zero_runs = 0
         self.zero_bytes = 0
 
-    def read(self, stream, cap: int) -> Iterator[Finding]:
+    def read(self, stream, cap: int) -> Iterator[Problem]:
         carry = b""
         read = 0
         skip_partial = self.offset > 0
@@ -80,7 +82,7 @@ class LogScan:
             data = stream.read(CHUNK) if read < cap else b""
             if data:
                 read += len(data)
-                self.checker.stats["bytes_read"] += len(data)
+                self.bytes_read += len(data)
                 self.truncated = read >= cap and bool(stream.read(1))
             block = carry + data
             if not block:
@@ -102,7 +104,7 @@ class LogScan:
             self.offset += len(body)
             self.previous = body[-CONTEXT:]
 
-    def _block(self, body: bytes) -> Iterator[Finding]:
+    def _block(self, body: bytes) -> Iterator[Problem]:
         if ZERO_RUN in body:
             for run in _ZERO_RUNS.finditer(body):
                 if self.zero_first < 0:
@@ -110,7 +112,7 @@ class LogScan:
                 self.zero_runs += 1
                 self.zero_bytes += run.end() - run.start()
         counted_to = 0
-        since = self.checker.since
+        since = self.since
         for start in trigger_positions(body):
             end = body.find(b"\n", start)
             line = body[start : (end if end != -1 and end - start <= MAX_LINE else start + MAX_LINE)]
@@ -119,16 +121,14 @@ class LogScan:
                 continue
             self.lines += body.count(b"\n", counted_to, start)
             counted_to = start
-            when = line_time(line, self.checker.tz, self.reference) or self._context_time(body, start)
+            when = line_time(line, self.tz, self.reference) or self._context_time(body, start)
             if when is not None and when < since:
                 continue
-            when_text = when.astimezone(self.checker.tz).isoformat(timespec="seconds") if when else ""
-            if self.matches.listed(signature, when_text):
-                details = {
-                    "offset": self.offset + start,
-                    "line_number": self.lines + 1 if self.line_known else None,
-                }
-                yield self.checker.signature_finding(signature, self.path, line, when, details)
+            details = {
+                "offset": self.offset + start,
+                "line_number": self.lines + 1 if self.line_known else None,
+            }
+            yield Match(signature, self.path, line, when, details)
         self.lines += body.count(b"\n", counted_to)
 
     def _context_time(self, body: bytes, start: int):
@@ -136,15 +136,12 @@ class LogScan:
         low = max(0, start - CONTEXT)
         before = body[low:start] if low else self.previous + body[:start]
         for candidate in reversed(before.split(b"\n")[-40:]):
-            when = line_time(candidate, self.checker.tz, self.reference)
+            when = line_time(candidate, self.tz, self.reference)
             if when is not None:
                 return when
         return None
 
-    def finish(self) -> Iterator[Finding]:
-        for signature, more, last in self.matches.overflow():
-            yield self.checker.overflow_finding(self.path, signature, more, last)
-        self.matches = Matches(self.matches.limit)
+    def finish(self) -> Iterator[Problem]:
         if self.zero_runs:
-            yield self.checker.zero_finding(self.path, self.zero_first, self.zero_runs, self.zero_bytes)
+            yield ZeroRuns(self.path, self.zero_first, self.zero_runs, self.zero_bytes)
             self.zero_runs = 0

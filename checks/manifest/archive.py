@@ -295,17 +295,21 @@ def read_members(raw: IO[bytes], size: int, strip: bytes = b"") -> Iterator[Memb
         kind = compression(buffered.peek(8)[:8])
         with decompressed(buffered, kind) as stream:
             capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * max(size, 0)), CHUNK)
-            with tarfile.open(
-                fileobj=capped, mode="r|", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
-            ) as tar:
-                for count, info in enumerate(tar):
-                    if count >= MAX_MEMBERS:
-                        raise ArchiveError(f"more than {MAX_MEMBERS:,} members")
-                    yield _member(tar, info, strip)
+            yield from _tar_members(capped, strip)
     except ArchiveError:
         raise
     except _errors() as error:
         raise ArchiveError(_why(error)) from error
+
+
+def _tar_members(stream: IO[bytes], strip: bytes) -> Iterator[Member]:
+    with tarfile.open(
+        fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
+    ) as tar:
+        for count, info in enumerate(tar):
+            if count >= MAX_MEMBERS:
+                raise ArchiveError(f"more than {MAX_MEMBERS:,} members")
+            yield _member(tar, info, strip)
 
 
 def read_small(member: Member, limit: int) -> bytes:

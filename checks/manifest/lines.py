@@ -20,9 +20,7 @@ def read_lines(stream, max_bytes: int, max_line: int = LINE_LIMIT) -> Iterator[t
     A line longer than `max_line` comes as None (what follows it up to its newline is skipped);
     more than `max_bytes` in all raises TooBig. Errors of the stream (a damaged gzip) propagate.
     """
-    pending = b""
-    overlong = False
-    number = 0
+    lines = _Lines(max_line)
     total = 0
     while True:
         chunk = stream.read(CHUNK)
@@ -31,24 +29,45 @@ def read_lines(stream, max_bytes: int, max_line: int = LINE_LIMIT) -> Iterator[t
         total += len(chunk)
         if total > max_bytes:
             raise TooBig(f"larger than {max_bytes:,} bytes: read no further")
+        yield from lines.feed(chunk)
+    yield from lines.end()
+
+
+class _Lines:
+    """Cuts chunks into numbered lines; the start of a line is kept until its newline comes, up to
+    `max_line` bytes (then the line comes as None)."""
+
+    def __init__(self, max_line: int):
+        self.max_line = max_line
+        self.pending = b""
+        self.overlong = False
+        self.number = 0
+
+    def feed(self, chunk: bytes) -> Iterator[tuple]:
         start = 0
         while True:
             end = chunk.find(b"\n", start)
             if end < 0:
-                if not overlong:
-                    pending += chunk[start:]
-                    if len(pending) > max_line:
-                        overlong, pending = True, b""
-                break
-            number += 1
-            if overlong:
-                yield number, None
+                self._keep(chunk[start:])
+                return
+            self.number += 1
+            if self.overlong:
+                yield self.number, None
             else:
-                line = pending + chunk[start:end]
-                yield number, (line if len(line) <= max_line else None)
-            pending, overlong = b"", False
+                line = self.pending + chunk[start:end]
+                yield self.number, (line if len(line) <= self.max_line else None)
+            self.pending, self.overlong = b"", False
             start = end + 1
-    if overlong:
-        yield number + 1, None
-    elif pending:
-        yield number + 1, pending
+
+    def _keep(self, rest: bytes) -> None:
+        if self.overlong:
+            return
+        self.pending += rest
+        if len(self.pending) > self.max_line:
+            self.overlong, self.pending = True, b""
+
+    def end(self) -> Iterator[tuple]:
+        if self.overlong:
+            yield self.number + 1, None
+        elif self.pending:
+            yield self.number + 1, self.pending

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit_checks.postgres.clusters import Cluster, discover, log_tail
-from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Problem, decode, encode
+from fsaudit_checks.postgres.problems import Incomplete, Item, decode, encode
 
 LOG = logging.getLogger(__name__)
 # libpq environment variables that name a server: with one of them set and no DSN, libpq's defaults
@@ -133,11 +133,11 @@ class PostgresChecker(Checker):
         from fsaudit_checks.postgres import cluster_audit
 
         settings = self.audit_settings()
-        jobs = max(1, int(self.context.jobs or 1))
+        jobs = self.context.jobs  # at least 1 (fsaudit.settings)
         if self.dsns():
             for dsn in self.dsns():
                 label = cluster_audit.safe_label(dsn)
-                yield from self.translate(cluster_audit.audit_cluster(label, dsn, settings, jobs))
+                yield from self.report(cluster_audit.audit_cluster(label, dsn, settings, jobs))
             return
         for cluster in self.clusters(target):
             if cluster.denied and os.geteuid() != 0:
@@ -151,7 +151,7 @@ class PostgresChecker(Checker):
             else:
                 conninfo = cluster.socket_conninfo(as_owner=os.geteuid() == cluster.owner_uid)
                 items = cluster_audit.audit_cluster(cluster.label, conninfo, settings, jobs, cluster.data_dir)
-            yield from self.translate(items)
+            yield from self.report(items)
         denied = self.stats.get("not_checked_permission", 0)
         if denied:
             self.incomplete(f"{denied:,} files not checked: permission denied (run as root to check them)")
@@ -163,24 +163,6 @@ class PostgresChecker(Checker):
             with open(path, encoding="utf-8") as handle:
                 settings["password"] = handle.readline().rstrip("\r\n")
         return settings
-
-    def translate(self, items: Iterator[Item]) -> Iterator:
-        """Findings, counters and incompleteness from the plain items of `cluster_audit`."""
-        for item in items:
-            if isinstance(item, Problem):
-                yield self.finding(
-                    item.code,
-                    item.severity,
-                    item.message,
-                    path=item.path,
-                    subject=item.subject,
-                    details=item.details,
-                    advice=item.advice or "",
-                )
-            elif isinstance(item, Count):
-                self.count(item.key, item.amount)
-            elif isinstance(item, Incomplete):
-                self.incomplete(item.reason)
 
     def cluster_down(self, target, cluster: Cluster):
         lines, log_file = log_tail(target, cluster)

@@ -22,8 +22,8 @@ from fsaudit_checks.postgres.commitlog import (
 )
 from fsaudit_checks.postgres.database import DatabaseAudit
 from fsaudit_checks.postgres.parallel import Slots
-from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, Problem
-from fsaudit_checks.postgres.report import ADVICE
+from fsaudit_checks.postgres.problems import Count, Incomplete, Item, Place, at
+from fsaudit_checks.postgres.relation import ADVICE
 from fsaudit_checks.postgres.session import ServerWatch, connect, server_message
 
 RESTARTED_ADVICE = (
@@ -57,7 +57,7 @@ def audit_cluster(
         if damage is not None:
             yield from _refused(place, damage, error)
             return
-        yield Problem.at(
+        yield at(
             place,
             "connection-failed",
             "warning",
@@ -73,7 +73,7 @@ def audit_cluster(
         try:
             version, databases, found = _cluster_checks(conn, place, settings)
         except psycopg.Error as error:
-            yield Problem.at(
+            yield at(
                 place,
                 "check-failed",
                 "warning",
@@ -192,7 +192,7 @@ def _cluster_checks(conn: psycopg.Connection, place: Place, settings: Dict[str, 
     )
     if checksums != "on":
         found.append(
-            Problem.at(
+            at(
                 place,
                 "checksums-disabled",
                 "info",
@@ -212,7 +212,7 @@ def _cluster_checks(conn: psycopg.Connection, place: Place, settings: Dict[str, 
     for name in wanted:
         if name not in names:
             found.append(
-                Problem.at(
+                at(
                     place,
                     "connection-failed",
                     "warning",
@@ -240,7 +240,7 @@ def _checksum_failures(conn: psycopg.Connection, place: Place, version: int) -> 
         " FROM pg_stat_database WHERE checksum_failures > 0"
     ).fetchall()
     for dbname, failures, last in rows:
-        yield Problem.at(
+        yield at(
             place,
             "checksum-failures",
             "critical",
@@ -285,7 +285,7 @@ def _server_restarted(place: Place, watch: ServerWatch) -> Iterator[Item]:
         name = f"database {first['database']}"
     else:
         what, name = "it", "the damaged relations"
-    yield Problem.at(
+    yield at(
         place,
         "server-restarted",
         "critical",
@@ -310,7 +310,7 @@ def _refused(place: Place, damage: NamedFile, error: BaseException) -> Iterator[
     label = place.cluster
     text = " ".join(str(error).split())
     commit_log = damage.kind == "commit-log"
-    yield Problem.at(
+    yield at(
         place,
         "commit-log-damaged" if commit_log else "file-missing",
         "critical",

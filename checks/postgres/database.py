@@ -30,13 +30,8 @@ from fsaudit_checks.postgres.parallel import (
     run_tasks,
 )
 from fsaudit_checks.postgres.problems import Item
-from fsaudit_checks.postgres.report import (
-    MAX_NAMES_LISTED,
-    DatabaseLost,
-    DatabaseReport,
-    Relation,
-    ServerRestarted,
-)
+from fsaudit_checks.postgres.relation import Relation
+from fsaudit_checks.postgres.report import MAX_NAMES_LISTED, DatabaseLost, DatabaseReport, ServerRestarted
 from fsaudit_checks.postgres.rows import RowChecks
 from fsaudit_checks.postgres.session import connect, server_message
 

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import psycopg
 
-from fsaudit_checks.postgres.report import Relation
+from fsaudit_checks.postgres.relation import Relation
 from fsaudit_checks.postgres.session import error_kind
 
 SEGMENT_BYTES = 1 << 30

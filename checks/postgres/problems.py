@@ -1,5 +1,5 @@
-"""What the postgres helpers report, as plain data: a `Problem` found, a `Count` for the stats, an
-`Incomplete` reason. Only the checker (`postgres/__init__.py`) turns them into Findings.
+"""What the postgres helpers report, as plain data (fsaudit.problems: a `Problem` found, a `Count` for
+the stats, an `Incomplete` reason). Only the checker (`postgres/__init__.py`) turns them into Findings.
 
 They are JSON-safe, one per line (`encode`, `decode`), so that the same helpers run in the audit
 process (a DSN) or in a child process that dropped privileges to the cluster's owner.
@@ -8,8 +8,12 @@ process (a DSN) or in a child process that dropped privileges to the cluster's o
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Union
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
+
+from fsaudit.problems import Count, Incomplete, Problem
+
+Item = Union[Problem, Count, Incomplete]
 
 
 @dataclass
@@ -26,40 +30,9 @@ class Place:
         return filepath if filepath.startswith("/") else f"{self.data_dir.rstrip('/')}/{filepath}"
 
 
-@dataclass
-class Problem:
-    """Something found: a Finding but for the checker's name."""
-
-    code: str
-    severity: str
-    message: str
-    subject: Optional[str] = None
-    path: Optional[str] = None
-    details: Dict[str, Any] = field(default_factory=dict)
-    advice: str = ""
-
-    @classmethod
-    def at(cls, place: Place, code: str, severity: str, message: str, details=None, **fields) -> Problem:
-        """A problem of the cluster at `place`: its details name the cluster first."""
-        return cls(code, severity, message, details={"cluster": place.cluster, **(details or {})}, **fields)
-
-
-@dataclass
-class Count:
-    """An amount to add to one of the check's stats."""
-
-    key: str
-    amount: int = 1
-
-
-@dataclass
-class Incomplete:
-    """Why the check could not verify everything."""
-
-    reason: str
-
-
-Item = Union[Problem, Count, Incomplete]
+def at(place: Place, code: str, severity: str, message: str, details=None, **fields) -> Problem:
+    """A problem of the cluster at `place`: its details name the cluster first."""
+    return Problem(code, severity, message, details={"cluster": place.cluster, **(details or {})}, **fields)
 
 
 def encode(item: Item) -> str:

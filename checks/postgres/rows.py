@@ -14,7 +14,8 @@ from psycopg import sql
 
 from fsaudit_checks.postgres.commitlog import PAGE_BYTES, XID_SPACE, hidden_in_page, precedes, spans
 from fsaudit_checks.postgres.files import SEGMENT_BYTES
-from fsaudit_checks.postgres.report import ADVICE, MAX_NAMES_LISTED, Relation
+from fsaudit_checks.postgres.relation import ADVICE, Relation
+from fsaudit_checks.postgres.report import MAX_NAMES_LISTED
 
 # How much of the tables' files the search for rows hidden by a damaged commit log reads per database.
 COMMIT_LOG_SCAN_BYTES = 4 << 30

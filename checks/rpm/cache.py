@@ -9,6 +9,7 @@ package's files can still be verified. Only the headers of cached packages are r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 from typing import Dict, Iterator, Tuple
@@ -58,16 +59,16 @@ class PackageCache:
         self._index: Dict[Tuple[str, str], bytes] | None = None
 
     def _files(self) -> Iterator[bytes]:
-        count = 0
+        """The package files of the cache directories, MAX_PACKAGES at most."""
+        return itertools.islice(self._all_files(), MAX_PACKAGES)
+
+    def _all_files(self) -> Iterator[bytes]:
         for top in self.dirs:
             if not self.target.exists(top, follow=True):
                 continue
             for directory, entries in self.target.walk(top, max_depth=MAX_DEPTH):
                 for entry in entries:
                     if entry.name.endswith(b".rpm") and entry.is_file(follow_symlinks=False):
-                        count += 1
-                        if count > MAX_PACKAGES:
-                            return
                         yield directory.rstrip(b"/") + b"/" + entry.name
 
     def _build(self) -> Dict[Tuple[str, str], bytes]:

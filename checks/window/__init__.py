@@ -20,7 +20,7 @@ from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.scan import Listing
 from fsaudit.target import Target, file_kind
-from fsaudit.window import Window, WindowError, parse_window, target_timezone
+from fsaudit.window import Window, WindowError, WindowSpec
 from fsaudit_checks.window.mounts import excluded_mounts, read_mounts
 
 # Deeper than this, directories are reported as not walked (a loop or a hostile tree).
@@ -52,14 +52,12 @@ ADVICE_READ_ERROR = (
 )
 
 
-def window_range(raw) -> str:
-    """The text of a window option, checked for syntax now (zones are applied when the target is known)."""
-    text = str(raw)
+def window_range(raw) -> WindowSpec:
+    """A window option, read now (its zone is applied when the audited system's is known)."""
     try:
-        parse_window(text)
+        return WindowSpec.parse(str(raw))
     except WindowError as error:
         raise ValueError(str(error)) from None
-    return text
 
 
 # Option errors say "expected <kind name>": make that a useful sentence.
@@ -152,32 +150,35 @@ class WindowChecker(Checker):
         "read-error": "the filesystem answered with an I/O or corruption error for a directory or an entry",
         "summary-by-directory": "entries at risk and those no checker verified, per top-level directory",
         "summary-by-owner": "entries at risk and those no checker verified, per owning user",
-        "list-cut": "more findings of one code than `list_limit`: the rest are counted in the stats, "
-        "not listed",
     }
 
+    @property
+    def cap(self) -> int:
+        """Findings listed per code and severity (`list_limit`); the runner counts the rest."""
+        return self.settings["list_limit"]
+
     def applies(self, target: Target) -> bool:
-        self._window = self._choose_window(target)
-        if self._window is None:
+        if self._choose_window() is None:
             raise Skip(
                 "no window given: use --window START..END, `window` in [audit] or [checks.window] "
                 "of the config, or --set window.window=START..END"
             )
         return True
 
-    def _choose_window(self, target: Target) -> Window | None:
-        text = self.settings["window"]
-        if not text:
+    def _choose_window(self) -> Window | None:
+        """This check's own `window` option placed in the audited system's zone, else the audit's."""
+        spec = self.settings["window"]
+        if spec is None:
             return self.context.window
         try:
-            return parse_window(text, target_timezone(target.root_text))
+            return spec.resolve(self.context.timezone)
         except WindowError as error:
             raise Skip(f"window.window: {error}") from None
 
     # -- the walk ----------------------------------------------------------------------------------
 
     def run(self, target: Target) -> Iterator[Finding]:
-        window = getattr(self, "_window", None) or self._choose_window(target)
+        window = self._choose_window()
         if window is None:
             raise Skip("no window given")
         self._start, self._end = window.start_ts, window.end_ts
@@ -186,7 +187,6 @@ class WindowChecker(Checker):
         self._verified = self._canonical_verified(target)
         self._pending: Dict[bytes, os.stat_result] = {}
         self._errors: List[Tuple[bytes, OSError]] = []
-        self._listed: Dict[Tuple[str, str], int] = {}
         self._by_top = _Tally()
         self._by_owner = _Tally()
         self._owners: Dict[int, str] | None = None
@@ -334,7 +334,7 @@ class WindowChecker(Checker):
             yield from self._file(path, st, modified, verified)
         if denied:
             self.stats["directories_unreadable"] += 1
-            yield from self._listed_finding(
+            yield self._finding(
                 "unreadable-directory",
                 Severity.WARNING,
                 f"{denied:,} of its {listing.entries:,} entries could not be examined (permission denied)",
@@ -372,7 +372,7 @@ class WindowChecker(Checker):
             "owner": owner,
             "verified": verified,
         }
-        yield from self._listed_finding(
+        yield self._finding(
             code, severity, message, path, details, ADVICE_VERIFIED if verified else ADVICE_UNVERIFIED
         )
 
@@ -407,7 +407,7 @@ class WindowChecker(Checker):
             if self.settings["list_entries"]:
                 details["entry_names"] = sorted(every or ())
                 details["names_in_window"] = sorted(names or ())
-        yield from self._listed_finding(
+        yield self._finding(
             "directory-changed-in-window", Severity.WARNING, message, directory, details, ADVICE_DIRECTORY
         )
 
@@ -436,7 +436,7 @@ class WindowChecker(Checker):
             return
         if error.errno in _DAMAGE_ERRNOS:
             self.count("read_errors")
-            yield from self._listed_finding(
+            yield self._finding(
                 "read-error",
                 Severity.CRITICAL,
                 f"the filesystem answered {reason}",
@@ -446,7 +446,7 @@ class WindowChecker(Checker):
             )
             return
         self.stats["directories_unreadable"] += 1
-        yield from self._listed_finding(
+        yield self._finding(
             "unreadable-directory",
             Severity.WARNING,
             f"could not be walked: {reason}; nothing below it was checked",
@@ -460,33 +460,10 @@ class WindowChecker(Checker):
 
     # -- output ------------------------------------------------------------------------------------
 
-    def _listed_finding(self, code, severity, message, path, details, advice) -> Iterator[Finding]:
-        key = (code, severity.value)
-        listed = self._listed.get(key, 0)
-        self._listed[key] = listed + 1
-        limit = self.settings["list_limit"]
-        if limit and listed >= limit:
-            return
-        yield self.finding(code, severity, message, path=path, details=details, advice=advice)
+    def _finding(self, code, severity, message, path, details, advice) -> Finding:
+        return self.finding(code, severity, message, path=path, details=details, advice=advice)
 
     def _summaries(self) -> Iterator[Finding]:
-        limit = self.settings["list_limit"]
-        for (code, severity), count in sorted(self._listed.items()):
-            if limit and count > limit:
-                self.stats.setdefault("not_listed", {})[f"{code} ({severity})"] = count - limit
-                yield self.finding(
-                    "list-cut",
-                    Severity.INFO,
-                    f"{count - limit:,} more {severity} findings {code} were counted but not listed "
-                    f"(the first {limit:,} are); narrow `paths` or raise window.list_limit to see them",
-                    subject=code,
-                    details={
-                        "code": code,
-                        "severity": severity,
-                        "listed": limit,
-                        "not_listed": count - limit,
-                    },
-                )
         by_top = {
             self._target.display(key) if isinstance(key, bytes) else key: v
             for key, v in self._by_top.groups.items()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List
+from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding, Severity
 from fsaudit.target import Target
 from fsaudit_checks.zodb.discovery import Storage, discover, guess_blob_dir
 from fsaudit_checks.zodb.format import hex_id, tid_text, tid_time
-from fsaudit_checks.zodb.storage import MAX_PER_CODE, SEVERITY, StorageAudit, suppressed
+from fsaudit_checks.zodb.storage import SEVERITY, StorageAudit, WindowWrites
 from fsaudit_checks.zodb.walk import Walk
 
 WARNING, INFO = Severity.WARNING, Severity.INFO
@@ -80,6 +80,9 @@ class ZodbChecker(Checker):
         "zeo-unreachable": "a ZEO server could not be reached or checked",
         "storage-checked": "summary of one checked storage",
     }
+    # Findings listed per code and storage; the runner counts the rest.
+    cap = 50
+    cap_by = ("code", "severity", "path")
 
     def applies(self, target: Target) -> bool:
         if self.settings["paths"] or self.settings["zeo"]:
@@ -99,7 +102,15 @@ class ZodbChecker(Checker):
         if not storages and not self.settings["zeo"]:
             raise Skip("no FileStorage found under " + ", ".join(self.settings["search"]))
         for storage in storages:
-            yield from StorageAudit(self, target, storage).run()
+            yield from self._findings(StorageAudit(self.settings, self.context, target, storage).run())
+
+    def _findings(self, problems) -> Iterator[Finding]:
+        """The findings of what a storage's audit found (plain problems, and its last transaction)."""
+        for problem in problems:
+            if isinstance(problem, WindowWrites):
+                yield from self.window_findings(problem.subject, problem.path, problem.last_tid, problem.walk)
+            else:
+                yield from self.report([problem])
 
     # -- finding the storages ------------------------------------------------------------------
 
@@ -163,12 +174,8 @@ class ZodbChecker(Checker):
             yield self.finding("zeo-unreachable", WARNING, str(error), subject=subject)
             self.incomplete(f"ZEO server {address_text} was not checked")
             return
-        listed: Dict[str, int] = {}
         try:
             for problem in walk.problems():
-                listed[problem.code] = listed.get(problem.code, 0) + 1
-                if listed[problem.code] > MAX_PER_CODE:
-                    continue
                 yield self.finding(
                     problem.code,
                     SEVERITY[problem.code],
@@ -190,7 +197,7 @@ class ZodbChecker(Checker):
             return
         self.count("zeo_objects", walk.objects)
         self.count("references_checked", walk.references)
-        details = {"objects": walk.objects, "references": walk.references, "suppressed": suppressed(listed)}
+        details = {"objects": walk.objects, "references": walk.references}
         if walk.last_tid:
             details.update(last_tid=hex_id(walk.last_tid), last_time=tid_text(walk.last_tid))
             yield from self.window_findings(subject, None, walk.last_tid, None)

@@ -161,6 +161,27 @@ def blob_layout(target: Target, blob_dir: bytes) -> str:
         return "bushy"
 
 
+def _examine(target: Target, found: Discovery, configs: List[bytes], directory: bytes, entry, max_files: int):
+    """One entry of the search: a config to read later, a FileStorage by its magic, or nothing."""
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return
+        size = entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return
+    inner = os.path.join(directory, entry.name)
+    if entry.name in CONFIG_NAMES or _is_buildout_config(inner):
+        configs.append(inner)
+    if size < 4 or entry.name.endswith((b".index", b".lock", b".tmp", b".tr0")):
+        return
+    if found.files_examined >= max_files:
+        found.limit_reached = True
+        return
+    found.files_examined += 1
+    if looks_like_storage(target, inner, entry.name):
+        found.add(inner, None, "search")
+
+
 def discover(
     target: Target, roots: Iterable[str], config_roots: Iterable[str], max_depth: int, max_files: int
 ) -> Discovery:
@@ -192,23 +213,7 @@ def discover(
         depth_of_root[0] = start.rstrip(b"/").count(b"/")
         for directory, entries in target.walk(start, onerror=onerror, prune=prune, max_depth=max_depth + 1):
             for entry in entries:
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    size = entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-                inner = os.path.join(directory, entry.name)
-                if entry.name in CONFIG_NAMES or _is_buildout_config(inner):
-                    configs.append(inner)
-                if size < 4 or entry.name.endswith((b".index", b".lock", b".tmp", b".tr0")):
-                    continue
-                if found.files_examined >= max_files:
-                    found.limit_reached = True
-                    continue
-                found.files_examined += 1
-                if looks_like_storage(target, inner, entry.name):
-                    found.add(inner, None, "search")
+                _examine(target, found, configs, directory, entry, max_files)
     for root in config_roots:
         if not target.exists(root, follow=True):
             continue

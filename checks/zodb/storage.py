@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import binascii
 import io
 import itertools
 import os
-from typing import Dict, Iterator, List
+from dataclasses import dataclass
+from typing import Iterator, List
 
-from fsaudit.model import Finding, Severity
+from fsaudit.model import Severity
+from fsaudit.problems import Count, Incomplete, Item
+from fsaudit.problems import Problem as Found
 from fsaudit.target import NotRegularFile, Target
-from fsaudit_checks.zodb.discovery import Storage, blob_layout
+from fsaudit_checks.zodb.blobs import BlobCheck
+from fsaudit_checks.zodb.discovery import Storage
 from fsaudit_checks.zodb.format import hex_id, p64, tid_text
+from fsaudit_checks.zodb.index import MAX_LISTED, compare_index
 from fsaudit_checks.zodb.pickle import (
     IndexUnreadable,
     RecordParser,
@@ -25,12 +29,8 @@ from fsaudit_checks.zodb.walk import Problem, Walk
 
 CRITICAL, WARNING, INFO = Severity.CRITICAL, Severity.WARNING, Severity.INFO
 BLOB_CLASSES = {"ZODB.blob.Blob"}
-# Findings listed per code and storage; the rest are counted in the storage's summary.
-MAX_PER_CODE = 50
 # Records parsed between two hand-overs of findings (see `memory_ceiling`).
 BATCH = 4096
-# Oids named in one finding's details.
-MAX_LISTED = 20
 
 SEVERITY = {
     "bad-magic": CRITICAL,
@@ -60,52 +60,39 @@ def restore_advice(last_good: bytes | None) -> str:
     return f"{RESTORE} The last intact transaction before the damage is {hex_id(last_good)} ({when})."
 
 
-def _oid_path(oid: bytes, layout: str) -> str:
-    """The blob directory path of an oid, as ZODB.blob's bushy or lawn layout writes it."""
-    if layout == "lawn":
-        return _oid_repr(oid)
-    return "/".join("0x" + binascii.hexlify(oid[i : i + 1]).decode() for i in range(8))
+@dataclass
+class WindowWrites:
+    """The storage's last transaction, for the checker to say whether it was written in the window."""
 
-
-def _oid_repr(oid: bytes) -> str:
-    digits = binascii.hexlify(oid).lstrip(b"0")
-    if len(digits) & 1:
-        digits = b"0" + digits
-    return "0x" + (digits.decode() or "00")
-
-
-def suppressed(listed: Dict[str, int]) -> Dict[str, int]:
-    return {code: count - MAX_PER_CODE for code, count in listed.items() if count > MAX_PER_CODE}
+    subject: str
+    path: bytes | None
+    last_tid: bytes
+    walk: Walk | None
 
 
 class StorageAudit:
-    """Everything checked for one Data.fs, on behalf of `checker` (the ZodbChecker it reports for)."""
+    """Everything checked for one Data.fs; what it finds and counts it yields as plain problems
+    (fsaudit.problems), which the checker makes findings and stats."""
 
-    def __init__(self, checker, target: Target, storage: Storage):
-        self.checker = checker
+    def __init__(self, settings, context, target: Target, storage: Storage):
+        self.settings = settings  # the zodb checker's (references, history)
+        self.context = context  # the run's: window, progress, verified paths
         self.target = target
         self.storage = storage
         self.path = storage.path
-        self.listed: Dict[str, int] = {}
         self.damaged = False
         self.parser = RecordParser()
 
-    def finding(self, code, severity, message, subject=None, details=None, advice="") -> Finding | None:
-        self.listed[code] = self.listed.get(code, 0) + 1
+    def problem(self, code, severity, message, subject=None, details=None, advice="") -> Item:
         if severity == CRITICAL:
             self.damaged = True
-        if self.listed[code] > MAX_PER_CODE:
-            return None
-        return self.checker.finding(
-            code, severity, message, path=self.path, subject=subject, details=details, advice=advice
-        )
+        return Found(code, severity, message, subject, self.path, details or {}, advice)
 
-    def run(self) -> Iterator[Finding]:
-        checker = self.checker
+    def run(self) -> Iterator[Item]:
         try:
             handle = self.target.open(self.path)
         except FileNotFoundError:
-            yield checker.finding(
+            yield Found(
                 "storage-missing",
                 WARNING,
                 "the storage file named by " + ", ".join(self.storage.sources) + " does not exist",
@@ -115,38 +102,32 @@ class StorageAudit:
             )
             return
         except NotRegularFile as error:
-            yield checker.finding(
-                "unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path
-            )
-            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            yield Found("unreadable", WARNING, f"{error.kind} where a Data.fs was expected", path=self.path)
+            yield Incomplete(f"{self.target.display(self.path)} could not be read")
             return
         except OSError as error:
-            yield checker.finding(
-                "unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path
-            )
-            checker.incomplete(f"{self.target.display(self.path)} could not be read")
+            yield Found("unreadable", WARNING, f"cannot open: {error.strerror or error}", path=self.path)
+            yield Incomplete(f"{self.target.display(self.path)} could not be read")
             return
-        checker.count("storages")
+        yield Count("storages")
         with handle:
             try:
                 yield from self._audit(handle)
             except OSError as error:
-                found = self.finding(
+                yield self.problem(
                     "unreadable",
                     WARNING,
                     f"reading failed: {error.strerror or error}",
                     advice="A read error on Data.fs is damage on the disk: copy what can be read and "
                     "restore from a backup.",
                 )
-                if found:
-                    yield found
-                checker.incomplete(f"{self.target.display(self.path)} could not be read to the end")
+                yield Incomplete(f"{self.target.display(self.path)} could not be read to the end")
 
-    def _audit(self, handle) -> Iterator[Finding]:
+    def _audit(self, handle) -> Iterator[Item]:
         size = handle.st.st_size
-        self.checker.count("bytes_read", size)
-        walk = Walk(handle, size, window=self.checker.context.window)
-        progress = self.checker.context.progress
+        yield Count("bytes_read", size)
+        walk = Walk(handle, size, window=self.context.window)
+        progress = self.context.progress
         progress.start(f"zodb {self.target.display(self.path)}: structure (bytes)", size)
         walked = [0]
 
@@ -160,21 +141,19 @@ class StorageAudit:
         progress.stop()
         for problem in walk.verify_backs():
             yield from self._emit(problem, None)
-        self.checker.count("transactions", walk.transactions)
-        self.checker.count("records", walk.records)
+        yield Count("transactions", walk.transactions)
+        yield Count("records", walk.records)
         objects = len(walk.current)
         if walk.transactions and (walk.current.get(0) is None or walk.current.get(0)[1]):
             yield from self._emit(
                 Problem("root-missing", 4, "the storage has no root object (oid 0x0)"), None
             )
         references = 0
-        if self.checker.settings["references"] and walk.magic:
+        if self.settings["references"] and walk.magic:
             references = yield from self._references(walk)
         yield from self._index(walk, size)
         if walk.last_tid:
-            yield from self.checker.window_findings(
-                f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk
-            )
+            yield WindowWrites(f"tid {hex_id(walk.last_tid)}", self.path, walk.last_tid, walk)
         details = {
             "size": size,
             "magic": walk.magic.decode("latin-1"),
@@ -184,7 +163,6 @@ class StorageAudit:
             "references": references,
             "unreachable_bytes": sum(end - start for start, end in walk.unreachable),
             "blob_dir": os.fsdecode(self.storage.blob_dir) if self.storage.blob_dir else None,
-            "suppressed": suppressed(self.listed),
         }
         if walk.last_tid:
             details.update(
@@ -193,11 +171,11 @@ class StorageAudit:
                 last_tid=hex_id(walk.last_tid),
                 last_time=tid_text(walk.last_tid),
             )
-        if self.checker.settings["references"]:
+        if self.settings["references"]:
             # Every byte of it was read and cross-checked: `window` need not list it as unverified.
-            self.checker.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
+            self.context.verified.add(self.target.inner_path(self.target.resolve(self.path)))
         verdict = "damaged" if self.damaged else "intact"
-        yield self.checker.finding(
+        yield Found(
             "storage-checked",
             INFO,
             f"{verdict}: {walk.transactions} transactions, {objects} objects, last transaction "
@@ -208,7 +186,7 @@ class StorageAudit:
 
     # -- structure --------------------------------------------------------------------------------
 
-    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[Finding]:
+    def _emit(self, problem: Problem, last_good: bytes | None) -> Iterator[Item]:
         details = {"offset": problem.pos, **problem.details}
         subject_parts = []
         if problem.tid:
@@ -220,7 +198,7 @@ class StorageAudit:
         if last_good:
             details.update(last_good_tid=hex_id(last_good), last_good_time=tid_text(last_good))
         advice = restore_advice(last_good)
-        found = self.finding(
+        yield self.problem(
             problem.code,
             SEVERITY[problem.code],
             problem.message,
@@ -228,23 +206,21 @@ class StorageAudit:
             details=details,
             advice=advice,
         )
-        if found:
-            yield found
 
     # -- references and blobs ------------------------------------------------------------------------
 
     def _references(self, walk: Walk):
-        history = self.checker.settings["history"]
-        progress = self.checker.context.progress
+        history = self.settings["history"]
+        progress = self.context.progress
         total = walk.records if history else walk.current.count
         progress.start(f"zodb {self.target.display(self.path)}: objects", total)
-        blobs = BlobCheck(self)
+        blobs = BlobCheck(self.target, self.storage.blob_dir, self.problem)
         records = walk.iter_records(history)
         # Generous for any real record, small enough that a pickle announcing absurd sizes fails.
         extra = max(1 << 30, 8 * walk.max_plen)
         done = references = 0
         while True:
-            found: List[Finding] = []
+            found: List[Item] = []
             with memory_ceiling(extra):
                 batch = list(itertools.islice(records, BATCH))
                 for item in batch:
@@ -256,17 +232,17 @@ class StorageAudit:
             if len(batch) < BATCH:
                 break
         progress.stop()
-        self.checker.count("records_parsed", done)
+        yield Count("records_parsed", done)
         yield from self._extensions(walk)
-        self.checker.count("references_checked", references)
+        yield Count("references_checked", references)
         if blobs.unverified:
-            self.checker.incomplete(
+            yield Incomplete(
                 f"{blobs.unverified} blob(s) of {self.target.display(self.path)} not verified: "
                 "no blob directory known (set zodb.blob_dir)"
             )
         return references
 
-    def _check_record(self, walk: Walk, item, found: List[Finding], blobs: BlobCheck) -> int:
+    def _check_record(self, walk: Walk, item, found: List[Item], blobs: BlobCheck) -> int:
         """Parse one record, adding its findings to `found`; the number of references it holds."""
         oid_int, tid, pos, data, back, current = item
         if not current:
@@ -308,11 +284,11 @@ class StorageAudit:
             found.extend(blobs.check(p64(oid_int), tid))
         return len(refs)
 
-    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Finding]:
+    def _old_revision(self, oid_int: int, tid: bytes, pos: int, data: bytes) -> Iterator[Item]:
         try:
             self.parser.references(data)
         except UnreadablePickle as error:
-            found = self.finding(
+            yield self.problem(
                 "unreadable-revision",
                 WARNING,
                 f"an older revision of oid {hex(oid_int)} (at offset {pos}) cannot be unpickled: {error}",
@@ -321,10 +297,8 @@ class StorageAudit:
                 advice="The current state is intact, but undo and history of this object back to this "
                 "revision fail. Restore from a backup if you need them.",
             )
-            if found:
-                yield found
 
-    def _extensions(self, walk: Walk) -> Iterator[Finding]:
+    def _extensions(self, walk: Walk) -> Iterator[Item]:
         damaged = []
         with memory_ceiling(1 << 30):
             for pos, tid, data in walk.extensions():
@@ -333,7 +307,7 @@ class StorageAudit:
                 except UnreadablePickle as error:
                     damaged.append((pos, tid, error))
         for pos, tid, error in damaged:
-            found = self.finding(
+            yield self.problem(
                 "metadata-damaged",
                 WARNING,
                 f"the extension metadata of the transaction at {pos} cannot be unpickled: {error}",
@@ -342,10 +316,8 @@ class StorageAudit:
                 advice="The objects are intact, but undo and history listings fail on this transaction. "
                 "Restore from a backup if you need them.",
             )
-            if found:
-                yield found
 
-    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Finding]:
+    def _dangling(self, oid, tid, class_name, missing, undone) -> Iterator[Item]:
         missing = sorted(set(missing), key=lambda text: int(text, 16))
         undone = sorted(set(undone), key=lambda text: int(text, 16))
         names = missing + undone
@@ -354,7 +326,7 @@ class StorageAudit:
         message += ", which " + ("does not exist" if len(names) == 1 else "do not exist")
         if undone and not missing:
             message += " (their creation was undone)"
-        found = self.finding(
+        yield self.problem(
             "dangling-reference",
             CRITICAL,
             message,
@@ -371,12 +343,10 @@ class StorageAudit:
             "taken before the damage; if Data.fs is otherwise intact, the application must repair the "
             "referencing objects (replace or remove the references).",
         )
-        if found:
-            yield found
 
     # -- Data.fs.index ---------------------------------------------------------------------------
 
-    def _index(self, walk: Walk, size: int) -> Iterator[Finding]:
+    def _index(self, walk: Walk, size: int) -> Iterator[Item]:
         index_path = self.path + b".index"
         rebuild = (
             "Data.fs.index is only a cache: stop the application or ZEO server, move Data.fs.index aside "
@@ -387,30 +357,24 @@ class StorageAudit:
         except FileNotFoundError:
             return
         except OSError as error:
-            found = self.finding(
-                "index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}"
-            )
-            if found:
-                yield found
+            yield self.problem("index-unreadable", WARNING, f"cannot open {os.fsdecode(index_path)}: {error}")
             return
-        self.checker.count("indexes")
+        yield Count("indexes")
         with handle, io.BufferedReader(handle, 1 << 20) as buffered:
             try:
                 with memory_ceiling(1 << 30):
                     covered, buckets = read_index(buffered)
-                    summary = self._compare_index(walk, size, covered, buckets)
+                    summary = compare_index(walk, size, covered, buckets)
             except IndexUnreadable as error:
-                found = self.finding(
+                yield self.problem(
                     "index-unreadable",
                     WARNING,
                     f"{os.fsdecode(index_path)} cannot be read: {error}",
                     advice=rebuild,
                 )
-                if found:
-                    yield found
                 return
         if covered > size:
-            found = self.finding(
+            yield self.problem(
                 "index-beyond-end",
                 CRITICAL,
                 f"Data.fs.index was written when Data.fs was {covered} bytes long; it now has {size}: "
@@ -428,130 +392,22 @@ class StorageAudit:
                 + " Everything committed after it is gone from this file; keep Data.fs.index as evidence "
                 "of how much was lost.",
             )
-            if found:
-                yield found
             return
         problems = summary["wrong"] + summary["unindexed"] + summary["beyond"]
         if covered not in (4, walk.end_pos) and not walk.is_boundary(covered):
             problems += 1
             summary["position_not_a_transaction"] = covered
         if problems:
-            found = self.finding(
+            yield self.problem(
                 "index-mismatch",
                 WARNING if not self.damaged else CRITICAL,
                 f"Data.fs.index disagrees with Data.fs for {problems} object(s)",
                 details={"index_position": covered, **summary},
                 advice=(RESTORE + " " if self.damaged else "") + rebuild,
             )
-            if found:
-                yield found
 
     @staticmethod
     def _last_good(walk: Walk) -> dict:
         if not walk.last_tid:
             return {}
         return {"last_good_tid": hex_id(walk.last_tid), "last_good_time": tid_text(walk.last_tid)}
-
-    @staticmethod
-    def _compare_index(walk: Walk, size: int, covered: int, buckets) -> dict:
-        """Counts (and a few oids) of index entries that disagree with the walk."""
-        dense, sparse = walk.current.dense, walk.current.sparse
-        dense_len = len(dense)
-        seen = bytearray()
-        entries = exact = 0
-        counts = {"wrong": 0, "beyond": 0}
-        examples: Dict[str, List[str]] = {"wrong_oids": [], "beyond_oids": [], "unindexed_oids": []}
-        for high, keys, positions in buckets:
-            entries += len(keys)
-            last = (high | keys[-1]) >> 3 if keys else 0
-            if last < (1 << 27) and last >= len(seen):
-                seen.extend(bytes(last + 1 - len(seen) + len(seen) // 2))
-            for number, low in enumerate(keys):
-                oid = high | low
-                position = (positions[2 * number] << 32) | positions[2 * number + 1]
-                if oid >> 3 < len(seen):
-                    seen[oid >> 3] |= 1 << (oid & 7)
-                value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
-                found = (value >> 1) - 1
-                if found == position:
-                    exact += 1
-                    continue
-                if position >= size:
-                    kind = "beyond"
-                elif found > position and found >= covered:
-                    continue
-                else:
-                    kind = "wrong"
-                counts[kind] += 1
-                if len(examples[kind + "_oids"]) < MAX_LISTED:
-                    examples[kind + "_oids"].append(hex(oid))
-        # Every object whose current record lies before `covered` must be in the index with it.
-        if covered >= walk.end_pos:
-            before = walk.current.count
-        else:
-            before = sum(1 for _oid, position, _deleted in walk.current.items() if position < covered)
-        unindexed = max(before - exact, 0)
-        if unindexed:
-            for oid, position, _deleted in walk.current.items():
-                if position >= covered or (oid >> 3 < len(seen) and seen[oid >> 3] & (1 << (oid & 7))):
-                    continue
-                examples["unindexed_oids"].append(hex(oid))
-                if len(examples["unindexed_oids"]) >= MAX_LISTED:
-                    break
-        return {"entries": entries, **counts, "unindexed": unindexed, **examples}
-
-
-class BlobCheck:
-    """Blob records against the blob directory: the file of each current blob revision must exist."""
-
-    def __init__(self, audit: StorageAudit):
-        self.audit = audit
-        self.blob_dir = audit.storage.blob_dir
-        self.unverified = 0
-        self.layout = blob_layout(audit.target, self.blob_dir) if self.blob_dir else "bushy"
-
-    def check(self, oid: bytes, tid: bytes) -> Iterator[Finding]:
-        if not self.blob_dir:
-            self.unverified += 1
-            return
-        self.audit.checker.count("blobs_checked")
-        relative = f"{_oid_path(oid, self.layout)}/{_oid_repr(tid)}.blob"
-        path = os.path.join(self.blob_dir, os.fsencode(relative))
-        try:
-            st = self.audit.target.stat(path)
-        except FileNotFoundError:
-            found = self.audit.finding(
-                "blob-missing",
-                CRITICAL,
-                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is missing: {os.fsdecode(path)}",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
-                advice="Restore the blob directory from the backup that matches Data.fs.",
-            )
-            if found:
-                yield found
-            return
-        except OSError as error:
-            found = self.audit.finding(
-                "blob-missing",
-                CRITICAL,
-                f"the blob of oid {hex_id(oid)} cannot be read: {error}",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "blob": path},
-                advice="Restore the blob directory from the backup that matches Data.fs.",
-            )
-            if found:
-                yield found
-            return
-        if st.st_size == 0:
-            found = self.audit.finding(
-                "blob-empty",
-                WARNING,
-                f"the blob of oid {hex_id(oid)} (revision {hex_id(tid)}) is an empty file",
-                subject=f"oid {hex_id(oid)}",
-                details={"oid": hex_id(oid), "tid": hex_id(tid), "tid_time": tid_text(tid), "blob": path},
-                advice="Unless this blob was meant to be empty, its content was lost: restore the blob "
-                "directory from a backup.",
-            )
-            if found:
-                yield found

@@ -508,38 +508,38 @@ class Walk:
         """(oid, tid, position, pickle, back, current) of every current record (and with `history`
         every older revision too), in file order. The pickle is None for an undo record: `back` is
         then where its data is (0: the object was deleted)."""
+        for index in range(len(self.txn_pos)):
+            if self.txn_status[index] != ord("u"):
+                yield from self._records_of(index, history)
+
+    def _records_of(self, index: int, history: bool) -> Iterator[RecordItem]:
+        """The records of the transaction at `index` that iter_records yields (its hot loop)."""
         span = self.reader.span
         unpack_from = RECORD_HEADER.unpack_from
-        u64_from = U64.unpack_from
         dense = self.current.dense
         dense_len = len(dense)
         sparse = self.current.sparse
-        for index in range(len(self.txn_pos)):
-            if self.txn_status[index] == ord("u"):
-                continue
-            pos = self.txn_data[index]
-            end = self.txn_end[index]
-            buf, base = span(pos, min(end - pos, CHUNK))
-            buf_end = base + len(buf)
-            while pos < end:
-                if pos + RECORD_HEADER_LEN + 8 > buf_end:
-                    buf, base = span(pos, RECORD_HEADER_LEN + 8)
-                    buf_end = base + len(buf)
-                offset = pos - base
-                oid, tid, _, _, _, plen = unpack_from(buf, offset)
-                value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
-                current = value and (value >> 1) - 1 == pos
-                if current or (history and plen):
-                    if plen:
-                        start = offset + RECORD_HEADER_LEN
-                        if pos + RECORD_HEADER_LEN + plen > buf_end:
-                            data = self.reader.read(pos + RECORD_HEADER_LEN, plen)
-                        else:
-                            data = buf[start : start + plen]
-                        yield oid, tid, pos, data, pos, bool(current)
-                    else:
-                        yield oid, tid, pos, None, u64_from(buf, offset + RECORD_HEADER_LEN)[0], True
-                pos += RECORD_HEADER_LEN + (plen or 8)
+        pos = self.txn_data[index]
+        end = self.txn_end[index]
+        buf, base = span(pos, min(end - pos, CHUNK))
+        buf_end = base + len(buf)
+        while pos < end:
+            if pos + RECORD_HEADER_LEN + 8 > buf_end:
+                buf, base = span(pos, RECORD_HEADER_LEN + 8)
+                buf_end = base + len(buf)
+            offset = pos - base
+            oid, tid, _, _, _, plen = unpack_from(buf, offset)
+            value = dense[oid] if oid < dense_len else sparse.get(oid, 0)
+            current = value and (value >> 1) - 1 == pos
+            if current and not plen:
+                yield oid, tid, pos, None, U64.unpack_from(buf, offset + RECORD_HEADER_LEN)[0], True
+            elif plen and (current or history):
+                if pos + RECORD_HEADER_LEN + plen > buf_end:
+                    data = self.reader.read(pos + RECORD_HEADER_LEN, plen)
+                else:
+                    data = buf[offset + RECORD_HEADER_LEN : offset + RECORD_HEADER_LEN + plen]
+                yield oid, tid, pos, data, pos, bool(current)
+            pos += RECORD_HEADER_LEN + (plen or 8)
 
     def extensions(self) -> Iterator[Tuple[int, bytes, bytes]]:
         """(position, tid, extension bytes) of every transaction that has extension metadata."""

@@ -1,13 +1,15 @@
 """The `fsaudit` command: parses, calls, and maps outcomes to the monitoring exit codes.
 
-One module per command (as borg does); this one holds the group and `main()`."""
+One module per command (as borg does); this one holds the group and `main()`. A checker package
+adds a command of its own through the `fsaudit.commands` entry points (the baseline's `baseline
+create`), loaded like checkers; every command is imported only when it is used."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
-from typing import List
+from typing import Dict, List
 
 import click
 
@@ -15,30 +17,48 @@ from fsaudit import __version__
 from fsaudit.cli.common import EXIT_UNKNOWN, LOG
 from fsaudit.errors import FsauditError
 from fsaudit.escape import inert
+from fsaudit.registry import COMMANDS, Plugin, load_plugins
+
+# fsaudit's own commands: name -> "module in fsaudit.cli:attribute".
+CORE_COMMANDS = {
+    "audit": "audit:audit",
+    "self-check": "audit:self_check",
+    "checks": "audit:checks",
+    "report": "report:report",
+    "fleet": "fleet:fleet",
+    "fleet-report": "fleet:fleet_report",
+    "repair": "repair:repair",
+}
+
+
+def _command_problem(loaded) -> str:
+    return "" if isinstance(loaded, click.Command) else "is not a click command"
 
 
 class _Commands(click.Group):
-    """The commands, each imported when it is used: an audit does not pay for the fleet's code."""
+    """fsaudit's own commands and those the installed checker packages add, each imported when used
+    (an audit does not pay for the fleet's code); a core command's name cannot be taken over."""
 
-    WHERE = {
-        "audit": "audit:audit",
-        "self-check": "audit:self_check",
-        "checks": "audit:checks",
-        "baseline": "baseline:baseline",
-        "report": "report:report",
-        "fleet": "fleet:fleet",
-        "fleet-report": "fleet:fleet_report",
-        "repair": "repair:repair",
-    }
+    def _added(self) -> Dict[str, Plugin]:
+        plugins = load_plugins(COMMANDS, _command_problem)
+        return {name: plugin for name, plugin in plugins.items() if name not in CORE_COMMANDS}
 
     def list_commands(self, ctx) -> List[str]:
-        return sorted(self.WHERE)
+        return sorted([*CORE_COMMANDS, *self._added(), *self.commands])
 
     def get_command(self, ctx, name: str):
-        if name not in self.WHERE:
+        if name in self.commands:
+            return self.commands[name]
+        if name in CORE_COMMANDS:
+            module, attribute = CORE_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(f"fsaudit.cli.{module}"), attribute)
+        plugin = self._added().get(name)
+        if plugin is None:
             return None
-        module, attribute = self.WHERE[name].split(":")
-        return getattr(importlib.import_module(f"fsaudit.cli.{module}"), attribute)
+        if plugin.loaded is None:
+            LOG.warning("the command %s cannot be used: %s", name, plugin.error)
+            return None
+        return plugin.loaded
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

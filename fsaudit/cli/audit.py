@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Tuple
+from typing import List, Tuple
 
 import click
 
-from fsaudit.checker import Context
+from fsaudit.checker import Context, Skip
 from fsaudit.cli.common import (
     EXIT_UNKNOWN,
     LOG,
     colour_wanted,
     save_json_instead,
-    select_checkers,
     terminate_like_interrupt,
-    window_option,
     write_output,
 )
 from fsaudit.config import load_config, merge_options, parse_sets
@@ -27,7 +25,17 @@ from fsaudit.registry import Entry, load_checkers
 from fsaudit.report import RENDERERS, check_format, format_available, render
 from fsaudit.report.text import verdict
 from fsaudit.runner import install_hint, missing_module, run_audit
-from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, self_check_options
+from fsaudit.selfcheck import DEFAULT_FORMATS, DEFAULT_REPORT, flagged_options, self_check_options
+from fsaudit.settings import (
+    RunSettings,
+    jobs_option,
+    read_window,
+    run_io_depth,
+    run_jobs,
+    run_settings,
+    select_checkers,
+    system_config,
+)
 from fsaudit.target import Target
 
 
@@ -69,7 +77,7 @@ def checker_names(context, parameter, incomplete: str) -> list:
 )
 @click.option("--format", "fmt", default="text", type=click.Choice(sorted(RENDERERS)), show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
-@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers per checker (default: all cores).")
+@jobs_option()
 @click.option(
     "--io-depth",
     type=click.IntRange(min=1, max=1024),
@@ -91,16 +99,27 @@ def audit(root, only, skip, window, sets, config_path, fmt, output, jobs, io_dep
     if drop_cache is None:
         drop_cache = settings.get("drop_cache")
     check_format(fmt)
+    spec = read_window(window_text)
+    workers = run_jobs(jobs, settings)
+    depth = run_io_depth(io_depth, settings)
     selected = select_checkers(load_checkers(), only, skip, merge_options(config, parse_sets(list(sets))))
-    context = Context(
-        jobs=jobs or int(settings.get("jobs") or 0) or os.cpu_count() or 1,
-        io_depth=io_depth or int(settings.get("io_depth") or 0) or Context.io_depth,
-        window=window_option(window_text, root),
+    run = run_settings(
+        root,
+        selected,
+        window=spec,
+        jobs=workers,
+        io_depth=depth,
+        drop_cache=drop_cache,
         progress=Progress.for_terminal(),
     )
+    return _run(run, fmt, output)[1]
+
+
+def _run(run: RunSettings, fmt: str, output: str | None) -> Tuple[Report, int]:
+    """Run the checkers, write the report; (the report, the exit code)."""
     with terminate_like_interrupt():
-        report, interrupted = run_audit(Target(root, drop_cache=drop_cache), selected, context)
-    return _deliver(report, interrupted, fmt, output)
+        report, interrupted = run_audit(run.target, run.selected, run.context)
+    return report, _deliver(report, interrupted, fmt, output)
 
 
 def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) -> int:
@@ -125,15 +144,30 @@ def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) ->
     return report.exit_code
 
 
-@click.command("self-check")
+class _SelfCheckCommand(click.Command):
+    """`self-check`, with the options the installed self-check checkers declare as flags (the
+    baseline's `--baseline FILE`): the core names none of them."""
+
+    def get_params(self, ctx: click.Context) -> List[click.Parameter]:
+        params = super().get_params(ctx)
+        taken = {name for param in params for name in param.opts}
+        for flag, (_, option) in sorted(flagged_options(load_checkers()).items()):
+            if flag not in taken:
+                params.insert(-1, _flag_param(flag, option.help))
+        return params
+
+
+def _flag_param(flag: str, help_text: str) -> click.Option:
+    return click.Option(
+        [flag, f"flag_{flag.lstrip('-').replace('-', '_')}"],
+        type=click.Path(dir_okay=False, exists=True),
+        help=help_text,
+    )
+
+
+@click.command("self-check", cls=_SelfCheckCommand)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--window", metavar="START..END", help="The suspect time window, ISO 8601 at each end.")
-@click.option(
-    "--baseline",
-    "baseline_file",
-    type=click.Path(dir_okay=False, exists=True),
-    help="A baseline recorded earlier with `fsaudit baseline create`.",
-)
 @click.option("--set", "sets", multiple=True, metavar="CHECK.KEY=VALUE", help="Set a checker option.")
 @click.option(
     "--format",
@@ -142,27 +176,27 @@ def _deliver(report: Report, interrupted: bool, fmt: str, output: str | None) ->
     help="Report format (default: html, written to fsaudit-self-check.html).",
 )
 @click.option("--output", type=click.Path(dir_okay=False), help="Where to write the report.")
-@click.option("--jobs", type=click.IntRange(min=1), help="Parallel workers (default: all cores).")
-def self_check(paths, window, baseline_file, sets, fmt, output, jobs) -> int:
+@jobs_option("Parallel workers (default: all cores).")
+def self_check(paths, window, sets, fmt, output, jobs, **flags) -> int:
     """Check your own files under PATHS (no root needed): Python environments, git checkouts,
     file formats, and a baseline if you recorded one."""
     raw = parse_sets(list(sets))
-    if baseline_file:
-        raw.setdefault("baseline", {})["file"] = [os.path.abspath(baseline_file)]
+    entries = load_checkers()
+    for flag, (name, option) in flagged_options(entries).items():
+        given = flags.get(f"flag_{flag.lstrip('-').replace('-', '_')}")
+        if given:
+            raw.setdefault(name, {})[option.name] = [os.path.abspath(given)]
     if fmt is not None:
         check_format(fmt)
-    entries = load_checkers()
+    spec = read_window(window)
+    workers = run_jobs(jobs, system_config().get("audit", {}))
     names, options = self_check_options(entries, list(paths), raw)
     selected = select_checkers(entries, names, [], options)
     if fmt is None:
         fmt = next(f for f in DEFAULT_FORMATS if format_available(f))
         output = output or DEFAULT_REPORT.format(extension="html" if fmt == "html" else "txt")
-    context = Context(
-        jobs=jobs or os.cpu_count() or 1, window=window_option(window, "/"), progress=Progress.for_terminal()
-    )
-    with terminate_like_interrupt():
-        report, interrupted = run_audit(Target("/"), selected, context)
-    code = _deliver(report, interrupted, fmt, output)
+    run = run_settings("/", selected, window=spec, jobs=workers, progress=Progress.for_terminal())
+    report, code = _run(run, fmt, output)
     if output:
         click.echo(verdict(report))
         click.echo(f"The full report is in {output}")
@@ -187,8 +221,6 @@ def checks(root) -> int:
 
 
 def _applicability(entry: Entry, target: Target) -> Tuple[bool, str, str]:
-    from fsaudit.checker import Skip
-
     if entry.checker is None:
         return False, entry.error, ""
     summary = entry.checker.summary()

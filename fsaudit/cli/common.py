@@ -1,4 +1,4 @@
-"""What every command shares: reading reports, writing output, choosing checkers, the window."""
+"""What every command shares: reading reports, writing output, stopping on SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator
 
 import click
 
-from fsaudit.checker import OptionError
-from fsaudit.errors import FsauditError, UsageError
+from fsaudit.errors import FsauditError
 from fsaudit.model import Report
 from fsaudit.output import output_file
-from fsaudit.registry import Entry
-from fsaudit.window import Window, WindowError, parse_window, target_timezone
 
 LOG = logging.getLogger("fsaudit")
 EXIT_UNKNOWN = 3
@@ -78,38 +75,6 @@ def save_json_instead(report: Report, output: str | None) -> str:
             LOG.debug("cannot save the report in %s: %s", path, error)
     click.echo(report.to_json(), nl=False)
     return "standard output"
-
-
-def select_checkers(
-    entries: Dict[str, Entry], only: List[str], skip: List[str], raw_options: Dict[str, Dict[str, list]]
-) -> List[Tuple[Entry, Dict[str, Any]]]:
-    """The checkers to run with their validated settings; every problem is raised before any runs."""
-    for name in list(only) + list(skip) + list(raw_options):
-        if name not in entries:
-            known = ", ".join(entries) or "none"
-            raise UsageError(f"unknown checker {name!r} (checkers: {known})")
-    names = [n for n in (only or entries) if n not in skip]
-    names.sort(key=lambda n: (entries[n].checker.order if entries[n].checker else 50, n))
-    selected = []
-    for name in names:
-        entry = entries[name]
-        settings: Dict[str, Any] = {}
-        if entry.checker is not None:
-            try:
-                settings = entry.checker.validate_options(raw_options.get(name, {}))
-            except OptionError as error:
-                raise UsageError(str(error)) from None
-        selected.append((entry, settings))
-    return selected
-
-
-def window_option(text: str | None, root: str) -> Window | None:
-    if text is None:
-        return None
-    try:
-        return parse_window(text, target_timezone(root))
-    except WindowError as error:
-        raise UsageError(f"--window: {error}") from None
 
 
 def read_json(path: str) -> Any:

@@ -199,6 +199,8 @@ def _check_field_problem(key: str, value: Any) -> str:
         "covers": str,
         "category": str,
     }.get(key)
+    if key == "not_listed":
+        return _not_listed_problem(value)
     if expected is None:
         return ""
     if not isinstance(value, expected) or (key == "seconds" and (isinstance(value, bool) or value < 0)):
@@ -207,6 +209,23 @@ def _check_field_problem(key: str, value: Any) -> str:
         return f"status {value!r} is not a check status"
     if key == "name" and not value:
         return "name is empty"
+    return ""
+
+
+def _not_listed_problem(value: Any) -> str:
+    if not isinstance(value, list):
+        return "not_listed is not a list"
+    for group in value:
+        if not isinstance(group, dict) or not isinstance(group.get("code"), str):
+            return "not_listed holds a group without a code"
+        if group.get("severity") not in {s.value for s in Severity}:
+            return "not_listed holds a group without a severity"
+        count = group.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            return "not_listed holds a group without a count"
+        for key in ("path", "subject", "last"):
+            if group.get(key) is not None and not isinstance(group[key], str):
+                return f"not_listed holds a {key} that is not a string"
     return ""
 
 
@@ -245,7 +264,10 @@ class _Check:
         cut = len(self.findings) < sum(self.by_group.values())
         if cut or check.truncated:
             if not check.truncated or not isinstance(check.stats.get("findings_by_severity"), dict):
-                check.stats["findings_by_severity"] = dict(self.by_severity)
+                counted = dict(self.by_severity)
+                for group in check.not_listed:
+                    counted[group.severity.value] += group.count
+                check.stats["findings_by_severity"] = counted
             check.truncated = True
         check.group_counts = dict(self.by_group)
         return check

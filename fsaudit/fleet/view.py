@@ -7,7 +7,6 @@ own report. Rendered as text, HTML (self-contained, every value escaped) or JSON
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -338,54 +337,12 @@ def render_fleet_text(data: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:1em 0}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;font-size:.9em}th{background:#f4f4f4}
-.critical{background:#f8d0d0}.unknown{background:#f3e2b8}.warning{background:#fbf3c4}.ok{background:#d9f2d9}
-.skipped{color:#888}
-"""
-
-
 def render_fleet_html(data: Dict[str, Any]) -> str:
-    e = html.escape
-    out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-           "<title>fsaudit fleet report</title>", f"<style>{_CSS}</style></head><body>",
-           f"<h1>fsaudit fleet report: <span class=\"{e(data['status'])}\">{e(data['status'])}</span></h1>",
-           f"<p>{e(_totals_line(data['totals']))}</p>"]  # fmt: skip
-    if data.get("note"):
-        out.append(f"<p><em>{e(data['note'])}</em></p>")
-    checks = data["checks"]
-    out.append("<table><tr><th>host</th><th>status</th>" + "".join(f"<th>{e(c)}</th>" for c in checks)
-               + "<th>report</th></tr>")  # fmt: skip
-    for host in data["hosts"]:
-        row = [f"<td>{e(host['name'])}</td>", f'<td class="{e(host["status"])}">{e(host["status"])}</td>']
-        if host["outcome"] != "report" or not host["checks"]:
-            row.append(f'<td colspan="{max(len(checks), 1)}">{e(host["outcome"])}: {e(host["message"])}</td>')
-        else:
-            for name in checks:
-                cell = host["checks"].get(name)
-                css = e(cell["status"]) if cell else ""
-                title = e(cell["reason"]) if cell and cell["reason"] else ""
-                row.append(f'<td class="{css}" title="{title}">{e(_cell_text(cell))}</td>')
-        link = host.get("report_html") or host.get("report_json")
-        row.append(
-            f'<td><a href="{e(link)}">{"HTML" if host.get("report_html") else "JSON"}</a></td>'
-            if link
-            else "<td></td>"
-        )
-        out.append("<tr>" + "".join(row) + "</tr>")
-    out.append("</table>")
-    if data["codes"]:
-        out.append("<h2>Hosts per finding code</h2><table><tr><th>check</th><th>code</th><th>severity</th>"
-                   "<th>hosts</th><th>shared subjects</th></tr>")  # fmt: skip
-        for entry in data["codes"]:
-            shared = "<br>".join(
-                f"{e(s)}: {e(', '.join(h))}" for s, h in entry["subjects"].items() if len(h) > 1
-            )
-            out.append(f"<tr><td>{e(entry['check'])}</td><td>{e(entry['code'])}</td>"
-                       f"<td class=\"{e(entry['severity'])}\">{e(entry['severity'])}</td>"
-                       f"<td>{len(entry['hosts'])}: {e(', '.join(entry['hosts']))}</td>"
-                       f"<td>{shared}</td></tr>")  # fmt: skip
-        out.append("</table>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    """The fleet view as one self-contained HTML page (the Jinja template beside the VM report's, every
+    value escaped)."""
+    from fsaudit.report.html import environment
+
+    jinja = environment()
+    jinja.filters["cell"] = _cell_text
+    page = jinja.get_template("fleet.html")
+    return page.render(data=data, totals=_totals_line(data["totals"]))

@@ -25,6 +25,17 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ACCOUNTS_LIMIT = 16 << 20
 
 
+def _follow(fds: List[int], names: List[bytes], link_name: bytes) -> List[bytes]:
+    """The components of the symlink `link_name` in the directory `fds[-1]`; an absolute link goes back
+    to the image's root first (`fds` and `names` keep only the root)."""
+    link = os.readlink(link_name, dir_fd=fds[-1])
+    if link.startswith(b"/"):
+        while len(fds) > 1:
+            os.close(fds.pop())
+        names.clear()
+    return link.split(b"/")
+
+
 class ImageError(Exception):
     """A path of the image that cannot be written as packaged, and why (in words for the operator)."""
 
@@ -101,12 +112,7 @@ class Image:
                     hops += 1
                     if hops > MAX_SYMLINKS:
                         raise ImageError(f"{_shown(names, name)}: too many levels of symbolic links")
-                    link = os.readlink(name, dir_fd=fds[-1])
-                    if link.startswith(b"/"):
-                        while len(fds) > 1:
-                            os.close(fds.pop())
-                        names.clear()
-                    pending.extend(reversed(link.split(b"/")))
+                    pending.extend(reversed(_follow(fds, names, name)))
                     continue
                 if not stat.S_ISDIR(st.st_mode):
                     raise ImageError(f"{_shown(names, name)} is a {file_kind(st.st_mode)}, not a directory")

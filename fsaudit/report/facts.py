@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from fsaudit.model import NOTHING_FOUND, CheckResult, Finding, Report, Severity, Status
+from fsaudit.model import NOTHING_FOUND, CheckResult, Finding, NotListed, Report, Severity, Status
 from fsaudit.outcomes import NOT_CHECKED_PERMISSION, permission_reason
 
 
@@ -87,10 +87,24 @@ def grouped_findings(check: CheckResult) -> Dict[Tuple[Severity, str], List[Find
     return groups
 
 
-def group_count(check: CheckResult, severity: Severity, code: str, listed: int) -> int:
-    """How many findings of (severity, code) the check made: `listed`, unless the list was cut when
+def listed_count(check: CheckResult, severity: Severity, code: str, listed: int) -> int:
+    """How many findings of (severity, code) the report lists: `listed`, unless the list was cut when
     the report was loaded (then the full count loaded with it)."""
     return max(listed, check.group_counts.get((severity.value, code), 0))
+
+
+def group_count(check: CheckResult, severity: Severity, code: str, listed: int) -> int:
+    """How many findings of (severity, code) the check made: those listed and those past its cap."""
+    unlisted = sum(group.count for group in check.unlisted(severity, code))
+    return listed_count(check, severity, code, listed) + unlisted
+
+
+def not_listed_text(group: NotListed) -> str:
+    """`1,204 more in /var/log/kern.log (buffer-io-error), not listed; the last: ...` (raw: escape it)."""
+    where = " ".join(part for part in (group.path, f"({group.subject})" if group.subject else "") if part)
+    where = f" in {where}" if where else ""
+    last = f"; the last: {group.last}" if group.last else ""
+    return f"{group.count:,} more{where}, counted but not listed by the check{last}"
 
 
 def unverified_items(check: CheckResult) -> List[str]:

@@ -35,7 +35,7 @@ def require_jinja2():
     return jinja2
 
 
-def _environment():
+def environment():
     jinja2 = require_jinja2()
     # Autoescape everything: file names, messages and details come from a possibly damaged system.
     return jinja2.Environment(
@@ -79,6 +79,7 @@ def _checks(report: Report) -> List[dict]:
         groups = []
         for (severity, code), findings in facts.grouped_findings(check).items():
             count = facts.group_count(check, severity, code, len(findings))
+            listed = facts.listed_count(check, severity, code, len(findings))
             advice = Counter(f.advice for f in findings if f.advice)
             groups.append(
                 {
@@ -86,7 +87,8 @@ def _checks(report: Report) -> List[dict]:
                     "code": code,
                     "count": count,
                     "findings": findings[:HTML_LIST_LIMIT],
-                    "more": max(0, count - min(len(findings), HTML_LIST_LIMIT)),
+                    "more": max(0, listed - min(len(findings), HTML_LIST_LIMIT)),
+                    "not_listed": [facts.not_listed_text(g) for g in check.unlisted(severity, code)],
                     # Said once for the group when a few texts cover it, not on each of 1,293 rows.
                     "advice": advice.most_common() if len(advice) <= GROUP_ADVICE_LIMIT else [],
                     "advice_per_finding": len(advice) > GROUP_ADVICE_LIMIT,
@@ -125,10 +127,10 @@ def render_html(report: Report, colour: bool = False) -> str:
     damage = facts.package_damage(report)
     advice = facts.advice_groups(report, skip_packages=True)
     unchecked, absent = facts.unchecked(report)
-    environment = _environment()
-    environment.filters["when"] = readable_time
-    environment.filters["label"] = lambda value: LABELS.get(value, value)
-    template = environment.get_template("report.html")
+    jinja = environment()
+    jinja.filters["when"] = readable_time
+    jinja.filters["label"] = lambda value: LABELS.get(value, value)
+    template = jinja.get_template("report.html")
     return template.render(
         report=report,
         status=status.value,
@@ -147,3 +149,7 @@ def render_html(report: Report, colour: bool = False) -> str:
         checks=_checks(report),
         critical=Severity.CRITICAL.value,
     )
+
+
+# Asked before an audit starts (fsaudit.report.check_format): the page cannot be made without jinja2.
+render_html.require = require_jinja2  # type: ignore[attr-defined]

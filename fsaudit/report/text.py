@@ -10,7 +10,7 @@ from typing import Dict, List
 
 from fsaudit.escape import inert
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
-from fsaudit.report.facts import group_count
+from fsaudit.report.facts import group_count, listed_count, not_listed_text
 
 # Findings listed per code before the rest is summarised by a count.
 LIST_LIMIT = 10
@@ -109,8 +109,11 @@ def _check_lines(check: CheckResult, paint: _Painter) -> List[str]:
         lines.append(f"    {paint(severity.value, severity.value)} {inert(code)}: {count:,}")
         for finding in group[:LIST_LIMIT]:
             lines.append(f"      {_finding_line(finding)}")
-        if count > LIST_LIMIT:
-            lines.append(f"      ... and {count - LIST_LIMIT:,} more (the JSON report lists them all)")
+        listed = listed_count(check, severity, code, len(group))
+        if listed > LIST_LIMIT:
+            lines.append(f"      ... and {listed - LIST_LIMIT:,} more (the JSON report lists them all)")
+        for unlisted in check.unlisted(severity, code):
+            lines.append(f"      ... and {inert(not_listed_text(unlisted))}")
     if check.truncated:
         lines.append("    (more findings than could be listed; the counts above are complete)")
     return lines

@@ -12,7 +12,7 @@ import pytest
 from fixtures.debian import bomb_deb, make_deb, make_root
 from fsaudit.hashing import HashRequest, HashResult
 from fsaudit.target import Target
-from fsaudit_checks.debian import classify, debfile, dpkg_db
+from fsaudit_checks.debian import classify, debfile, dpkg_db, placement
 from fsaudit_checks.debian.plan import Item, Owner
 from fsaudit_checks.debian.verdicts import Judge
 
@@ -46,7 +46,7 @@ def test_conffile_lines(line, expected):
 
 
 def test_later_path_rules_win():
-    rules = dpkg_db.PathFilter([(True, b"/usr/share/doc/*"), (False, b"/usr/share/doc/*/copyright")])
+    rules = placement.PathFilter([(True, b"/usr/share/doc/*"), (False, b"/usr/share/doc/*/copyright")])
     assert rules.excluded(b"/usr/share/doc/a/README")
     assert not rules.excluded(b"/usr/share/doc/a/copyright")
     assert not rules.excluded(b"/usr/bin/a")
@@ -69,10 +69,10 @@ def test_truncated_md5sums_drops_the_cut_line(tmp_path):
 def test_diversions_and_their_owner(tmp_path):
     root = make_root(tmp_path / "root")
     (root / "var/lib/dpkg/diversions").write_bytes(b"/a\n/a.real\nwrap\n/b\n/b.local\n:\n/c\n")
-    diversions, damage = dpkg_db.read_diversions(Target(root))
-    assert dpkg_db.diverted_location(b"/a", "orig", diversions) == b"/a.real"
-    assert dpkg_db.diverted_location(b"/a", "wrap", diversions) == b"/a"
-    assert dpkg_db.diverted_location(b"/b", "any", diversions) == b"/b.local"
+    diversions, damage = placement.read_diversions(Target(root))
+    assert placement.diverted_location(b"/a", "orig", diversions) == b"/a.real"
+    assert placement.diverted_location(b"/a", "wrap", diversions) == b"/a"
+    assert placement.diverted_location(b"/b", "any", diversions) == b"/b.local"
     assert len(damage) == 1
 
 
@@ -153,7 +153,7 @@ def test_cache_names():
 def _judge(root, counts):
     return Judge(
         Target(root),
-        dpkg_db.PathFilter([]),
+        placement.PathFilter([]),
         classify.AptCache(Target(root)),
         lambda key, amount: counts.__setitem__(key, counts.get(key, 0) + amount),
         set(),

@@ -685,7 +685,8 @@ def test_errors_are_classified_by_sqlstate():
 def test_the_finding_a_sequential_run_would_keep_wins_and_findings_come_sorted():
     from fsaudit_checks.postgres.parallel import PHASE_HEAPS, PHASE_ROWS, Slots, Task, run_tasks
     from fsaudit_checks.postgres.problems import Incomplete, Place, Problem
-    from fsaudit_checks.postgres.report import DatabaseReport, Relation
+    from fsaudit_checks.postgres.relation import Relation
+    from fsaudit_checks.postgres.report import DatabaseReport
 
     report = DatabaseReport(Place("c", None), "", "db", {}, shared=False)
     people = Relation(

@@ -15,9 +15,12 @@ import pytest
 
 from fixtures.corrupt import flip_byte, replace_with_fifo, truncate, zero_block
 from fixtures.zodb import build_storage, record_of
-from tests.conftest import fsaudit
+from tests.conftest import fsaudit, require_module
 
-pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
+
+@pytest.fixture(autouse=True, scope="module")
+def zodb_installed():
+    require_module("ZODB", "pip install 'fsaudit[zodb]'")
 
 
 @pytest.fixture(scope="module")

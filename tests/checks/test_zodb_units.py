@@ -15,8 +15,12 @@ from fsaudit_checks.zodb.discovery import parse_config
 from fsaudit_checks.zodb.format import tid_time, time_tid
 from fsaudit_checks.zodb.pickle import UnreadablePickle, class_name, read_index, record_references
 from fsaudit_checks.zodb.walk import Walk
+from tests.conftest import require_module
 
-pytest.importorskip("ZODB", reason="pip install 'fsaudit[zodb]'")
+
+@pytest.fixture(autouse=True, scope="module")
+def zodb_installed():
+    require_module("ZODB", "pip install 'fsaudit[zodb]'")
 
 
 class Folder:

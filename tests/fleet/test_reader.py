@@ -45,6 +45,19 @@ def test_only_the_first_findings_of_each_code_are_kept_but_every_count_is_comple
     assert check.counts()["critical"] == 50 and check.group_counts[("critical", "content-differs")] == 50
 
 
+def test_findings_a_check_counted_but_did_not_list_count_when_the_list_is_cut_too():
+    data = json.loads(GOLDEN)
+    debian = data["checks"][0]
+    debian["findings"] = [dict(debian["findings"][0], path=f"/usr/bin/x{i}") for i in range(50)]
+    debian["not_listed"] = [{"code": "content-differs", "severity": "critical", "count": 25, "path": None,
+                             "subject": None, "last": "x"}]  # fmt: skip
+    assert read(json.dumps(data)).checks[0].counts()["critical"] == 75
+    assert read(json.dumps(data), keep=3).checks[0].counts()["critical"] == 75
+    debian["not_listed"] = [{"code": "content-differs", "severity": "bad", "count": 1}]
+    with pytest.raises(ReportError, match="not_listed"):
+        read(json.dumps(data))
+
+
 def test_what_is_kept_is_bounded_by_its_size_too(monkeypatch):
     data = json.loads(GOLDEN)
     big = dict(data["checks"][0]["findings"][0], message="x" * 900)

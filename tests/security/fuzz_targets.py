@@ -184,9 +184,9 @@ def run_dpkg_list(data: bytes) -> None:
 
 
 def run_dpkg_diversions(data: bytes) -> None:
-    from fsaudit_checks.debian import dpkg_db
+    from fsaudit_checks.debian import placement
 
-    diversions, damage = dpkg_db.read_diversions(_in_root("/var/lib/dpkg/diversions", data))
+    diversions, damage = placement.read_diversions(_in_root("/var/lib/dpkg/diversions", data))
     for source, diversion in diversions.items():
         assert source.startswith(b"/") and diversion.to.startswith(b"/") and diversion.package
 
@@ -439,7 +439,7 @@ def run_git_config(data: bytes) -> None:
 
 @functools.cache
 def baseline_seeds() -> List[bytes]:
-    from fsaudit.baseline import FORMAT, Entry
+    from fsaudit_checks.baseline.format import FORMAT, Entry
 
     lines = [json.dumps({"format": FORMAT, "root": "/", "created": "2014-06-01T00:00:00+00:00"}) + "\n"]
     for number in range(5):
@@ -453,7 +453,7 @@ def baseline_seeds() -> List[bytes]:
 
 
 def run_baseline(data: bytes) -> None:
-    from fsaudit.baseline import BaselineDamaged, read_baseline
+    from fsaudit_checks.baseline.format import BaselineDamaged, read_baseline
 
     try:
         _header, entries = read_baseline(io.BytesIO(data))

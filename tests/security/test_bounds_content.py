@@ -9,7 +9,8 @@ import importlib.util
 import json
 import struct
 
-from tests.security.measured import GIB, fsaudit_measured
+from fixtures.measured import GIB
+from tests.conftest import fsaudit_measured
 
 LIMIT_SECONDS = 60
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from fixtures.debian import install, make_deb, make_root
-from tests.conftest import require_program
-from tests.security.measured import GIB, fsaudit_measured
+from fixtures.measured import GIB
+from tests.conftest import fsaudit_measured, require_program
 
 
 @pytest.fixture

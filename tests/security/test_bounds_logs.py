@@ -7,7 +7,8 @@ import bz2
 import gzip
 import lzma
 
-from tests.security.measured import GIB, fsaudit_measured
+from fixtures.measured import GIB
+from tests.conftest import fsaudit_measured
 
 
 def test_four_tiny_bzip2_bombs_are_cut_by_ratio_and_said_so(tmp_path):

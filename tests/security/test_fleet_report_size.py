@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.fleet import SshLab, host_vars, ini_inventory, run_measured, sending
+from fixtures.fleet import SshLab, host_vars, ini_inventory, sending
+from fixtures.measured import run_measured
 from tests.conftest import require_program
 
 FINDINGS = 120_000  # about 55 MB of report: one VM where npm rewrote its whole tree
@@ -63,7 +64,8 @@ def lab(tmp_path_factory):
 def fleet(lab, out: Path, *args: str):
     command = [sys.executable, "-m", "fsaudit", "fleet", str(lab.inventory), "--ssh-config", str(lab.config),
                "--out", str(out), *args]  # fmt: skip
-    return run_measured(command)
+    run, cost = run_measured(command)
+    return run, cost.max_rss
 
 
 def test_a_large_report_is_taken_in_and_viewed_in_bounded_memory(lab, tmp_path):
@@ -75,16 +77,18 @@ def test_a_large_report_is_taken_in_and_viewed_in_bounded_memory(lab, tmp_path):
     assert (out / "reports" / "npm-vm.json").read_bytes() == lab.big.read_bytes()  # kept exactly as sent
     assert rss < RSS_BOUND, f"fsaudit fleet peaked at {rss >> 20} MiB"
 
-    view, rss = run_measured([sys.executable, "-m", "fsaudit", "fleet-report", str(out), "--format", "json"])
+    view, cost = run_measured([sys.executable, "-m", "fsaudit", "fleet-report", str(out), "--format", "json"])
+    rss = cost.max_rss
     data = json.loads(view.stdout)
     assert view.returncode == 2 and data["hosts"][0]["checks"]["debian"]["critical"] == FINDINGS
     assert len(data["codes"][0]["subjects"]) == 7  # which packages the damage is in
     assert rss < RSS_BOUND, f"fleet-report peaked at {rss >> 20} MiB"
 
     page = tmp_path / "fleet.html"
-    html, rss = run_measured(
+    html, cost = run_measured(
         [sys.executable, "-m", "fsaudit", "fleet-report", str(out), "--format", "html", "--output", str(page)]
     )
+    rss = cost.max_rss
     vm_page = (out / "reports" / "npm-vm.html").read_text()
     assert html.returncode == 2 and "npm-vm" in page.read_text()
     assert "120,000" in vm_page  # the counts stay complete although only the first findings are listed
@@ -103,7 +107,7 @@ def test_a_report_over_the_size_cap_has_its_own_outcome(lab, tmp_path):
 def test_fleet_report_refuses_a_report_file_over_its_cap(lab, tmp_path):
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "npm-vm.json").write_bytes(lab.big.read_bytes())
-    view, rss = run_measured(
+    view, cost = run_measured(
         [
             sys.executable,
             "-m",
@@ -119,4 +123,4 @@ def test_fleet_report_refuses_a_report_file_over_its_cap(lab, tmp_path):
     host = json.loads(view.stdout)["hosts"][0]
     assert view.returncode == 3 and host["status"] == "unknown"
     assert "larger than" in host["message"]
-    assert rss < RSS_BOUND
+    assert cost.max_rss < RSS_BOUND

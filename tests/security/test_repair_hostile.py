@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from fixtures.corrupt import flip_byte
 from fixtures.debian import bomb_deb
 from fixtures.debroot import CACHE, RunningSystem, audit_json, make_deb, make_root
+from fixtures.measured import MIB, run_measured
 from tests.conftest import fsaudit, require_program
 
 ALPHA = {"/usr/bin/alpha": b"#!/bin/sh\necho alpha\n" * 200}
@@ -183,25 +183,10 @@ def test_nothing_from_the_image_runs_and_its_symlinks_cannot_redirect_writes(tmp
     assert (image / "usr/bin/alpha").read_bytes() == ALPHA["/usr/bin/alpha"]
 
 
-# Runs the command as its child and prints the child's own peak RSS (KiB): measured from a small
-# process, because a child inherits the peak of the process it was forked from (here, pytest's).
-_MEASURE = (
-    "import os, subprocess, sys\n"
-    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
-    "output = child.stdout.read()\n"
-    "_, status, usage = os.wait4(child.pid, 0)\n"
-    "sys.stdout.buffer.write(output)\n"
-    "sys.stderr.write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')\n"
-)
-
-
 def _bounded_run(command):
     """(exit status, stdout, peak RSS in MiB) of `command`."""
-    measured = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command], capture_output=True, env={**os.environ, "NO_COLOR": "1"}
-    )
-    code, peak = measured.stderr.decode().split()[-2:]
-    return int(code), measured.stdout.decode(), int(peak) / 1024
+    done, cost = run_measured(command)
+    return done.returncode, done.stdout, cost.max_rss / MIB
 
 
 def test_a_bomb_in_the_apt_cache_costs_neither_memory_nor_the_verdict(image, tmp_path):

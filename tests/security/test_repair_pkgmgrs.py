@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from fixtures import apk as alpine
 from fixtures import pacman as pacfix
 from fixtures import portage as gentoo
 from fixtures.corrupt import flip_byte
+from fixtures.measured import MIB, run_measured
 from tests.conftest import fsaudit, require_program
 
 FSAUDIT = f"{sys.executable} -m fsaudit"
@@ -213,25 +213,10 @@ def test_an_impostor_apk_and_binary_package_are_never_written_from(tmp_path):
     assert "holds app-misc/evil-1.0, not app-misc/tool-1.0" in run.stdout
 
 
-# Runs the command as its child and prints the child's own peak RSS (KiB): measured from a small
-# process, because a child inherits the peak of the process it was forked from (here, pytest's).
-_MEASURE = (
-    "import os, subprocess, sys\n"
-    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
-    "output = child.stdout.read()\n"
-    "_, status, usage = os.wait4(child.pid, 0)\n"
-    "sys.stdout.buffer.write(output)\n"
-    "sys.stderr.write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')\n"
-)
-
-
 def _bounded_run(command):
     """(exit status, stdout, peak RSS in MiB) of `command`."""
-    measured = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command], capture_output=True, env={**os.environ, "NO_COLOR": "1"}
-    )
-    code, peak = measured.stderr.decode().split()[-2:]
-    return int(code), measured.stdout.decode(), int(peak) / 1024
+    done, cost = run_measured(command)
+    return done.returncode, done.stdout, cost.max_rss / MIB
 
 
 @pytest.mark.parametrize(

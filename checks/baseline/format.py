@@ -1,4 +1,5 @@
-"""Baselines: a record of every file's size, mode, owner, mtime and SHA-256, to compare against later.
+"""The baseline file: a record of every file's size, mode, owner, mtime and SHA-256, to compare against
+later.
 
 The file is gzip-compressed JSON lines: a header, one line per entry in walk order, and a trailer
 with the entry count, so a truncated baseline is recognised as such. Written and read streaming.
@@ -9,19 +10,14 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
-import socket
 import stat
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Iterable, Iterator, List, Optional
+from typing import IO, Iterator, List, Optional
 
 from fsaudit import __version__
-from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.model import display_path
-from fsaudit.progress import Progress
-from fsaudit.target import Target
 
 FORMAT = "fsaudit-baseline/1"
 LINE_LIMIT = 1 << 20
@@ -90,79 +86,34 @@ def entry_kind(mode: int) -> str:
     return "other"
 
 
-def _walk_entries(target: Target, paths: Iterable[str], errors: List[str]) -> Iterator[Entry]:
-    def onerror(path: bytes, error: OSError) -> None:
-        errors.append(f"{target.display(path)}: {error.strerror}")
-
-    for top in paths:
-        for directory, entries in target.walk(top, onerror=onerror):
-            for entry in sorted(entries, key=lambda e: e.name):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as error:
-                    errors.append(f"{target.display(entry.path)}: {error.strerror}")
-                    continue
-                inner = (b"" if directory == b"/" else directory) + b"/" + entry.name
-                kind = entry_kind(st.st_mode)
-                link = None
-                if kind == "link":
-                    try:
-                        link = os.readlink(entry.path)
-                    except OSError:
-                        link = b""
-                yield Entry(
-                    inner, kind, st.st_size, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, link=link
-                )
-
-
-def create_baseline(
-    target: Target, paths: List[str], output: IO[bytes], jobs: int = 1, progress: Optional[Progress] = None
-) -> dict:
-    """Record every entry below `paths` into `output` (a binary file); returns counts and errors."""
-    progress = progress or Progress()
-    errors: List[str] = []
-    counts = {"entries": 0, "files": 0, "bytes": 0, "unreadable": 0}
-    header = {
+def header(root: str, paths: List[str], host: str) -> dict:
+    """The first line of a baseline: what was recorded, where and when."""
+    return {
         "format": FORMAT,
         "fsaudit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname() if target.live else "",
-        "root": target.root_text,
+        "host": host,
+        "root": root,
         "paths": list(paths),
     }
-    progress.start("recording the baseline")
-    with gzip.GzipFile(fileobj=output, mode="wb", compresslevel=6) as stream:
 
-        def write(entry: Entry) -> None:
-            counts["entries"] += 1
-            stream.write(entry.to_line().encode("utf-8"))
 
-        def file_requests() -> Iterator[HashRequest]:
-            # Directories and symlinks are written as they are met; files once hashed.
-            for entry in _walk_entries(target, paths, errors):
-                if entry.kind == "file":
-                    yield HashRequest(entry.path, "sha256", key=entry, follow=False)
-                else:
-                    write(entry)
+class BaselineWriter:
+    """Writes a baseline to a binary file: the header, entries as they come, then the trailer."""
 
-        stream.write((json.dumps(header) + "\n").encode("utf-8"))
-        for result in hash_files(target, file_requests(), jobs):
-            entry = result.request.key
-            progress.advance()
-            if result.digest is None:
-                counts["unreadable"] += 1
-                errors.append(
-                    f"{target.display(entry.path)}: {getattr(result.error, 'strerror', result.error)}"
-                )
-                continue
-            entry.sha256 = result.digest
-            counts["files"] += 1
-            counts["bytes"] += result.size or 0
-            write(entry)
-        stream.write((json.dumps({"end": True, "entries": counts["entries"]}) + "\n").encode("utf-8"))
-    progress.stop()
-    counts["errors"] = errors
-    return counts
+    def __init__(self, output: IO[bytes], first: dict):
+        self.entries = 0
+        self._stream = gzip.GzipFile(fileobj=output, mode="wb", compresslevel=6)
+        self._stream.write((json.dumps(first) + "\n").encode("utf-8"))
+
+    def write(self, entry: Entry) -> None:
+        self.entries += 1
+        self._stream.write(entry.to_line().encode("utf-8"))
+
+    def close(self) -> None:
+        """Write the trailer (its entry count tells a complete baseline from one cut short)."""
+        self._stream.write((json.dumps({"end": True, "entries": self.entries}) + "\n").encode("utf-8"))
+        self._stream.close()
 
 
 def read_baseline(handle: IO[bytes]) -> tuple:
