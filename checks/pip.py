@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.outcomes import (
+    ANOMALY_CODES,
     CONTENT_DIFFERS,
     OK,
     PERMISSION_DENIED,
@@ -84,6 +85,7 @@ class PipChecker(Checker):
         "content-differs": "a file's size or SHA-256 differs from what RECORD says was installed",
         "wrong-type": "something other than a regular file stands where an installed file belongs",
         "unreadable": "an installed file could not be read (I/O error or permission)",
+        **ANOMALY_CODES,
         "record-damaged": "a RECORD file is unreadable or has malformed lines; those files are not verified",
     }
 

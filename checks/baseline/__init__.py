@@ -8,6 +8,7 @@ from typing import Iterator
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, HashResult, hash_files
 from fsaudit.outcomes import (
+    ANOMALY_CODES,
     CONTENT_DIFFERS,
     OK,
     PERMISSION_DENIED,
@@ -44,6 +45,7 @@ class BaselineChecker(Checker):
         "metadata-changed": "mode, owner or group differ from the baseline",
         "link-changed": "a symlink points elsewhere than recorded",
         "unreadable": "a file could not be read",
+        **ANOMALY_CODES,
         "baseline-damaged": "the baseline file itself is damaged or cut short: what follows was not compared",
     }
 

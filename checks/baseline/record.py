@@ -6,6 +6,7 @@ import os
 import socket
 from typing import IO, Iterable, Iterator, List, Optional
 
+from fsaudit import outcomes
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.progress import Progress
 from fsaudit.target import Target
@@ -55,7 +56,8 @@ def create_baseline(
         # Directories and symlinks are written as they are met; files once hashed.
         for entry in _walk_entries(target, paths, errors):
             if entry.kind == "file":
-                yield HashRequest(entry.path, "sha256", key=entry, follow=False)
+                # The size seen by the walk: a sparse file (a VM image) is hashed holes and all.
+                yield HashRequest(entry.path, "sha256", expected_size=entry.size, key=entry, follow=False)
             else:
                 writer.write(entry)
 
@@ -65,7 +67,7 @@ def create_baseline(
         progress.advance()
         if result.digest is None:
             counts["unreadable"] += 1
-            errors.append(f"{target.display(entry.path)}: {getattr(result.error, 'strerror', result.error)}")
+            errors.append(f"{target.display(entry.path)}: {_not_recorded(result)}")
             continue
         entry.sha256 = result.digest
         counts["files"] += 1
@@ -76,3 +78,14 @@ def create_baseline(
     counts["entries"] = writer.entries
     counts["errors"] = errors
     return counts
+
+
+def _not_recorded(result) -> str:
+    """Why a file's content was not recorded, in words."""
+    if result.error is not None:
+        return getattr(result.error, "strerror", None) or str(result.error)
+    if result.size_differs:
+        return "its size changed while it was recorded"
+    if result.anomaly is not None:
+        return outcomes.anomaly(result)[1]
+    return "not read"

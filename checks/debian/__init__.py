@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Dict, Iterator, List, Tuple
 
+from fsaudit import outcomes
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import hash_files
 from fsaudit.model import Finding
@@ -70,6 +71,7 @@ class DebianChecker(Checker):
         "wrong-type": "a directory, FIFO, device, socket or symlink stands where the package installed "
         "a regular file (or a non-directory where it installed a directory)",
         "unreadable": "a packaged file could not be read (an I/O error): it was not verified",
+        **outcomes.ANOMALY_CODES,
         "conffile-changed": "a configuration file differs from the packaged one (the administrator may "
         "have edited it; details say whether it changed after installation)",
         "conffile-missing": "a configuration file of a package is gone",
@@ -213,7 +215,14 @@ class _Audit:
             while True:
                 item = order.popleft()
                 if item.request is result.request:
-                    self.hashed[item.host] = (result.digest, result.size, result.mtime, result.error)
+                    self.hashed[item.host] = (
+                        result.digest,
+                        result.size,
+                        result.mtime,
+                        result.error,
+                        result.holes,
+                        result.anomaly,
+                    )
                     yield from self._judged(self.judge.file(item, result))
                     break
                 yield from self._process(item)

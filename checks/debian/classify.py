@@ -18,6 +18,9 @@ from fsaudit_checks.debian.dpkg_db import Package
 BLOCK = 4096
 _CHUNK = 256 * BLOCK
 _ZERO = bytes(BLOCK)
+# Bytes of a damaged file read for evidence when no packaged copy is at hand: enough for any
+# packaged file that matters, and a bound on what a tenant's 10 GB file can cost.
+EVIDENCE_LIMIT = 64 << 20
 
 
 def _read_full(handle: IO[bytes], size: int) -> bytes:
@@ -37,14 +40,16 @@ def compare(
     """Compare a damaged file with the packaged member, 4 KiB block by block.
 
     classification: `truncated` (the file is a proper prefix of the packaged one), `zero-filled`
-    (every differing block of the file is zeros), `random` (anything else); plus counts.
+    (every differing block of the file is zeros), `random` (anything else); plus counts. The file is
+    read no further than the packaged member: what lies beyond it only differs
+    (`bytes_beyond_packaged`).
     """
     differing = zero = 0
     first: int | None = None
     offset = 0
     while True:
-        mine = _read_full(actual, _CHUNK)
         theirs = _read_full(packaged, _CHUNK)
+        mine = _read_full(actual, min(_CHUNK, max(len(theirs), 0))) if offset < packaged_size else b""
         if not mine and not theirs:
             break
         for start in range(0, max(len(mine), len(theirs)), BLOCK):
@@ -59,6 +64,10 @@ def compare(
         offset += max(len(mine), len(theirs))
         if len(mine) < _CHUNK and len(theirs) < _CHUNK:
             break
+    beyond = actual_size - max(offset, packaged_size)
+    if beyond > 0:
+        differing += -(-beyond // BLOCK)
+        first = max(offset, packaged_size) if first is None else first
     if actual_size < packaged_size and differing == 0:
         classification = "truncated"
     elif differing and zero == differing and actual_size == packaged_size:
@@ -70,18 +79,22 @@ def compare(
         result["zero_blocks"] = zero
     if first is not None:
         result["first_difference"] = first
+    if beyond > 0:
+        result["bytes_beyond_packaged"] = beyond
     return result
 
 
 def evidence(actual: IO[bytes], size: int) -> Dict[str, object]:
-    """What the file alone shows when no packaged copy is at hand: empty, or aligned zero blocks."""
+    """What the file alone shows when no packaged copy is at hand: empty, or aligned zero blocks
+    (counted in the first EVIDENCE_LIMIT bytes; `evidence_bytes` says when that was not all)."""
     if size == 0:
         return {"classification": "empty"}
-    zero = 0
-    while True:
-        chunk = _read_full(actual, _CHUNK)
+    zero = read = 0
+    while read < EVIDENCE_LIMIT:
+        chunk = _read_full(actual, min(_CHUNK, EVIDENCE_LIMIT - read))
         if not chunk:
             break
+        read += len(chunk)
         for start in range(0, len(chunk) - BLOCK + 1, BLOCK):
             if chunk[start : start + BLOCK] == _ZERO:
                 zero += 1
@@ -90,6 +103,8 @@ def evidence(actual: IO[bytes], size: int) -> Dict[str, object]:
     result: Dict[str, object] = {"classification": "unknown"}
     if zero:
         result["zero_blocks"] = zero
+    if size > read >= EVIDENCE_LIMIT:
+        result["evidence_bytes"] = read
     return result
 
 

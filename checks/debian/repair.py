@@ -44,6 +44,8 @@ FILE_CODES = frozenset(
         "content-differs",
         "wrong-type",
         "unreadable",
+        "sparse",
+        "absurd-size",
         "directory-missing",
         "symlink-missing",
         "modified-after-install",

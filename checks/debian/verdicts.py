@@ -115,7 +115,7 @@ class Judge:
         owner = item.owner
         verdict = outcomes.outcome(result, item.expected)
         if result.error is None:
-            if item.request is not None:
+            if item.request is not None and result.digest is not None:
                 self.count("bytes_hashed", result.size or 0)
                 self.count("files_hashed", 1)
             self.verified.add(item.location)
@@ -125,6 +125,12 @@ class Judge:
         details = {"expected_md5": item.expected}
         if item.location != item.path:
             details["diverted_to"] = item.location
+        if verdict == outcomes.ANOMALY:
+            what = "configuration file" if item.kind == "conffile" else "file"
+            code, message, found = outcomes.anomaly(result, what)
+            details.update(found, mtime=iso(result.mtime))
+            yield Problem(code, "critical", message, owner, item.location, details)
+            return
         if verdict != outcomes.CONTENT_DIFFERS:
             yield from self._file_error(item, verdict, result.error, details)
             return
@@ -449,5 +455,5 @@ def result_of(item: Item, hashed: tuple) -> HashResult:
     """The hash result of an item that shares its file with an earlier one (or failed to resolve)."""
     if item.error is not None:
         return HashResult(HashRequest(item.location), error=item.error)
-    digest, size, mtime, error = hashed
-    return HashResult(HashRequest(item.location), digest, size, mtime, error)
+    digest, size, mtime, error, holes, anomaly = hashed
+    return HashResult(HashRequest(item.location), digest, size, mtime, error, holes=holes, anomaly=anomaly)

@@ -12,6 +12,7 @@ from typing import Iterator, List, Optional, Tuple
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.outcomes import (
+    ANOMALY_CODES,
     CONTENT_DIFFERS,
     OK,
     PERMISSION_DENIED,
@@ -61,6 +62,7 @@ class GitChecker(Checker):
         "missing": "a tracked file is gone from the work tree",
         "wrong-type": "something else stands where a tracked file or symlink belongs",
         "unreadable": "a tracked file could not be read",
+        **ANOMALY_CODES,
         "unverified": "tracked files that could not be compared (content filters, line-ending conversion)",
     }
 

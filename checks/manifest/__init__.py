@@ -9,6 +9,7 @@ from typing import Iterator, Union
 
 from fsaudit.checker import Checker, Option
 from fsaudit.model import Finding
+from fsaudit.outcomes import ANOMALY_CODES
 from fsaudit.target import Target
 from fsaudit_checks.manifest.entries import Damage, Package
 from fsaudit_checks.manifest.verification import Verification
@@ -25,6 +26,7 @@ CODES = {
     "metadata-differs": "mode, owner or group differ from the package while the content is intact",
     "directory-missing": "a directory the package installed is gone",
     "unreadable": "a packaged file could not be read (I/O error): it was not verified",
+    **ANOMALY_CODES,
     "conffile-changed": "a configuration file differs from the packaged one (an edit by the "
     "administrator?); details say whether its mtime is after the installation",
     "conffile-missing": "a configuration file of a package is gone",

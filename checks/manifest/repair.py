@@ -47,6 +47,8 @@ FILE_CODES = frozenset(
         "metadata-differs",
         "directory-missing",
         "unreadable",
+        "sparse",
+        "absurd-size",
         "modified-after-install",
         "conffile-changed",
         "conffile-missing",

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Set
 
+from fsaudit import outcomes
 from fsaudit.hashing import HashRequest, HashResult, hash_files
 from fsaudit.model import Finding
 from fsaudit.target import NotRegularFile, Target, file_kind
@@ -224,6 +225,12 @@ class Verification:
         if result.digest is not None:
             self.checker.count("bytes_hashed", result.size or 0)
         self.checker.count("conffiles_verified" if entry.conffile else "files_verified")
+        if result.anomaly is not None:
+            what = "configuration file" if entry.conffile else "file"
+            code, message, details = outcomes.anomaly(result, what)
+            details["mtime"] = iso(result.mtime)
+            yield self.finding(code, "critical", message, item.package, path=entry.path, details=details)
+            return
         if not result.size_differs and digest_matches(result.digest, entry.digest):
             if entry.mtime is not None and result.mtime is not None and int(result.mtime) != entry.mtime:
                 self.checker.count("mtime_differs")

@@ -124,7 +124,7 @@ class RpmChecker(Checker):
             yield from ready
             ready.clear()
             outcome, package = result.request.key
-            finish(outcome, result.digest, result.error)
+            finish(outcome, result.digest, result.error, result.anomaly)
             if outcome.denied:
                 self.count("not_checked_permission")
                 self.count("files_verified", -1)

@@ -221,13 +221,16 @@ def _compare_rdev(outcome: Outcome, st) -> None:
         outcome.actual["rdev"] = st.st_rdev
 
 
-def finish(outcome: Outcome, digest: str | None, error: OSError | None) -> None:
-    """Add the outcome of hashing the file."""
+def finish(outcome: Outcome, digest: str | None, error: OSError | None, anomaly: str | None = None) -> None:
+    """Add the outcome of hashing the file (`anomaly`: why a file of the right size was not read)."""
     if isinstance(error, PermissionError):
         outcome.denied = True
     elif error is not None:
         outcome.unreadable.add("5")
         outcome.error = error.strerror or str(error)
+    elif anomaly is not None:
+        outcome.unreadable.add("5")
+        outcome.error = f"not read ({anomaly}: larger than its filesystem)"
     elif digest is not None and digest != outcome.entry.digest.decode("ascii", "replace").lower():
         outcome.flags.add("5")
         outcome.actual["digest"] = digest

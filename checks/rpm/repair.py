@@ -241,7 +241,7 @@ class RpmRepairer(Repairer):
             return "unchecked", "cannot look at it now (permission denied): run repair as root"
         if outcome.hash_needed and owned.algorithm and owned.entry.digest:
             result = hash_one(self.target, HashRequest(owned.entry.path, owned.algorithm, follow=False))
-            finish(outcome, result.digest, result.error)
+            finish(outcome, result.digest, result.error, result.anomaly)
             if outcome.denied:
                 return "unchecked", "cannot read it now (permission denied): run repair as root"
         outcome.flags.discard("T")
