@@ -33,6 +33,7 @@ from common import (  # noqa: E402
     network_disk,
     parallel_hash_floor,
     require,
+    run_options,
     same_work,
     table,
     torn_down_on_signals,
@@ -107,10 +108,7 @@ def main() -> int:
     )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--megabytes", type=int, default=300)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/baseline"))
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
-    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
-    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
+    run_options(parser, "baseline")
     args = parser.parse_args()
     require("sha256sum")
     compile_fsaudit()
@@ -140,14 +138,14 @@ def main() -> int:
                 "64 x sha256sum (floor)", "sha256sum", [f"{disk}/{line.split('  ', 1)[1]}" for line in lines]
             ),
         ]
-        for mode in args.modes.split(","):
-            compare(tools, mode.strip(), args.repeat, disk)
+        for mode in args.modes:
+            compare(tools, mode, args.repeat, disk)
     if next(iter(peer.outcome.values()))["damage"] != planted:
         sys.exit("sha256sum -c did not report the planted damage")
     print(f"\ntree: {len(lines):,} files, {args.megabytes} MiB, {len(planted)} changed on purpose")
     print(f"fsaudit: {next(iter(tools[1].outcome.values()))['reading']}")
     same_work(tools, peer)
-    met = table(tools, peer, GOALS)
+    met = table(tools, peer, GOALS, args.modes)
     return 0 if met else 1
 
 

@@ -15,6 +15,7 @@ and the load average of the machine at each run (the machine may be shared).
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
@@ -38,6 +39,31 @@ FSAUDIT = [sys.executable, "-m", "fsaudit"]
 # run compile every module again).
 ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 ENV["NO_COLOR"] = "1"
+
+
+MODES = ("warm", "cold")
+
+
+def _modes(text: str) -> tuple:
+    modes = tuple(mode.strip() for mode in text.split(",") if mode.strip())
+    if not modes or any(mode not in MODES for mode in modes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give warm, cold, or warm,cold")
+    return modes
+
+
+def run_options(parser: argparse.ArgumentParser, workdir: str) -> None:
+    """The options every reading benchmark takes: where its input is kept, how often and how each
+    tool runs, and the disk's delay."""
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench") / workdir)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=MODES,
+        help="warm, cold, or warm,cold (the default): from the "
+        "page cache, and with it dropped before each run",
+    )
+    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
 
 
 def compile_fsaudit() -> None:

@@ -36,6 +36,7 @@ from common import (  # noqa: E402
     network_disk,
     parallel_hash_floor,
     require,
+    run_options,
     same_work,
     table,
     torn_down_on_signals,
@@ -144,11 +145,8 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024, help="total size of the built root (MB)")
     parser.add_argument("--files", type=int, default=25_000, help="number of files in the built root")
     parser.add_argument("--packages", type=int, default=250, help="number of packages in the built root")
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/debian"))
     parser.add_argument("--rebuild", action="store_true", help="build the root again")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
-    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
-    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
+    run_options(parser, "debian")
     args = parser.parse_args()
     require("dpkg", "md5sum")
     compile_fsaudit()
@@ -180,8 +178,8 @@ def main() -> int:
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,))
         )
         tools.append(parallel_hash_floor("64 x md5sum (floor)", "md5sum", [f"{disk}{p}" for p in files]))
-        for mode in args.modes.split(","):
-            compare(tools, mode.strip(), args.repeat, disk)
+        for mode in args.modes:
+            compare(tools, mode, args.repeat, disk)
     print(f"\nroot: {len(files):,} packaged files, {sum(1 for _ in planted)} damaged on purpose")
     for tool in tools:
         if "reading" in tool.outcome.get("warm", tool.outcome.get("cold", {})):
@@ -189,7 +187,7 @@ def main() -> int:
     if peer.outcome and next(iter(peer.outcome.values()))["damage"] != planted:
         sys.exit(f"dpkg --verify did not find the planted damage: {next(iter(peer.outcome.values()))}")
     same_work(tools, peer)
-    met = table(tools, peer, GOALS)
+    met = table(tools, peer, GOALS, args.modes)
     return 0 if met else 1
 
 

@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     network_disk,
     parallel_hash_floor,
     require,
+    run_options,
     same_work,
     table,
     torn_down_on_signals,
@@ -143,10 +144,7 @@ def main() -> int:
     )
     parser.add_argument("--packages", type=int, default=30)
     parser.add_argument("--size-mb", type=int, default=600)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/rpm"))
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
-    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
-    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
+    run_options(parser, "rpm")
     args = parser.parse_args()
     require("rpm", "rpmbuild", "sha256sum")
     compile_fsaudit()
@@ -180,8 +178,8 @@ def main() -> int:
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,)),
             parallel_hash_floor("64 x sha256sum (floor)", "sha256sum", [f"{disk}/{p}" for p in files]),
         ]
-        for mode in args.modes.split(","):
-            compare(tools, mode.strip(), args.repeat, disk)
+        for mode in args.modes:
+            compare(tools, mode, args.repeat, disk)
     peer_damage = next(iter(peer.outcome.values()))["damage"]
     if peer_damage != planted:
         sys.exit(
@@ -194,7 +192,7 @@ def main() -> int:
     )
     print(f"fsaudit: {ours['reading']}")
     same_work(tools, peer, keys=("damage",))
-    met = table(tools, peer, GOALS)
+    met = table(tools, peer, GOALS, args.modes)
     return 0 if met else 1
 
 

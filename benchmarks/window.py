@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     compare,
     compile_fsaudit,
     network_disk,
+    run_options,
     same_work,
     table,
     timed,
@@ -112,10 +113,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--entries", type=int, default=300_000)
-    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/fsaudit-bench/window"))
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs of each tool per mode")
-    parser.add_argument("--modes", default="warm,cold", help="warm, cold or both")
-    parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
+    run_options(parser, "window")
     args = parser.parse_args()
     compile_fsaudit()
     tree = args.workdir / str(args.entries) / "root"
@@ -142,12 +140,12 @@ def main() -> int:
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(1,)),
             Tool("64 x find (floor)", ["sh", "-c", parallel]),
         ]
-        for mode in args.modes.split(","):
-            compare(tools, mode.strip(), args.repeat, disk)
+        for mode in args.modes:
+            compare(tools, mode, args.repeat, disk)
     outcome = next(iter(tools[1].outcome.values()))
     print(f"\ntree: {outcome['entries']:,} entries, {len(outcome['changed']):,} changed in the window")
     same_work(tools, peer, keys=("changed",))
-    met = table(tools, peer, GOALS)
+    met = table(tools, peer, GOALS, args.modes)
     startup(args.repeat)
     return 0 if met else 1
 
