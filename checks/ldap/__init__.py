@@ -90,7 +90,7 @@ class LdapChecker(Checker):
         "single-value-violated": "a single-valued attribute holds more than one value",
         "dangling-reference": "a DN-valued attribute points at an entry that does not exist",
         "orphan-entry": "an entry's parent does not exist",
-        "duplicate-entry-uuid": "several entries share one entryUUID",
+        "duplicate-uuid": "several entries share one entryUUID",
         "search-failed": "the server failed while returning the directory, or lacks a naming context's entry",
         "entry-not-served": "slapcat finds an entry in the database that the server does not return",
         "entry-count-differs": "the server returns a different number of entries than slapcat finds",

@@ -229,7 +229,7 @@ class EntriesAudit:
             stopped = error
         for hashed, dns in holders.items():
             yield Problem(
-                "duplicate-entry-uuid",
+                "duplicate-uuid",
                 "critical",
                 f"{len(dns)} entries share the entryUUID {uuid_text[hashed]}: {'; '.join(dns)}",
                 subject=uuid_text[hashed],

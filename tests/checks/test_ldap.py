@@ -153,7 +153,7 @@ def test_schema_violations_from_slapadd_without_checks(servers):
     assert ("attribute-not-allowed", f"uid=user10,{people}", "uidNumber") in found
     assert ("structural-class-conflict", f"cn=both,{people}", "objectClass") in found
     assert ("single-value-violated", f"uid=user11,{people}", "displayName") in found
-    duplicates = run.findings("ldap", "duplicate-entry-uuid")
+    duplicates = run.findings("ldap", "duplicate-uuid")
     assert len(duplicates) == 1
     assert sorted(duplicates[0]["details"]["dns"]) == [f"uid=user12,{people}", f"uid=user13,{people}"]
     assert not any(subject == f"cn=ext,{people}" for _, subject, _ in found)
@@ -219,7 +219,7 @@ def test_dangling_references_a_reused_entry_uuid_and_an_orphan_are_all_named(ser
         check = run.check("ldap")
         assert run.code == 2, run.stdout
         assert not check["reason"], check["reason"]  # nothing left unverified
-        [duplicate] = run.findings("ldap", "duplicate-entry-uuid")
+        [duplicate] = run.findings("ldap", "duplicate-uuid")
         people = f"ou=people,{SUFFIX}"
         assert sorted(duplicate["details"]["dns"]) == [f"uid=user7,{people}", f"uid=user8,{people}"]
         assert duplicate["severity"] == "critical"
