@@ -269,10 +269,14 @@ class _Call:
             else:
                 self._on_thread(seq, request)
         header = (self.target.root, bool(self.target.drop_cache))
-        # One message per worker: the window shared out evenly.
-        share = -(-len(remote) // len(self.pool.processes)) if remote else 1
-        for start in range(0, len(remote), share):
-            batch = remote[start : start + share]
+        # One message per worker, the window dealt out in turn: each worker still reads in path
+        # order, and a directory's few large files (a package's 4 MB files before its small ones)
+        # do not all go to one worker while the others wait.
+        count = len(self.pool.processes) if remote else 0
+        for first in range(count):
+            batch = remote[first::count]
+            if not batch:
+                continue
             if self.remote and self.pool.send("hash", self.epoch, header, [_job(s, r) for s, r in batch]):
                 for seq, request in batch:
                     self.in_flight[seq] = (request, True)
