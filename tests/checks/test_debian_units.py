@@ -10,6 +10,7 @@ import io
 import pytest
 
 from fixtures.debian import bomb_deb, make_deb, make_root
+from fsaudit import bounded
 from fsaudit.hashing import HashRequest, HashResult
 from fsaudit.target import Target
 from fsaudit_checks.debian import classify, debfile, dpkg_db, placement
@@ -138,7 +139,7 @@ def test_a_data_archive_that_decompresses_far_beyond_its_size_is_refused(tmp_pat
     root = make_root(tmp_path / "root")
     # A regular file member of zeros: legitimate tar, but 1,000 times its compressed size.
     bomb_deb(root / "p.deb", claimed=40 << 20, zeros=40 << 20, kind=b"0")
-    monkeypatch.setattr(debfile, "MIN_DECOMPRESSED", 1 << 20)
+    monkeypatch.setattr(bounded, "MIN_DECOMPRESSED", 1 << 20)
     with pytest.raises(debfile.DebError, match="decompression bomb"):
         for member in debfile.members(Target(root), b"/p.deb"):
             member.fileobj.read()
