@@ -9,7 +9,6 @@ the database records; owner, group, mode and mtime are the database's, link targ
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import stat
@@ -19,7 +18,7 @@ from typing import IO, Callable, Dict, Iterator, List
 
 from fsaudit.bounded import Capped, Window, decompressed_limit, zstd_stream
 from fsaudit.repair import Outcome, Section, Stop
-from fsaudit.repair.image import DEFAULT_DIRECTORY, Image, ImageError, Meta
+from fsaudit.repair.image import DEFAULT_DIRECTORY, Image, ImageError, Meta, Verified, restore_each
 from fsaudit.target import Target
 from fsaudit_checks.rpm import header as hdr
 from fsaudit_checks.rpm.cache import read_package_header
@@ -119,42 +118,14 @@ def payload_members(source: Target, path: bytes) -> Iterator[Member]:
             raise PayloadError(f"damaged payload: {error}") from error
 
 
-class _Checked:
-    def __init__(self, fileobj, algorithm: str, expected: str):
-        self.fileobj = fileobj
-        self.expected = expected.lower()
-        self.digest = hashlib.new(algorithm)
-
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            chunk = self.fileobj.read(_CHUNK)
-            if not chunk:
-                return
-            self.digest.update(chunk)
-            yield chunk
-
-    def problem(self) -> str:
-        if self.digest.hexdigest() == self.expected:
-            return ""
-        return "the package file's copy does not have the digest the package database records: not written"
-
-
 def restore_steps(repairer, section: Section, say: Callable[[str], None], stop: Stop) -> Outcome:
-    outcome = Outcome()
+    """Restore each step's files, package after package; a stop request leaves the rest."""
     accounts = _accounts(repairer.target)
+    config = repairer.request.allow_conffiles
     with Image(repairer.request.root) as image:
-        for number, step in enumerate(section.steps, 1):
-            if stop.requested:
-                outcome.left.append(step)
-                continue
-            say(f"restoring {step.label} ({number}/{len(section.steps)}) from {step.source}")
-            problems = restore_package(image, step.data, accounts, repairer.request.allow_conffiles)
-            if problems:
-                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                outcome.failed.append((step, "; ".join(problems[:3]) + more))
-            else:
-                outcome.done.append(step)
-    return outcome
+        return restore_each(
+            section, say, stop, lambda step: restore_package(image, step.data, accounts, config)
+        )
 
 
 def _meta(owned: OwnedPath, accounts: Accounts) -> Meta:
@@ -208,7 +179,7 @@ def _restore_file(image: Image, member: Member, owned: OwnedPath, accounts: Acco
         raise ImageError(f"{where}: the package database has no digest to verify the package file's copy")
     if member.size == 0 and member.nlink > 1 and entry.size > 0:
         raise ImageError(f"{where}: a hard link whose content rpm stores with another name: not restored")
-    checked = _Checked(member.fileobj, owned.algorithm, entry.digest.decode("ascii", "replace"))
+    checked = Verified(member.fileobj, owned.algorithm, entry.digest.decode("ascii", "replace").lower())
     keep = (
         entry.path.rsplit(b"/", 1)[-1] + b".rpmsave" if config and entry.flags & hdr.RPMFILE_CONFIG else None
     )
