@@ -15,13 +15,12 @@ import lzma
 import os
 import tarfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, Dict, Iterator, Set, Tuple
 from urllib.parse import unquote
 
 from fsaudit.bounded import Capped, Window, decompressed_limit
 from fsaudit.target import Target
-from fsaudit_checks.manifest.archive import BoundedTarInfo, decompressed
+from fsaudit_checks.manifest.archive import BoundedTarInfo, Member, decompressed, guarded, member_kind
 
 ARCHIVES = b"/var/cache/apt/archives"
 _AR_MAGIC = b"!<arch>\n"
@@ -31,23 +30,6 @@ _CHUNK = 1 << 20
 
 class DebError(Exception):
     """A .deb that cannot be read (damaged, unknown compression, missing decompressor)."""
-
-
-@dataclass
-class Member:
-    """One entry of a .deb's data archive; `fileobj` reads a regular file's bytes (else None)."""
-
-    path: bytes
-    kind: str  # "file", "directory", "symlink", "hardlink", "other"
-    size: int
-    linkname: bytes
-    fileobj: IO[bytes] | None
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    uname: str = ""
-    gname: str = ""
-    mtime: int = 0
 
 
 def _ar_members(handle) -> Iterator[Tuple[str, int]]:
@@ -116,21 +98,11 @@ def members(target: Target, path: bytes) -> Iterator[Member]:
             name = os.fsencode(info.name)
             name = b"/" + name.lstrip(b".").lstrip(b"/") if name not in (b".", b"./") else b"/"
             name = name.rstrip(b"/") or b"/"
-            kind = (
-                "file"
-                if info.isreg()
-                else "directory"
-                if info.isdir()
-                else "symlink"
-                if info.issym()
-                else "hardlink"
-                if info.islnk()
-                else "other"
-            )
+            kind = member_kind(info)
             link = os.fsencode(info.linkname) if info.linkname else b""
             if kind == "hardlink":
                 link = b"/" + link.lstrip(b".").lstrip(b"/")
-            fileobj = tar.extractfile(info) if kind == "file" else None
+            fileobj = guarded(tar.extractfile(info), DebError) if kind == "file" else None
             yield Member(
                 name,
                 kind,
@@ -158,7 +130,7 @@ def md5sums(
             digest = _md5(member.fileobj) if wanted is None or member.path in wanted else None
             result[member.path] = ("file", digest)
         elif member.kind == "hardlink":
-            result[member.path] = ("file", result.get(member.linkname, ("file", None))[1])
+            result[member.path] = ("file", result.get(member.link, ("file", None))[1])
         else:
             result[member.path] = (member.kind, None)
     return result

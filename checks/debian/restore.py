@@ -135,7 +135,7 @@ def _restore(image: Image, member, entry: PackagedPath, owners: _Owners, parents
     elif member.kind == "hardlink":
         _restore_hardlink(image, member, entry, meta, parents)
     elif member.kind == "symlink" and entry.kind == "other":
-        image.write_symlink(entry.location, member.linkname, meta, parents)
+        image.write_symlink(entry.location, member.link, meta, parents)
     elif member.kind == "directory" and entry.kind == "other":
         image.make_directory(entry.location, meta, parents)
     else:
@@ -149,7 +149,7 @@ def _restore_hardlink(image: Image, member, entry: PackagedPath, meta: Meta, par
         raise ImageError(f"{os.fsdecode(entry.location)}: the package database has no checksum to verify it")
     target = Target(image.root)
     try:
-        with target.open(member.linkname, follow=False) as source:
+        with target.open(member.link, follow=False) as source:
             checked = _md5_checked(source, entry.expected)
             image.write_file(entry.location, checked.chunks(), meta, checked.problem, parents)
     except OSError as error:

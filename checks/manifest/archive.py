@@ -130,10 +130,11 @@ def _why(error: BaseException) -> str:
 
 
 class _Guarded(io.RawIOBase):
-    """A member's reader whose decompression and archive errors are ArchiveErrors."""
+    """A member's reader whose decompression and archive errors raise `error`."""
 
-    def __init__(self, fileobj):
+    def __init__(self, fileobj, error: Type[Exception]):
         self.fileobj = fileobj
+        self.error = error
 
     def readable(self) -> bool:
         return True
@@ -141,12 +142,18 @@ class _Guarded(io.RawIOBase):
     def readinto(self, buffer) -> int:
         try:
             data = self.fileobj.read(len(buffer))
-        except ArchiveError:
+        except (ArchiveError, self.error):
             raise
         except _errors() as error:
-            raise ArchiveError(_why(error)) from error
+            raise self.error(_why(error)) from error
         buffer[: len(data)] = data
         return len(data)
+
+
+def guarded(fileobj: IO[bytes], error: Type[Exception] = ArchiveError) -> IO[bytes]:
+    """A tar member's reader whose damage (a corrupt stream halfway through the member) raises
+    `error` like the archive's own damage, instead of a decompressor's exception."""
+    return io.BufferedReader(_Guarded(fileobj, error), CHUNK)
 
 
 def inner_path(name: str, strip: bytes = b"") -> bytes:
@@ -159,7 +166,8 @@ def inner_path(name: str, strip: bytes = b"") -> bytes:
     return b"/" + raw.strip(b"/")
 
 
-def _kind(info: tarfile.TarInfo) -> str:
+def member_kind(info: tarfile.TarInfo) -> str:
+    """What a tar entry is: "file", "directory", "symlink", "hardlink" or "other"."""
     if info.isreg():
         return "file"
     if info.isdir():
@@ -172,13 +180,13 @@ def _kind(info: tarfile.TarInfo) -> str:
 
 
 def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, strip: bytes) -> Member:
-    kind = _kind(info)
+    kind = member_kind(info)
     link = os.fsencode(info.linkname) if info.linkname else b""
     if kind == "hardlink":
         link = inner_path(info.linkname, strip)
     reader = None
     if kind == "file":
-        reader = io.BufferedReader(_Guarded(tar.extractfile(info)), CHUNK)
+        reader = guarded(tar.extractfile(info))
     return Member(
         inner_path(info.name, strip),
         kind,

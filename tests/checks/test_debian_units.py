@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import random
 
 import pytest
 
@@ -126,6 +127,21 @@ def test_damaged_deb_is_an_error_not_a_crash(tmp_path):
     (root / "q.deb").write_bytes(b"not a deb at all")
     with pytest.raises(debfile.DebError):
         debfile.md5sums(Target(root), b"/q.deb")
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd"])
+def test_a_deb_damaged_halfway_through_a_member_is_an_error_not_a_crash(tmp_path, compression):
+    # Lost writes hit cached .debs too: a corrupt stream in the middle of a member's bytes is read by
+    # md5sums outside the archive walk, and must still be a DebError, not the decompressor's exception.
+    content = random.Random(16).randbytes(3 << 20)
+    deb = make_deb(tmp_path, "p", files={"/usr/bin/big": content}, compression=compression)
+    data = bytearray(deb.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(byte ^ 0x55 for byte in data[middle : middle + 4096])
+    root = make_root(tmp_path / "root")
+    (root / "p.deb").write_bytes(bytes(data))
+    with pytest.raises(debfile.DebError):
+        debfile.md5sums(Target(root), b"/p.deb")
 
 
 def test_a_pax_header_claiming_2_to_the_62_bytes_is_refused_not_read(tmp_path):
