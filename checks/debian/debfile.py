@@ -20,7 +20,14 @@ from urllib.parse import unquote
 
 from fsaudit.bounded import Capped, Window, decompressed_limit
 from fsaudit.target import Target
-from fsaudit_checks.manifest.archive import BoundedTarInfo, Member, decompressed, guarded, member_kind
+from fsaudit_checks.manifest.archive import (
+    BoundedTarInfo,
+    Member,
+    decompressed,
+    guarded,
+    member_kind,
+    tar_member,
+)
 
 ARCHIVES = b"/var/cache/apt/archives"
 _AR_MAGIC = b"!<arch>\n"
@@ -103,19 +110,7 @@ def members(target: Target, path: bytes) -> Iterator[Member]:
             if kind == "hardlink":
                 link = b"/" + link.lstrip(b".").lstrip(b"/")
             fileobj = guarded(tar.extractfile(info), DebError) if kind == "file" else None
-            yield Member(
-                name,
-                kind,
-                info.size,
-                link,
-                fileobj,
-                mode=info.mode & 0o7777,
-                uid=info.uid,
-                gid=info.gid,
-                uname=info.uname,
-                gname=info.gname,
-                mtime=int(info.mtime),
-            )
+            yield tar_member(info, name, link, fileobj)
 
 
 def md5sums(

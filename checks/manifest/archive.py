@@ -184,15 +184,19 @@ def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, strip: bytes) -> Member
     link = os.fsencode(info.linkname) if info.linkname else b""
     if kind == "hardlink":
         link = inner_path(info.linkname, strip)
-    reader = None
-    if kind == "file":
-        reader = guarded(tar.extractfile(info))
+    reader = guarded(tar.extractfile(info)) if kind == "file" else None
+    return tar_member(info, inner_path(info.name, strip), link, reader)
+
+
+def tar_member(info: tarfile.TarInfo, path: bytes, link: bytes, fileobj: IO[bytes] | None) -> Member:
+    """The Member of the tar entry `info`; its path and link as the caller's package format reads
+    the entry's names."""
     return Member(
-        inner_path(info.name, strip),
-        kind,
+        path,
+        member_kind(info),
         info.size,
         link,
-        reader,
+        fileobj,
         mode=info.mode & 0o7777,
         uid=info.uid,
         gid=info.gid,
