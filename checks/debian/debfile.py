@@ -2,120 +2,41 @@
 
 The `.deb` files come from the audited system's apt cache, so they are read through the Target and
 may be damaged or made hostile like anything else there: every problem is a `DebError`, never a
-crash, and what a file claims never decides how much is read into memory: extended tar headers are
-bounded, and the data archive may not decompress to more than a generous multiple of its size.
+crash, and what a file claims never decides how much is read into memory. The bounds are those of
+every package file (`manifest.archive` for tar headers: extended headers bounded, sparse maps
+refused; `fsaudit.bounded` for the decompression cap and zstd), so a bound is mended in one place.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import io
 import lzma
 import os
-import shutil
-import subprocess
 import tarfile
-import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, Dict, Iterator, Set, Tuple
 from urllib.parse import unquote
 
+from fsaudit.bounded import Capped, Window, decompressed_limit
 from fsaudit.target import Target
+from fsaudit_checks.manifest.archive import (
+    BoundedTarInfo,
+    Member,
+    decompressed,
+    guarded,
+    member_kind,
+    tar_member,
+)
 
 ARCHIVES = b"/var/cache/apt/archives"
 _AR_MAGIC = b"!<arch>\n"
 _MAX_MEMBERS = 16
 _CHUNK = 1 << 20
-# A pax or GNU long-name header holds a few names and times; tarfile reads a claimed size whole.
-MAX_EXTENDED_HEADER = 1 << 20
-# Real data archives decompress to at most ~13 times their size (measured over Debian 12's archive);
-# beyond this many times plus a floor, it is a decompression bomb, not a package.
-MAX_RATIO = 100
-MIN_DECOMPRESSED = 64 << 20
-_EXTENDED_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
 
 
 class DebError(Exception):
     """A .deb that cannot be read (damaged, unknown compression, missing decompressor)."""
-
-
-@dataclass
-class Member:
-    """One entry of a .deb's data archive; `fileobj` reads a regular file's bytes (else None)."""
-
-    path: bytes
-    kind: str  # "file", "directory", "symlink", "hardlink", "other"
-    size: int
-    linkname: bytes
-    fileobj: IO[bytes] | None
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    uname: str = ""
-    gname: str = ""
-    mtime: int = 0
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A tar header whose extended headers are refused beyond a sane size instead of read whole."""
-
-    def _proc_member(self, archive):
-        if self.type in _EXTENDED_TYPES and not 0 <= self.size <= MAX_EXTENDED_HEADER:
-            raise tarfile.HeaderError(f"an extended header claims {self.size:,} bytes")
-        return super()._proc_member(archive)
-
-
-class _Capped(io.RawIOBase):
-    """A reader that refuses to deliver more than `limit` bytes: the decompressed data archive."""
-
-    def __init__(self, stream, limit: int):
-        self.stream = stream
-        self.limit = limit
-        self.delivered = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        if not data:
-            return 0
-        self.delivered += len(data)
-        if self.delivered > self.limit:
-            raise DebError(
-                f"the data archive decompresses to more than {self.limit:,} bytes: a decompression bomb"
-            )
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _Slice(io.RawIOBase):
-    """A read-only window of `length` bytes of a file, starting where it stands."""
-
-    def __init__(self, handle, length: int):
-        self.handle = handle
-        self.left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.left <= 0:
-            return 0
-        count = self.handle.readinto(memoryview(buffer)[: min(len(buffer), self.left)])
-        if not count:
-            raise DebError("the .deb ends in the middle of its data archive")
-        self.left -= count
-        return count
 
 
 def _ar_members(handle) -> Iterator[Tuple[str, int]]:
@@ -140,85 +61,35 @@ def _ar_members(handle) -> Iterator[Tuple[str, int]]:
         handle.seek(offset)
 
 
-def _zstd_stream(raw: IO[bytes]):
-    """A reader of the decompressed zstd stream `raw`: the zstandard module, else the zstd program."""
-    try:
-        import zstandard
-    except ImportError:
-        zstandard = None
-    if zstandard is not None:
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), None
-    program = shutil.which("zstd")
-    if not program:
-        raise DebError("data.tar.zst needs the zstd program (apt-get install zstd) or the zstandard module")
-    process = subprocess.Popen(
-        [program, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-
-    def feed():
-        try:
-            while True:
-                chunk = raw.read(_CHUNK)
-                if not chunk:
-                    break
-                process.stdin.write(chunk)
-        except (OSError, DebError):
-            pass
-        finally:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=feed, daemon=True)
-    thread.start()
-    return process.stdout, process
-
-
-def _decompressed(raw: IO[bytes], compression: str):
-    """(reader of the decompressed stream, helper process or None) for one data.tar compression."""
-    if compression == "gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), None
-    if compression == "xz":
-        return lzma.LZMAFile(raw), None
-    if compression == "bz2":
-        return bz2.BZ2File(raw), None
-    if compression == "zst":
-        return _zstd_stream(raw)
-    if compression == "":
-        return raw, None
-    raise DebError(f"unknown data archive compression {compression!r}")
-
-
 @contextmanager
 def _data_tar(target: Target, path: bytes):
     with target.open(path) as handle:
         for name, size in _ar_members(handle):
             if not name.startswith("data.tar"):
                 continue
-            raw = io.BufferedReader(_Slice(handle, size), _CHUNK)
-            stream, process = _decompressed(raw, name[len("data.tar") :].lstrip("."))
-            capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * size), _CHUNK)
+            raw = io.BufferedReader(Window(handle, size, _cut_short), _CHUNK)
+            kind = name[len("data.tar") :].lstrip(".")
             try:
-                with tarfile.open(
-                    fileobj=capped,
-                    mode="r|",
-                    encoding="utf-8",
-                    errors="surrogateescape",
-                    tarinfo=_BoundedTarInfo,
-                ) as tar:
-                    yield tar
+                with decompressed(raw, kind, DebError, "data.tar.zst") as stream:
+                    capped = Capped(stream, decompressed_limit(size), DebError, "the data archive")
+                    with tarfile.open(
+                        fileobj=io.BufferedReader(capped, _CHUNK),
+                        mode="r|",
+                        encoding="utf-8",
+                        errors="surrogateescape",
+                        tarinfo=BoundedTarInfo,
+                    ) as tar:
+                        yield tar
             except (tarfile.TarError, EOFError, OSError, ValueError, lzma.LZMAError) as error:
                 if isinstance(error, OSError) and not _from_archive(error):
                     raise
                 raise DebError(f"damaged data archive: {error}") from error
-            finally:
-                if process is not None:
-                    process.stdout.close()
-                    process.kill()
-                    process.wait()
             return
     raise DebError("the .deb has no data archive")
+
+
+def _cut_short() -> DebError:
+    return DebError("the .deb ends in the middle of its data archive")
 
 
 def _from_archive(error: OSError) -> bool:
@@ -234,34 +105,12 @@ def members(target: Target, path: bytes) -> Iterator[Member]:
             name = os.fsencode(info.name)
             name = b"/" + name.lstrip(b".").lstrip(b"/") if name not in (b".", b"./") else b"/"
             name = name.rstrip(b"/") or b"/"
-            kind = (
-                "file"
-                if info.isreg()
-                else "directory"
-                if info.isdir()
-                else "symlink"
-                if info.issym()
-                else "hardlink"
-                if info.islnk()
-                else "other"
-            )
+            kind = member_kind(info)
             link = os.fsencode(info.linkname) if info.linkname else b""
             if kind == "hardlink":
                 link = b"/" + link.lstrip(b".").lstrip(b"/")
-            fileobj = tar.extractfile(info) if kind == "file" else None
-            yield Member(
-                name,
-                kind,
-                info.size,
-                link,
-                fileobj,
-                mode=info.mode & 0o7777,
-                uid=info.uid,
-                gid=info.gid,
-                uname=info.uname,
-                gname=info.gname,
-                mtime=int(info.mtime),
-            )
+            fileobj = guarded(tar.extractfile(info), DebError) if kind == "file" else None
+            yield tar_member(info, name, link, fileobj)
 
 
 def md5sums(
@@ -276,7 +125,7 @@ def md5sums(
             digest = _md5(member.fileobj) if wanted is None or member.path in wanted else None
             result[member.path] = ("file", digest)
         elif member.kind == "hardlink":
-            result[member.path] = ("file", result.get(member.linkname, ("file", None))[1])
+            result[member.path] = ("file", result.get(member.link, ("file", None))[1])
         else:
             result[member.path] = (member.kind, None)
     return result

@@ -9,13 +9,12 @@ mtime is the archive's, as dpkg sets it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, List
 
 from fsaudit.repair import Outcome, Section, Stop
-from fsaudit.repair.image import DEFAULT_DIRECTORY, Accounts, Image, ImageError, Meta
+from fsaudit.repair.image import DEFAULT_DIRECTORY, Accounts, Image, ImageError, Meta, Verified, restore_each
 from fsaudit.target import Target
 from fsaudit_checks.debian import debfile
 from fsaudit_checks.debian.dpkg_db import DPKG_DIR
@@ -23,7 +22,6 @@ from fsaudit_checks.debian.repair import DebStep, PackagedPath
 
 STATOVERRIDE = DPKG_DIR + b"/statoverride"
 MAX_STATOVERRIDE = 4 << 20
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -77,48 +75,18 @@ class _Owners:
         return Meta(mode, uid, gid, member.mtime)
 
 
-class _Checked:
-    """Chunks of a member, with the MD5 of what passed, compared with the database's at the end."""
-
-    def __init__(self, fileobj, expected: str):
-        self.fileobj = fileobj
-        self.expected = expected
-        self.digest = hashlib.md5()
-
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            chunk = self.fileobj.read(_CHUNK)
-            if not chunk:
-                return
-            self.digest.update(chunk)
-            yield chunk
-
-    def problem(self) -> str:
-        if self.digest.hexdigest() == self.expected:
-            return ""
-        return "the package file's copy does not have the MD5 the package database records: not written"
-
-
 def restore_steps(repairer, section: Section, say: Callable[[str], None], stop: Stop) -> Outcome:
     """Restore each step's files, package after package; a stop request leaves the rest."""
-    outcome = Outcome()
     owners = _Owners(repairer.target)
+    conffiles = repairer.request.allow_conffiles
     with Image(repairer.request.root) as image:
-        for number, step in enumerate(section.steps, 1):
-            if stop.requested:
-                outcome.left.append(step)
-                continue
-            say(f"restoring {step.label} ({number}/{len(section.steps)}) from {step.source}")
-            problems = restore_package(image, step.data, owners, repairer.request.allow_conffiles)
-            if problems:
-                outcome.failed.append((step, "; ".join(problems[:3]) + _more(problems)))
-            else:
-                outcome.done.append(step)
-    return outcome
+        return restore_each(
+            section, say, stop, lambda step: restore_package(image, step.data, owners, conffiles)
+        )
 
 
-def _more(problems: List[str]) -> str:
-    return f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+def _md5_checked(fileobj, expected: str) -> Verified:
+    return Verified(fileobj, "md5", expected, called="MD5")
 
 
 def restore_package(image: Image, step: DebStep, owners: _Owners, conffiles: bool) -> List[str]:
@@ -157,7 +125,7 @@ def _restore(image: Image, member, entry: PackagedPath, owners: _Owners, parents
             raise ImageError(
                 f"{where}: the package database has no checksum to verify the package file's copy"
             )
-        checked = _Checked(member.fileobj, entry.expected)
+        checked = _md5_checked(member.fileobj, entry.expected)
         keep = (
             entry.location.rsplit(b"/", 1)[-1] + b".dpkg-old"
             if entry.kind == "conffile" and conffiles
@@ -167,7 +135,7 @@ def _restore(image: Image, member, entry: PackagedPath, owners: _Owners, parents
     elif member.kind == "hardlink":
         _restore_hardlink(image, member, entry, meta, parents)
     elif member.kind == "symlink" and entry.kind == "other":
-        image.write_symlink(entry.location, member.linkname, meta, parents)
+        image.write_symlink(entry.location, member.link, meta, parents)
     elif member.kind == "directory" and entry.kind == "other":
         image.make_directory(entry.location, meta, parents)
     else:
@@ -181,8 +149,8 @@ def _restore_hardlink(image: Image, member, entry: PackagedPath, meta: Meta, par
         raise ImageError(f"{os.fsdecode(entry.location)}: the package database has no checksum to verify it")
     target = Target(image.root)
     try:
-        with target.open(member.linkname, follow=False) as source:
-            checked = _Checked(source, entry.expected)
+        with target.open(member.link, follow=False) as source:
+            checked = _md5_checked(source, entry.expected)
             image.write_file(entry.location, checked.chunks(), meta, checked.problem, parents)
     except OSError as error:
         raise ImageError(

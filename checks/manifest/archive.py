@@ -15,22 +15,16 @@ import gzip
 import io
 import lzma
 import os
-import shutil
-import subprocess
 import tarfile
-import threading
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Iterator
+from typing import IO, Iterator, Type
 
-CHUNK = 1 << 20
+from fsaudit.bounded import CHUNK, Capped, decompressed_limit, zstd_stream
+
 # A pax or GNU long-name header holds a few names and times; tarfile reads a claimed size whole.
 MAX_EXTENDED_HEADER = 1 << 20
-# Real packages decompress to at most ~15 times their size; beyond this many times plus a floor, it
-# is a decompression bomb, not a package.
-MAX_RATIO = 100
-MIN_DECOMPRESSED = 64 << 20
 MAX_MEMBERS = 1_000_000
 _EXTENDED_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
@@ -45,7 +39,6 @@ _MAGIC = (
     (b"BZh", "bz2"),
     (b"\x28\xb5\x2f\xfd", "zst"),
 )
-_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
 class ArchiveError(Exception):
@@ -72,7 +65,7 @@ class Member:
     mtime: int = 0
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
+class BoundedTarInfo(tarfile.TarInfo):
     """A tar header whose extended headers are refused beyond a sane size instead of read whole, and
     whose sparse maps (which tarfile reads into a list as long as the archive claims) are refused:
     package files hold no sparse members."""
@@ -91,28 +84,6 @@ class _BoundedTarInfo(tarfile.TarInfo):
     _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
 
-class _Capped(io.RawIOBase):
-    """A reader that refuses to deliver more than `limit` bytes."""
-
-    def __init__(self, stream, limit: int):
-        self.stream = stream
-        self.limit = limit
-        self.delivered = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        if not data:
-            return 0
-        self.delivered += len(data)
-        if self.delivered > self.limit:
-            raise ArchiveError(f"it decompresses to more than {self.limit:,} bytes: a decompression bomb")
-        buffer[: len(data)] = data
-        return len(data)
-
-
 def compression(head: bytes) -> str:
     """The compression the first bytes of a stream show ("" for none)."""
     for magic, name in _MAGIC:
@@ -121,77 +92,14 @@ def compression(head: bytes) -> str:
     return ""
 
 
-class _ProcessOutput(io.RawIOBase):
-    """The output of a decompressing program; its failure (a damaged stream) is an ArchiveError at the
-    end of its output, instead of an output that merely ends early."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        count = self.process.stdout.readinto(buffer)
-        if not count:
-            try:
-                status = self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                status = None
-            if status != 0:
-                raise ArchiveError("the zstd stream is damaged or cut short")
-        return count
-
-
 @contextmanager
-def _zstd(raw: IO[bytes]) -> Iterator[IO[bytes]]:
-    try:
-        import zstandard
-    except ImportError:
-        zstandard = None
-    if zstandard is not None:
-        yield zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return
-    program = shutil.which("zstd", path=_ENV["PATH"])
-    if not program:
-        raise ArchiveError(
-            "a zstd archive needs the zstd program (apt-get install zstd) or the zstandard module"
-        )
-    process = subprocess.Popen(
-        [program, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_ENV
-    )
-
-    def feed():
-        try:
-            while True:
-                chunk = raw.read(CHUNK)
-                if not chunk:
-                    break
-                process.stdin.write(chunk)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    try:
-        yield io.BufferedReader(_ProcessOutput(process), CHUNK)
-    finally:
-        process.stdout.close()
-        process.kill()
-        process.wait()
-        feeder.join(timeout=5)
-
-
-@contextmanager
-def decompressed(raw: IO[bytes], kind: str) -> Iterator[IO[bytes]]:
-    """The decompressed stream of `raw` for one compression ("gz", "xz", "bz2", "zst" or "")."""
+def decompressed(
+    raw: IO[bytes], kind: str, error: Type[Exception] = ArchiveError, what: str = "a zstd archive"
+) -> Iterator[IO[bytes]]:
+    """The decompressed stream of `raw` for one compression ("gz", "xz", "bz2", "zst" or ""); a
+    compression it cannot read raises `error` (a missing zstd says that `what` needs it)."""
     if kind == "zst":
-        with _zstd(raw) as stream:
+        with zstd_stream(raw, error, what) as stream:
             yield stream
     elif kind == "xz":
         with lzma.LZMAFile(raw) as stream:
@@ -205,7 +113,7 @@ def decompressed(raw: IO[bytes], kind: str) -> Iterator[IO[bytes]]:
     elif kind == "":
         yield raw
     else:
-        raise ArchiveError(f"unknown compression {kind!r}")
+        raise error(f"unknown compression {kind!r}")
 
 
 def _errors() -> tuple:
@@ -222,10 +130,11 @@ def _why(error: BaseException) -> str:
 
 
 class _Guarded(io.RawIOBase):
-    """A member's reader whose decompression and archive errors are ArchiveErrors."""
+    """A member's reader whose decompression and archive errors raise `error`."""
 
-    def __init__(self, fileobj):
+    def __init__(self, fileobj, error: Type[Exception]):
         self.fileobj = fileobj
+        self.error = error
 
     def readable(self) -> bool:
         return True
@@ -233,12 +142,18 @@ class _Guarded(io.RawIOBase):
     def readinto(self, buffer) -> int:
         try:
             data = self.fileobj.read(len(buffer))
-        except ArchiveError:
+        except (ArchiveError, self.error):
             raise
         except _errors() as error:
-            raise ArchiveError(_why(error)) from error
+            raise self.error(_why(error)) from error
         buffer[: len(data)] = data
         return len(data)
+
+
+def guarded(fileobj: IO[bytes], error: Type[Exception] = ArchiveError) -> IO[bytes]:
+    """A tar member's reader whose damage (a corrupt stream halfway through the member) raises
+    `error` like the archive's own damage, instead of a decompressor's exception."""
+    return io.BufferedReader(_Guarded(fileobj, error), CHUNK)
 
 
 def inner_path(name: str, strip: bytes = b"") -> bytes:
@@ -251,7 +166,8 @@ def inner_path(name: str, strip: bytes = b"") -> bytes:
     return b"/" + raw.strip(b"/")
 
 
-def _kind(info: tarfile.TarInfo) -> str:
+def member_kind(info: tarfile.TarInfo) -> str:
+    """What a tar entry is: "file", "directory", "symlink", "hardlink" or "other"."""
     if info.isreg():
         return "file"
     if info.isdir():
@@ -264,19 +180,23 @@ def _kind(info: tarfile.TarInfo) -> str:
 
 
 def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, strip: bytes) -> Member:
-    kind = _kind(info)
+    kind = member_kind(info)
     link = os.fsencode(info.linkname) if info.linkname else b""
     if kind == "hardlink":
         link = inner_path(info.linkname, strip)
-    reader = None
-    if kind == "file":
-        reader = io.BufferedReader(_Guarded(tar.extractfile(info)), CHUNK)
+    reader = guarded(tar.extractfile(info)) if kind == "file" else None
+    return tar_member(info, inner_path(info.name, strip), link, reader)
+
+
+def tar_member(info: tarfile.TarInfo, path: bytes, link: bytes, fileobj: IO[bytes] | None) -> Member:
+    """The Member of the tar entry `info`; its path and link as the caller's package format reads
+    the entry's names."""
     return Member(
-        inner_path(info.name, strip),
-        kind,
+        path,
+        member_kind(info),
         info.size,
         link,
-        reader,
+        fileobj,
         mode=info.mode & 0o7777,
         uid=info.uid,
         gid=info.gid,
@@ -294,8 +214,8 @@ def read_members(raw: IO[bytes], size: int, strip: bytes = b"") -> Iterator[Memb
     try:
         kind = compression(buffered.peek(8)[:8])
         with decompressed(buffered, kind) as stream:
-            capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * max(size, 0)), CHUNK)
-            yield from _tar_members(capped, strip)
+            capped = Capped(stream, decompressed_limit(size), ArchiveError, "it")
+            yield from _tar_members(io.BufferedReader(capped, CHUNK), strip)
     except ArchiveError:
         raise
     except _errors() as error:
@@ -304,7 +224,7 @@ def read_members(raw: IO[bytes], size: int, strip: bytes = b"") -> Iterator[Memb
 
 def _tar_members(stream: IO[bytes], strip: bytes) -> Iterator[Member]:
     with tarfile.open(
-        fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape", tarinfo=_BoundedTarInfo
+        fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape", tarinfo=BoundedTarInfo
     ) as tar:
         for count, info in enumerate(tar):
             if count >= MAX_MEMBERS:

@@ -11,60 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, List
 
 from fsaudit.repair import Outcome, Section, Stop
-from fsaudit.repair.image import DEFAULT_DIRECTORY, Accounts, Image, ImageError, Meta
+from fsaudit.repair.image import DEFAULT_DIRECTORY, Accounts, Image, ImageError, Meta, Verified, restore_each
 from fsaudit.target import Target
-from fsaudit_checks.manifest.archive import CHUNK, ArchiveError, Member
+from fsaudit_checks.manifest.archive import ArchiveError, Member
 from fsaudit_checks.manifest.entries import DIRECTORY, FILE, FILE_OR_SYMLINK, SYMLINK, Entry, digest_matches
 from fsaudit_checks.manifest.repair import ManifestRepairer, ManifestStep, Owned, described_fully
 
 _DEFAULT_MODES = {DIRECTORY: 0o755, SYMLINK: 0o777}
 
 
-class _Checked:
-    """Chunks of a member, with the digest of what passed, compared with the database's at the end."""
-
-    def __init__(self, fileobj, entry: Entry):
-        self.fileobj = fileobj
-        self.expected = entry.digest or ""
-        self.digest = hashlib.new(entry.algorithm)
-
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            chunk = self.fileobj.read(CHUNK)
-            if not chunk:
-                return
-            self.digest.update(chunk)
-            yield chunk
-
-    def problem(self) -> str:
-        if digest_matches(self.digest.hexdigest(), self.expected):
-            return ""
-        return "the package file's copy does not have the digest the package database records: not written"
-
-
 def restore_steps(
     repairer: ManifestRepairer, section: Section, say: Callable[[str], None], stop: Stop
 ) -> Outcome:
     """Restore each step's paths, package after package; a stop request leaves the rest."""
-    outcome = Outcome()
     accounts = Accounts(repairer.target)
     with Image(repairer.request.root) as image:
         restorer = _Restorer(repairer, image, accounts)
-        for number, step in enumerate(section.steps, 1):
-            if stop.requested:
-                outcome.left.append(step)
-                continue
-            say(f"restoring {step.label} ({number}/{len(section.steps)}) from {step.source}")
-            problems = restorer.package(step.data)
-            if problems:
-                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                outcome.failed.append((step, "; ".join(problems[:3]) + more))
-            else:
-                outcome.done.append(step)
-    return outcome
+        return restore_each(section, say, stop, lambda step: restorer.package(step.data))
+
+
+def _checked(fileobj, entry: Entry) -> Verified:
+    """The member's bytes, checked against the database's digest (a prefix of 40+ digits will do)."""
+    return Verified(fileobj, entry.algorithm, entry.digest or "", matches=digest_matches)
 
 
 class _Restorer:
@@ -189,7 +160,7 @@ class _Restorer:
                     f"{where}: the package file's copy has {member.size:,} bytes, the package database "
                     f"records {entry.size:,}: not written"
                 )
-            checked = _Checked(member.fileobj, entry)
+            checked = _checked(member.fileobj, entry)
             self.image.write_file(
                 entry.path, checked.chunks(), meta, checked.problem, parents, keep_old_as=keep
             )
@@ -203,7 +174,7 @@ class _Restorer:
         (restored there already, or intact), checked against this path's digest."""
         try:
             with Target(self.image.root).open(member.link, follow=False) as source:
-                checked = _Checked(source, entry)
+                checked = _checked(source, entry)
                 self.image.write_file(
                     entry.path, checked.chunks(), meta, checked.problem, parents, keep_old_as=keep
                 )

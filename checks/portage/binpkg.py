@@ -23,6 +23,7 @@ import re
 import struct
 from typing import Dict, Iterator, List, Sequence
 
+from fsaudit.bounded import Window
 from fsaudit.target import Target
 from fsaudit_checks.manifest.archive import CHUNK, ArchiveError, Member, read_members, read_small
 
@@ -97,24 +98,6 @@ def candidates(
     return found
 
 
-class _Slice(io.RawIOBase):
-    """The first `length` bytes of a file (an XPAK package without its metadata segment)."""
-
-    def __init__(self, handle, length: int):
-        self.handle = handle
-        self.left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.left <= 0:
-            return 0
-        count = self.handle.readinto(memoryview(buffer)[: min(len(buffer), self.left)])
-        self.left -= count
-        return count
-
-
 def xpak_metadata(segment: bytes) -> Dict[str, bytes]:
     """The entries of an XPAK segment (`XPAKPACK`, index length, data length, index, data,
     `XPAKSTOP`); BinpkgError when it is not one."""
@@ -163,7 +146,8 @@ def _xpak(handle, path: bytes, category: str, pf: str) -> Iterator[Member]:
     handle.seek(size - 8 - length)
     _check(xpak_metadata(handle.read(length)), path, category, pf)
     handle.seek(0)
-    archive = io.BufferedReader(_Slice(handle, size - 8 - length), CHUNK)
+    # The tar archive is the file without its metadata segment.
+    archive = io.BufferedReader(Window(handle, size - 8 - length), CHUNK)
     yield from read_members(archive, size - 8 - length)
 
 

@@ -9,18 +9,16 @@ the database records; owner, group, mode and mtime are the database's, link targ
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import shutil
 import stat
-import subprocess
-import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO, Callable, Dict, Iterator, List
 
+from fsaudit.bounded import Capped, Window, decompressed_limit, zstd_stream
 from fsaudit.repair import Outcome, Section, Stop
-from fsaudit.repair.image import DEFAULT_DIRECTORY, Image, ImageError, Meta
+from fsaudit.repair.image import DEFAULT_DIRECTORY, Image, ImageError, Meta, Verified, restore_each
 from fsaudit.target import Target
 from fsaudit_checks.rpm import header as hdr
 from fsaudit_checks.rpm.cache import read_package_header
@@ -30,9 +28,6 @@ from fsaudit_checks.rpm.repair import OwnedPath, RpmStep, _accounts
 _CHUNK = 1 << 20
 _NEWC = (b"070701", b"070702")
 MAX_NAME = 4096
-# As for .deb data archives: beyond this many times the package file's size, a decompression bomb.
-MAX_RATIO = 100
-MIN_DECOMPRESSED = 64 << 20
 
 
 class PayloadError(Exception):
@@ -48,56 +43,15 @@ class Member:
     fileobj: IO[bytes]
 
 
-class _Window(io.RawIOBase):
-    """`size` bytes of a stream, read once; what is not read is skipped when the next member starts."""
-
-    def __init__(self, stream, size: int):
-        self.stream = stream
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.left <= 0:
-            return 0
-        data = self.stream.read(min(len(buffer), self.left))
-        if not data:
-            raise PayloadError("the payload ends in the middle of a file")
-        buffer[: len(data)] = data
-        self.left -= len(data)
-        return len(data)
-
-    def skip(self) -> None:
-        while self.left > 0:
-            self.read(min(self.left, _CHUNK))
-
-
-class _Capped(io.RawIOBase):
-    def __init__(self, stream, limit: int):
-        self.stream = stream
-        self.limit = limit
-        self.delivered = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        self.delivered += len(data)
-        if self.delivered > self.limit:
-            raise PayloadError(
-                f"the payload decompresses to more than {self.limit:,} bytes: a decompression bomb"
-            )
-        buffer[: len(data)] = data
-        return len(data)
-
-
 def _read_exactly(stream, size: int) -> bytes:
     data = stream.read(size)
     if len(data) != size:
         raise PayloadError("the payload is cut short")
     return data
+
+
+def _cut_short() -> PayloadError:
+    return PayloadError("the payload ends in the middle of a file")
 
 
 def cpio_members(stream) -> Iterator[Member]:
@@ -123,7 +77,7 @@ def cpio_members(stream) -> Iterator[Member]:
         offset += (-offset) % 4
         if name == b"TRAILER!!!":
             return
-        window = _Window(stream, size)
+        window = Window(stream, size, _cut_short)
         yield Member(
             b"/" + name.lstrip(b".").lstrip(b"/"), mode, size, nlink, io.BufferedReader(window, _CHUNK)
         )
@@ -131,41 +85,6 @@ def cpio_members(stream) -> Iterator[Member]:
         offset += size
         _read_exactly(stream, (-offset) % 4)
         offset += (-offset) % 4
-
-
-def _zstd(raw) -> tuple:
-    try:
-        import zstandard
-    except ImportError:
-        zstandard = None
-    if zstandard is not None:
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), None
-    program = shutil.which("zstd")
-    if not program:
-        raise PayloadError(
-            "a zstd payload needs the zstd program (apt-get install zstd) or the zstandard module"
-        )
-    process = subprocess.Popen(
-        [program, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-
-    def feed():
-        try:
-            while True:
-                chunk = raw.read(_CHUNK)
-                if not chunk:
-                    break
-                process.stdin.write(chunk)
-        except OSError:
-            pass
-        finally:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-
-    threading.Thread(target=feed, daemon=True).start()
-    return process.stdout, process
 
 
 def payload_members(source: Target, path: bytes) -> Iterator[Member]:
@@ -179,67 +98,34 @@ def payload_members(source: Target, path: bytes) -> Iterator[Member]:
         ) from error
     # rpmfile trusts the sizes in the headers: read them with our bounded reader first.
     read_package_header(source, path)
-    with source.open(path) as handle:
+    with source.open(path) as handle, ExitStack() as stack:
         try:
             package = rpmfile.RPMFile(fileobj=handle)
             compression = package.headers.get("archive_compression", b"gzip")
         except Exception as error:  # rpmfile raises anything (struct.error, AssertionError, ...)
             raise PayloadError(f"rpmfile cannot read the package file: {type(error).__name__}") from error
-        process = None
         if compression == b"zstd":
-            stream, process = _zstd(_SubFile(handle, package.data_offset))
+            raw = _SubFile(handle, package.data_offset)
+            stream = stack.enter_context(zstd_stream(raw, PayloadError, "a zstd payload"))
         elif compression in (b"gzip", b"xz", b"lzma", b"bzip2"):
             stream = package.data_file
         else:
             raise PayloadError(f"unknown payload compression {compression!r}")
-        capped = io.BufferedReader(_Capped(stream, MIN_DECOMPRESSED + MAX_RATIO * handle.st.st_size), _CHUNK)
+        capped = Capped(stream, decompressed_limit(handle.st.st_size), PayloadError, "the payload")
         try:
-            yield from cpio_members(capped)
+            yield from cpio_members(io.BufferedReader(capped, _CHUNK))
         except (OSError, EOFError, ValueError) as error:
             raise PayloadError(f"damaged payload: {error}") from error
-        finally:
-            if process is not None:
-                process.stdout.close()
-                process.kill()
-                process.wait()
-
-
-class _Checked:
-    def __init__(self, fileobj, algorithm: str, expected: str):
-        self.fileobj = fileobj
-        self.expected = expected.lower()
-        self.digest = hashlib.new(algorithm)
-
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            chunk = self.fileobj.read(_CHUNK)
-            if not chunk:
-                return
-            self.digest.update(chunk)
-            yield chunk
-
-    def problem(self) -> str:
-        if self.digest.hexdigest() == self.expected:
-            return ""
-        return "the package file's copy does not have the digest the package database records: not written"
 
 
 def restore_steps(repairer, section: Section, say: Callable[[str], None], stop: Stop) -> Outcome:
-    outcome = Outcome()
+    """Restore each step's files, package after package; a stop request leaves the rest."""
     accounts = _accounts(repairer.target)
+    config = repairer.request.allow_conffiles
     with Image(repairer.request.root) as image:
-        for number, step in enumerate(section.steps, 1):
-            if stop.requested:
-                outcome.left.append(step)
-                continue
-            say(f"restoring {step.label} ({number}/{len(section.steps)}) from {step.source}")
-            problems = restore_package(image, step.data, accounts, repairer.request.allow_conffiles)
-            if problems:
-                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                outcome.failed.append((step, "; ".join(problems[:3]) + more))
-            else:
-                outcome.done.append(step)
-    return outcome
+        return restore_each(
+            section, say, stop, lambda step: restore_package(image, step.data, accounts, config)
+        )
 
 
 def _meta(owned: OwnedPath, accounts: Accounts) -> Meta:
@@ -293,7 +179,7 @@ def _restore_file(image: Image, member: Member, owned: OwnedPath, accounts: Acco
         raise ImageError(f"{where}: the package database has no digest to verify the package file's copy")
     if member.size == 0 and member.nlink > 1 and entry.size > 0:
         raise ImageError(f"{where}: a hard link whose content rpm stores with another name: not restored")
-    checked = _Checked(member.fileobj, owned.algorithm, entry.digest.decode("ascii", "replace"))
+    checked = Verified(member.fileobj, owned.algorithm, entry.digest.decode("ascii", "replace").lower())
     keep = (
         entry.path.rsplit(b"/", 1)[-1] + b".rpmsave" if config and entry.flags & hdr.RPMFILE_CONFIG else None
     )

@@ -11,18 +11,22 @@ fsync'ed, and only then renamed over the destination: an interrupted repair leav
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Tuple
 
+from fsaudit.repair import Outcome, Section, Step, Stop
 from fsaudit.target import Target, file_kind
 
 MAX_SYMLINKS = 40
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ACCOUNTS_LIMIT = 16 << 20
+_CHUNK = 1 << 20
 
 
 def _follow(fds: List[int], names: List[bytes], link_name: bytes) -> List[bytes]:
@@ -138,6 +142,19 @@ class Image:
 
     # -- writing ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def _parent(self, path: bytes, parents: Callable[[bytes], Meta]) -> Iterator[Tuple[int, bytes]]:
+        """(descriptor of `path`'s directory, its last component); a system error while writing there
+        becomes an ImageError naming `path`."""
+        directories, name = _split(path)
+        parent = self.directory(directories, create=parents)
+        try:
+            yield parent, name
+        except OSError as error:
+            raise ImageError(f"{os.fsdecode(path)}: {error.strerror or error}") from None
+        finally:
+            os.close(parent)
+
     def write_file(
         self,
         path: bytes,
@@ -150,9 +167,7 @@ class Image:
         """Write `chunks` as the regular file `path`, if `check()` (called after the last chunk)
         returns '' (else it says why the content is wrong, and nothing is changed). With
         `keep_old_as`, an existing file is first renamed to that name, in the same directory."""
-        directories, name = _split(path)
-        parent = self.directory(directories, create=parents)
-        try:
+        with self._parent(path, parents) as (parent, name):
             temporary = _temporary_name(name)
             fd = os.open(temporary, _NEW_FILE, 0o600, dir_fd=parent)
             try:
@@ -168,10 +183,6 @@ class Image:
                 raise
             os.close(fd)
             self._put_in_place(parent, temporary, name, path, keep_old_as)
-        except OSError as error:
-            raise ImageError(f"{os.fsdecode(path)}: {error.strerror or error}") from None
-        finally:
-            os.close(parent)
 
     def write_symlink(
         self,
@@ -181,9 +192,7 @@ class Image:
         parents: Callable[[bytes], Meta] = lambda path: DEFAULT_DIRECTORY,
     ) -> None:
         """Make `path` the symbolic link to `target` (a link in the image points into the image)."""
-        directories, name = _split(path)
-        parent = self.directory(directories, create=parents)
-        try:
+        with self._parent(path, parents) as (parent, name):
             temporary = _temporary_name(name)
             os.symlink(target, temporary, dir_fd=parent)
             try:
@@ -194,10 +203,6 @@ class Image:
                 _unlink_quietly(temporary, parent)
                 raise
             self._put_in_place(parent, temporary, name, path, None)
-        except OSError as error:
-            raise ImageError(f"{os.fsdecode(path)}: {error.strerror or error}") from None
-        finally:
-            os.close(parent)
 
     def make_directory(
         self, path: bytes, meta: Meta, parents: Callable[[bytes], Meta] = lambda path: DEFAULT_DIRECTORY
@@ -231,6 +236,63 @@ class Image:
                 ) from None
             raise
         os.fsync(parent)
+
+
+def restore_each(
+    section: Section, say: Callable[[str], None], stop: Stop, restore: Callable[[Step], List[str]]
+) -> Outcome:
+    """Restore the section's steps one after another, `restore(step)` giving the problems (one per
+    path not restored); a stop request leaves the rest, and a failed step shows its first three."""
+    outcome = Outcome()
+    for number, step in enumerate(section.steps, 1):
+        if stop.requested:
+            outcome.left.append(step)
+            continue
+        say(f"restoring {step.label} ({number}/{len(section.steps)}) from {step.source}")
+        problems = restore(step)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            outcome.failed.append((step, "; ".join(problems[:3]) + more))
+        else:
+            outcome.done.append(step)
+    return outcome
+
+
+class Verified:
+    """The chunks of a package file's copy of a path, hashed as they pass to `Image.write_file`; its
+    `problem()`, called after the last chunk, refuses the copy unless the digest is the one the
+    package database records. `matches(actual, expected)` compares (exactly by default); `called`
+    is how the refusal names the digest ("MD5")."""
+
+    def __init__(
+        self,
+        fileobj: IO[bytes],
+        algorithm: str,
+        expected: str,
+        matches: Callable[[str, str], bool] = str.__eq__,
+        called: str = "digest",
+    ):
+        self.fileobj = fileobj
+        self.expected = expected
+        self.matches = matches
+        self.called = called
+        self.digest = hashlib.new(algorithm)
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self.fileobj.read(_CHUNK)
+            if not chunk:
+                return
+            self.digest.update(chunk)
+            yield chunk
+
+    def problem(self) -> str:
+        if self.matches(self.digest.hexdigest(), self.expected):
+            return ""
+        return (
+            f"the package file's copy does not have the {self.called} the package database records: "
+            "not written"
+        )
 
 
 def _set_meta(fd: int, meta: Meta) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import random
 
 import pytest
 
 from fixtures.debian import bomb_deb, make_deb, make_root
+from fsaudit import bounded
 from fsaudit.hashing import HashRequest, HashResult
 from fsaudit.target import Target
 from fsaudit_checks.debian import classify, debfile, dpkg_db, placement
@@ -127,6 +129,21 @@ def test_damaged_deb_is_an_error_not_a_crash(tmp_path):
         debfile.md5sums(Target(root), b"/q.deb")
 
 
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd"])
+def test_a_deb_damaged_halfway_through_a_member_is_an_error_not_a_crash(tmp_path, compression):
+    # Lost writes hit cached .debs too: a corrupt stream in the middle of a member's bytes is read by
+    # md5sums outside the archive walk, and must still be a DebError, not the decompressor's exception.
+    content = random.Random(16).randbytes(3 << 20)
+    deb = make_deb(tmp_path, "p", files={"/usr/bin/big": content}, compression=compression)
+    data = bytearray(deb.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(byte ^ 0x55 for byte in data[middle : middle + 4096])
+    root = make_root(tmp_path / "root")
+    (root / "p.deb").write_bytes(bytes(data))
+    with pytest.raises(debfile.DebError):
+        debfile.md5sums(Target(root), b"/p.deb")
+
+
 def test_a_pax_header_claiming_2_to_the_62_bytes_is_refused_not_read(tmp_path):
     root = make_root(tmp_path / "root")
     bomb_deb(root / "p.deb", claimed=2**62, zeros=64 << 20)
@@ -138,7 +155,7 @@ def test_a_data_archive_that_decompresses_far_beyond_its_size_is_refused(tmp_pat
     root = make_root(tmp_path / "root")
     # A regular file member of zeros: legitimate tar, but 1,000 times its compressed size.
     bomb_deb(root / "p.deb", claimed=40 << 20, zeros=40 << 20, kind=b"0")
-    monkeypatch.setattr(debfile, "MIN_DECOMPRESSED", 1 << 20)
+    monkeypatch.setattr(bounded, "MIN_DECOMPRESSED", 1 << 20)
     with pytest.raises(debfile.DebError, match="decompression bomb"):
         for member in debfile.members(Target(root), b"/p.deb"):
             member.fileobj.read()
