@@ -573,8 +573,8 @@ def test_nix_running_system_repairs_store_paths_from_the_binary_cache(tmp_path):
 
 def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     """The running-system flow of apk and emerge, with their answers given (neither has a Debian package)."""
-    from fsaudit_checks.apk import repair as apk_repair
-    from fsaudit_checks.portage import repair as portage_repair
+    # Both simulate through the manifest repairers' shared `simulated`, which runs the program.
+    from fsaudit_checks.manifest import repair as manifest_repair
 
     ran = []
 
@@ -590,7 +590,9 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     skipped = (
         "(1/2) [APK unavailable, skipped] Reinstalling musl (1.0-r0)\n(2/2) Reinstalling busybox (1.0-r0)"
     )
-    monkeypatch.setattr(apk_repair, "run", answer([(0, skipped), (0, "(1/1) Reinstalling busybox (1.0-r0)")]))
+    monkeypatch.setattr(
+        manifest_repair, "run", answer([(0, skipped), (0, "(1/1) Reinstalling busybox (1.0-r0)")])
+    )
     ready, refused = apk.prepare(steps, {}, print)
     assert [s.label for s in ready] == ["busybox"]
     assert [
@@ -601,7 +603,7 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
         ["apk", "fix", "--simulate", "--", "busybox"],
     ]
     monkeypatch.setattr(
-        apk_repair,
+        manifest_repair,
         "run",
         answer([(0, "(1/2) Upgrading musl (1.0-r0 -> 1.1-r0)\n(2/2) Reinstalling busybox (1.0-r0)")]),
     )
@@ -611,7 +613,7 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     emerge = PortageRepairer("portage", Request("/"))
     sed = Step("portage", "sed", data=ManifestStep(Package("sys-apps/sed", "4.9")))
     monkeypatch.setattr(
-        portage_repair,
+        manifest_repair,
         "run",
         answer([(1, 'emerge: there are no ebuilds to satisfy "=sys-apps/sed-4.9".')]),
     )

@@ -19,13 +19,13 @@ from typing import Callable, Dict, List, Sequence, Tuple
 from fsaudit.model import Finding, Severity
 from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
 from fsaudit.repair.commands import environment, run, tail
+from fsaudit.repair.packages import NOT_CHECKED, permission_denied
 from fsaudit.target import Target
 from fsaudit_checks.manifest.entries import MTIME_SLACK, iso
 from fsaudit_checks.nix import nar, store
 from fsaudit_checks.nix.store import ValidPath
 
 FILE_CODES = frozenset({"missing", "content-differs", "wrong-type", "unreadable", "modified-after-install"})
-_PERMISSION = ("Permission denied", "Operation not permitted")
 
 
 @dataclass
@@ -105,14 +105,8 @@ class NixRepairer(Repairer):
         """(why not, '') or ('', the store path the finding lies in)."""
         if finding.code not in FILE_CODES:
             return finding.advice or "restore it from a backup", b""
-        details = finding.details if isinstance(finding.details, dict) else {}
-        if finding.code == "unreadable" and any(
-            text in str(details.get("error", "")) for text in _PERMISSION
-        ):
-            return (
-                "it was not checked (permission denied), which is no sign of damage: audit again as root",
-                b"",
-            )
+        if permission_denied(finding):
+            return NOT_CHECKED, b""
         path = finding_path(finding)
         inside = store_path(path) if path is not None else None
         if inside is None:
