@@ -619,3 +619,38 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     )
     ready, refused = emerge.prepare([sed], {}, print)
     assert ready == [] and "no ebuild of sys-apps/sed-4.9" in refused[0][1]
+
+
+def test_a_transaction_runs_once_more_for_what_it_left_and_not_after_a_stop(monkeypatch):
+    """The loop every running-system repairer shares (dnf, pacman, apk, emerge, nix-store): one run,
+    a second over what is still to do, none after the operator asked to stop."""
+    from fsaudit.repair import Stop, commands
+
+    ran, told = [], []
+    monkeypatch.setattr(commands, "run", lambda command, env: ran.append(command) or (1, "E: flaky\n"))
+    fixed_by_second_run = {"beta"}
+
+    def still_to_do(step):
+        return step not in fixed_by_second_run or len(ran) < 2
+
+    left, status, output, command = commands.transact(
+        lambda steps: ["dnf", "reinstall", "--", *steps],
+        ["alpha", "beta"],
+        still_to_do,
+        {},
+        told.append,
+        Stop(),
+    )
+    assert ran == [["dnf", "reinstall", "--", "alpha", "beta"], ["dnf", "reinstall", "--", "alpha", "beta"]]
+    assert (left, status, command[0]) == (["alpha"], 1, "dnf") and output == "E: flaky\n"
+    assert told == [
+        "reinstalling 2 package(s) in one transaction: dnf reinstall -- alpha beta",
+        "reinstalling 2 package(s) once more, in one transaction: dnf reinstall -- alpha beta",
+    ]
+    stop = Stop()
+    stop.requested = True
+    ran.clear()
+    left, *_ = commands.transact(
+        lambda steps: ["nix-store", *steps], ["a"], lambda step: True, {}, print, stop
+    )
+    assert (len(ran), left) == (1, ["a"])

@@ -168,10 +168,6 @@ class DebianRepairer(PackageRepairer):
         "with the packaged owner, mode and mtime; nothing from the image is run)"
     )
 
-    def __init__(self, check: str, request):
-        super().__init__(check, request)
-        self.target = Target(request.root)
-
     # -- planning --------------------------------------------------------------------------------
 
     def owners(self, wanted: set) -> Tuple[Dict[bytes, List[PackagedPath]], str]:

@@ -93,7 +93,6 @@ class ManifestRepairer(PackageRepairer):
 
     def __init__(self, check: str, request):
         super().__init__(check, request)
-        self.target = Target(request.root)
         self.judge = Judge(self.target, request.allow_conffiles, request.include_modified, request.window)
 
     # -- what each manager supplies --------------------------------------------------------------

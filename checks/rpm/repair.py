@@ -124,10 +124,6 @@ class RpmRepairer(PackageRepairer):
         "database, with the database's owner, mode and mtime; nothing from the image is run)"
     )
 
-    def __init__(self, check: str, request):
-        super().__init__(check, request)
-        self.target = Target(request.root)
-
     # -- planning --------------------------------------------------------------------------------
 
     def valid(self, package: Installed) -> bool:
@@ -248,9 +244,12 @@ class RpmRepairer(PackageRepairer):
     def transaction(nevras: Sequence[str]) -> List[str]:
         return ["dnf", "reinstall", "-y", "--", *nevras]
 
+    def transaction_of(self, steps: Sequence[Step]) -> List[str]:
+        return self.transaction([step.data.package.nevra for step in steps])
+
     def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
         return [
-            f"$ {shlex.join(self.transaction([s.data.package.nevra for s in steps]))}",
+            f"$ {shlex.join(self.transaction_of(steps))}",
             "(what is still damaged after it is reinstalled once more)",
         ]
 
@@ -264,22 +263,16 @@ class RpmRepairer(PackageRepairer):
         return restore_steps(self, section, say, stop)
 
     def _reinstall(self, section: Section, say, stop: Stop) -> Outcome:
-        from fsaudit.repair.commands import environment, run, tail
+        from fsaudit.repair.commands import environment, tail, transact
 
         outcome = Outcome()
         if stop.requested:
             outcome.left.extend(section.steps)
             return outcome
         env = environment()
-        steps = list(section.steps)
-        status, output = 0, ""
-        for attempt in ("", "once more, "):
-            command = self.transaction([step.data.package.nevra for step in steps])
-            say(f"reinstalling {len(steps)} package(s) {attempt}in one transaction: {shlex.join(command)}")
-            status, output = run(command, env)
-            steps = [step for step in steps if self._still_damaged(step)]
-            if not steps or stop.requested:
-                break
+        steps, status, output, _ = transact(
+            self.transaction_of, section.steps, self._still_damaged, env, say, stop
+        )
         for step in section.steps:
             if step in steps:
                 said = f"dnf exited with {status}: " if status else ""
