@@ -26,8 +26,8 @@ from fsaudit.model import Finding
 from fsaudit.repair import Outcome, Section, Step, Stop
 from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
+from fsaudit_checks.rpm import MTIME_SLACK, iso
 from fsaudit_checks.rpm import header as hdr
-from fsaudit_checks.rpm import iso
 from fsaudit_checks.rpm.cache import PackageCache
 from fsaudit_checks.rpm.compare import Accounts, finish, plan
 from fsaudit_checks.rpm.db import DEFAULT_DBPATHS, Damage, find_databases, reader_for
@@ -49,7 +49,6 @@ FILE_CODES = frozenset(
         "config-differs",
     }
 )
-MTIME_SLACK = 1.0
 
 
 @dataclass
