@@ -654,3 +654,25 @@ def test_a_transaction_runs_once_more_for_what_it_left_and_not_after_a_stop(monk
         lambda steps: ["nix-store", *steps], ["a"], lambda step: True, {}, print, stop
     )
     assert (len(ran), left) == (1, ["a"])
+
+
+def test_every_package_repairer_sorts_a_reports_findings_by_the_same_rules():
+    """Which findings are file repairs is decided once (fsaudit.repair.packages) for every manager:
+    an old report's permission-denied `unreadable`, by its errno name or by its error text, is never
+    one; nor a path that is no normal absolute path, nor a code the repairer does not restore."""
+    from fsaudit.model import Finding
+    from fsaudit.repair.packages import NOT_CHECKED, not_a_file_repair
+    from fsaudit_checks.debian.repair import DebianRepairer
+    from fsaudit_checks.rpm.repair import RpmRepairer
+
+    def finding(code="unreadable", path="/usr/bin/sed", **details):
+        return Finding("x", code, "warning", "m", path, details=details, advice="restore it")
+
+    for repairer in (DebianRepairer, RpmRepairer, ApkRepairer, PortageRepairer):
+        codes = repairer.file_codes
+        assert not_a_file_repair(finding(errno="EACCES", error="Permission denied"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(errno="EPERM"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(error="[Errno 13] Permission denied"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(errno="EIO", error="Input/output error"), codes) == ""
+        assert not_a_file_repair(finding("missing", "/usr/../etc/shadow"), codes) != ""
+        assert not_a_file_repair(finding("no-such-code"), codes) == "restore it"
