@@ -573,8 +573,8 @@ def test_nix_running_system_repairs_store_paths_from_the_binary_cache(tmp_path):
 
 def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     """The running-system flow of apk and emerge, with their answers given (neither has a Debian package)."""
-    from fsaudit_checks.apk import repair as apk_repair
-    from fsaudit_checks.portage import repair as portage_repair
+    # Both simulate through the manifest repairers' shared `simulated`, which runs the program.
+    from fsaudit_checks.manifest import repair as manifest_repair
 
     ran = []
 
@@ -590,7 +590,9 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     skipped = (
         "(1/2) [APK unavailable, skipped] Reinstalling musl (1.0-r0)\n(2/2) Reinstalling busybox (1.0-r0)"
     )
-    monkeypatch.setattr(apk_repair, "run", answer([(0, skipped), (0, "(1/1) Reinstalling busybox (1.0-r0)")]))
+    monkeypatch.setattr(
+        manifest_repair, "run", answer([(0, skipped), (0, "(1/1) Reinstalling busybox (1.0-r0)")])
+    )
     ready, refused = apk.prepare(steps, {}, print)
     assert [s.label for s in ready] == ["busybox"]
     assert [
@@ -601,7 +603,7 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
         ["apk", "fix", "--simulate", "--", "busybox"],
     ]
     monkeypatch.setattr(
-        apk_repair,
+        manifest_repair,
         "run",
         answer([(0, "(1/2) Upgrading musl (1.0-r0 -> 1.1-r0)\n(2/2) Reinstalling busybox (1.0-r0)")]),
     )
@@ -611,9 +613,66 @@ def test_apk_and_emerge_simulations_decide_what_runs(monkeypatch):
     emerge = PortageRepairer("portage", Request("/"))
     sed = Step("portage", "sed", data=ManifestStep(Package("sys-apps/sed", "4.9")))
     monkeypatch.setattr(
-        portage_repair,
+        manifest_repair,
         "run",
         answer([(1, 'emerge: there are no ebuilds to satisfy "=sys-apps/sed-4.9".')]),
     )
     ready, refused = emerge.prepare([sed], {}, print)
     assert ready == [] and "no ebuild of sys-apps/sed-4.9" in refused[0][1]
+
+
+def test_a_transaction_runs_once_more_for_what_it_left_and_not_after_a_stop(monkeypatch):
+    """The loop every running-system repairer shares (dnf, pacman, apk, emerge, nix-store): one run,
+    a second over what is still to do, none after the operator asked to stop."""
+    from fsaudit.repair import Stop, commands
+
+    ran, told = [], []
+    monkeypatch.setattr(commands, "run", lambda command, env: ran.append(command) or (1, "E: flaky\n"))
+    fixed_by_second_run = {"beta"}
+
+    def still_to_do(step):
+        return step not in fixed_by_second_run or len(ran) < 2
+
+    left, status, output, command = commands.transact(
+        lambda steps: ["dnf", "reinstall", "--", *steps],
+        ["alpha", "beta"],
+        still_to_do,
+        {},
+        told.append,
+        Stop(),
+    )
+    assert ran == [["dnf", "reinstall", "--", "alpha", "beta"], ["dnf", "reinstall", "--", "alpha", "beta"]]
+    assert (left, status, command[0]) == (["alpha"], 1, "dnf") and output == "E: flaky\n"
+    assert told == [
+        "reinstalling 2 package(s) in one transaction: dnf reinstall -- alpha beta",
+        "reinstalling 2 package(s) once more, in one transaction: dnf reinstall -- alpha beta",
+    ]
+    stop = Stop()
+    stop.requested = True
+    ran.clear()
+    left, *_ = commands.transact(
+        lambda steps: ["nix-store", *steps], ["a"], lambda step: True, {}, print, stop
+    )
+    assert (len(ran), left) == (1, ["a"])
+
+
+def test_every_package_repairer_sorts_a_reports_findings_by_the_same_rules():
+    """Which findings are file repairs is decided once (fsaudit.repair.packages) for every manager:
+    an old report's permission-denied `unreadable`, by its errno name or by its error text, is never
+    one; nor a path that is no normal absolute path, nor a code the repairer does not restore."""
+    from fsaudit.model import Finding
+    from fsaudit.repair.packages import NOT_CHECKED, not_a_file_repair
+    from fsaudit_checks.debian.repair import DebianRepairer
+    from fsaudit_checks.rpm.repair import RpmRepairer
+
+    def finding(code="unreadable", path="/usr/bin/sed", **details):
+        return Finding("x", code, "warning", "m", path, details=details, advice="restore it")
+
+    for repairer in (DebianRepairer, RpmRepairer, ApkRepairer, PortageRepairer):
+        codes = repairer.file_codes
+        assert not_a_file_repair(finding(errno="EACCES", error="Permission denied"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(errno="EPERM"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(error="[Errno 13] Permission denied"), codes) == NOT_CHECKED
+        assert not_a_file_repair(finding(errno="EIO", error="Input/output error"), codes) == ""
+        assert not_a_file_repair(finding("missing", "/usr/../etc/shadow"), codes) != ""
+        assert not_a_file_repair(finding("no-such-code"), codes) == "restore it"

@@ -11,21 +11,16 @@ installed package and version before any file of it is used."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from fsaudit.target import Target
 from fsaudit_checks.apk.installed import identity_hex
-from fsaudit_checks.manifest.archive import ArchiveError, Member, read_members, read_small
+from fsaudit_checks.manifest import pkginfo
+from fsaudit_checks.manifest.archive import Member
 from fsaudit_checks.manifest.entries import Package
+from fsaudit_checks.manifest.pkginfo import READ_LIMIT, CacheError
 
 CACHE_DIRS = (b"/etc/apk/cache", b"/var/cache/apk")
-PKGINFO_LIMIT = 1 << 20
-# What read_file hands back whole; restoring streams instead.
-READ_LIMIT = 64 << 20
-
-
-class CacheError(ArchiveError):
-    """A cached package file that cannot be used: damaged, of another package, or unreadable."""
 
 
 def file_name(package: Package) -> Optional[bytes]:
@@ -64,15 +59,6 @@ def find(target: Target, package: Package) -> Optional[bytes]:
     return found[0] if found else None
 
 
-def _pkginfo(data: bytes) -> Dict[str, str]:
-    values: Dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        key, equals, value = line.partition(" = ")
-        if equals and not key.startswith("#"):
-            values.setdefault(key.strip(), value.strip())
-    return values
-
-
 def package_members(target: Target, path: bytes, package: Package) -> Iterator[Member]:
     """The files of the `.apk` at `path` (inside `target`), streaming, once its `.PKGINFO` has shown
     that it is `package` at its version; signatures and control files are left out. Raises
@@ -81,30 +67,10 @@ def package_members(target: Target, path: bytes, package: Package) -> Iterator[M
         if raw.read(3) == b"ADB":
             raise CacheError(f"{os.fsdecode(path)} is a v3 package, which this reader does not read")
         raw.seek(0)
-        info: Dict[str, str] | None = None
-        for member in read_members(raw, raw.st.st_size):
-            top = member.path[1:]
-            if top.startswith(b".") and b"/" not in top:
-                if top == b".PKGINFO" and member.kind == "file" and info is None:
-                    info = _pkginfo(read_small(member, PKGINFO_LIMIT))
-                    if info.get("pkgname") != package.name or info.get("pkgver") != package.version:
-                        raise CacheError(
-                            f"{os.fsdecode(path)} holds {info.get('pkgname')} {info.get('pkgver')}, "
-                            f"not {package.name} {package.version}"
-                        )
-                continue
-            if info is None:
-                raise CacheError(f"{os.fsdecode(path)} has no .PKGINFO before its files")
-            yield member
+        yield from pkginfo.members(raw, raw.st.st_size, path, package)
 
 
 def read_file(target: Target, path: bytes, package: Package, wanted: bytes, limit: int = READ_LIMIT) -> bytes:
     """The packaged content of `wanted` (a path inside the system) from the cached `.apk` of
     `package`, at most `limit` bytes."""
-    for member in package_members(target, path, package):
-        if member.path != wanted:
-            continue
-        if member.fileobj is None or member.size > limit:
-            raise CacheError(f"{os.fsdecode(wanted)} is not a regular file of at most {limit:,} bytes")
-        return member.fileobj.read(member.size)
-    raise CacheError(f"{os.fsdecode(path)} has no {os.fsdecode(wanted)}")
+    return pkginfo.read_member(package_members(target, path, package), path, wanted, limit)

@@ -13,7 +13,6 @@ import re
 from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 from fsaudit.repair import Step
-from fsaudit.repair.commands import QUERY_TIMEOUT, run, tail
 from fsaudit.target import Target
 from fsaudit_checks.apk import cache, installed
 from fsaudit_checks.apk.protected import read_protected_paths
@@ -52,6 +51,10 @@ class ApkRepairer(ManifestRepairer):
 
     manager = "apk"
     saved_suffix = b".apk-old"
+    transaction_note = (
+        "(simulated first and refused if apk would also install, upgrade or remove another package, or "
+        "cannot get the installed version; what is still damaged afterwards is reinstalled once more)"
+    )
 
     def __init__(self, check: str, request):
         super().__init__(check, request)
@@ -66,13 +69,11 @@ class ApkRepairer(ManifestRepairer):
     def reinstall_words(self, package: Package) -> str:
         return f"reinstall the package {package.name} inside the VM (apk fix {package.name})"
 
-    def cache_files(self, target: Target, package: Package, archives: bool) -> List[Tuple[Target, bytes]]:
-        found = [(target, path) for path in cache.candidates(target, cache.CACHE_DIRS, package)]
-        if archives:
-            for directory in self.request.archives:
-                source = Target(directory)
-                found += [(source, path) for path in cache.candidates(source, [b"/"], package)]
-        return found
+    def cached(self, target: Target, package: Package) -> List[bytes]:
+        return cache.candidates(target, cache.CACHE_DIRS, package)
+
+    def archived(self, directory: Target, package: Package) -> List[bytes]:
+        return cache.candidates(directory, [b"/"], package)
 
     def members(self, source: Target, path: bytes, package: Package) -> Iterator[Member]:
         return cache.package_members(source, path, package)
@@ -95,40 +96,18 @@ class ApkRepairer(ManifestRepairer):
             command.append("--simulate")
         return [*command, "--", *[step.data.package.name for step in steps]]
 
-    def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
-        lines = super().transaction_lines(steps)
-        lines[-1] = (
-            "(simulated first and refused if apk would also install, upgrade or remove another package, or "
-            "cannot get the installed version; what is still damaged afterwards is reinstalled once more)"
-        )
-        return lines
-
     def prepare(
         self, steps: List[Step], env: Dict[str, str], say
     ) -> Tuple[List[Step], List[Tuple[Step, str]]]:
-        steps = list(steps)
-        refused: List[Tuple[Step, str]] = []
-        for _ in range(len(steps) + 1):
-            if not steps:
-                break
-            status, output = run(self.transaction(steps, simulate=True), env, timeout=QUERY_TIMEOUT)
-            names = {step.data.package.name for step in steps}
-            unavailable, others = simulation(output, names)
-            if unavailable:
-                for step in [s for s in steps if s.data.package.name in unavailable]:
-                    steps.remove(step)
-                    refused.append((step, self._unavailable(step.data.package)))
-                continue
-            if status != 0:
-                return [], refused + [(step, f"apk cannot plan it: {tail(output)}") for step in steps]
-            if others:
-                why = f"not run: apk would also change other packages ({', '.join(others[:10])})"
-                return [], refused + [(step, why) for step in steps]
-            return steps, refused
-        return steps, refused
+        return self.simulated(steps, env, _lacking, self._unavailable, "change")
 
     def _unavailable(self, package: Package) -> str:
         return (
             f"neither the configured repositories nor apk's cache have {self.label(package)}: put exactly "
             "that version into the cache (/etc/apk/cache) and run again"
         )
+
+
+def _lacking(output: str, steps: List[Step]) -> Tuple[List[Step], List[str]]:
+    unavailable, others = simulation(output, {step.data.package.name for step in steps})
+    return [step for step in steps if step.data.package.name in unavailable], others

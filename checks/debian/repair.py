@@ -15,7 +15,6 @@ still damaged, changed on purpose (a conffile, a change made after installation)
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shlex
@@ -25,8 +24,9 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from fsaudit import outcomes
 from fsaudit.hashing import HashRequest, hash_one
-from fsaudit.model import Finding, Severity
-from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
+from fsaudit.model import Finding
+from fsaudit.repair import Outcome, Section, Step, Stop
+from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
 from fsaudit_checks.debian import debfile, dpkg_db, placement
 from fsaudit_checks.debian.dpkg_db import Package
@@ -53,7 +53,6 @@ FILE_CODES = frozenset(
         "conffile-missing",
     }
 )
-_PERMISSION = {errno.errorcode[errno.EACCES], errno.errorcode[errno.EPERM]}
 APT_KEEP_CONFFILES = ("--force-confdef", "--force-confold")
 APT_RESTORE_CONFFILES = ("--force-confask", "--force-confnew", "--force-confmiss")
 
@@ -159,93 +158,41 @@ class Database:
             return {}
 
 
-class DebianRepairer(Repairer):
+class DebianRepairer(PackageRepairer):
     """Restores the files of dpkg packages: apt on the running system, the cached .deb in an image."""
 
-    def __init__(self, check: str, request):
-        super().__init__(check, request)
-        self.target = Target(request.root)
+    file_codes = FILE_CODES
+    conffile_codes = frozenset(code for code in FILE_CODES if code.startswith("conffile-"))
+    image_actions = (
+        "(each file is written from the package file once its MD5 matches the package database, "
+        "with the packaged owner, mode and mtime; nothing from the image is run)"
+    )
 
     # -- planning --------------------------------------------------------------------------------
 
-    def plan(self, findings: Sequence[Finding]) -> Section:
-        section = Section(self.check)
-        wanted: Dict[bytes, List[Finding]] = {}
-        for finding in findings:
-            why = self._not_a_file_repair(finding)
-            if why:
-                section.cannot.append((finding, why))
-                continue
-            wanted.setdefault(finding_path(finding), []).append(finding)
-        if not wanted:
-            return section
+    def owners(self, wanted: set) -> Tuple[Dict[bytes, List[PackagedPath]], str]:
         try:
             database = Database(self.target)
         except OSError as error:
-            why = f"the dpkg database at {self.request.root} cannot be read ({error.strerror or error})"
-            section.cannot.extend((f, why) for fs in wanted.values() for f in fs)
-            return section
-        owners = database.owners(wanted)
-        steps: Dict[Tuple[str, str], DebStep] = {}
-        changed: Dict[Tuple[str, str], int] = {}
-        for location, named in wanted.items():
-            entry = self._owner(owners.get(location, []), named[0])
-            if entry is None:
-                why = (
-                    f"no package installed at {self.request.root} lists this path: the report may be about "
-                    "another system or an older state of this one; audit again"
-                )
-                section.cannot.extend((f, why) for f in named)
-                continue
-            entry.finding = named[0]
-            verdict, why = self._now(entry)
-            if verdict == "intact":
-                section.intact.extend(named)
-            elif verdict == "unchecked":
-                section.cannot.extend((f, why) for f in named)
-            elif verdict == "damaged":
-                steps.setdefault(entry.package.key, DebStep(entry.package)).paths.append(entry)
-            else:
-                section.left_alone.extend((f, why) for f in named)
-                if verdict == "local-change":
-                    changed[entry.package.key] = changed.get(entry.package.key, 0) + 1
-        if self.request.live:
-            self._keep_local_changes(section, steps, changed)
-        for key in sorted(steps):
-            self._add_step(section, steps[key])
-        if section.steps and self.request.live:
-            section.actions = self._transaction_lines(section)
-        elif section.steps:
-            section.actions = [
-                "(each file is written from the package file once its MD5 matches the package database, "
-                "with the packaged owner, mode and mtime; nothing from the image is run)"
-            ]
-        return section
+            return {}, f"the dpkg database at {self.request.root} cannot be read ({error.strerror or error})"
+        return database.owners(wanted), ""
 
-    def _not_a_file_repair(self, finding: Finding) -> str:
-        """Why a finding is not one a package restores (''), from the report's words alone."""
-        if finding.code not in FILE_CODES:
-            return finding.advice or "restore it from a backup"
-        details = finding.details if isinstance(finding.details, dict) else {}
-        if finding.code == "unreadable" and details.get("errno") in _PERMISSION:
-            return "it was not checked (permission denied), which is no sign of damage: audit again as root"
-        if finding_path(finding) is None:
-            return "the report gives no usable path for it"
-        return ""
+    def valid(self, package: Package) -> bool:
+        return valid(package)
 
-    @staticmethod
-    def _owner(entries: List[PackagedPath], finding: Finding) -> PackagedPath | None:
-        """The package whose entry is repaired: the one the report names when it is among the
-        owners (Multi-Arch: same packages share files), else the first; never one dpkg would refuse."""
-        entries = [e for e in entries if valid(e.package)]
-        details = finding.details if isinstance(finding.details, dict) else {}
-        for entry in entries:
-            if (entry.package.name, entry.package.architecture) == (
-                details.get("package"),
-                details.get("architecture"),
-            ):
-                return entry
-        return entries[0] if entries else None
+    def named_by(self, owned: PackagedPath, details: Dict) -> bool:
+        # Multi-Arch: same packages share files: the report names the architecture too.
+        package = owned.package
+        return (package.name, package.architecture) == (details.get("package"), details.get("architecture"))
+
+    def judging(self) -> Callable[[PackagedPath], Tuple[str, str]]:
+        return self._now
+
+    def step_key(self, package: Package) -> Tuple[str, str]:
+        return package.key
+
+    def new_step(self, package: Package) -> DebStep:
+        return DebStep(package)
 
     def _now(self, entry: PackagedPath) -> Tuple[str, str]:
         """(verdict, why) for the path as it is now: "intact", "damaged", "conffile" or "local-change"
@@ -283,21 +230,7 @@ class DebianRepairer(Repairer):
             )
         return "damaged", ""
 
-    @staticmethod
-    def _keep_local_changes(section: Section, steps: Dict, changed: Dict[Tuple[str, str], int]) -> None:
-        """A reinstall rewrites every file of the package: on the running system a package with
-        local changes is reinstalled only when the operator asks for it (--include-modified)."""
-        for key, count in changed.items():
-            step = steps.pop(key, None)
-            if step is None:
-                continue
-            why = (
-                f"reinstalling {step.package.name} would also undo the {count} local change(s) left alone in "
-                "it: --include-modified reinstalls it anyway"
-            )
-            section.left_alone.extend((entry.finding, why) for entry in step.paths)
-
-    def _add_step(self, section: Section, step: DebStep) -> None:
+    def add_step(self, section: Section, step: DebStep) -> None:
         package = step.package
         findings = [entry.finding for entry in step.paths]
         paths = sorted({os.fsdecode(entry.location) for entry in step.paths})
@@ -347,8 +280,8 @@ class DebianRepairer(Repairer):
             command.append("-s")
         return [*command, *self._options(), "--", *specs]
 
-    def _transaction_lines(self, section: Section) -> List[str]:
-        specs = [spec(step.data.package) for step in section.steps]
+    def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
+        specs = [spec(step.data.package) for step in steps]
         return [
             f"$ {shlex.join(self.transaction(specs))}",
             "(simulated first and refused if apt would install, upgrade or remove anything else; "
@@ -365,19 +298,3 @@ class DebianRepairer(Repairer):
         from fsaudit_checks.debian.restore import restore_steps
 
         return restore_steps(self, section, say, stop)
-
-    def recheck_options(self, steps: Sequence[Step]) -> Dict[str, list]:
-        return {"packages": sorted({step.data.package.name for step in steps})}
-
-    def still_damaged(self, finding: Finding, steps: Sequence[Step]) -> bool:
-        if finding.severity is Severity.INFO or finding.code not in FILE_CODES:
-            return False
-        if finding.code.startswith("conffile-") and not self.request.allow_conffiles:
-            return False
-        if finding.code == "modified-after-install" and not self.request.include_modified:
-            return False
-        if self.request.live:
-            # A reinstall rewrites the whole package: any of its files still wrong counts.
-            names = {step.data.package.name for step in steps}
-            return isinstance(finding.details, dict) and finding.details.get("package") in names
-        return finding.path in {path for step in steps for path in step.paths}

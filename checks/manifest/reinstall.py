@@ -12,11 +12,10 @@ with the repairer's `saved_suffix`, and put back when the transaction did not re
 from __future__ import annotations
 
 import os
-import shlex
 from typing import Callable, List, Sequence, Tuple
 
 from fsaudit.repair import Outcome, Section, Step, Stop
-from fsaudit.repair.commands import environment, run, tail
+from fsaudit.repair.commands import environment, tail, transact
 from fsaudit_checks.manifest.current import INTACT
 
 
@@ -31,15 +30,9 @@ def reinstall(repairer, section: Section, say: Callable[[str], None], stop: Stop
     if not steps:
         return outcome
     moved = _move_conffiles_aside(repairer, steps, say)
-    pending = list(steps)
-    status, output = 0, ""
-    for attempt in ("", "once more, "):
-        command = repairer.transaction(pending)
-        say(f"reinstalling {len(pending)} package(s) {attempt}in one transaction: {shlex.join(command)}")
-        status, output = run(command, env)
-        pending = [step for step in pending if repairer.still_to_do(step)]
-        if not pending or stop.requested:
-            break
+    pending, status, output, command = transact(
+        repairer.transaction, steps, repairer.still_to_do, env, say, stop
+    )
     _put_back(moved, say)
     for step in steps:
         if step in pending:

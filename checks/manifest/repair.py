@@ -21,11 +21,13 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
-from fsaudit.model import Finding, Severity
-from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
+from fsaudit.model import Finding
+from fsaudit.repair import Outcome, Section, Step, Stop
+from fsaudit.repair.commands import QUERY_TIMEOUT, run, tail
+from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
 from fsaudit_checks.manifest.archive import Member
-from fsaudit_checks.manifest.current import DAMAGED, INTACT, LOCAL_CHANGE, UNCHECKED, Judge
+from fsaudit_checks.manifest.current import INTACT, Judge
 from fsaudit_checks.manifest.entries import (
     DIRECTORY,
     FILE,
@@ -54,8 +56,6 @@ FILE_CODES = frozenset(
         "conffile-missing",
     }
 )
-_PERMISSION = ("EACCES", "EPERM")
-_PERMISSION_TEXT = ("Permission denied", "Operation not permitted")
 
 
 @dataclass
@@ -79,17 +79,20 @@ class ManifestStep:
     argument: str = ""
 
 
-class ManifestRepairer(Repairer):
+class ManifestRepairer(PackageRepairer):
     """Restores the files of one package manager's packages. Subclasses give the manager's words,
     its database reader, its grammar, its package files and its transaction."""
 
     manager = ""
+    file_codes = FILE_CODES
+    conffile_codes = frozenset(code for code in FILE_CODES if code.startswith("conffile-"))
     # The name an edited configuration file keeps when --allow-conffiles replaces it.
     saved_suffix = b".fsaudit-old"
+    # How the transaction on the running system is made safe, in words for the plan.
+    transaction_note = "(what is still damaged after it is reinstalled once more)"
 
     def __init__(self, check: str, request):
         super().__init__(check, request)
-        self.target = Target(request.root)
         self.judge = Judge(self.target, request.allow_conffiles, request.include_modified, request.window)
 
     # -- what each manager supplies --------------------------------------------------------------
@@ -97,18 +100,27 @@ class ManifestRepairer(Repairer):
     def read_packages(self, target: Target) -> Iterator[Union[Package, Damage]]:
         raise NotImplementedError
 
-    def valid(self, package: Package) -> bool:
-        """Whether the database's name and version are what the manager itself would accept."""
-        raise NotImplementedError
-
     def label(self, package: Package) -> str:
         arch = f" ({package.architecture})" if package.architecture else ""
         return f"{package.name} {package.version}{arch}"
 
+    def cached(self, target: Target, package: Package) -> List[bytes]:
+        """Package files of exactly this package in the manager's cache of `target` (paths inside it)."""
+        return []
+
+    def archived(self, directory: Target, package: Package) -> List[bytes]:
+        """Package files of exactly this package in one of the operator's `--archives` directories."""
+        return []
+
     def cache_files(self, target: Target, package: Package, archives: bool) -> List[Tuple[Target, bytes]]:
         """Package files of exactly this package in the manager's cache of `target`, then (with
         `archives`) in the operator's `--archives` directories."""
-        return []
+        found = [(target, path) for path in self.cached(target, package)]
+        if archives:
+            for directory in self.request.archives:
+                source = Target(directory)
+                found += [(source, path) for path in self.archived(source, package)]
+        return found
 
     def members(self, source: Target, path: bytes, package: Package) -> Iterator[Member]:
         """The files of a package file, streaming, once it has shown it is `package`."""
@@ -124,10 +136,7 @@ class ManifestRepairer(Repairer):
 
     def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
         """What the plan shows for the running system: the command, and how it is made safe."""
-        return [
-            f"$ {shlex.join(self.transaction(steps))}",
-            "(what is still damaged after it is reinstalled once more)",
-        ]
+        return [f"$ {shlex.join(self.transaction(steps))}", self.transaction_note]
 
     def prepare(
         self, steps: List[Step], env: Dict[str, str], say
@@ -136,76 +145,59 @@ class ManifestRepairer(Repairer):
         with why (a version the repositories lack, a transaction that would change other packages)."""
         return steps, []
 
+    def simulated(
+        self,
+        steps: List[Step],
+        env: Dict[str, str],
+        read: Callable[[str, List[Step]], Tuple[List[Step], List[str]]],
+        unavailable: Callable[[Package], str],
+        verb: str,
+    ) -> Tuple[List[Step], List[Tuple[Step, str]]]:
+        """`prepare` for a manager that simulates its transaction (`transaction(steps, simulate=True)`):
+        each package it cannot get is refused with `unavailable(package)` and the rest simulated
+        again; then everything is refused when it fails, or would also `verb` other packages.
+        `read(output, steps)` says (the steps it cannot get, the other changes it would make)."""
+        steps = list(steps)
+        refused: List[Tuple[Step, str]] = []
+        for _ in range(len(steps) + 1):
+            if not steps:
+                break
+            command = self.transaction(steps, simulate=True)
+            status, output = run(command, env, timeout=QUERY_TIMEOUT)
+            lacking, others = read(output, steps)
+            if lacking:
+                for step in lacking:
+                    steps.remove(step)
+                    refused.append((step, unavailable(step.data.package)))
+                continue
+            if status != 0:
+                why = f"{command[0]} cannot plan it: {tail(output)}"
+                return [], refused + [(step, why) for step in steps]
+            if others:
+                why = f"not run: {command[0]} would also {verb} other packages ({', '.join(others[:10])})"
+                return [], refused + [(step, why) for step in steps]
+            return steps, refused
+        return steps, refused
+
     # -- planning --------------------------------------------------------------------------------
 
-    def plan(self, findings: Sequence[Finding]) -> Section:
-        section = Section(self.check)
-        wanted: Dict[bytes, List[Finding]] = {}
-        for finding in findings:
-            why = self._not_a_file_repair(finding)
-            if why:
-                section.cannot.append((finding, why))
-            else:
-                wanted.setdefault(finding_path(finding), []).append(finding)
-        if not wanted:
-            return section
-        owners, problem = self._owners(set(wanted))
-        if problem:
-            section.cannot.extend((f, problem) for fs in wanted.values() for f in fs)
-            return section
-        steps: Dict[Tuple[str, str], ManifestStep] = {}
-        changed: Dict[Tuple[str, str], int] = {}
-        for path, named in wanted.items():
-            owned = self._owner(owners.get(path, []), named[0])
-            if owned is None:
-                why = (
-                    f"no package installed at {self.request.root} lists this path (or its {self.manager} "
-                    "database names it in a way the package manager would refuse): the report may be about "
-                    "another system or an older state of this one; audit again"
-                )
-                section.cannot.extend((f, why) for f in named)
-                continue
-            owned.finding = named[0]
-            verdict, why = self.judge.verdict(owned.package, owned.entry)
-            key = (owned.package.name, owned.package.version)
-            if verdict == INTACT:
-                section.intact.extend(named)
-            elif verdict == UNCHECKED:
-                section.cannot.extend((f, why) for f in named)
-            elif verdict == DAMAGED:
-                steps.setdefault(key, ManifestStep(owned.package)).paths.append(owned)
-            else:
-                section.left_alone.extend((f, why) for f in named)
-                if verdict == LOCAL_CHANGE:
-                    changed[key] = changed.get(key, 0) + 1
-        if self.request.live:
-            self._keep_local_changes(section, steps, changed)
-        for key in sorted(steps):
-            self._add_step(section, steps[key])
-        if section.steps and self.request.live:
-            section.actions = self.transaction_lines(section.steps)
-        elif section.steps:
-            section.actions = [
-                "(each file is written from the package file once its digest matches the package database, "
-                "with the database's owner, mode and mtime; nothing from the image is run)"
-            ]
-        return section
+    def no_owner(self) -> str:
+        return (
+            f"no package installed at {self.request.root} lists this path (or its {self.manager} "
+            "database names it in a way the package manager would refuse): the report may be about "
+            "another system or an older state of this one; audit again"
+        )
 
-    def _not_a_file_repair(self, finding: Finding) -> str:
-        """Why a finding is not one a package restores ('' when it is), from the report's words."""
-        if finding.code not in FILE_CODES:
-            return finding.advice or "restore it from a backup"
-        details = finding.details if isinstance(finding.details, dict) else {}
-        if finding.code == "unreadable" and (
-            details.get("errno") in _PERMISSION
-            or any(t in str(details.get("error", "")) for t in _PERMISSION_TEXT)
-        ):
-            return "it was not checked (permission denied), which is no sign of damage: audit again as root"
-        if finding_path(finding) is None:
-            return "the report gives no usable path for it"
-        return ""
+    def judging(self) -> Callable[[Owned], Tuple[str, str]]:
+        return lambda owned: self.judge.verdict(owned.package, owned.entry)
 
-    def _owners(self, wanted: set) -> Tuple[Dict[bytes, List[Owned]], str]:
+    def step_key(self, package: Package) -> Tuple[str, str]:
+        return (package.name, package.version)
+
+    def new_step(self, package: Package) -> ManifestStep:
+        return ManifestStep(package)
+
+    def owners(self, wanted: set) -> Tuple[Dict[bytes, List[Owned]], str]:
         """Every installed package's entry for each wanted path, or why the database cannot say."""
         found: Dict[bytes, List[Owned]] = {}
         packages = 0
@@ -226,31 +218,7 @@ class ManifestRepairer(Repairer):
             )
         return found, ""
 
-    def _owner(self, owned: List[Owned], finding: Finding) -> Owned | None:
-        """The package whose entry is repaired: the one the report names when it is among the
-        owners (packages share directories), else the first; never one the manager would refuse."""
-        owned = [o for o in owned if self.valid(o.package)]
-        details = finding.details if isinstance(finding.details, dict) else {}
-        for candidate in owned:
-            if candidate.package.name == details.get("package"):
-                return candidate
-        return owned[0] if owned else None
-
-    @staticmethod
-    def _keep_local_changes(section: Section, steps: Dict, changed: Dict[Tuple[str, str], int]) -> None:
-        """A reinstall rewrites every file of the package: on the running system a package with
-        local changes is reinstalled only when the operator asks for it (--include-modified)."""
-        for key, count in changed.items():
-            step = steps.pop(key, None)
-            if step is None:
-                continue
-            why = (
-                f"reinstalling {step.package.name} would also undo the {count} local change(s) left alone in "
-                "it: --include-modified reinstalls it anyway"
-            )
-            section.left_alone.extend((owned.finding, why) for owned in step.paths)
-
-    def _add_step(self, section: Section, step: ManifestStep) -> None:
+    def add_step(self, section: Section, step: ManifestStep) -> None:
         package = step.package
         if not self.request.live and not self._image_sources(section, step):
             return
@@ -301,22 +269,6 @@ class ManifestRepairer(Repairer):
     def still_to_do(self, step: Step) -> List[Owned]:
         """The step's paths that are not as packaged now."""
         return [o for o in step.data.paths if self.judge.verdict(o.package, o.entry)[0] != INTACT]
-
-    def recheck_options(self, steps: Sequence[Step]) -> Dict[str, list]:
-        return {"packages": sorted({step.data.package.name for step in steps})}
-
-    def still_damaged(self, finding: Finding, steps: Sequence[Step]) -> bool:
-        if finding.severity is Severity.INFO or finding.code not in FILE_CODES:
-            return False
-        if finding.code.startswith("conffile-") and not self.request.allow_conffiles:
-            return False
-        if finding.code == "modified-after-install" and not self.request.include_modified:
-            return False
-        if self.request.live:
-            # A reinstall rewrites the whole package: any of its files still wrong counts.
-            names = {step.data.package.name for step in steps}
-            return isinstance(finding.details, dict) and finding.details.get("package") in names
-        return finding.path in {path for step in steps for path in step.paths}
 
 
 def _not_in_an_image(entry: Entry, reinstall: str) -> str:

@@ -18,14 +18,18 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from fsaudit.model import Finding, Severity
 from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
-from fsaudit.repair.commands import environment, run, tail
-from fsaudit.target import Target
+from fsaudit.repair.commands import environment, tail, transact
+from fsaudit.repair.packages import NOT_CHECKED, permission_denied
 from fsaudit_checks.manifest.entries import MTIME_SLACK, iso
 from fsaudit_checks.nix import nar, store
 from fsaudit_checks.nix.store import ValidPath
 
+# What the operator is told before each `nix-store --repair-path` run, and before the second.
+REPAIRING = (
+    "repairing {count} store path(s): {command}",
+    "repairing {count} store path(s), once more: {command}",
+)
 FILE_CODES = frozenset({"missing", "content-differs", "wrong-type", "unreadable", "modified-after-install"})
-_PERMISSION = ("Permission denied", "Operation not permitted")
 
 
 @dataclass
@@ -44,10 +48,6 @@ def store_path(path: bytes) -> bytes | None:
 
 class NixRepairer(Repairer):
     """Repairs store paths with `nix-store --repair-path` on the running system."""
-
-    def __init__(self, check: str, request):
-        super().__init__(check, request)
-        self.target = Target(request.root)
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -105,14 +105,8 @@ class NixRepairer(Repairer):
         """(why not, '') or ('', the store path the finding lies in)."""
         if finding.code not in FILE_CODES:
             return finding.advice or "restore it from a backup", b""
-        details = finding.details if isinstance(finding.details, dict) else {}
-        if finding.code == "unreadable" and any(
-            text in str(details.get("error", "")) for text in _PERMISSION
-        ):
-            return (
-                "it was not checked (permission denied), which is no sign of damage: audit again as root",
-                b"",
-            )
+        if permission_denied(finding):
+            return NOT_CHECKED, b""
         path = finding_path(finding)
         inside = store_path(path) if path is not None else None
         if inside is None:
@@ -168,16 +162,9 @@ class NixRepairer(Repairer):
         if stop.requested or not self.request.live:
             outcome.left.extend(section.steps)
             return outcome
-        env = environment()
-        pending = list(section.steps)
-        status, output = 0, ""
-        for attempt in ("", ", once more"):
-            command = self.transaction(pending)
-            say(f"repairing {len(pending)} store path(s){attempt}: {shlex.join(command)}")
-            status, output = run(command, env)
-            pending = [step for step in pending if self._now(step.data.valid)[0] != "intact"]
-            if not pending or stop.requested:
-                break
+        pending, status, output, _ = transact(
+            self.transaction, section.steps, self._still_to_do, environment(), say, stop, REPAIRING
+        )
         for step in section.steps:
             if step in pending:
                 said = f"nix-store exited with {status}: " if status else ""
@@ -185,6 +172,9 @@ class NixRepairer(Repairer):
             else:
                 outcome.done.append(step)
         return outcome
+
+    def _still_to_do(self, step: Step) -> bool:
+        return self._now(step.data.valid)[0] != "intact"
 
     def recheck_options(self, steps: Sequence[Step]) -> Dict[str, list]:
         return {"paths": sorted(os.fsdecode(step.data.valid.path) for step in steps), "unregistered": [False]}

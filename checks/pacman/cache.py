@@ -9,21 +9,16 @@ package and version before any file of it is used."""
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from fsaudit.target import Target
-from fsaudit_checks.manifest.archive import ArchiveError, Member, read_members, read_small
+from fsaudit_checks.manifest import pkginfo
+from fsaudit_checks.manifest.archive import Member
 from fsaudit_checks.manifest.entries import Package
+from fsaudit_checks.manifest.pkginfo import READ_LIMIT, CacheError  # noqa: F401 (callers catch cache.CacheError)
 from fsaudit_checks.pacman.conf import Settings
 
 SUFFIXES = (b".pkg.tar.zst", b".pkg.tar.xz", b".pkg.tar.gz", b".pkg.tar.bz2", b".pkg.tar")
-PKGINFO_LIMIT = 1 << 20
-# What read_file hands back whole; restoring streams instead.
-READ_LIMIT = 64 << 20
-
-
-class CacheError(ArchiveError):
-    """A cached package file that cannot be used: damaged, of another package, or unreadable."""
 
 
 def file_names(package: Package) -> List[bytes]:
@@ -60,48 +55,15 @@ def find(target: Target, settings: Settings, package: Package) -> Optional[bytes
     return found[0] if found else None
 
 
-def _pkginfo(data: bytes) -> Dict[str, str]:
-    values: Dict[str, str] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        key, equals, value = line.partition(" = ")
-        if equals and not key.startswith("#"):
-            values.setdefault(key.strip(), value.strip())
-    return values
-
-
-def _check(info: Dict[str, str], path: bytes, package: Package) -> None:
-    if info.get("pkgname") != package.name or info.get("pkgver") != package.version:
-        raise CacheError(
-            f"{os.fsdecode(path)} holds {info.get('pkgname')} {info.get('pkgver')}, "
-            f"not {package.name} {package.version}"
-        )
-
-
 def package_members(target: Target, path: bytes, package: Package) -> Iterator[Member]:
     """The files of the package file `path` (inside `target`), streaming, once its `.PKGINFO` has
     shown that it is `package` at its version; the package's own metadata (`.PKGINFO`, `.MTREE`,
     `.INSTALL`, ...) is left out. Raises CacheError (an ArchiveError) or OSError."""
     with target.open(path, follow=False) as raw:
-        info: Dict[str, str] | None = None
-        for member in read_members(raw, raw.st.st_size):
-            top = member.path[1:]
-            if top.startswith(b".") and b"/" not in top:
-                if top == b".PKGINFO" and member.kind == "file" and info is None:
-                    info = _pkginfo(read_small(member, PKGINFO_LIMIT))
-                    _check(info, path, package)
-                continue
-            if info is None:
-                raise CacheError(f"{os.fsdecode(path)} has no .PKGINFO before its files")
-            yield member
+        yield from pkginfo.members(raw, raw.st.st_size, path, package)
 
 
 def read_file(target: Target, path: bytes, package: Package, wanted: bytes, limit: int = READ_LIMIT) -> bytes:
     """The packaged content of `wanted` (a path inside the system) from the cached package file of
     `package`, at most `limit` bytes."""
-    for member in package_members(target, path, package):
-        if member.path != wanted:
-            continue
-        if member.fileobj is None or member.size > limit:
-            raise CacheError(f"{os.fsdecode(wanted)} is not a regular file of at most {limit:,} bytes")
-        return member.fileobj.read(member.size)
-    raise CacheError(f"{os.fsdecode(path)} has no {os.fsdecode(wanted)}")
+    return pkginfo.read_member(package_members(target, path, package), path, wanted, limit)

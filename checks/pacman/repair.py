@@ -55,13 +55,11 @@ class PacmanRepairer(ManifestRepairer):
     def reinstall_words(self, package: Package) -> str:
         return f"reinstall the package {package.name} inside the VM (pacman -S {package.name})"
 
-    def cache_files(self, target: Target, package: Package, archives: bool) -> List[Tuple[Target, bytes]]:
-        found = [(target, path) for path in cache.candidates(target, self.settings.cachedirs, package)]
-        if archives:
-            for directory in self.request.archives:
-                source = Target(directory)
-                found += [(source, path) for path in cache.candidates(source, [b"/"], package)]
-        return found
+    def cached(self, target: Target, package: Package) -> List[bytes]:
+        return cache.candidates(target, self.settings.cachedirs, package)
+
+    def archived(self, directory: Target, package: Package) -> List[bytes]:
+        return cache.candidates(directory, [b"/"], package)
 
     def members(self, source: Target, path: bytes, package: Package) -> Iterator[Member]:
         return cache.package_members(source, path, package)

@@ -15,7 +15,6 @@ import re
 from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 from fsaudit.repair import Step
-from fsaudit.repair.commands import QUERY_TIMEOUT, run, tail
 from fsaudit.target import Target
 from fsaudit_checks.manifest.archive import Member
 from fsaudit_checks.manifest.entries import Damage, Package
@@ -51,6 +50,10 @@ class PortageRepairer(ManifestRepairer):
     image."""
 
     manager = "Portage"
+    transaction_note = (
+        "(simulated first with --pretend and refused if emerge would also merge another package or has "
+        "no ebuild of the installed version; what is still damaged afterwards is merged once more)"
+    )
 
     def __init__(self, check: str, request):
         super().__init__(check, request)
@@ -86,18 +89,13 @@ class PortageRepairer(ManifestRepairer):
     def reinstall_words(self, package: Package) -> str:
         return f"reinstall the package inside the VM (emerge --oneshot {self.atom(package)})"
 
-    def cache_files(self, target: Target, package: Package, archives: bool) -> List[Tuple[Target, bytes]]:
+    def cached(self, target: Target, package: Package) -> List[bytes]:
         category, pn, pf = self._parts(package)
-        found = [
-            (target, path) for path in binpkg.candidates(target, binpkg.pkgdirs(target), category, pf, pn)
-        ]
-        if archives:
-            for directory in self.request.archives:
-                source = Target(directory)
-                found += [
-                    (source, path) for path in binpkg.candidates(source, [b"/"], category, pf, pn, flat=True)
-                ]
-        return found
+        return binpkg.candidates(target, binpkg.pkgdirs(target), category, pf, pn)
+
+    def archived(self, directory: Target, package: Package) -> List[bytes]:
+        category, pn, pf = self._parts(package)
+        return binpkg.candidates(directory, [b"/"], category, pf, pn, flat=True)
 
     def members(self, source: Target, path: bytes, package: Package) -> Iterator[Member]:
         category, _, pf = self._parts(package)
@@ -120,41 +118,17 @@ class PortageRepairer(ManifestRepairer):
             command += ["--pretend", "--color", "n"]
         return [*command, "--", *[self.atom(step.data.package) for step in steps]]
 
-    def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
-        lines = super().transaction_lines(steps)
-        lines[-1] = (
-            "(simulated first with --pretend and refused if emerge would also merge another package or has "
-            "no ebuild of the installed version; what is still damaged afterwards is merged once more)"
-        )
-        return lines
-
     def prepare(
         self, steps: List[Step], env: Dict[str, str], say
     ) -> Tuple[List[Step], List[Tuple[Step, str]]]:
-        steps = list(steps)
-        refused: List[Tuple[Step, str]] = []
-        for _ in range(len(steps) + 1):
-            if not steps:
-                break
-            status, output = run(self.transaction(steps, simulate=True), env, timeout=QUERY_TIMEOUT)
-            atoms = {self.atom(step.data.package) for step in steps}
-            missing, others = pretend(output, atoms)
-            if missing & atoms:
-                for step in [s for s in steps if self.atom(s.data.package) in missing]:
-                    steps.remove(step)
-                    refused.append(
-                        (
-                            step,
-                            f"the configured repositories have no ebuild of {self.label(step.data.package)} "
-                            "any more: get that ebuild (or a binary package of it) back into a repository, "
-                            "or update the package",
-                        )
-                    )
-                continue
-            if status != 0:
-                return [], refused + [(step, f"emerge cannot plan it: {tail(output)}") for step in steps]
-            if others:
-                why = f"not run: emerge would also merge other packages ({', '.join(others[:10])})"
-                return [], refused + [(step, why) for step in steps]
-            return steps, refused
-        return steps, refused
+        return self.simulated(steps, env, self._lacking, self._unavailable, "merge")
+
+    def _lacking(self, output: str, steps: List[Step]) -> Tuple[List[Step], List[str]]:
+        missing, others = pretend(output, {self.atom(step.data.package) for step in steps})
+        return [step for step in steps if self.atom(step.data.package) in missing], others
+
+    def _unavailable(self, package: Package) -> str:
+        return (
+            f"the configured repositories have no ebuild of {self.label(package)} any more: get that "
+            "ebuild (or a binary package of it) back into a repository, or update the package"
+        )

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from fsaudit.hashing import HashRequest, hash_one
-from fsaudit.model import Finding, Severity
-from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
+from fsaudit.model import Finding
+from fsaudit.repair import Outcome, Section, Step, Stop
+from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
+from fsaudit_checks.rpm import MTIME_SLACK, iso
 from fsaudit_checks.rpm import header as hdr
-from fsaudit_checks.rpm import iso
 from fsaudit_checks.rpm.cache import PackageCache
 from fsaudit_checks.rpm.compare import Accounts, finish, plan
 from fsaudit_checks.rpm.db import DEFAULT_DBPATHS, Damage, find_databases, reader_for
@@ -48,8 +49,6 @@ FILE_CODES = frozenset(
         "config-differs",
     }
 )
-_PERMISSION = ("Permission denied", "Operation not permitted")
-MTIME_SLACK = 1.0
 
 
 @dataclass
@@ -114,90 +113,38 @@ class RpmStep:
     rpm: bytes = b""
 
 
-class RpmRepairer(Repairer):
+class RpmRepairer(PackageRepairer):
     """Restores the files of RPM packages: dnf on the running system, the cached .rpm in an image."""
 
-    def __init__(self, check: str, request):
-        super().__init__(check, request)
-        self.target = Target(request.root)
+    file_codes = FILE_CODES
+    conffile_codes = frozenset({"config-differs"})
+    image_actions = (
+        "(each file is written from the package file's payload once its digest matches the package "
+        "database, with the database's owner, mode and mtime; nothing from the image is run)"
+    )
 
     # -- planning --------------------------------------------------------------------------------
 
-    def plan(self, findings: Sequence[Finding]) -> Section:
-        section = Section(self.check)
-        wanted: Dict[bytes, List[Finding]] = {}
-        for finding in findings:
-            why = self._not_a_file_repair(finding)
-            if why:
-                section.cannot.append((finding, why))
-            else:
-                wanted.setdefault(finding_path(finding), []).append(finding)
-        if not wanted:
-            return section
-        owners, problem = self._owners(set(wanted))
-        if problem:
-            section.cannot.extend((f, problem) for fs in wanted.values() for f in fs)
-            return section
+    def valid(self, package: Installed) -> bool:
+        return package.valid()
+
+    def no_owner(self) -> str:
+        return (
+            f"no package installed at {self.request.root} owns this path: the report may be about "
+            "another system or an older state of this one; audit again"
+        )
+
+    def judging(self) -> Callable[[OwnedPath], Tuple[str, str]]:
         accounts = _accounts(self.target)
-        steps: Dict[str, RpmStep] = {}
-        changed: Dict[str, int] = {}
-        for path, named in wanted.items():
-            owned = self._owner(owners.get(path, []), named[0])
-            if owned is None:
-                why = (
-                    f"no package installed at {self.request.root} owns this path: the report may be about "
-                    "another system or an older state of this one; audit again"
-                )
-                section.cannot.extend((f, why) for f in named)
-                continue
-            owned.finding = named[0]
-            verdict, why = self._now(owned, accounts)
-            if verdict == "intact":
-                section.intact.extend(named)
-            elif verdict == "unchecked":
-                section.cannot.extend((f, why) for f in named)
-            elif verdict == "damaged":
-                steps.setdefault(owned.package.nevra, RpmStep(owned.package)).paths.append(owned)
-            else:
-                section.left_alone.extend((f, why) for f in named)
-                if verdict == "local-change":
-                    changed[owned.package.nevra] = changed.get(owned.package.nevra, 0) + 1
-        if self.request.live:
-            for nevra, count in changed.items():
-                step = steps.pop(nevra, None)
-                if step is not None:
-                    why = (
-                        f"reinstalling {step.package.name} would also undo the {count} local change(s) left "
-                        "alone in it: --include-modified reinstalls it anyway"
-                    )
-                    section.left_alone.extend((owned.finding, why) for owned in step.paths)
-        for nevra in sorted(steps):
-            self._add_step(section, steps[nevra])
-        if section.steps and self.request.live:
-            section.actions = [
-                f"$ {shlex.join(self.transaction([s.data.package.nevra for s in section.steps]))}",
-                "(what is still damaged after it is reinstalled once more)",
-            ]
-        elif section.steps:
-            section.actions = [
-                "(each file is written from the package file's payload once its digest matches the package "
-                "database, with the database's owner, mode and mtime; nothing from the image is run)"
-            ]
-        return section
+        return lambda owned: self._now(owned, accounts)
 
-    def _not_a_file_repair(self, finding: Finding) -> str:
-        if finding.code not in FILE_CODES:
-            return finding.advice or "restore it from a backup"
-        details = finding.details if isinstance(finding.details, dict) else {}
-        if finding.code == "unreadable" and any(
-            text in str(details.get("error", "")) for text in _PERMISSION
-        ):
-            return "it was not checked (permission denied), which is no sign of damage: audit again as root"
-        if finding_path(finding) is None:
-            return "the report gives no usable path for it"
-        return ""
+    def step_key(self, package: Installed) -> str:
+        return package.nevra
 
-    def _owners(self, wanted: set) -> Tuple[Dict[bytes, List[OwnedPath]], str]:
+    def new_step(self, package: Installed) -> RpmStep:
+        return RpmStep(package)
+
+    def owners(self, wanted: set) -> Tuple[Dict[bytes, List[OwnedPath]], str]:
         """Every installed package's entry for each wanted path, or why the database cannot say."""
         databases = [
             db for db in find_databases(self.target, DEFAULT_DBPATHS) if db.kind in ("sqlite", "bdb")
@@ -221,15 +168,6 @@ class RpmRepairer(Repairer):
                 if entry.path in wanted:
                     found.setdefault(entry.path, []).append(OwnedPath(package, entry, algorithm))
         return found, ""
-
-    @staticmethod
-    def _owner(owned: List[OwnedPath], finding: Finding) -> OwnedPath | None:
-        owned = [o for o in owned if o.package.valid()]
-        details = finding.details if isinstance(finding.details, dict) else {}
-        for candidate in owned:
-            if candidate.package.name == details.get("package"):
-                return candidate
-        return owned[0] if owned else None
 
     def _now(self, owned: OwnedPath, accounts: Accounts) -> Tuple[str, str]:
         """(verdict, why): "intact", "damaged", "config" or "local-change" (left alone unless asked),
@@ -263,7 +201,7 @@ class RpmRepairer(Repairer):
                 )
         return "damaged", ""
 
-    def _add_step(self, section: Section, step: RpmStep) -> None:
+    def add_step(self, section: Section, step: RpmStep) -> None:
         package = step.package
         findings = [owned.finding for owned in step.paths]
         paths = sorted({os.fsdecode(owned.entry.path) for owned in step.paths})
@@ -305,6 +243,15 @@ class RpmRepairer(Repairer):
     def transaction(nevras: Sequence[str]) -> List[str]:
         return ["dnf", "reinstall", "-y", "--", *nevras]
 
+    def transaction_of(self, steps: Sequence[Step]) -> List[str]:
+        return self.transaction([step.data.package.nevra for step in steps])
+
+    def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
+        return [
+            f"$ {shlex.join(self.transaction_of(steps))}",
+            "(what is still damaged after it is reinstalled once more)",
+        ]
+
     # -- applying --------------------------------------------------------------------------------
 
     def apply(self, section: Section, say: Callable[[str], None], stop: Stop) -> Outcome:
@@ -315,22 +262,16 @@ class RpmRepairer(Repairer):
         return restore_steps(self, section, say, stop)
 
     def _reinstall(self, section: Section, say, stop: Stop) -> Outcome:
-        from fsaudit.repair.commands import environment, run, tail
+        from fsaudit.repair.commands import environment, tail, transact
 
         outcome = Outcome()
         if stop.requested:
             outcome.left.extend(section.steps)
             return outcome
         env = environment()
-        steps = list(section.steps)
-        status, output = 0, ""
-        for attempt in ("", "once more, "):
-            command = self.transaction([step.data.package.nevra for step in steps])
-            say(f"reinstalling {len(steps)} package(s) {attempt}in one transaction: {shlex.join(command)}")
-            status, output = run(command, env)
-            steps = [step for step in steps if self._still_damaged(step)]
-            if not steps or stop.requested:
-                break
+        steps, status, output, _ = transact(
+            self.transaction_of, section.steps, self._still_damaged, env, say, stop
+        )
         for step in section.steps:
             if step in steps:
                 said = f"dnf exited with {status}: " if status else ""
@@ -342,21 +283,6 @@ class RpmRepairer(Repairer):
     def _still_damaged(self, step: Step) -> bool:
         accounts = _accounts(self.target)
         return any(self._now(owned, accounts)[0] != "intact" for owned in step.data.paths)
-
-    def recheck_options(self, steps: Sequence[Step]) -> Dict[str, list]:
-        return {"packages": sorted({step.data.package.name for step in steps})}
-
-    def still_damaged(self, finding: Finding, steps: Sequence[Step]) -> bool:
-        if finding.severity is Severity.INFO or finding.code not in FILE_CODES:
-            return False
-        if finding.code == "config-differs" and not self.request.allow_conffiles:
-            return False
-        if finding.code == "modified-after-install" and not self.request.include_modified:
-            return False
-        if self.request.live:
-            names = {step.data.package.name for step in steps}
-            return isinstance(finding.details, dict) and finding.details.get("package") in names
-        return finding.path in {path for step in steps for path in step.paths}
 
 
 def _accounts(target: Target) -> Accounts:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 from fsaudit.errors import FsauditError
 from fsaudit.model import Finding, Report, Severity
 from fsaudit.registry import Entry, load_checkers
+from fsaudit.target import Target
 from fsaudit.window import Window
 
 LOG = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class Repairer:
     def __init__(self, check: str, request: Request):
         self.check = check
         self.request = request
+        # The system repaired, read only through its Target (paths resolved inside the root).
+        self.target = Target(request.root)
 
     def plan(self, findings: Sequence[Finding]) -> Section:
         """The steps that restore `findings` (INFO findings are never passed), and what is left."""

@@ -13,7 +13,7 @@ import shlex
 import signal
 import subprocess
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from fsaudit.repair import Stop
 
@@ -24,6 +24,11 @@ _PROXIES = ("http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy")
 # A reinstall that takes longer than this is hung (on a slow mirror, dozens of packages take minutes).
 TRANSACTION_TIMEOUT = 4 * 3600
 QUERY_TIMEOUT = 600
+# What the operator is told before a reinstall and before its second run (`transact`'s `saying`).
+REINSTALLING = (
+    "reinstalling {count} package(s) in one transaction: {command}",
+    "reinstalling {count} package(s) once more, in one transaction: {command}",
+)
 
 
 def environment(**extra: str) -> Dict[str, str]:
@@ -62,6 +67,31 @@ def run(command: List[str], env: Dict[str, str], timeout: float = TRANSACTION_TI
         return 124, f"{command[0]} did not finish within {timeout:.0f} s and was killed\n{output}"
     LOG.debug("%s exited with %s:\n%s", command[0], process.returncode, output)
     return process.returncode, output
+
+
+def transact(
+    command: Callable[[List[Any]], List[str]],
+    steps: Sequence[Any],
+    still_to_do: Callable[[Any], bool],
+    env: Dict[str, str],
+    say: Callable[[str], None],
+    stop: Stop,
+    saying: Tuple[str, str] = REINSTALLING,
+) -> Tuple[List[Any], int, str, List[str]]:
+    """Run the transaction `command(steps)`, then once more over the steps `still_to_do` after it
+    (what failed may succeed once the rest is whole), unless the operator asked to stop meanwhile.
+    `saying` is what the operator is told before each run ({count} steps, the {command}).
+    (the steps still to do, the last exit status, its output, its command)."""
+    pending = list(steps)
+    status, output, ran = 0, "", []
+    for words in saying:
+        ran = command(pending)
+        say(words.format(count=len(pending), command=shlex.join(ran)))
+        status, output = run(ran, env)
+        pending = [step for step in pending if still_to_do(step)]
+        if not pending or stop.requested:
+            break
+    return pending, status, output, ran
 
 
 def tail(output: str, lines: int = 3) -> str:
