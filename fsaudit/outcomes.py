@@ -25,6 +25,23 @@ ANOMALY = "anomaly"
 NOT_CHECKED_PERMISSION = "not_checked_permission"
 
 
+# A package manager gives each file it installs the packaged mtime (or the installation's), and lost
+# writes change content without touching mtimes: a file whose mtime is this many seconds after its
+# package's installation was written by something on the system since.
+MTIME_SLACK = 1.0
+
+
+def changed_after(mtime: Optional[float], installed: Optional[float]) -> bool:
+    """Whether a file's (or a store path's latest) mtime says it was written after `installed`."""
+    return installed is not None and mtime is not None and mtime > installed + MTIME_SLACK
+
+
+def local_change(mtime: Optional[float], installed: Optional[float], window) -> bool:
+    """A change the system made itself: written after installation and outside the suspect window
+    (`window`, or None). A write inside the window is at risk, not an ordinary local change."""
+    return changed_after(mtime, installed) and (window is None or not window.contains(mtime))
+
+
 def is_permission_denied(error: Optional[BaseException]) -> bool:
     """Whether `error` says the audit may not read something (EACCES, EPERM), as opposed to the
     something being damaged (EIO, ...)."""

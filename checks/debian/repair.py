@@ -25,12 +25,13 @@ from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 from fsaudit import outcomes
 from fsaudit.hashing import HashRequest, hash_one
 from fsaudit.model import Finding
+from fsaudit.outcomes import local_change
 from fsaudit.repair import Outcome, Section, Step, Stop
 from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
 from fsaudit_checks.debian import debfile, dpkg_db, placement
 from fsaudit_checks.debian.dpkg_db import Package
-from fsaudit_checks.debian.verdicts import iso, local_change
+from fsaudit_checks.debian.verdicts import iso
 
 # Debian policy 5.6.1 (names), 5.6.12 (versions), and dpkg's architecture names.
 NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")

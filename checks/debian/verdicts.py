@@ -31,7 +31,6 @@ MAX_CLASSIFIED = 2000
 SAMPLE = 20
 # A file's mtime this much after its package's installation is a change made on the system
 # (filesystems with coarse timestamps round them).
-MTIME_SLACK = 1.0
 
 STATUS_ADVICE = "restore /var/lib/dpkg/status from /var/backups/dpkg.status.0"
 
@@ -67,19 +66,6 @@ def reinstall_advice(package: Package, image: str | None) -> str:
         f"reinstall the package {name} inside the VM (apt-get install --reinstall {spec}), or restore its "
         f"files from this host: fsaudit repair REPORT.json --root {image}"
     )
-
-
-def changed_after_install(mtime: float | None, install_time: float | None) -> bool:
-    """Whether a file's mtime says something on the system wrote it after dpkg installed it."""
-    return install_time is not None and mtime is not None and mtime > install_time + MTIME_SLACK
-
-
-def local_change(mtime: float | None, install_time: float | None, window: Window | None) -> bool:
-    """A content difference that the system made itself, after installation and outside the suspect
-    window: dpkg gives each file the packaged mtime, and lost writes change content, not mtimes."""
-    if not changed_after_install(mtime, install_time):
-        return False
-    return window is None or not window.contains(mtime)
 
 
 class Judge:
@@ -139,10 +125,10 @@ class Judge:
             yield self._conffile_changed(item, result, details)
             return
         details["installed"] = iso(owner.install_time)
-        if local_change(result.mtime, owner.install_time, self.window):
+        if outcomes.local_change(result.mtime, owner.install_time, self.window):
             yield self._modified(item, details)
             return
-        if changed_after_install(result.mtime, owner.install_time):
+        if outcomes.changed_after(result.mtime, owner.install_time):
             details["modified_in_window"] = True
         if not self.classify:
             yield self.differs(owner, item.location, details)
@@ -235,7 +221,7 @@ class Judge:
     def _conffile_changed(self, item: Item, result: HashResult, details: dict) -> Problem:
         install_time = item.owner.install_time
         details["installed"] = iso(install_time)
-        if changed_after_install(result.mtime, install_time):
+        if outcomes.changed_after(result.mtime, install_time):
             details["changed_after_install"] = True
             message = (
                 "configuration file changed after the package was installed (an edit by the administrator?)"

@@ -10,12 +10,12 @@ import stat
 from typing import Tuple
 
 from fsaudit.hashing import HashRequest, hash_one
+from fsaudit.outcomes import local_change
 from fsaudit.target import NotRegularFile, Target
 from fsaudit.window import Window
 from fsaudit_checks.manifest.entries import (
     DIRECTORY,
     FILE_OR_SYMLINK,
-    MTIME_SLACK,
     SPECIAL,
     SYMLINK,
     Entry,
@@ -70,10 +70,7 @@ class Judge:
         reference = package.installed if package.installed is not None else entry.mtime
         if (
             not self.include_modified
-            and reference is not None
-            and result.mtime is not None
-            and result.mtime > reference + MTIME_SLACK
-            and not (self.window is not None and self.window.contains(result.mtime))
+            and local_change(result.mtime, reference, self.window)
             and not digest_matches(result.digest, entry.digest)
         ):
             return LOCAL_CHANGE, (

@@ -15,10 +15,6 @@ SYMLINK = "symlink"
 FILE_OR_SYMLINK = "file-or-symlink"
 SPECIAL = "special"
 
-# A file whose mtime is later than this many seconds after the reference time was written after the
-# package manager installed it (recorded times are whole seconds).
-MTIME_SLACK = 1
-
 
 @dataclass
 class Damage:

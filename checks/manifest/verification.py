@@ -20,7 +20,6 @@ from fsaudit_checks.manifest.entries import (
     DIRECTORY,
     FILE,
     FILE_OR_SYMLINK,
-    MTIME_SLACK,
     SPECIAL,
     SYMLINK,
     Damage,
@@ -255,7 +254,7 @@ class Verification:
         if result.size_differs:
             details["size_differs"] = True
         reference = package.installed if package.installed is not None else entry.mtime
-        after = reference is not None and result.mtime is not None and result.mtime > reference + MTIME_SLACK
+        after = outcomes.changed_after(result.mtime, reference)
         if entry.conffile:
             details["changed_after_install"] = after
             message = (

@@ -12,8 +12,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.model import Finding
+from fsaudit.outcomes import changed_after
 from fsaudit.target import Target
-from fsaudit_checks.manifest.entries import MTIME_SLACK, iso
+from fsaudit_checks.manifest.entries import iso
 from fsaudit_checks.nix import nar, store
 from fsaudit_checks.nix.store import Damage, ValidPath
 
@@ -233,7 +234,7 @@ class _Audit:
         if size_differs:
             details["size_differs"] = True
         registered = valid.registered
-        after = registered is not None and archive.latest_mtime > registered + MTIME_SLACK
+        after = changed_after(archive.latest_mtime, registered)
         in_window = after and self.window is not None and self.window.contains(archive.latest_mtime)
         if after and not in_window:
             return self.finding(

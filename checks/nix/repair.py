@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from fsaudit.model import Finding, Severity
+from fsaudit.outcomes import local_change
 from fsaudit.repair import Outcome, Repairer, Section, Step, Stop, finding_path
 from fsaudit.repair.commands import environment, tail, transact
 from fsaudit.repair.packages import NOT_CHECKED, permission_denied
-from fsaudit_checks.manifest.entries import MTIME_SLACK, iso
+from fsaudit_checks.manifest.entries import iso
 from fsaudit_checks.nix import nar, store
 from fsaudit_checks.nix.store import ValidPath
 
@@ -132,9 +133,7 @@ class NixRepairer(Repairer):
         if (
             not problems
             and not self.request.include_modified
-            and registered is not None
-            and archive.latest_mtime > registered + MTIME_SLACK
-            and not (window is not None and window.contains(archive.latest_mtime))
+            and local_change(archive.latest_mtime, registered, window)
         ):
             return "local-change", (
                 f"files in it were written on {iso(archive.latest_mtime)}, after it was registered on "

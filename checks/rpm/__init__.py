@@ -9,6 +9,7 @@ from typing import Iterator, List
 from fsaudit.checker import Checker, Option, Skip
 from fsaudit.hashing import HashRequest, hash_files
 from fsaudit.model import Finding
+from fsaudit.outcomes import changed_after
 from fsaudit.target import file_kind
 from fsaudit_checks.rpm import header as hdr
 from fsaudit_checks.rpm.cache import PackageCache
@@ -17,7 +18,6 @@ from fsaudit_checks.rpm.db import DEFAULT_DBPATHS, Damage, Database, find_databa
 
 ACCOUNT_FILE_LIMIT = 16 << 20
 # A file's mtime this much after its package's installation is a change made on the system.
-MTIME_SLACK = 1.0
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -337,7 +337,7 @@ class RpmChecker(Checker):
         mtime = outcome.st.st_mtime if outcome.st is not None else None
         installed = package.install_time
         window = self.context.window
-        if installed is not None and mtime is not None and mtime > installed + MTIME_SLACK:
+        if changed_after(mtime, installed):
             outcome.actual.update(modified=iso(mtime), installed=iso(installed))
             if window is None or not window.contains(mtime):
                 return (

@@ -23,11 +23,12 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from fsaudit.hashing import HashRequest, hash_one
 from fsaudit.model import Finding
+from fsaudit.outcomes import local_change
 from fsaudit.repair import Outcome, Section, Step, Stop
 from fsaudit.repair.packages import PackageRepairer
 from fsaudit.target import Target
-from fsaudit_checks.rpm import MTIME_SLACK, iso
 from fsaudit_checks.rpm import header as hdr
+from fsaudit_checks.rpm import iso
 from fsaudit_checks.rpm.cache import PackageCache
 from fsaudit_checks.rpm.compare import Accounts, finish, plan
 from fsaudit_checks.rpm.db import DEFAULT_DBPATHS, Damage, find_databases, reader_for
@@ -192,9 +193,7 @@ class RpmRepairer(PackageRepairer):
             )
         if outcome.flags & {"S", "5"} and not self.request.include_modified and outcome.st is not None:
             mtime, installed = outcome.st.st_mtime, owned.package.install_time
-            window = self.request.window
-            in_window = window is not None and window.contains(mtime)
-            if installed is not None and mtime > installed + MTIME_SLACK and not in_window:
+            if local_change(mtime, installed, self.request.window):
                 return "local-change", (
                     f"changed on the system on {iso(mtime)}, after the package was installed on "
                     f"{iso(installed)}: --include-modified restores the packaged version"
