@@ -299,23 +299,11 @@ class _Call:
         workers.wake(self.pool if self.remote else None)
 
     def _receive(self, block: bool) -> None:
-        pool = self.pool if self.remote else None
-        if pool is not None and not block:
-            pool.poll(0)
-        while True:
-            if block:
-                message = workers.wait(self.inbox, pool)
-                block = False
-            else:
-                try:
-                    message = self.inbox.get_nowait()
-                except queue.Empty:
-                    return
-            if message[0] == "done":
-                for reply in message[1]:
-                    self._complete(reply)
-            else:
-                self._rescue()
+        workers.drain(self.inbox, self.pool if self.remote else None, block, self._completed, self._rescue)
+
+    def _completed(self, replies: list) -> None:
+        for reply in replies:
+            self._complete(reply)
 
     def _complete(self, reply: tuple) -> None:
         entry = self.in_flight.pop(reply[0], None)

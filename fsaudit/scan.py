@@ -235,28 +235,16 @@ class _Scan:
                 self.threads.put((self._run_here, (seq, host, full)))
 
     def _receive(self, block: bool) -> None:
-        pool = self.pool if self.remote else None
-        if pool is not None and not block:
-            pool.poll(0)
-        while True:
-            if block:
-                message = workers.wait(self.inbox, pool)
-                block = False
-            else:
-                try:
-                    message = self.inbox.get_nowait()
-                except queue.Empty:
-                    return
-            if message[0] == "dead":
-                self._rescue()
-                continue
-            for reply in message[1]:
-                waiting = self.waiting.get(reply[0])
-                if waiting is None or reply[0] in self.replies:
-                    continue  # forgotten, or a duplicate after a rescue
-                self.replies[reply[0]] = reply
-                if reply[1] == reader.OK:
-                    self._expand(waiting[0], waiting[1], waiting[2], reply[3])
+        workers.drain(self.inbox, self.pool if self.remote else None, block, self._listed, self._rescue)
+
+    def _listed(self, replies: list) -> None:
+        for reply in replies:
+            waiting = self.waiting.get(reply[0])
+            if waiting is None or reply[0] in self.replies:
+                continue  # forgotten, or a duplicate after a rescue
+            self.replies[reply[0]] = reply
+            if reply[1] == reader.OK:
+                self._expand(waiting[0], waiting[1], waiting[2], reply[3])
 
     def _take(self, node: _Node) -> Union[Listing, OSError]:
         entry = self.listed.pop(node.host, None)

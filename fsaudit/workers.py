@@ -52,6 +52,26 @@ def wait(inbox: queue.SimpleQueue, pool: Optional[Workers] = None):
             continue
 
 
+def drain(inbox: queue.SimpleQueue, pool: Optional[Workers], block: bool, done, dead) -> None:
+    """Hand every message waiting in `inbox` to `done(replies)`, or to `dead()` when the workers are
+    gone; with `block`, wait for the first one (reading the workers' replies meanwhile)."""
+    if pool is not None and not block:
+        pool.poll(0)
+    while True:
+        if block:
+            message = wait(inbox, pool)
+            block = False
+        else:
+            try:
+                message = inbox.get_nowait()
+            except queue.Empty:
+                return
+        if message[0] == "done":
+            done(message[1])
+        else:
+            dead()
+
+
 def wake(pool: Optional[Workers]) -> None:
     """Tell a caller waiting in `wait` with `pool` that a thread put something in its inbox."""
     if pool is not None:
