@@ -205,7 +205,7 @@ class _Call:
     def _say_how(self) -> None:
         if self.stats is None:
             return
-        reads = f"{self.depth} reads in flight"
+        reads = f"up to {self.depth} reads in flight"
         if self.remote:
             how = f"{len(self.pool.processes)} worker processes, {reads}"
         elif self.jobs == 1:

@@ -334,6 +334,9 @@ STAT_FIELDS = (
     "st_rdev",
 )
 OK, NOT_REGULAR, BUG = 0, -1, -2
+# Seconds a job may spend waiting (not computing) before its worker starts another reader thread:
+# a read from the page cache waits microseconds, one from a disk or the network a millisecond.
+DISK_WAIT = 0.0003
 RESOLVE, FOLLOW, HOST = 0, 1, 2
 
 
@@ -439,6 +442,7 @@ def main() -> None:
     import queue
     import signal
     import threading
+    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     parent = os.getppid()
@@ -476,17 +480,40 @@ def main() -> None:
             for epoch, chunk in by_epoch.items():
                 write_frame(out, ("done", epoch, chunk))
 
+    running = [0]
+
+    def start_reader() -> None:
+        running[0] += 1
+        threading.Thread(target=reader, daemon=True).start()
+
     def reader() -> None:
         jobs = Jobs()
+        waited_recently = taken_recently = 0.0
+        done = 0
         while True:
             epoch, kind, header, job = work.get()
             if epoch in cancelled:
                 continue
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
-            send(epoch, jobs.run(kind, header, job, stopped))
+            began, busy = time.monotonic(), time.thread_time()
+            reply = jobs.run(kind, header, job, stopped)
+            # Jobs that spend most of their time waiting for the disk while others queue behind them:
+            # one more reader (up to `threads`). From the page cache little waits (a thread that
+            # another process preempted, now and then), and one reader hashes fastest: the reader
+            # threads of one process share one interpreter lock.
+            taken = time.monotonic() - began
+            waited = taken - (time.thread_time() - busy)
+            waited_recently = waited_recently * 0.98 + waited
+            taken_recently = taken_recently * 0.98 + taken
+            done += 1
+            slow = done >= 32 and waited > DISK_WAIT and waited_recently > taken_recently * 0.8
+            if slow and running[0] < threads and not work.empty():
+                with lock:
+                    if running[0] < threads:
+                        start_reader()
+            send(epoch, reply)
 
-    for _ in range(threads):
-        threading.Thread(target=reader, daemon=True).start()
+    start_reader()
     write_frame(out, ("ready", os.getpid()))
     while True:
         message = read_frame(stdin)
