@@ -18,6 +18,7 @@ import marshal
 import os
 import stat
 import sys
+import time
 
 BLOCK_SIZE = 1 << 20
 MAX_SYMLINKS = 40
@@ -334,10 +335,42 @@ STAT_FIELDS = (
     "st_rdev",
 )
 OK, NOT_REGULAR, BUG = 0, -1, -2
-# Seconds a job may spend waiting (not computing) before its worker starts another reader thread:
-# a read from the page cache waits microseconds, one from a disk or the network a millisecond.
-DISK_WAIT = 0.0003
 RESOLVE, FOLLOW, HOST = 0, 1, 2
+
+
+class DiskWaits:
+    """Whether a worker's reader thread keeps waiting for the disk rather than computing: then another
+    reader is worth starting. From the page cache little waits (now and then a thread another process
+    preempted), and one reader per worker is fastest: the reader threads of one process contend for
+    its interpreter lock (16 of them cost 15 % more CPU hashing a cached tree). From network storage
+    a read waits a millisecond, and every reader the depth allows is needed.
+
+    Only for worker processes, whose one busy thread is the reader: in the audit's own process the
+    main thread computes too, and a lone reader thread would wait for the interpreter lock after
+    every system call (the audit of 25,000 files took twice as long); there many readers are faster."""
+
+    # A job that waited this long (seconds, not computing) may ask for another reader ...
+    WAIT = 0.0003
+    # ... when the thread's recent jobs (weights halving every 35 jobs) spent this share waiting,
+    SHARE = 0.8
+    # ... and the thread has done this many jobs (its first ones wait for start-up, not the disk).
+    AFTER = 32
+
+    def __init__(self):
+        self.waited = self.taken = 0.0
+        self.done = 0
+
+    def begin(self) -> tuple:
+        return time.monotonic(), time.thread_time()
+
+    def waiting(self, began: tuple) -> bool:
+        """After a job that started at `began` (from `begin()`): whether the jobs wait for the disk."""
+        taken = time.monotonic() - began[0]
+        waited = taken - (time.thread_time() - began[1])
+        self.waited = self.waited * 0.98 + waited
+        self.taken = self.taken * 0.98 + taken
+        self.done += 1
+        return self.done >= self.AFTER and waited > self.WAIT and self.waited > self.taken * self.SHARE
 
 
 def stat_fields(st: os.stat_result) -> tuple:
@@ -442,7 +475,6 @@ def main() -> None:
     import queue
     import signal
     import threading
-    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     parent = os.getppid()
@@ -487,27 +519,16 @@ def main() -> None:
         threading.Thread(target=reader, daemon=True).start()
 
     def reader() -> None:
-        jobs = Jobs()
-        waited_recently = taken_recently = 0.0
-        done = 0
+        jobs, waits = Jobs(), DiskWaits()
         while True:
             epoch, kind, header, job = work.get()
             if epoch in cancelled:
                 continue
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
-            began, busy = time.monotonic(), time.thread_time()
+            began = waits.begin()
             reply = jobs.run(kind, header, job, stopped)
-            # Jobs that spend most of their time waiting for the disk while others queue behind them:
-            # one more reader (up to `threads`). From the page cache little waits (a thread that
-            # another process preempted, now and then), and one reader hashes fastest: the reader
-            # threads of one process share one interpreter lock.
-            taken = time.monotonic() - began
-            waited = taken - (time.thread_time() - busy)
-            waited_recently = waited_recently * 0.98 + waited
-            taken_recently = taken_recently * 0.98 + taken
-            done += 1
-            slow = done >= 32 and waited > DISK_WAIT and waited_recently > taken_recently * 0.8
-            if slow and running[0] < threads and not work.empty():
+            # One more reader (up to `threads`) while jobs wait for the disk and others queue.
+            if waits.waiting(began) and running[0] < threads and not work.empty():
                 with lock:
                     if running[0] < threads:
                         start_reader()
