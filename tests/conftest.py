@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,10 @@ class Run:
 
     def findings(self, name: str, code: str = None) -> list:
         return [f for f in self.check(name)["findings"] if code is None or f["code"] == code]
+
+    def by_path(self, name: str) -> dict:
+        """The findings of check `name`, by their path."""
+        return {f["path"]: f for f in self.check(name)["findings"]}
 
 
 def assert_valid_report(data) -> None:
@@ -94,6 +100,31 @@ def _validate_json_output(args: list, run: Run, cwd) -> None:
     path = Path(cwd or ".", output)
     if path.is_file():
         assert_valid_report(json.loads(path.read_text(encoding="utf-8")))
+
+
+def audit_root(check: str, root, *args) -> Run:
+    """`fsaudit audit --root ROOT --check CHECK --format json ARGS...`."""
+    return fsaudit("audit", "--root", root, "--check", check, "--format", "json", *args)
+
+
+def copy_root(pristine, tmp_path) -> Path:
+    """A copy of a root built once per module, for one test to damage (`cp -a` keeps owners, modes
+    and times, which the checkers compare)."""
+    copy = tmp_path / "root"
+    subprocess.run(["cp", "-a", str(pristine), str(copy)], check=True)
+    return copy
+
+
+@contextmanager
+def world_readable_directory(prefix: str):
+    """A directory under /tmp that other users may enter (tests run fsaudit as them too), removed
+    afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def require_module(name: str, install: str):

@@ -6,10 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +15,7 @@ from fsaudit.target import Target
 from fsaudit_checks.apk import cache, installed
 from fsaudit_checks.apk.protected import ProtectedPaths, read_protected_paths
 from fsaudit_checks.manifest.entries import Package
-from tests.conftest import fsaudit
+from tests.conftest import audit_root, copy_root, fsaudit, world_readable_directory
 
 HOSTILE = os.fsdecode(b"/usr/share/demo/caf\xe9 \x1b[31mred")
 DEMO = {
@@ -39,31 +35,25 @@ BUSYBOX = {"/bin/busybox": ("busybox\n" * 100, 0o755), "/bin/sh": ("link", "/bin
 
 @pytest.fixture(scope="module")
 def pristine():
-    base = Path(tempfile.mkdtemp(prefix="fsaudit-apk-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
+    with world_readable_directory("fsaudit-apk-") as base:
         root = alpine.make_root(base / "root")
         (root / "etc/apk/protected_paths.d/ca-certificates.list").write_text("-etc/ssl/certs/ca-cert-*.pem\n")
         alpine.install(root, "busybox", "1.36.1-r15", BUSYBOX)
         alpine.install(root, "demo", "1.2-r0", DEMO)
         yield root
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def root(pristine, tmp_path):
-    copy = tmp_path / "root"
-    subprocess.run(["cp", "-a", str(pristine), str(copy)], check=True)
-    return copy
+    return copy_root(pristine, tmp_path)
 
 
 def audit(root, *args):
-    return fsaudit("audit", "--root", root, "--check", "apk", "--format", "json", *args)
+    return audit_root("apk", root, *args)
 
 
 def by_path(run) -> dict:
-    return {f["path"]: f for f in run.findings("apk")}
+    return run.by_path("apk")
 
 
 def test_clean_root_is_ok(root):

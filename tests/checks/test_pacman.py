@@ -8,8 +8,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from fsaudit.target import Target
 from fsaudit_checks.manifest.entries import Package
 from fsaudit_checks.pacman import cache
 from fsaudit_checks.pacman.conf import read_settings
-from tests.conftest import fsaudit, require_program
+from tests.conftest import audit_root, copy_root, fsaudit, require_program, world_readable_directory
 
 # Not UTF-8, a space and a terminal escape (a newline would break pacman's own `files` list).
 HOSTILE = "/usr/share/demo/caf\udce9 \x1b[31mred\r.txt"
@@ -58,29 +56,23 @@ def packages(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pristine(packages, tmp_path_factory):
-    base = Path(tempfile.mkdtemp(prefix="fsaudit-pacman-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
+    with world_readable_directory("fsaudit-pacman-") as base:
         root = pacfix.make_root(base / "root", conf_extra="NoExtract = usr/share/skipped/*\n")
         pacfix.install(root, [packages["demo"], packages["other"], packages["skipped"]])
         yield root
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def root(pristine, tmp_path):
-    copy = tmp_path / "root"
-    subprocess.run(["cp", "-a", str(pristine), str(copy)], check=True)
-    return copy
+    return copy_root(pristine, tmp_path)
 
 
 def audit(root, *args):
-    return fsaudit("audit", "--root", root, "--check", "pacman", "--format", "json", *args)
+    return audit_root("pacman", root, *args)
 
 
 def by_path(run) -> dict:
-    return {f["path"]: f for f in run.findings("pacman")}
+    return run.by_path("pacman")
 
 
 def test_clean_root_is_ok_and_agrees_with_pacman(root):

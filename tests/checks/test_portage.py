@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +13,7 @@ from fixtures import portage as gentoo
 from fixtures.corrupt import flip_byte, kept_times, replace_with_fifo, truncate
 from fsaudit.target import Target
 from fsaudit_checks.portage.protect import read_config_protect
-from tests.conftest import fsaudit
+from tests.conftest import audit_root, copy_root, fsaudit, world_readable_directory
 
 HOSTILE = os.fsdecode(b"/usr/share/demo/caf\xe9 \x1b[31mred")
 DEMO = {
@@ -38,30 +34,24 @@ OTHER = {"/usr/bin/other": ("other program\n" * 50, 0o755), "/usr/share/other/da
 
 @pytest.fixture(scope="module")
 def pristine():
-    base = Path(tempfile.mkdtemp(prefix="fsaudit-portage-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
+    with world_readable_directory("fsaudit-portage-") as base:
         root = gentoo.make_root(base / "root")
         gentoo.install(root, "app-misc", "demo-1.2.3_p4-r1", DEMO, slot="1")
         gentoo.install(root, "dev-libs", "other-2.0", OTHER)
         yield root
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def root(pristine, tmp_path):
-    copy = tmp_path / "root"
-    subprocess.run(["cp", "-a", str(pristine), str(copy)], check=True)
-    return copy
+    return copy_root(pristine, tmp_path)
 
 
 def audit(root, *args):
-    return fsaudit("audit", "--root", root, "--check", "portage", "--format", "json", *args)
+    return audit_root("portage", root, *args)
 
 
 def by_path(run) -> dict:
-    return {f["path"]: f for f in run.findings("portage")}
+    return run.by_path("portage")
 
 
 def test_clean_root_is_ok(root):

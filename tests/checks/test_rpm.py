@@ -13,7 +13,7 @@ import pytest
 
 from fixtures import rpm as rpmfix
 from fixtures.corrupt import flip_byte, kept_times, replace_with_fifo, truncate
-from tests.conftest import Run, fsaudit, require_program
+from tests.conftest import Run, audit_root, copy_root, require_program
 
 OTHER_FILES = {
     "/usr/bin/other": ("file", "other program\n" * 50, "%attr(0755, root, root)"),
@@ -47,18 +47,15 @@ def pristine(packages, tmp_path_factory):
 
 @pytest.fixture
 def root(pristine, tmp_path):
-    copy = tmp_path / "root"
-    # cp -a keeps owners and times, which rpm -V compares.
-    subprocess.run(["cp", "-a", str(pristine), str(copy)], check=True)
-    return copy
+    return copy_root(pristine, tmp_path)
 
 
 def audit(root, *args):
-    return fsaudit("audit", "--root", root, "--check", "rpm", "--format", "json", *args)
+    return audit_root("rpm", root, *args)
 
 
 def by_path(run) -> dict:
-    return {f["path"]: f for f in run.findings("rpm")}
+    return run.by_path("rpm")
 
 
 def db_snapshot(root: Path) -> dict:
