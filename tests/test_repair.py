@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.corrupt import flip_byte, truncate
+from fixtures.corrupt import flip_byte, lose, truncate
 from fixtures.debroot import CACHE, audit_json, make_deb, make_root, verify_lines
 from fsaudit.model import CheckResult, Finding, Report, Severity, Status
 from fsaudit.repair import Outcome, Request, Step, build_plan, outcome_exit_code
@@ -48,7 +48,7 @@ def root(tmp_path, debs) -> Path:
 def damage(root: Path) -> None:
     """Lost writes in three packages and an edited conffile; delta stays intact."""
     flip_byte(root / "usr/bin/alpha", 100)
-    (root / "usr/lib/beta/libbeta.so.1").unlink()
+    lose(root / "usr/lib/beta/libbeta.so.1")
     (root / "etc/beta.conf").write_text("setting = 2 # edited by the admin\n")
     truncate(root / "usr/share/gamma/data with space.txt", 5)
 
@@ -169,6 +169,24 @@ def test_a_local_change_is_restored_only_when_asked(root, tmp_path):
     assert run.code == 0, run.stdout + run.stderr
     assert "Restored: alpha 1.0-1 (all)" in run.stdout
     assert changed.read_bytes() == ALPHA["/usr/share/doc/alpha/README"]
+
+
+def test_a_file_removed_on_the_system_is_restored_only_when_asked(root, tmp_path):
+    removed = root / "usr/share/doc/alpha/README"
+    removed.unlink()
+    later = os.stat(root / "var/lib/dpkg/info/alpha.list").st_mtime + 3600
+    os.utime(removed.parent, (later, later))
+    report = report_of(root, tmp_path)
+    (finding,) = json.loads(report.read_text())["checks"][0]["findings"]
+    assert finding["code"] == "modified-after-install" and finding["details"]["removed"] is True
+    run = repair(report, root, "--apply", "--yes")
+    assert run.code == 0, run.stdout + run.stderr
+    assert "Left alone (1)" in run.stdout and "removed on the system" in run.stdout
+    assert not removed.exists()
+    run = repair(report, root, "--apply", "--yes", "--include-modified")
+    assert run.code == 0, run.stdout + run.stderr
+    assert "Restored: alpha 1.0-1 (all)" in run.stdout
+    assert removed.read_bytes() == ALPHA["/usr/share/doc/alpha/README"]
 
 
 def test_what_cannot_be_repaired_goes_to_the_owners_list(root, tmp_path):

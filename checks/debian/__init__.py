@@ -67,7 +67,8 @@ class DebianChecker(Checker):
         "changed after the package's installation, or was changed in the suspect window (details."
         "classification says how: truncated, zero-filled, older-version, random, empty, unknown)",
         "modified-after-install": "a file's content differs from the packaged file and its mtime is after "
-        "the package's installation, outside the suspect window: a change made on the system",
+        "the package's installation, outside the suspect window, or a packaged path is gone and its "
+        "directory changed after the installation by no package installation: a change made on the system",
         "wrong-type": "a directory, FIFO, device, socket or symlink stands where the package installed "
         "a regular file (or a non-directory where it installed a directory)",
         "unreadable": "a packaged file could not be read (an I/O error): it was not verified",
@@ -228,6 +229,7 @@ class _Audit:
                 yield from self._process(item)
         while order:
             yield from self._process(order.popleft())
+        yield from self._judged(self.judge.finish())
 
     def _process(self, item: Item) -> Iterator[Finding]:
         if item.kind == "problem":

@@ -202,7 +202,7 @@ class DebianRepairer(PackageRepairer):
             try:
                 self.target.lstat(entry.location)
             except FileNotFoundError:
-                return "damaged", ""
+                return self._gone(entry)
             except PermissionError:
                 return "unchecked", "cannot look at it now (permission denied): run repair as root"
             except OSError as error:
@@ -214,6 +214,8 @@ class DebianRepairer(PackageRepairer):
             return "intact", ""
         if isinstance(result.error, PermissionError):
             return "unchecked", "cannot read it now (permission denied): run repair as root"
+        if verdict == outcomes.MISSING and entry.kind == "file":
+            return self._gone(entry)
         if entry.kind == "conffile" and not self.request.allow_conffiles:
             return "conffile", (
                 "a configuration file, which its administrator may have changed: --allow-conffiles replaces "
@@ -228,6 +230,20 @@ class DebianRepairer(PackageRepairer):
             return "local-change", (
                 f"changed on the system on {iso(result.mtime)}, after the package was installed on "
                 f"{iso(entry.install_time)}: --include-modified restores the packaged version"
+            )
+        return "damaged", ""
+
+    def _gone(self, entry: PackagedPath) -> Tuple[str, str]:
+        """A path that is gone: damage, unless the audit found it removed on the system (its
+        directory changed after installation by no package installation) and nobody asked to
+        restore local changes. The report can only make repair do less here, never more."""
+        finding = entry.finding
+        details = finding.details if finding is not None and isinstance(finding.details, dict) else {}
+        removed = finding is not None and finding.code == "modified-after-install" and details.get("removed")
+        if removed and not self.request.include_modified:
+            return "local-change", (
+                f"removed on the system: its directory changed on {details.get('directory_changed')}, after "
+                "the package was installed, by no package installation; --include-modified restores it"
             )
         return "damaged", ""
 

@@ -24,6 +24,7 @@ from fsaudit_checks.debian.classify import AptCache
 from fsaudit_checks.debian.dpkg_db import Damage, Package
 from fsaudit_checks.debian.placement import PathFilter
 from fsaudit_checks.debian.plan import Item, Owner
+from fsaudit_checks.debian.removals import Removals
 
 # At most this many content differences are compared with .deb files from the apt cache (each
 # costs a decompression); the rest are still reported, without a classification.
@@ -87,6 +88,8 @@ class Judge:
         self.count = count
         self.verified = verified
         self.window = window
+        # Paths found gone are judged at the end: removed on the system, or lost by the disk.
+        self.removals = Removals(target, window)
         self.classify = classify
         self.image = None if target.live else target.root_text
         self.directories_ok: Set[bytes] = set()
@@ -99,6 +102,7 @@ class Judge:
 
     def file(self, item: Item, result: HashResult) -> Iterator[Problem]:
         owner = item.owner
+        self.removals.note(item.location, owner.install_time)
         verdict = outcomes.outcome(result, item.expected)
         if result.error is None:
             if item.request is not None and result.digest is not None:
@@ -187,12 +191,19 @@ class Judge:
             if self.filter.excluded(item.path):
                 self.count("excluded", 1)
                 return
-            code, severity, what = (
-                ("conffile-missing", "warning", "configuration file")
-                if item.kind == "conffile"
-                else ("missing", "critical", "file")
-            )
-            yield Problem(code, severity, f"the packaged {what} is gone", owner, item.location, details)
+            if item.kind == "conffile":
+                yield Problem(
+                    "conffile-missing",
+                    "warning",
+                    "the packaged configuration file is gone",
+                    owner,
+                    item.location,
+                    details,
+                )
+            else:
+                self.removals.hold(
+                    Problem("missing", "critical", "the packaged file is gone", owner, item.location, details)
+                )
             return
         if isinstance(error, PermissionError):
             # Not damage: this user may not read it (outcomes' convention for every checker).
@@ -250,6 +261,7 @@ class Judge:
         """A listed path with no checksum: a directory, a symlink, an empty directory, or a
         regular file the md5sums file does not cover."""
         owner = item.owner
+        self.removals.note(item.location, owner.install_time)
         try:
             host = self.target.resolve(item.location, follow=item.parent)
             if item.parent and host in self.directories_ok:
@@ -295,7 +307,7 @@ class Judge:
             if self.filter.excluded(item.path):
                 self.count("excluded", 1)
             else:
-                yield self._other_missing(item)
+                self.removals.hold(self._other_missing(item))
         elif isinstance(error, PermissionError):
             self.count("not_checked_permission", 1)
         else:
@@ -324,6 +336,37 @@ class Judge:
             owner,
             item.location,
         )
+
+    # -- paths found gone, once every package was seen -------------------------------------------
+
+    def finish(self) -> Iterator[Problem]:
+        """The paths found gone: lost by the disk (as found), or removed by something on the system
+        after installation (`modified-after-install`, a warning)."""
+        for problem, evidence in self.removals.judged(lambda problem: problem.owner.install_time):
+            if evidence is None:
+                yield problem
+                continue
+            what = {"missing": "file", "directory-missing": "directory"}.get(problem.code, "symlink")
+            details = {
+                **problem.details,
+                **evidence,
+                "removed": True,
+                "found": problem.code,
+                "installed": iso(problem.owner.install_time),
+            }
+            yield Problem(
+                "modified-after-install",
+                "warning",
+                f"the packaged {what} is gone, and its directory {evidence['directory']} was changed on "
+                f"{evidence['directory_changed']}, after the package was installed on "
+                f"{details['installed']}, by no package installation: removed by something on this "
+                "system, not lost by the disk",
+                problem.owner,
+                problem.path,
+                details,
+                advice="if it was removed on purpose (a tool that updates itself, a local clean-up), "
+                f"there is nothing to do; otherwise {self.advice(problem.owner.package)}",
+            )
 
     # -- the end of a package --------------------------------------------------------------------
 

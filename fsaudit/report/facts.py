@@ -42,7 +42,7 @@ def package_damage(report: Report) -> PackageDamage:
                 found = True
         if found:
             damage.checks.append(check.name)
-    damage.packages = list(packages)
+    damage.packages = sorted(packages)
     return damage
 
 

@@ -13,6 +13,7 @@ import pytest
 from fixtures.corrupt import (
     flip_byte,
     kept_times,
+    lose,
     replace_with_directory,
     replace_with_fifo,
     truncate,
@@ -143,10 +144,10 @@ def test_empty_file_is_named_as_such(tmp_path):
 
 def test_deleted_file_directory_and_symlink_are_missing(tmp_path):
     root = sample_root(tmp_path)
-    os.unlink(root / "usr/bin/sample")
-    os.unlink(root / "usr/lib/sample/current")
-    os.rmdir(root / "var/lib/sample")
-    shutil.rmtree(root / "usr/share/doc/sample")
+    lose(root / "usr/bin/sample")
+    lose(root / "usr/lib/sample/current")
+    lose(root / "var/lib/sample")
+    lose(root / "usr/share/doc/sample")
     run = audit(root)
     assert run.code == 2
     assert paths(run, "missing") == {
@@ -241,6 +242,61 @@ def test_a_machine_whose_only_differences_are_local_changes_reads_warning(tmp_pa
     assert run.code == 1, run.stdout
     assert run.check("debian")["status"] == "warning"
     assert paths(run, "modified-after-install") == {"/usr/bin/sample", "/usr/lib/sample/data/table"}
+
+
+def test_paths_a_tool_removed_after_installation_are_a_warning_and_lost_ones_stay_critical(tmp_path):
+    """npm upgrading itself inside the nodejs package removes packaged files and directories: their
+    directory changed long after the installation, when no package was installed. A lost directory
+    update leaves the directory's time as it was: the path is missing, critical."""
+    root = sample_root(tmp_path)
+    removed_at = _days_after_install(root, 2)
+    os.unlink(root / "usr/bin/sample")
+    shutil.rmtree(root / "usr/share/doc/sample")
+    for directory in ("usr/bin", "usr/share/doc"):
+        os.utime(root / directory, (removed_at, removed_at))
+    lose(root / "usr/lib/sample/current")  # the disk lost it: usr/lib/sample keeps its time
+    run = audit(root)
+    assert run.code == 2, run.stdout
+    assert paths(run, "symlink-missing") == {"/usr/lib/sample/current"}
+    removed = {f["path"]: f for f in run.findings("debian", "modified-after-install")}
+    assert set(removed) == {
+        "/usr/bin/sample",
+        "/usr/share/doc/sample",
+        "/usr/share/doc/sample/README",
+        "/usr/share/doc/sample/copyright",
+    }
+    program = removed["/usr/bin/sample"]
+    assert program["severity"] == "warning" and program["details"]["removed"] is True
+    assert program["details"]["found"] == "missing"
+    assert program["details"]["directory"] == "/usr/bin"
+    assert program["details"]["directory_changed"] == _iso(removed_at)
+    assert removed["/usr/share/doc/sample"]["details"]["found"] == "directory-missing"
+    # Only removals: the machine reads WARNING.
+    lost = root / "usr/lib/sample/current"
+    os.symlink("data/table", lost)
+    os.utime(root / "usr/lib/sample", (0, 0))
+    assert audit(root).code == 1
+    # Removed during the suspect window: at risk, critical as any other missing file.
+    day = _iso(removed_at)[:10]
+    run = audit(root, "--window", f"{day}..{_iso(removed_at + 86400)[:10]}")
+    assert "/usr/bin/sample" in paths(run, "missing")
+
+
+def test_a_directory_changed_by_a_later_package_installation_does_not_excuse_a_lost_file(tmp_path):
+    """/usr/bin changes with every package installed into it: a packaged file gone from there is
+    damage even though the directory changed after its package's installation."""
+    root = sample_root(tmp_path)
+    debs = tmp_path / "later"
+    debs.mkdir()
+    install(root, make_deb(debs, "later", files={"/usr/bin/later": b"#!/bin/sh\n"}))
+    later = os.stat(root / "var/lib/dpkg/info/later.list").st_mtime
+    os.unlink(root / "usr/bin/sample")
+    os.utime(root / "usr/bin", (later, later))
+    os.utime(root / "var/lib/dpkg/info/sample.list", (later - 86400, later - 86400))
+    run = audit(root)
+    assert run.code == 2
+    assert paths(run, "missing") == {"/usr/bin/sample"}
+    assert run.findings("debian", "modified-after-install") == []
 
 
 def test_conffile_edit_is_a_warning_with_evidence(tmp_path):

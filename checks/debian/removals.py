@@ -1,0 +1,83 @@
+"""Whether a packaged path that is gone was removed by something on the system, or lost by the disk.
+
+A lost directory update makes entries vanish while the directory's inode keeps the time of its last
+change that reached the disk: no later than the installations that filled it. A tool that removes
+files itself (npm upgrading itself inside the nodejs package, say) changes the directory at a time
+no package installation explains. So a path that is gone is a local change when its nearest
+directory still there was changed after its package was installed, outside the suspect window, and
+not while a package with entries in that directory was being installed (`EXPLAINED_BEFORE` seconds
+before the package's `.list` was written, when dpkg unpacks, to `EXPLAINED_AFTER` after).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import datetime, timezone
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from fsaudit import outcomes
+from fsaudit.target import Target
+from fsaudit.window import Window
+
+EXPLAINED_BEFORE = 300.0
+EXPLAINED_AFTER = 5.0
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+class Removals:
+    """The install times of the packages with entries in each directory, and the paths found gone,
+    judged once every package was seen (a later package may explain a directory's change)."""
+
+    def __init__(self, target: Target, window: Optional[Window]):
+        self.target = target
+        self.window = window
+        self.installed: Dict[bytes, Set[float]] = {}
+        self.gone: List[object] = []
+
+    def note(self, location: bytes, install_time: Optional[float]) -> None:
+        """A packaged path, installed at `install_time` (its package's `.list` time)."""
+        if install_time is not None:
+            self.installed.setdefault(os.path.dirname(location), set()).add(install_time)
+
+    def hold(self, problem) -> None:
+        """A problem saying a packaged path is gone, to be judged at the end."""
+        self.gone.append(problem)
+
+    def judged(self, installed_of) -> Iterator[Tuple[object, Optional[dict]]]:
+        """(problem, None) for a path lost by the disk as far as can be told, (problem, evidence) for
+        one removed on the system: `evidence` holds the directory and when it changed.
+        `installed_of(problem)` is the install time of the problem's package."""
+        for problem in self.gone:
+            yield problem, self._removed(problem.path, installed_of(problem))
+        self.gone = []
+
+    def _removed(self, location: bytes, installed: Optional[float]) -> Optional[dict]:
+        directory, changed = self._nearest_directory(location)
+        if directory is None or not outcomes.local_change(changed, installed, self.window):
+            return None
+        if self._explained(directory, changed):
+            return None
+        return {"directory": os.fsdecode(directory), "directory_changed": _iso(changed)}
+
+    def _nearest_directory(self, location: bytes) -> Tuple[Optional[bytes], float]:
+        parent = os.path.dirname(location)
+        while parent and parent != b"/":
+            try:
+                st = self.target.lstat(parent)
+            except OSError:
+                parent = os.path.dirname(parent)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                return parent, st.st_mtime
+            return None, 0.0
+        return None, 0.0
+
+    def _explained(self, directory: bytes, changed: float) -> bool:
+        return any(
+            when - EXPLAINED_BEFORE <= changed <= when + EXPLAINED_AFTER
+            for when in self.installed.get(directory, ())
+        )
