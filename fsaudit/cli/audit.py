@@ -81,7 +81,7 @@ def checker_names(context, parameter, incomplete: str) -> list:
 @click.option(
     "--io-depth",
     type=click.IntRange(min=1, max=1024),
-    help="Reads in flight at once (default: 32; network storage likes many, a single disk few).",
+    help="Reads in flight at most (default: 32; network storage likes many, a single disk few).",
 )
 @click.option(
     "--drop-cache/--no-drop-cache",
