@@ -49,7 +49,7 @@ def compare(
     offset = 0
     while True:
         theirs = _read_full(packaged, _CHUNK)
-        mine = _read_full(actual, min(_CHUNK, max(len(theirs), 0))) if offset < packaged_size else b""
+        mine = _read_full(actual, len(theirs))
         if not mine and not theirs:
             break
         for start in range(0, max(len(mine), len(theirs)), BLOCK):

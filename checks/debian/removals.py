@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import datetime, timezone
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from fsaudit import outcomes
@@ -24,10 +23,6 @@ EXPLAINED_BEFORE = 300.0
 EXPLAINED_AFTER = 5.0
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
-
-
 class Removals:
     """The install times of the packages with entries in each directory, and the paths found gone,
     judged once every package was seen (a later package may explain a directory's change)."""
@@ -36,32 +31,31 @@ class Removals:
         self.target = target
         self.window = window
         self.installed: Dict[bytes, Set[float]] = {}
-        self.gone: List[object] = []
+        self.gone: List[Tuple[object, bytes, Optional[float]]] = []
 
     def note(self, location: bytes, install_time: Optional[float]) -> None:
         """A packaged path, installed at `install_time` (its package's `.list` time)."""
         if install_time is not None:
             self.installed.setdefault(os.path.dirname(location), set()).add(install_time)
 
-    def hold(self, problem) -> None:
-        """A problem saying a packaged path is gone, to be judged at the end."""
-        self.gone.append(problem)
+    def hold(self, problem, location: bytes, install_time: Optional[float]) -> None:
+        """A problem saying the packaged path `location` is gone, to be judged at the end."""
+        self.gone.append((problem, location, install_time))
 
-    def judged(self, installed_of) -> Iterator[Tuple[object, Optional[dict]]]:
-        """(problem, None) for a path lost by the disk as far as can be told, (problem, evidence) for
-        one removed on the system: `evidence` holds the directory and when it changed.
-        `installed_of(problem)` is the install time of the problem's package."""
-        for problem in self.gone:
-            yield problem, self._removed(problem.path, installed_of(problem))
+    def judged(self) -> Iterator[Tuple[object, Optional[Tuple[bytes, float]]]]:
+        """(problem, None) for a path lost by the disk as far as can be told, (problem, (directory,
+        when it changed)) for one removed on the system."""
+        for problem, location, installed in self.gone:
+            yield problem, self._removed(location, installed)
         self.gone = []
 
-    def _removed(self, location: bytes, installed: Optional[float]) -> Optional[dict]:
+    def _removed(self, location: bytes, installed: Optional[float]) -> Optional[Tuple[bytes, float]]:
         directory, changed = self._nearest_directory(location)
         if directory is None or not outcomes.local_change(changed, installed, self.window):
             return None
         if self._explained(directory, changed):
             return None
-        return {"directory": os.fsdecode(directory), "directory_changed": _iso(changed)}
+        return directory, changed
 
     def _nearest_directory(self, location: bytes) -> Tuple[Optional[bytes], float]:
         parent = os.path.dirname(location)

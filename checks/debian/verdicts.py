@@ -30,8 +30,6 @@ from fsaudit_checks.debian.removals import Removals
 # costs a decompression); the rest are still reported, without a classification.
 MAX_CLASSIFIED = 2000
 SAMPLE = 20
-# A file's mtime this much after its package's installation is a change made on the system
-# (filesystems with coarse timestamps round them).
 
 STATUS_ADVICE = "restore /var/lib/dpkg/status from /var/backups/dpkg.status.0"
 
@@ -201,9 +199,10 @@ class Judge:
                     details,
                 )
             else:
-                self.removals.hold(
-                    Problem("missing", "critical", "the packaged file is gone", owner, item.location, details)
+                missing = Problem(
+                    "missing", "critical", "the packaged file is gone", owner, item.location, details
                 )
+                self.removals.hold(missing, item.location, owner.install_time)
             return
         if isinstance(error, PermissionError):
             # Not damage: this user may not read it (outcomes' convention for every checker).
@@ -307,7 +306,7 @@ class Judge:
             if self.filter.excluded(item.path):
                 self.count("excluded", 1)
             else:
-                self.removals.hold(self._other_missing(item))
+                self.removals.hold(self._other_missing(item), item.location, owner.install_time)
         elif isinstance(error, PermissionError):
             self.count("not_checked_permission", 1)
         else:
@@ -342,14 +341,15 @@ class Judge:
     def finish(self) -> Iterator[Problem]:
         """The paths found gone: lost by the disk (as found), or removed by something on the system
         after installation (`modified-after-install`, a warning)."""
-        for problem, evidence in self.removals.judged(lambda problem: problem.owner.install_time):
-            if evidence is None:
+        for problem, removal in self.removals.judged():
+            if removal is None:
                 yield problem
                 continue
             what = {"missing": "file", "directory-missing": "directory"}.get(problem.code, "symlink")
             details = {
                 **problem.details,
-                **evidence,
+                "directory": os.fsdecode(removal[0]),
+                "directory_changed": iso(removal[1]),
                 "removed": True,
                 "found": problem.code,
                 "installed": iso(problem.owner.install_time),
@@ -357,8 +357,8 @@ class Judge:
             yield Problem(
                 "modified-after-install",
                 "warning",
-                f"the packaged {what} is gone, and its directory {evidence['directory']} was changed on "
-                f"{evidence['directory_changed']}, after the package was installed on "
+                f"the packaged {what} is gone, and its directory {details['directory']} was changed on "
+                f"{details['directory_changed']}, after the package was installed on "
                 f"{details['installed']}, by no package installation: removed by something on this "
                 "system, not lost by the disk",
                 problem.owner,
