@@ -247,32 +247,12 @@ class Target:
                     continue
                 stack.append((entry.path, depth + 1))
 
-    def scan(
-        self,
-        host_top: bytes,
-        start: float,
-        end: float,
-        settings=1,
-        full: Callable[[os.stat_result], bool] = lambda st: False,
-        top_full: bool = False,
-        descend: Callable[[bytes, bytes, os.stat_result], bool] = lambda inner, host, st: True,
-        max_depth: int = 256,
-        may_list: Callable[[bytes, int], bool] = lambda host, depth: True,
-    ) -> Iterator[tuple]:
-        """The tree below `host_top` walked at the reading engine's depth (`fsaudit.scan.scan_tree`):
-        (inner path, host path, Listing or OSError) per directory, depth-first, every entry lstat'ed,
-        only the entries changed in [start, end) and the subdirectories sent back unless `full`."""
+    def scan(self, host_top: bytes, *options, **keywords) -> Iterator[tuple]:
+        """The tree below `host_top` walked at the reading engine's depth: `fsaudit.scan.scan_tree`
+        with the inner path of `host_top` worked out here, and its other parameters as they are
+        (start, end, settings, full, top_full, descend, max_depth, may_list). (inner path, host path,
+        Listing or OSError) per directory, depth-first, every entry lstat'ed, only the entries changed
+        in [start, end) and the subdirectories sent back unless `full`."""
         from fsaudit.scan import scan_tree
 
-        yield from scan_tree(
-            host_top,
-            self.inner_path(host_top),
-            start,
-            end,
-            settings,
-            full,
-            top_full,
-            descend,
-            max_depth,
-            may_list,
-        )
+        yield from scan_tree(host_top, self.inner_path(host_top), *options, **keywords)
