@@ -86,33 +86,61 @@ class Resolver:
 
     def __init__(self, root: bytes):
         self.root = root
+        # directory components -> (its path on this machine, symlinks followed to get there)
         self._dirs: dict = {}
+        # the text before a path's last slash -> the directory it resolves to ("" for the live root)
+        self._parents: dict = {}
 
     def resolve(self, path: bytes, follow: bool = True) -> bytes:
         """Every directory on the way is resolved; the last component only when `follow`. A component
         that does not exist ends resolution (opening the result then fails with ENOENT). A symlink
         loop raises OSError(ELOOP)."""
-        parts = components(path)
-        if not parts:
-            return self.root or b"/"
-        parent = self.directory(tuple(parts[:-1]))
-        if parent == b"/":
-            # The live root: its entries are /etc, not //etc.
-            parent = b""
+        head, _, name = path.rpartition(b"/")
+        cacheable = name not in (b"", b".")
+        parent = self._parents.get(head) if cacheable else None
+        if parent is None:
+            parts = components(path)
+            if not parts:
+                return self.root or b"/"
+            parent = self.directory(tuple(parts[:-1]))
+            if parent == b"/":
+                # The live root: its entries are /etc, not //etc.
+                parent = b""
+            name = parts[-1]
+            if cacheable:
+                if len(self._parents) >= _DIR_CACHE_LIMIT:
+                    self._parents.clear()
+                self._parents[head] = parent
         if not follow:
-            return parent + b"/" + parts[-1]
-        return self._walk(parent, [parts[-1]], hops=0)
+            return parent + b"/" + name
+        return self._walk(parent, [name], hops=0)[0]
 
     def directory(self, parts: tuple) -> bytes:
+        return self._directory(parts)[0]
+
+    def _directory(self, parts: tuple) -> tuple:
+        """(path, symlinks followed, whether a component is missing) of the directory of `parts`,
+        walked from its parent's, which is cached too: each directory costs one lstat, not one per
+        component of its path. Below a missing component the rest stays literal, as the kernel
+        would not go on either."""
         cached = self._dirs.get(parts)
         if cached is None:
-            cached = self._walk(self.root, list(parts), hops=0)
+            if not parts:
+                cached = (self.root or b"/", 0, False)
+            else:
+                start, hops, missing = self._directory(parts[:-1])
+                if missing:
+                    cached = (start + b"/" + parts[-1], hops, True)
+                else:
+                    cached = self._walk(b"" if start == b"/" else start, [parts[-1]], hops)
             if len(self._dirs) >= _DIR_CACHE_LIMIT:
                 self._dirs.clear()
             self._dirs[parts] = cached
         return cached
 
-    def _walk(self, start: bytes, parts: list, hops: int) -> bytes:
+    def _walk(self, start: bytes, parts: list, hops: int) -> tuple:
+        """(path, symlinks followed so far, whether a component is missing) after walking `parts`
+        from `start`."""
         current = start
         pending = list(reversed(parts))
         while pending:
@@ -130,7 +158,7 @@ class Resolver:
                 st = os.lstat(candidate)
             except OSError:
                 # Missing or unreadable: the rest cannot be resolved; keep it literal.
-                return candidate + b"".join(b"/" + part for part in reversed(pending))
+                return candidate + b"".join(b"/" + part for part in reversed(pending)), hops, True
             if not stat.S_ISLNK(st.st_mode):
                 current = candidate
                 continue
@@ -142,7 +170,7 @@ class Resolver:
             if link.startswith(b"/"):
                 current = self.root
             pending.extend(reversed(components(link)))
-        return current or b"/"
+        return current or b"/", hops, False
 
 
 def holes(fd: int, st: os.stat_result) -> int:

@@ -53,6 +53,18 @@ def test_a_symlink_loop_is_an_error_not_a_hang(image):
     assert caught.value.errno == errno.ELOOP
 
 
+def test_a_path_below_a_missing_directory_stays_missing(image):
+    """Directories are resolved once and reused; one that is missing keeps everything below it
+    unresolved (as the kernel would), also after `..` and in any order of lookups."""
+    target = Target(image)
+    assert target.read_bytes("/bin/ls") == b"inside the image\n"
+    for path in ("/gone/../bin/ls", "/gone/x/../../bin/ls", "/bin/gone/../ls"):
+        with pytest.raises(FileNotFoundError):
+            target.read_bytes(path)
+    assert target.read_bytes("/usr/../bin/ls") == b"inside the image\n"
+    assert target.read_bytes("/bin/ls") == b"inside the image\n"
+
+
 def test_a_fifo_is_refused_without_blocking(image):
     with pytest.raises(NotRegularFile) as caught:
         Target(image).read_bytes("/etc/pipe")
