@@ -21,7 +21,7 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from fsaudit import reader, workers
@@ -87,9 +87,20 @@ class HashResult:
     size: int | None = None
     mtime: float | None = None
     error: OSError | None = None
-    st: os.stat_result | None = None
+    # The file's lstat as the reader sent it (reader.stat_fields), made an os.stat_result only
+    # when a caller asks for `st`: most callers need the size and mtime alone.
+    stat_fields: tuple | None = field(default=None, repr=False)
     holes: int = 0
     anomaly: str | None = None
+
+    @property
+    def st(self) -> os.stat_result | None:
+        if self.stat_fields is None:
+            return None
+        st = self.__dict__.get("_st")
+        if st is None:
+            st = self.__dict__["_st"] = reader.stat_result(self.stat_fields)
+        return st
 
     @property
     def size_differs(self) -> bool:
@@ -360,10 +371,10 @@ def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
     status = reply[1]
     if status == reader.OK:
         digest, fields, holes, anomaly, drop_failed = reply[2:]
-        st = reader.stat_result(fields)
         if drop_failed:
             target.cache_drop_failures += 1
-        return HashResult(request, digest, st.st_size, st.st_mtime, None, st, holes, anomaly)
+        size, mtime = fields[6], reader.seconds(fields[8])
+        return HashResult(request, digest, size, mtime, None, fields, holes, anomaly)
     if status == reader.NOT_REGULAR:
         return HashResult(request, error=NotRegularFile(request.path, reply[2]))
     if status == reader.BUG:

@@ -405,16 +405,20 @@ def stat_fields(st: os.stat_result) -> tuple:
     return tuple(getattr(st, name) for name in STAT_FIELDS)
 
 
+def seconds(nanoseconds: int) -> float:
+    """A time in nanoseconds as the float os.stat gives (seconds + nanoseconds * 1e-9, exactly)."""
+    return nanoseconds // 10**9 + nanoseconds % 10**9 * 1e-9
+
+
 def stat_result(fields) -> os.stat_result:
     """An os.stat_result from `stat_fields()` (how a stat crosses from a worker process)."""
     mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = fields
-    # The float times exactly as os.stat computes them (seconds + nanoseconds * 1e-9).
     return os.stat_result(
         (mode, ino, dev, nlink, uid, gid, size, atime // 10**9, mtime // 10**9, ctime // 10**9),
         {
-            "st_atime": atime // 10**9 + atime % 10**9 * 1e-9,
-            "st_mtime": mtime // 10**9 + mtime % 10**9 * 1e-9,
-            "st_ctime": ctime // 10**9 + ctime % 10**9 * 1e-9,
+            "st_atime": seconds(atime),
+            "st_mtime": seconds(mtime),
+            "st_ctime": seconds(ctime),
             "st_atime_ns": atime,
             "st_mtime_ns": mtime,
             "st_ctime_ns": ctime,

@@ -32,11 +32,19 @@ class Removals:
         self.window = window
         self.installed: Dict[bytes, Set[float]] = {}
         self.gone: List[Tuple[object, bytes, Optional[float]]] = []
+        self._last: Tuple[bytes, Optional[float]] = (b"", None)
 
     def note(self, location: bytes, install_time: Optional[float]) -> None:
         """A packaged path, installed at `install_time` (its package's `.list` time)."""
         if install_time is not None:
-            self.installed.setdefault(os.path.dirname(location), set()).add(install_time)
+            # Called for every packaged file: the common case (the same directory and package as
+            # the one before) costs os.path.dirname's own steps and a comparison.
+            directory = location[: location.rfind(b"/") + 1]
+            if directory and directory != b"/" * len(directory):
+                directory = directory.rstrip(b"/")
+            if (directory, install_time) != self._last:
+                self._last = (directory, install_time)
+                self.installed.setdefault(directory, set()).add(install_time)
 
     def hold(self, problem, location: bytes, install_time: Optional[float]) -> None:
         """A problem saying the packaged path `location` is gone, to be judged at the end."""
