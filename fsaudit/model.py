@@ -78,6 +78,18 @@ _PLAIN = (int, float, bool, type(None))
 
 def _clean(value: Any) -> Any:
     """Make `value` JSON-safe: bytes and undecodable text become escaped text."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        # The usual details: text keys and plain values, taken as they are (a walk may report
+        # tens of thousands of findings).
+        return {
+            (k if type(k) is str and k.isascii() else str(_clean(k))): (
+                v if type(v) in _PLAIN or (type(v) is str and v.isascii()) else _clean(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, str):
         # Most text is ASCII, which needs nothing (a finding per line of a huge log is made often).
         if value.isascii():
