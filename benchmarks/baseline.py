@@ -7,8 +7,11 @@ Builds the tree once in --workdir, records a baseline (`fsaudit baseline create 
 SHA256SUMS manifest of it, then changes a few files the way lost writes do (bytes overwritten, size
 and mtime kept), copies the tree onto the simulated network disk (benchmarks/common.py) and runs,
 interleaved, warm and cold: `sha256sum -c` (the peer), fsaudit with its defaults, fsaudit --jobs 1,
-and the floor: the same files hashed by 64 parallel sha256sum processes. fsaudit must verify every
-file and find the files sha256sum finds. Goals (fsaudit / sha256sum -c): warm <= 0.6, cold <= 0.2.
+and floors: the same files hashed by 64 parallel `openssl dgst -sha256` processes (OpenSSL's
+SHA-256, as fsaudit's; coreutils' takes three times the CPU) and, warm only, by a bare Python loop
+in one process per core; cold, the files only read by 64 cat processes (what the disk allows).
+fsaudit must verify every file and find the files sha256sum finds. Goals (fsaudit / sha256sum -c):
+warm <= 0.6, cold <= 0.2.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from common import (  # noqa: E402
     compile_fsaudit,
     network_disk,
     parallel_hash_floor,
+    parallel_read_floor,
+    python_hash_floor,
     require,
     run_options,
     same_work,
@@ -110,7 +115,7 @@ def main() -> int:
     parser.add_argument("--megabytes", type=int, default=300)
     run_options(parser, "baseline")
     args = parser.parse_args()
-    require("sha256sum")
+    require("sha256sum", "openssl")
     compile_fsaudit()
     work = args.workdir / f"{args.files}-{args.megabytes}"
     if not (work / "damage.json").exists():
@@ -122,6 +127,7 @@ def main() -> int:
 
     with torn_down_on_signals(), network_disk(work / "tree", delay_ms=args.delay_ms) as disk:
         manifest = str(work / "SHA256SUMS")
+        paths = [f"{disk}/{line.split('  ', 1)[1]}" for line in lines]
         peer = Tool(
             "sha256sum -c",
             ["sh", "-c", f'cd "{disk}" && exec sha256sum -c "{manifest}"'],
@@ -134,9 +140,10 @@ def main() -> int:
             peer,
             Tool("fsaudit", fsaudit, fsaudit_outcome, env=ENV, ok_codes=(2,)),
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,)),
-            parallel_hash_floor(
-                "64 x sha256sum (floor)", "sha256sum", [f"{disk}/{line.split('  ', 1)[1]}" for line in lines]
-            ),
+            # OpenSSL's SHA-256, as fsaudit's (coreutils' sha256sum takes three times the CPU).
+            parallel_hash_floor("64 x openssl sha256 (floor)", "openssl dgst -sha256 -r", paths),
+            python_hash_floor("sha256", paths),
+            parallel_read_floor(paths),
         ]
         for mode in args.modes:
             compare(tools, mode, args.repeat, disk)

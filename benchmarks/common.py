@@ -259,6 +259,7 @@ class Tool:
     check: Optional[Callable[[subprocess.CompletedProcess], dict]] = None
     env: Optional[Dict[str, str]] = None
     ok_codes: tuple = (0,)
+    modes: tuple = MODES  # where it runs: a floor may be one only for the page cache
     samples: Dict[str, List[Sample]] = field(default_factory=dict)
     outcome: Dict[str, dict] = field(default_factory=dict)
 
@@ -284,6 +285,8 @@ def compare(tools: List[Tool], mode: str, repeat: int, tree: Path) -> None:
         warm_up(tree)
     for round_number in range(repeat):
         for tool in tools:
+            if mode not in tool.modes:
+                continue
             if mode == "cold":
                 drop_page_cache()
             sample, completed = timed(tool.command, env=tool.env)
@@ -296,7 +299,7 @@ def compare(tools: List[Tool], mode: str, repeat: int, tree: Path) -> None:
             if tool.check is not None:
                 tool.outcome[mode] = tool.check(completed)
             print(
-                f"  {mode} round {round_number + 1}: {tool.name:<28} {sample.wall:8.2f} s wall "
+                f"  {mode} round {round_number + 1}: {tool.name:<34} {sample.wall:8.2f} s wall "
                 f"{sample.cpu:7.2f} s CPU {sample.peak_kib / 1024:7.1f} MiB   load {sample.load}",
                 file=sys.stderr,
             )
@@ -314,7 +317,7 @@ def table(tools: List[Tool], peer: Tool, goals: Dict[str, Dict[str, float]], mod
         if not peer.samples.get(mode):
             continue
         print(f"\n{mode} ({len(peer.samples[mode])} interleaved runs each; medians)")
-        print(f"  {'':<30} {'wall':>9} {'CPU':>9} {'peak RSS':>10}   {'ratio':>6}   goal")
+        print(f"  {'':<34} {'wall':>9} {'CPU':>9} {'peak RSS':>10}   {'ratio':>6}   goal")
         for tool in tools:
             if not tool.samples.get(mode):
                 continue
@@ -327,7 +330,7 @@ def table(tools: List[Tool], peer: Tool, goals: Dict[str, Dict[str, float]], mod
                 ok = ratio <= goal
                 met &= ok
                 verdict = f"<= {goal:.2f} {'met' if ok else 'NOT MET'}"
-            print(f"  {tool.name:<30} {wall:8.2f}s {cpu:8.2f}s {peak:7.1f} MiB   {ratio:6.2f}   {verdict}")
+            print(f"  {tool.name:<34} {wall:8.2f}s {cpu:8.2f}s {peak:7.1f} MiB   {ratio:6.2f}   {verdict}")
         loads = sorted({s.load for t in tools for s in t.samples.get(mode, [])})
         print(f"  load averages during these runs: {loads[0]} .. {loads[-1]}")
     return met
@@ -355,10 +358,58 @@ def _short(value) -> str:
     return text if len(text) < 400 else text[:400] + "..."
 
 
-def parallel_hash_floor(name: str, program: str, paths: List[str]) -> Tool:
+def parallel_hash_floor(name: str, program: str, paths: List[str], modes: tuple = MODES) -> Tool:
     """The files hashed by 64 `program` processes at once: what the disk and the cores allow."""
     with tempfile.NamedTemporaryFile("wb", prefix="fsaudit-floor-", suffix=".list", delete=False) as listing:
         listing.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
     chunk = max(1, len(paths) // 256)
     command = ["sh", "-c", f"xargs -0 -P 64 -n {chunk} {program} < {shlex_quote(listing.name)} > /dev/null"]
-    return Tool(name, command, ok_codes=(0, 123))
+    return Tool(name, command, ok_codes=(0, 123), modes=modes)
+
+
+def parallel_read_floor(paths: List[str]) -> Tool:
+    """The files only read, by 64 `cat` processes at once, from a cold cache: what the disk allows
+    (on this machine's simulated disk, its own processes take CPU too), without any hashing."""
+    return parallel_hash_floor("64 x cat, no hashing (floor)", "cat", paths, modes=("cold",))
+
+
+# The hashing loop with nothing around it, as the issue measured it: one process per core (forked
+# before any thread exists), each reading its share of the files one at a time, 1 MiB per read.
+_BARE_LOOP = """
+import hashlib, os, sys
+algorithm, listing, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open(listing, "rb") as handle:
+    paths = handle.read().split(b"\\0")[:-1]
+children = []
+for index in range(count):
+    pid = os.fork()
+    if pid == 0:
+        view = memoryview(bytearray(1 << 20))
+        for path in paths[index::count]:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            digest = hashlib.new(algorithm)
+            while True:
+                read = os.readv(fd, [view])
+                if not read:
+                    break
+                digest.update(view[:read])
+            os.close(fd)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+def python_hash_floor(algorithm: str, paths: List[str]) -> Tool:
+    """The files hashed by a bare Python loop in one process per core, from the page cache: what
+    Python's hashing (OpenSSL, as fsaudit's) costs with no checker, no engine and no start-up of
+    fsaudit around it. Warm only: it reads one file at a time per core, no floor for a slow disk."""
+    with tempfile.NamedTemporaryFile("wb", prefix="fsaudit-floor-", suffix=".list", delete=False) as listing:
+        listing.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
+    cores = os.cpu_count() or 1
+    command = [sys.executable, "-I", "-S", "-c", _BARE_LOOP, algorithm, listing.name, str(cores)]
+    return Tool(f"python loop, {cores} processes (floor)", command, modes=("warm",))

@@ -4,14 +4,15 @@
     python benchmarks/debian.py --size-mb 200 --files 5000 --repeat 1
     python benchmarks/debian.py --modes warm          # only from the page cache
 
-The root is built from real packages (dpkg-deb, dpkg --root) once and kept in --workdir; a few
-files are damaged on purpose (bytes overwritten with the mtime kept, one truncated, one deleted).
-It is then copied onto the simulated network disk (benchmarks/common.py: 1 ms per read request,
-16 in flight) and every tool runs there, interleaved, warm and cold: `dpkg --verify` (the peer),
-`debsums -a`, fsaudit with its defaults, fsaudit --jobs 1 (one process: the old engine's shape),
-and the floor: the same files hashed by 64 parallel md5sum processes. Every tool must verify the
-files dpkg verifies and find the same damage. Goals (fsaudit / dpkg --verify): warm <= 0.6, cold
-<= 0.25 (issue 18).
+The root is built from real packages (dpkg-deb, dpkg --root) once and kept in --workdir; a few files
+are damaged on purpose (bytes overwritten with the mtime kept, one truncated, one deleted). It is
+then copied onto the simulated network disk (benchmarks/common.py: 1 ms per read request, 16 in
+flight) and every tool runs there, interleaved, warm and cold: `dpkg --verify` (the peer),
+`debsums -a`, fsaudit with its defaults, fsaudit --jobs 1 (one process: the old engine's shape), and
+floors: the same files hashed by 64 parallel md5sum processes, and, warm only, by a bare Python loop
+in one process per core (the hashing fsaudit's workers do, with nothing around it); cold, the files
+only read by 64 cat processes (what the disk allows). Every tool must verify the files dpkg verifies
+and find the same damage. Goals (fsaudit / dpkg --verify): warm <= 0.6, cold <= 0.25 (issue 18).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from common import (  # noqa: E402
     compile_fsaudit,
     network_disk,
     parallel_hash_floor,
+    parallel_read_floor,
+    python_hash_floor,
     require,
     run_options,
     same_work,
@@ -185,6 +188,8 @@ def main() -> int:
             Tool("fsaudit --jobs 1", fsaudit + ["--jobs", "1"], fsaudit_outcome, env=ENV, ok_codes=(2,))
         )
         tools.append(parallel_hash_floor("64 x md5sum (floor)", "md5sum", [f"{disk}{p}" for p in files]))
+        tools.append(python_hash_floor("md5", [f"{disk}{p}" for p in files]))
+        tools.append(parallel_read_floor([f"{disk}{p}" for p in files]))
         for mode in args.modes:
             compare(tools, mode, args.repeat, disk)
     print(f"\nroot: {len(files):,} packaged files, {sum(1 for _ in planted)} damaged on purpose")
