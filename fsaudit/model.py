@@ -95,8 +95,6 @@ def _clean(value: Any) -> Any:
         if value.isascii():
             return value
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if type(value) in _PLAIN:
-        return value
     if isinstance(value, bytes):
         return display_path(value)[0]
     if isinstance(value, Enum):
