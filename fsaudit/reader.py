@@ -31,6 +31,8 @@ SPARSE_LIMIT = 64 << 20
 # Hole and data regions examined per file; past that the holes are estimated from the blocks.
 MAX_REGIONS = 4096
 _DIR_CACHE_LIMIT = 65536
+# How long a worker holds a walk's listing back to send it with others (seconds).
+HOLD = 0.001
 
 # What `hash_file` found besides the digest (`HashResult.anomaly`).
 SPARSE = "sparse"
@@ -343,7 +345,8 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 #   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix), ...])
 #       how: 0 = resolve `path` inside `root` without following its last component, 1 = following
 #       it, 2 = `path` is already a host path
-#   ("scan", epoch, (start, end), [(seq, host directory, full), ...])
+#   ("scan", epoch, (start, end), [(seq, host directory, full, position in the walk), ...]): the
+#       position is a tuple of ints (fsaudit.scan's node key); a worker lists in that order
 #   ("cancel", epoch)
 # From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
 #   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
@@ -463,7 +466,7 @@ class Jobs:
         try:
             if kind == "hash":
                 return self.hash(job, *header, stopped)
-            seq, host, full = job
+            seq, host, full = job[0], job[1], job[2]
             return (seq, OK, *scan_directory(host, header[0], header[1], full))
         except NotRegularFile as error:
             return (job[0], NOT_REGULAR, error.mode)
@@ -526,6 +529,8 @@ def main() -> None:
     """A worker process: `threads` reader threads run the jobs that arrive on stdin, and the replies
     leave on stdout in batches. End-of-file on stdin (the engine is done, or its process died) ends
     the worker at once, whatever its threads are reading."""
+    import heapq
+    import itertools
     import queue
     import signal
     import threading
@@ -538,19 +543,34 @@ def main() -> None:
     threads = int(sys.argv[1])
     stdin = sys.stdin.buffer
     out = sys.stdout.fileno()
-    work: queue.SimpleQueue = queue.SimpleQueue()
+    # Jobs wait in a heap, the one the engine needs soonest first: hash jobs in the order they were
+    # asked for, a walk's listings in the walk's order (its depth-first position). In arrival order a
+    # directory's subdirectories, asked for once its listing came back, waited behind the listings
+    # of its later siblings, and the walk waited for them. A token per job wakes a reader.
+    pending: list = []
+    tokens: queue.SimpleQueue = queue.SimpleQueue()
+    arrival = itertools.count()
+    queued = threading.Lock()
     cancelled: set = set()
     replies: list = []
     lock = threading.Lock()
     flushing = [False]
+    held = [0.0]
 
-    def send(epoch, reply) -> None:
-        # Replies leave together: when no job is left waiting (the engine is waiting for them) or
-        # when 32 have gathered. The thread that finds nobody writing writes what has gathered,
-        # its own reply and those that others add meanwhile; no thread waits for another.
+    def send(epoch, reply, kind: str) -> None:
+        # Replies leave together: when no job is left waiting (the engine is waiting for them), when
+        # 32 have gathered, or, for a walk's listings, when the first of them has waited HOLD
+        # seconds (the walk needs each listing in turn; hashing reads ahead of its caller, and
+        # sending its replies early only costs CPU). The thread that finds nobody writing writes
+        # what has gathered, its own reply and those that others add meanwhile; no thread waits
+        # for another.
+        now = time.monotonic()
         with lock:
+            if not replies:
+                held[0] = now
             replies.append((epoch, reply))
-            if flushing[0] or (len(replies) < 32 and not work.empty()):
+            hold = kind != "scan" or now - held[0] < HOLD
+            if flushing[0] or (len(replies) < 32 and pending and hold):
                 return
             flushing[0] = True
         while True:
@@ -575,18 +595,20 @@ def main() -> None:
     def reader() -> None:
         jobs, waits = Jobs(), DiskWaits()
         while True:
-            epoch, kind, header, job = work.get()
+            tokens.get()
+            with queued:
+                _, _, epoch, kind, header, job = heapq.heappop(pending)
             if epoch in cancelled:
                 continue
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
             began = waits.begin()
             reply = jobs.run(kind, header, job, stopped)
             # One more reader (up to `threads`) while jobs wait for the disk and others queue.
-            if waits.waiting(began) and running[0] < threads and not work.empty():
+            if waits.waiting(began) and running[0] < threads and pending:
                 with lock:
                     if running[0] < threads:
                         start_reader()
-            send(epoch, reply)
+            send(epoch, reply, kind)
 
     start_reader()
     write_frame(out, ("ready", os.getpid()))
@@ -599,7 +621,10 @@ def main() -> None:
             continue
         kind, epoch, header, batch = message
         for job in batch:
-            work.put((epoch, kind, header, job))
+            position = (epoch, *job[3]) if kind == "scan" else (epoch, job[0])
+            with queued:
+                heapq.heappush(pending, (position, next(arrival), epoch, kind, header, job))
+            tokens.put(None)
 
 
 if __name__ == "__main__":

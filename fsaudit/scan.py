@@ -208,12 +208,12 @@ class _Scan:
             self.next_seq += 1
             self.listed[host] = (seq, key, full)
             self.waiting[seq] = (host, key, depth, full, False)
-            jobs.append((seq, host, full))
+            jobs.append((seq, host, full, key))
         share = -(-len(jobs) // len(self.pool.processes)) if self.remote else len(jobs)
         for start in range(0, len(jobs), share):
             batch = jobs[start : start + share]
             if self.remote and self.pool.send("scan", self.epoch, self.header, batch):
-                for seq, _, _ in batch:
+                for seq, *_ in batch:
                     self.waiting[seq] = self.waiting[seq][:4] + (True,)
             else:
                 for job in batch:
