@@ -12,6 +12,7 @@ transaction) each subclass supplies; the rules of the plan are written once, her
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, Hashable, Iterable, List, Sequence, Tuple
 
 from fsaudit.model import Finding, Severity
@@ -50,13 +51,14 @@ def not_a_file_repair(finding: Finding, codes: Iterable[str]) -> str:
     return ""
 
 
-class PackageRepairer(Repairer):
+class PackageRepairer(Repairer, ABC):
     """A repairer that restores the files of installed packages.
 
     Subclasses name the codes they restore and supply `owners` (the database's entries of wanted
     paths), `valid` (a package the manager would accept), `judging` (how a path is judged now),
     `step_key`, `new_step` and `add_step` (a package to restore), and `transaction_lines` (what the
-    plan shows for the running system). The paths a step holds carry `package` and `finding`.
+    plan shows for the running system): abstract methods, so a repairer missing one cannot even be
+    made. The paths a step holds carry `package` and `finding`.
     """
 
     # Codes whose path may be restored as packaged (the path as it is now decides whether it is).
@@ -71,33 +73,33 @@ class PackageRepairer(Repairer):
 
     # -- what each manager supplies --------------------------------------------------------------
 
+    @abstractmethod
     def owners(self, wanted: set) -> Tuple[Dict[bytes, list], str]:
         """Every installed package's entry for each wanted path, or why the database cannot say."""
-        raise NotImplementedError
 
+    @abstractmethod
     def valid(self, package: Any) -> bool:
         """Whether the database's names for the package are what the manager itself would accept."""
-        raise NotImplementedError
 
+    @abstractmethod
     def judging(self) -> Callable[[Any], Tuple[str, str]]:
         """How this plan judges an owned path as it is now: (verdict, why)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step_key(self, package: Any) -> Hashable:
         """What tells apart the packages to restore (steps are planned in its order)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def new_step(self, package: Any) -> Any:
         """The repairer's data of a step restoring `package`, with an empty `paths` list."""
-        raise NotImplementedError
 
+    @abstractmethod
     def add_step(self, section: Section, step: Any) -> None:
         """Add the step to the section, or its findings to what cannot be repaired, and why."""
-        raise NotImplementedError
 
+    @abstractmethod
     def transaction_lines(self, steps: Sequence[Step]) -> List[str]:
         """What the plan shows for the running system: the command, and how it is made safe."""
-        raise NotImplementedError
 
     def named_by(self, owned: Any, details: Dict) -> bool:
         """Whether the finding's details name the package of `owned`."""
