@@ -16,6 +16,7 @@ and the load average of the machine at each run (the machine may be shared).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
 import shutil
@@ -358,12 +359,19 @@ def _short(value) -> str:
     return text if len(text) < 400 else text[:400] + "..."
 
 
-def parallel_hash_floor(name: str, program: str, paths: List[str], modes: tuple = MODES) -> Tool:
-    """The files hashed by 64 `program` processes at once: what the disk and the cores allow."""
+def _path_list(paths: List[str]) -> str:
+    """A file listing `paths`, each ended by a NUL byte (as xargs -0 reads them), removed at exit."""
     with tempfile.NamedTemporaryFile("wb", prefix="fsaudit-floor-", suffix=".list", delete=False) as listing:
         listing.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
+    atexit.register(os.unlink, listing.name)
+    return listing.name
+
+
+def parallel_hash_floor(name: str, program: str, paths: List[str], modes: tuple = MODES) -> Tool:
+    """The files hashed by 64 `program` processes at once: what the disk and the cores allow."""
+    listing = _path_list(paths)
     chunk = max(1, len(paths) // 256)
-    command = ["sh", "-c", f"xargs -0 -P 64 -n {chunk} {program} < {shlex_quote(listing.name)} > /dev/null"]
+    command = ["sh", "-c", f"xargs -0 -P 64 -n {chunk} {program} < {shlex_quote(listing)} > /dev/null"]
     return Tool(name, command, ok_codes=(0, 123), modes=modes)
 
 
@@ -408,8 +416,6 @@ def python_hash_floor(algorithm: str, paths: List[str]) -> Tool:
     """The files hashed by a bare Python loop in one process per core, from the page cache: what
     Python's hashing (OpenSSL, as fsaudit's) costs with no checker, no engine and no start-up of
     fsaudit around it. Warm only: it reads one file at a time per core, no floor for a slow disk."""
-    with tempfile.NamedTemporaryFile("wb", prefix="fsaudit-floor-", suffix=".list", delete=False) as listing:
-        listing.write(b"\0".join(os.fsencode(p) for p in paths) + b"\0")
     cores = os.cpu_count() or 1
-    command = [sys.executable, "-I", "-S", "-c", _BARE_LOOP, algorithm, listing.name, str(cores)]
+    command = [sys.executable, "-I", "-S", "-c", _BARE_LOOP, algorithm, _path_list(paths), str(cores)]
     return Tool(f"python loop, {cores} processes (floor)", command, modes=("warm",))

@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     torn_down_on_signals,
 )
 
+from fixtures.corrupt import lose  # noqa: E402
 from fixtures.debian import install, make_deb, make_root  # noqa: E402
 
 GOALS = {"fsaudit": {"warm": 0.6, "cold": 0.25}}
@@ -93,10 +94,7 @@ def plant_damage(root: Path) -> set:
             handle.write(b"\0DAMAGED BY THE BENCHMARK\0")
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.truncate(chosen[3], 17)
-    # Deleted as a lost directory update deletes: the directory keeps the time it had.
-    parent = chosen[4].parent.stat()
-    chosen[4].unlink()
-    os.utime(chosen[4].parent, ns=(parent.st_atime_ns, parent.st_mtime_ns))
+    lose(chosen[4])  # deleted as a lost directory update deletes: the directory keeps its times
     return {"/" + str(p.relative_to(root)) for p in chosen}
 
 
