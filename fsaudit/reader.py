@@ -561,9 +561,9 @@ def main() -> None:
         # Replies leave together: when no job is left waiting (the engine is waiting for them), when
         # 32 have gathered, or, for a walk's listings, when one is done after the first of them has
         # waited HOLD seconds (the walk needs each listing in turn; hashing reads ahead of its
-        # caller, and sending its replies early only costs CPU). The thread that finds nobody writing writes
-        # what has gathered, its own reply and those that others add meanwhile; no thread waits
-        # for another.
+        # caller, and sending its replies early only costs CPU). The thread that finds nobody
+        # writing writes what has gathered, its own reply and those that others add meanwhile; no
+        # thread waits for another.
         now = time.monotonic()
         with lock:
             if not replies:
