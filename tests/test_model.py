@@ -6,6 +6,7 @@ import json
 import jsonschema
 import pytest
 
+from fsaudit import model
 from fsaudit.model import CheckResult, Finding, NotListed, Report, Severity, Status, worst
 from tests.conftest import REPO
 
@@ -54,6 +55,31 @@ def _report() -> Report:
 def test_report_round_trips_through_json():
     report = _report()
     assert Report.from_json(report.to_json()) == report
+
+
+def _standard_encoder_only(monkeypatch):
+    """As on a VM that runs the fleet's zipapp, where orjson is not installed."""
+    monkeypatch.setitem(__import__("sys").modules, "orjson", None)
+
+
+@pytest.mark.parametrize("indent", [None, 2, 4])
+def test_report_json_is_the_same_text_with_or_without_orjson(monkeypatch, indent):
+    report = _report()
+    report.checks[0].stats.update(ratio=0.1 + 0.2, big=2**62, names=["caf\u00e9", "\u65e5\u672c"])
+    fast = report.to_json(indent)
+    _standard_encoder_only(monkeypatch)
+    assert report.to_json(indent) == fast
+    assert json.loads(fast)["checks"][0]["stats"]["names"] == ["caf\u00e9", "\u65e5\u672c"]
+
+
+def test_report_json_falls_back_to_the_standard_encoder_where_orjson_refuses():
+    # A number beyond 64 bits: orjson refuses it, the report is still written.
+    report = _report()
+    report.checks[0].stats.update(huge=2**70)
+    assert json.loads(report.to_json())["checks"][0]["stats"]["huge"] == 2**70
+    # A lone surrogate (a report cleans its text first; the encoder must not depend on that).
+    assert json.loads(model.dumps({"odd": "\udce9"})) == {"odd": "\udce9"}
+    assert model.dumps({"a": [1, "b"]}) == '{"a":[1,"b"]}'
 
 
 def test_report_json_matches_the_shipped_schema():
