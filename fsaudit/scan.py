@@ -25,8 +25,8 @@ from typing import Callable, Iterator, List, Tuple, Union
 from fsaudit import reader, workers
 from fsaudit.hashing import DEFAULT_IO_DEPTH
 
-# (name, type from the directory or 0, os.stat_result or OSError)
-Record = Tuple[bytes, int, Union[os.stat_result, OSError]]
+# (name, type from the directory or 0, its lstat (read as an os.stat_result is) or OSError)
+Record = Tuple[bytes, int, Union[reader.Stat, OSError]]
 
 
 @dataclass
@@ -180,7 +180,7 @@ class _Scan:
                 continue
             child = base + b"/" + name
             if self.may_list(child, depth + 1):
-                full = self.full(reader.stat_result(fields))
+                full = self.full(reader.Stat(fields))
                 heapq.heappush(self.ahead, (key + (index,), child, depth + 1, full))
             index += 1
 
@@ -268,14 +268,19 @@ class _Scan:
         del self.waiting[seq]
         status = reply[1]
         if status == reader.OK:
-            return Listing(reply[2], [_record(node.host, record) for record in reply[3]])
+            made = reader.Stat
+            return Listing(
+                reply[2],
+                [
+                    (name, kind, made(fields) if type(fields) is tuple else _error(node.host, name, fields))
+                    for name, kind, fields in reply[3]
+                ],
+            )
         if status == reader.BUG:
             raise RuntimeError(f"listing {os.fsdecode(node.inner)} failed: {reply[2]}")
         return OSError(status, reply[2], node.inner)
 
 
-def _record(host_dir: bytes, record: tuple) -> Record:
-    name, kind, fields = record
-    if isinstance(fields, int):
-        return name, kind, OSError(fields, os.strerror(fields), host_dir + b"/" + name)
-    return name, kind, reader.stat_result(fields)
+def _error(host_dir: bytes, name: bytes, number: int) -> OSError:
+    """The OSError of an entry the worker could not lstat (it sent the errno)."""
+    return OSError(number, os.strerror(number), host_dir + b"/" + name)
