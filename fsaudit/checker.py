@@ -223,16 +223,10 @@ class Checker:
         """A Finding of this checker; `code` must be one it declares in `codes`."""
         if code not in self.codes:
             raise ValueError(f"checker {self.name} yielded undeclared finding code {code!r}")
-        return Finding(
-            check=self.name,
-            code=code,
-            severity=Severity(severity),
-            message=message,
-            path=path,
-            subject=subject,
-            details=dict(details or {}),
-            advice=advice,
-        )
+        # Finding converts the severity and copies a dict of details (cleaning makes a new one).
+        if type(details) is not dict:
+            details = dict(details or {})
+        return Finding(self.name, code, severity, message, path, subject, details, advice)
 
     def report(self, items: Iterable[Any]) -> Iterator[Finding]:
         """The Findings of what a helper found: its Problems become Findings of this checker, its

@@ -141,7 +141,8 @@ class Finding:
     advice: str = ""
 
     def __post_init__(self):
-        self.severity = Severity(self.severity)
+        if type(self.severity) is not Severity:
+            self.severity = Severity(self.severity)
         if self.path is not None:
             text, b64 = display_path(self.path)
             self.path = text
