@@ -50,6 +50,7 @@ __all__ = [
     "HashResult",
     "hash_files",
     "hash_one",
+    "start_workers",
     "read_files",
     "shutdown",
 ]
@@ -121,12 +122,25 @@ def hash_files(
     or threads and why).
     """
     if isinstance(settings, int):
-        jobs, depth, progress = settings, DEFAULT_IO_DEPTH, None
+        (jobs, depth), progress = (max(1, settings), DEFAULT_IO_DEPTH), None
     else:
-        jobs = settings.jobs
-        depth = getattr(settings, "io_depth", None) or DEFAULT_IO_DEPTH
-        progress = getattr(settings, "progress", None)
-    yield from _Call(target, max(1, int(jobs)), max(1, int(depth)), progress, stats).run(iter(requests))
+        (jobs, depth), progress = _shape(settings), getattr(settings, "progress", None)
+    yield from _Call(target, jobs, depth, progress, stats).run(iter(requests))
+
+
+def start_workers(settings: Union[int, Any] = 1) -> None:
+    """Start the worker processes now, ahead of the first request. A checker that will hash many
+    files (every file of a package database) calls it as it begins: the workers then start while it
+    reads its database, instead of after its first requests were read on threads of this process
+    (the rpm audit of 600 MB from the page cache: 0.50 -> 0.43 s). Where they cannot start, the
+    requests are read on threads as before; with one job, nothing starts."""
+    jobs, depth = (settings, DEFAULT_IO_DEPTH) if isinstance(settings, int) else _shape(settings)
+    if jobs > 1 and not workers.Workers.failure:
+        workers.workers(jobs, depth)
+
+
+def _shape(settings) -> tuple:
+    return max(1, int(settings.jobs)), max(1, int(getattr(settings, "io_depth", None) or DEFAULT_IO_DEPTH))
 
 
 def read_files(

@@ -17,7 +17,7 @@ import pytest
 from fixtures.corrupt import replace_with_fifo
 from fsaudit import workers
 from fsaudit.checker import Context
-from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files
+from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files, start_workers
 from fsaudit.reader import SPARSE_LIMIT, NotRegularFile
 from fsaudit.target import Target
 from tests.conftest import REPO
@@ -194,6 +194,25 @@ def _gone(pids, seconds: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_checker_starts_the_workers_before_its_first_request(tree):
+    # start_workers: the workers boot while the checker reads its database; even a few requests
+    # then go to them, not to threads of this process.
+    target = Target(tree)
+    workers.shutdown()
+    start_workers(Context(jobs=1))
+    assert _worker_pids(os.getpid()) == []  # one job: nothing to start
+    start_workers(Context(jobs=2))
+    started = _worker_pids(os.getpid())
+    assert len(started) == 2
+    stats = {}
+    results = list(hash_files(target, _requests(tree)[:3], Context(jobs=2), stats))
+    assert [r.digest for r in results] == [r.digest for r in hash_files(target, _requests(tree)[:3], 1)]
+    assert stats["reading"].startswith("2 worker processes")
+    assert _worker_pids(os.getpid()) == started
+    workers.shutdown()
+    assert _gone(started)
 
 
 def test_workers_start_for_many_files_only_are_reused_and_end_with_shutdown(tree):

@@ -6,7 +6,7 @@ import stat
 from typing import Iterator
 
 from fsaudit.checker import Checker, Option, Skip
-from fsaudit.hashing import HashRequest, HashResult, hash_files
+from fsaudit.hashing import HashRequest, HashResult, hash_files, start_workers
 from fsaudit.outcomes import (
     ANOMALY_CODES,
     CONTENT_DIFFERS,
@@ -67,6 +67,7 @@ class BaselineChecker(Checker):
                 yield self._damaged(path, str(error))
                 return
             self.stats["baseline_created"] = header.get("created", "")
+            start_workers(self.context)  # the worker processes start while the baseline is read
             damaged = []
             yield from self._compare(target, self._checked(target, entries, damaged))
             for problem in damaged:

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Tuple
 
 from fsaudit import outcomes
 from fsaudit.checker import Checker, Option, Skip
-from fsaudit.hashing import hash_files
+from fsaudit.hashing import hash_files, start_workers
 from fsaudit.model import Finding
 from fsaudit.target import Target
 from fsaudit_checks.debian import dpkg_db, placement
@@ -140,6 +140,7 @@ class _Audit:
             yield self.finding(self.judge.status_unreadable(error))
             self.checker.incomplete("the dpkg status file could not be read: no package was verified")
             return
+        start_workers(context)  # the worker processes start while the package lists are read
         # Every counter is shown, zeros too: "0 unreadable" is a statement, a missing key is not.
         for key in _COUNTERS:
             self.count(key, 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Set
 
 from fsaudit import outcomes
-from fsaudit.hashing import HashRequest, HashResult, hash_files
+from fsaudit.hashing import HashRequest, HashResult, hash_files, start_workers
 from fsaudit.model import Finding
 from fsaudit.target import NotRegularFile, Target, file_kind
 from fsaudit_checks.manifest.entries import (
@@ -117,6 +117,8 @@ class Verification:
         progress = self.checker.context.progress
         total = self.checker.package_count(self.target)
         progress.start(f"{self.checker.name}: verifying packages", total=total)
+        if total != 0:  # None: not known in advance
+            start_workers(self.checker.context)  # the worker processes start while the manifests are read
         try:
             yield from self._verify()
         finally:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Iterator, List
 
 from fsaudit.checker import Checker, Option, Skip
-from fsaudit.hashing import HashRequest, hash_files
+from fsaudit.hashing import HashRequest, hash_files, start_workers
 from fsaudit.model import Finding
 from fsaudit.outcomes import changed_after
 from fsaudit.target import file_kind
@@ -115,6 +115,7 @@ class RpmChecker(Checker):
         if database is None:
             return
         self.stats["database"] = f"{database.kind} {database.display}"
+        start_workers(self.context)  # the worker processes start while the package headers are read
         self.count("not_checked_permission", 0)
         accounts = self._accounts(target)
         self._cache = PackageCache(target)
