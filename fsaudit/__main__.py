@@ -1,3 +1,3 @@
-from fsaudit.cli import main
+from fsaudit.cli import run
 
-main()
+run()

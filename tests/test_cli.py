@@ -16,6 +16,7 @@ from tests.conftest import REPO, fsaudit
 
 PLUGIN = textwrap.dedent(
     '''
+    import atexit
     import os
     import time
     from fsaudit.checker import Checker, Option, Skip
@@ -29,6 +30,9 @@ PLUGIN = textwrap.dedent(
         codes = {"broken": "a broken thing"}
 
         def run(self, target):
+            marker = os.environ.get("FSAUDIT_TEST_AT_EXIT")
+            if marker:
+                atexit.register(lambda: open(marker, "w").close())
             for number in range(self.settings["count"]):
                 self.count("things_checked")
                 yield self.finding("broken", self.settings["severity"], f"thing {number} is broken",
@@ -112,6 +116,17 @@ def test_damage_exits_2_and_a_crashing_checker_does_not_stop_the_audit(plugin_en
     assert crash["status"] == "unknown" and "the checker has a bug" in crash["reason"]
     assert run.check("damage")["status"] == "critical"
     assert "Traceback" not in run.stderr
+
+
+def test_the_program_ends_fast_yet_flushes_everything_and_runs_the_exit_handlers(plugin_env, tmp_path):
+    # `python -m fsaudit` skips the interpreter's teardown (fsaudit.cli.run): the whole report still
+    # reaches the pipe, the exit code is the report's, and exit handlers (here a plug-in's) run.
+    marker = tmp_path / "at-exit"
+    env = {**plugin_env, "FSAUDIT_TEST_AT_EXIT": str(marker)}
+    run = fsaudit("audit", "--check", "damage", "--set", "damage.count=20000", "--format", "json", env=env)
+    assert run.code == 2
+    assert len(run.check("damage")["findings"]) == 20000
+    assert marker.exists()
 
 
 def test_a_crash_alone_exits_3(plugin_env):

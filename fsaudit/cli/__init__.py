@@ -6,8 +6,10 @@ create`), loaded like checkers; every command is imported only when it is used."
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
+import os
 import sys
 from typing import Dict, List
 
@@ -98,3 +100,26 @@ def main(argv: List[str] | None = None) -> None:
         click.echo(f"fsaudit: internal error: {what} (run with --debug for details)", err=True)
         code = EXIT_UNKNOWN
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def run() -> None:
+    """The `fsaudit` program (its console script and `python -m fsaudit`): `main()`, then the process
+    ends without tearing the interpreter down. Freeing every module and object one by one took
+    25 ms after the report was out, a fifth of an audit of an empty root. The exit handlers still
+    run (worker processes end, temporary files go) and the output is flushed first; a library
+    caller, a test, and the fleet's bootstrap call `main()` and exit the ordinary way."""
+    try:
+        main()
+    except SystemExit as stop:
+        code = stop.code
+    else:
+        code = 0
+    if not isinstance(code, int) or isinstance(code, bool):
+        sys.exit(code)  # not ours (main() gives a number): the ordinary way
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, a closed stream: the report did not get out
+            code = code or EXIT_UNKNOWN
+    os._exit(code)
