@@ -394,9 +394,9 @@ class DiskWaits:
     SHARE = 0.8
     # ... and the thread has done this many jobs (its very first ones may wait for start-up, not
     # the disk). Few: until then a cold worker reads one file at a time (with 32 here, the baseline
-    # audit of 1,000 files on the 1 ms disk took 10 % longer; from the page cache a worker keeps its
-    # one reader either way).
-    AFTER = 4
+    # audit of 1,000 files on the 1 ms disk took 10 % longer, with 4 a few % longer than with 2;
+    # from the page cache a worker keeps its one reader either way, as /proc shows).
+    AFTER = 2
 
     def __init__(self):
         self.waited = self.taken = 0.0
@@ -602,10 +602,14 @@ def main() -> None:
             stopped = lambda epoch=epoch: epoch in cancelled  # noqa: E731
             began = waits.begin()
             reply = jobs.run(kind, header, job, stopped)
-            # One more reader (up to `threads`) while jobs wait for the disk and others queue.
+            # While jobs wait for the disk and others queue, the readers double (up to `threads`,
+            # and no more than the jobs queued): 16 after five waits, not twenty. Workers now start
+            # with the check, so no threads of the audit's process read the first files at full
+            # depth while they ramp up (a cold baseline audit of 1,000 files: 0.85 s with one more
+            # reader at a time, 0.78 s doubling). A warm run's rare slow read adds one.
             if waits.waiting(began) and running[0] < threads and pending:
                 with lock:
-                    if running[0] < threads:
+                    for _ in range(min(running[0], threads - running[0], len(pending))):
                         start_reader()
             send(epoch, reply, kind)
 
