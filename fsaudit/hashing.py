@@ -132,7 +132,7 @@ def start_workers(settings: Union[int, Any] = 1) -> None:
     """Start the worker processes now, ahead of the first request. A checker that will hash many
     files (every file of a package database) calls it as it begins: the workers then start while it
     reads its database, instead of after its first requests were read on threads of this process
-    (the rpm audit of 600 MB from the page cache: 0.50 -> 0.43 s). Where they cannot start, the
+    (the rpm audit of 600 MB from the page cache: 0.57 -> 0.51 s). Where they cannot start, the
     requests are read on threads as before; with one job, nothing starts."""
     jobs, depth = (settings, DEFAULT_IO_DEPTH) if isinstance(settings, int) else _shape(settings)
     if jobs > 1 and not workers.Workers.failure:

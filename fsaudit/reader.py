@@ -603,7 +603,7 @@ def main() -> None:
             began = waits.begin()
             reply = jobs.run(kind, header, job, stopped)
             # While jobs wait for the disk and others queue, the readers double (up to `threads`,
-            # and no more than the jobs queued): 16 after five waits, not twenty. Workers now start
+            # and no more than the jobs queued): 16 after four more waits, not fifteen. Workers start
             # with the check, so no threads of the audit's process read the first files at full
             # depth while they ramp up (a cold baseline audit of 1,000 files: 0.85 s with one more
             # reader at a time, 0.78 s doubling). A warm run's rare slow read adds one.
