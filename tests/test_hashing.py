@@ -18,7 +18,8 @@ from fixtures.corrupt import replace_with_fifo
 from fsaudit import workers
 from fsaudit.checker import Context
 from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files, start_workers
-from fsaudit.reader import SPARSE_LIMIT, NotRegularFile
+from fsaudit.reader import SPARSE_LIMIT, STAT_FIELDS, NotRegularFile
+from fsaudit.scan import scan_tree
 from fsaudit.target import Target
 from tests.conftest import REPO
 
@@ -194,6 +195,29 @@ def _gone(pids, seconds: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_stat_from_a_worker_reads_as_the_lstat_of_the_file(tree):
+    # reader.Stat stands in for os.stat_result: every st_* field a worker sends, from a hash and
+    # from a walk's listing, equals what os.lstat says here (the float times included).
+    target = Target(tree)
+    workers.shutdown()
+    start_workers(Context(jobs=2))
+    requests = [HashRequest(b"/d/" + name, "md5", follow=False) for name in (b"f010", b"big", b"holes")]
+    for request, result in zip(requests, hash_files(target, requests, Context(jobs=2))):
+        here = os.lstat(target.resolve(request.path, follow=False))
+        assert [getattr(result.st, name) for name in STAT_FIELDS] == [getattr(here, n) for n in STAT_FIELDS]
+        assert result.mtime == here.st_mtime and result.size == here.st_size
+    host = target.resolve(b"/d", follow=False)
+    walked = {}
+    for _inner, directory, listing in scan_tree(host, b"/d", 0, 0, 2, full=lambda st: True, top_full=True):
+        for name, _kind, st in listing.records:
+            walked[directory + b"/" + name] = st
+    assert len(walked) > 300
+    for path, st in walked.items():
+        here = os.lstat(path)
+        assert [getattr(st, name) for name in STAT_FIELDS] == [getattr(here, n) for n in STAT_FIELDS], path
+    workers.shutdown()
 
 
 def test_a_checker_starts_the_workers_before_its_first_request(tree):
