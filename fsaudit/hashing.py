@@ -121,10 +121,8 @@ def hash_files(
     `stats`, when given, gets a `reading` entry saying how the files were read (worker processes,
     or threads and why).
     """
-    if isinstance(settings, int):
-        (jobs, depth), progress = (max(1, settings), DEFAULT_IO_DEPTH), None
-    else:
-        (jobs, depth), progress = _shape(settings), getattr(settings, "progress", None)
+    jobs, depth = jobs_and_depth(settings)
+    progress = None if isinstance(settings, int) else getattr(settings, "progress", None)
     yield from _Call(target, jobs, depth, progress, stats).run(iter(requests))
 
 
@@ -134,12 +132,16 @@ def start_workers(settings: Union[int, Any] = 1) -> None:
     reads its database, instead of after its first requests were read on threads of this process
     (the rpm audit of 600 MB from the page cache: 0.57 -> 0.51 s). Where they cannot start, the
     requests are read on threads as before; with one job, nothing starts."""
-    jobs, depth = (settings, DEFAULT_IO_DEPTH) if isinstance(settings, int) else _shape(settings)
+    jobs, depth = jobs_and_depth(settings)
     if jobs > 1 and not workers.Workers.failure:
         workers.workers(jobs, depth)
 
 
-def _shape(settings) -> tuple:
+def jobs_and_depth(settings: Union[int, Any]) -> tuple:
+    """(jobs, io depth), each at least 1, from the checkers' Context (`jobs`, `io_depth`) or from a
+    number of jobs (with the default depth): the shape of the engine's worker processes."""
+    if isinstance(settings, int):
+        return max(1, settings), DEFAULT_IO_DEPTH
     return max(1, int(settings.jobs)), max(1, int(getattr(settings, "io_depth", None) or DEFAULT_IO_DEPTH))
 
 
@@ -153,8 +155,7 @@ def read_files(
     it raises anyway is raised here. Ctrl-C stops the wait at once; items not started yet are not
     read, the threads finish the ones they hold in the background.
     """
-    depth = DEFAULT_IO_DEPTH if isinstance(settings, int) else getattr(settings, "io_depth", 0)
-    depth = max(1, int(depth or DEFAULT_IO_DEPTH))
+    _, depth = jobs_and_depth(settings)
     pool = workers.threads(depth)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     pending: Dict[int, Any] = {}

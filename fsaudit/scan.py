@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, Tuple, Union
 
 from fsaudit import reader, workers
-from fsaudit.hashing import DEFAULT_IO_DEPTH
+from fsaudit.hashing import jobs_and_depth
 
 # (name, type from the directory or 0, its lstat (read as an os.stat_result is) or OSError)
 Record = Tuple[bytes, int, Union[reader.Stat, OSError]]
@@ -71,11 +71,8 @@ def scan_tree(
     Directories are listed ahead of the caller, where `may_list(host, depth)` allows (it must not
     have side effects: a network mount or a pseudo filesystem the walk will not enter is never
     listed ahead)."""
-    if isinstance(settings, int):
-        jobs, depth = settings, DEFAULT_IO_DEPTH
-    else:
-        jobs, depth = settings.jobs, getattr(settings, "io_depth", 0) or DEFAULT_IO_DEPTH
-    scan = _Scan(max(1, int(jobs)), max(1, int(depth)), start, end, full, may_list, max_depth)
+    jobs, depth = jobs_and_depth(settings)
+    scan = _Scan(jobs, depth, start, end, full, may_list, max_depth)
     yield from scan.walk(_Node(host_top, inner_top, 0, top_full), descend)
 
 
