@@ -25,6 +25,7 @@ from typing import IO, Any, Dict, Iterator, List, Tuple
 from fsaudit import output
 from fsaudit.errors import FsauditError, UsageError
 from fsaudit.fleet.remote import HostResult
+from fsaudit.model import dumps
 
 INDEX_FORMAT = "fsaudit-fleet-index/1"
 RECORD_LIMIT = 1 << 20  # a host record is a few hundred bytes
@@ -48,7 +49,7 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return (dumps(data, 2) + "\n").encode("utf-8")
 
 
 class ResultDir:

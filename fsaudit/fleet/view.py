@@ -7,7 +7,6 @@ own report. Rendered as text, HTML (self-contained, every value escaped) or JSON
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from fsaudit.escape import inert
 from fsaudit.fleet.reader import DEFAULT_MAX_BYTES, read_report
 from fsaudit.fleet.remote import HostResult
 from fsaudit.fleet.results import open_regular, read_records, write_atomic
-from fsaudit.model import Finding, Severity, Status, worst
+from fsaudit.model import Finding, Severity, Status, dumps, worst
 from fsaudit.report.html import HTML_LIST_LIMIT
 
 LOG = logging.getLogger(__name__)
@@ -270,7 +269,7 @@ def render_fleet(directories: List[str], fmt: str, vm_reports: bool = True, outp
         data["note"] = note
     code = Status(data["status"]).exit_code
     if fmt == "json":
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n", code
+        return dumps(data, 2) + "\n", code
     if fmt == "html":
         for host in data["hosts"]:
             if not host["report_html"] and host["report_json"]:
