@@ -21,7 +21,13 @@ import sys
 import time
 from operator import itemgetter
 
-BLOCK_SIZE = 1 << 20
+# Bytes read (and hashed) at a time: a buffer that stays in the core's first-level cache, so the
+# hash reads what the copy from the page cache just wrote (sha256 of 600 MB from the page cache in
+# one process: 0.459 s with 64 KiB, 0.472 s with 1 MiB, medians of five).
+BLOCK_SIZE = 1 << 16
+# A file larger than one block is announced to the kernel this far ahead (POSIX_FADV_WILLNEED): on
+# network storage its reads go out together, as large requests, instead of one small one per block.
+AHEAD = 4 << 20
 MAX_SYMLINKS = 40
 NOATIME = getattr(os, "O_NOATIME", 0)
 FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
@@ -248,9 +254,12 @@ def hash_file(host: bytes, algorithm: str, expected_size, prefix, drop_cache: bo
                 digest.update(prefix % size if b"%d" in prefix else prefix)
         view = memoryview(buffer)
         remaining = size
+        announced = 0
         while remaining:
             if stopped():
                 raise OSError(errno.EINTR, "stopped", host)
+            if announced < size and remaining > len(view) and size - remaining + AHEAD // 2 >= announced:
+                announced = _announce(fd, announced, size)
             count = os.readv(fd, [view[: min(remaining, len(view))]])
             if not count:
                 break  # the file shrank while it was read: what was read is what it holds
@@ -259,6 +268,17 @@ def hash_file(host: bytes, algorithm: str, expected_size, prefix, drop_cache: bo
         return digest.hexdigest(), st, empty, None, drop_failed
     finally:
         os.close(fd)
+
+
+def _announce(fd: int, offset: int, size: int) -> int:
+    """Ask the kernel to read AHEAD bytes from `offset` now (while the half before it is hashed);
+    where it will have read up to (the whole file when the kernel refuses: nothing more to ask)."""
+    end = min(size, offset + AHEAD)
+    try:
+        os.posix_fadvise(fd, offset, end - offset, os.POSIX_FADV_WILLNEED)
+    except (AttributeError, OSError):
+        return size
+    return end
 
 
 def _larger_than_filesystem(fd: int, size: int) -> bool:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fixtures.corrupt import replace_with_fifo
-from fsaudit import workers
+from fsaudit import reader, workers
 from fsaudit.checker import Context
 from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files, start_workers
 from fsaudit.reader import SPARSE_LIMIT, STAT_FIELDS, NotRegularFile
@@ -35,7 +35,7 @@ def tree(tmp_path):
     for number in range(300):
         (root / "d" / f"f{number:03d}").write_bytes(os.urandom(number * 37))
     (root / "d" / "empty").write_bytes(b"")
-    (root / "d" / "big").write_bytes(os.urandom(3 * (1 << 20) + 12345))
+    (root / "d" / "big").write_bytes(os.urandom(9 * (1 << 20) + 12345))
     with open(root / "d" / "holes", "wb") as handle:
         handle.write(b"start")
         handle.truncate(8 << 20)
@@ -108,6 +108,47 @@ def test_a_file_is_read_no_further_than_its_size_at_open():
     # /proc files say they hold 0 bytes and then return more: the engine reads what the size said.
     result = hash_one(Target("/"), HashRequest(b"/proc/self/status", "md5", follow=False))
     assert result.size == 0 and result.digest == hashlib.md5(b"").hexdigest()
+
+
+def test_a_large_file_is_announced_to_the_kernel_ahead_of_its_reads(tmp_path, monkeypatch):
+    # On network storage the reads of a large file go out together: every part of the file is
+    # announced (POSIX_FADV_WILLNEED) before the reads reach it, half the window ahead of them.
+    data = os.urandom(9 * (1 << 20) + 12345)
+    (tmp_path / "big").write_bytes(data)
+    (tmp_path / "small").write_bytes(data[: reader.BLOCK_SIZE])
+    calls = []
+    real_readv, real_fadvise = os.readv, os.posix_fadvise
+
+    def readv(fd, buffers):
+        calls.append(("read", os.lseek(fd, 0, os.SEEK_CUR)))
+        return real_readv(fd, buffers)
+
+    def fadvise(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            calls.append(("announce", offset, length))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "readv", readv)
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    result = hash_one(Target(tmp_path), HashRequest(b"/big", "md5", follow=False))
+    assert result.digest == hashlib.md5(data).hexdigest()
+    announced = [call[1:] for call in calls if call[0] == "announce"]
+    assert announced == [
+        (0, reader.AHEAD),
+        (reader.AHEAD, reader.AHEAD),
+        (2 * reader.AHEAD, len(data) - 2 * reader.AHEAD),
+    ]
+    covered = 0
+    for call in calls:
+        if call[0] == "announce":
+            covered = call[1] + call[2]
+        else:
+            assert call[1] + reader.BLOCK_SIZE <= covered or covered == len(data)
+            assert covered - call[1] >= min(reader.AHEAD // 2, len(data) - call[1])
+    calls.clear()
+    small = hash_one(Target(tmp_path), HashRequest(b"/small", "md5", follow=False))
+    assert small.digest == hashlib.md5(data[: reader.BLOCK_SIZE]).hexdigest()
+    assert not [call for call in calls if call[0] == "announce"]  # one read: nothing to announce
 
 
 def test_sparse_and_absurd_files_are_reported_and_not_read(tmp_path):
