@@ -32,7 +32,12 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.25
-_BOOT = 'import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[2])),"fsaudit-reader","exec"))'
+# A worker runs fsaudit.reader sent on its stdin: as code (marshal'ed by this same interpreter; compiling
+# the source took each worker 4 ms), or as source where no code can be had.
+_BOOT = (
+    "import sys,marshal;d=sys.stdin.buffer.read(int(sys.argv[2]));"
+    'exec(marshal.loads(d) if sys.argv[3]=="code" else compile(d,"fsaudit-reader","exec"))'
+)
 
 
 def wait(inbox: queue.SimpleQueue, pool: Optional[Workers] = None):
@@ -147,11 +152,11 @@ class Workers:
         self.alive = True
         # Threads of this process that finish work for a caller waiting here write a byte to it.
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        source = _reader_source()
+        form, source = _reader_program()
         try:
             for _ in range(count):
                 process = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _BOOT, str(threads_each), str(len(source))],
+                    [sys.executable, "-I", "-S", "-c", _BOOT, str(threads_each), str(len(source)), form],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,
@@ -322,13 +327,21 @@ def workers(count: int, threads_total: int) -> Optional[Workers]:
         return Workers.current
 
 
-def _reader_source() -> bytes:
-    """The source of fsaudit.reader, from wherever fsaudit was imported (a file, a zip, memory)."""
+def _reader_program() -> tuple:
+    """("code", its marshal'ed code) or ("source", its text) of fsaudit.reader, from wherever fsaudit was
+    imported (a file, a zip, memory)."""
     spec = reader.__spec__
-    source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
+    loader = spec.loader if spec is not None else None
+    try:
+        code = loader.get_code(spec.name)  # the cached bytecode of an installed fsaudit
+    except Exception:  # a loader without code (ImportError, AttributeError): the source, then
+        code = None
+    if code is not None:
+        return "code", marshal.dumps(code)
+    source = loader.get_source(spec.name) if loader is not None else None
     if not source:
         raise ValueError("the source of fsaudit.reader is not available")
-    return source.encode("utf-8")
+    return "source", source.encode("utf-8")
 
 
 def shutdown() -> None:

@@ -5,6 +5,7 @@ start or die; flat memory; sparse and absurd files reported without being read."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -394,3 +395,47 @@ def test_read_files_runs_a_checker_s_own_reading_in_order_and_stops_with_its_cal
     stopped.close()
     time.sleep(0.2)
     assert len(started) < 50  # what was not started when the caller stopped is not read
+
+
+def _python(code: str, tmp_path) -> dict:
+    """Run `code` in a fresh interpreter with this fsaudit; the JSON its last line prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSAUDIT")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_worker_boots_from_the_reader_s_source_where_no_code_can_be_had(tmp_path):
+    # A worker gets the reader as code; a loader that has none (an unusual zip, an in-memory
+    # module) gives its source, and the workers work the same.
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "file").write_bytes(b"x" * 1000)
+    code = f"""
+        import json
+        from fsaudit import reader, workers
+        form, _ = workers._reader_program()
+        class NoCode(type(reader.__spec__.loader)):
+            def get_code(self, name):
+                raise ImportError("no code here")
+        reader.__spec__.loader.__class__ = NoCode
+        fallback, _ = workers._reader_program()
+        from fsaudit.checker import Context
+        from fsaudit.hashing import HashRequest, hash_files, start_workers
+        from fsaudit.target import Target
+        start_workers(Context(jobs=2))
+        stats = {{}}
+        requests = [HashRequest(b"/file", "md5", follow=False)] * 3
+        results = list(hash_files(Target({str(tmp_path / "root")!r}), requests, Context(jobs=2), stats))
+        print(json.dumps({{"forms": [form, fallback], "reading": stats["reading"],
+                           "digests": [r.digest for r in results]}}))
+        """
+    found = _python(code, tmp_path)
+    assert found["forms"] == ["code", "source"] and "2 worker processes" in found["reading"]
+    assert found["digests"] == [hashlib.md5(b"x" * 1000).hexdigest()] * 3
