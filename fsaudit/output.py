@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import tempfile
 import threading
 from contextlib import contextmanager
 from typing import IO, Iterator
@@ -109,6 +108,8 @@ def output_file(path: str, mode: str = "w") -> Iterator[IO]:
         with _wrap(fd, binary) as handle:
             yield handle
         return
+    import tempfile  # here: a report written to stdout does not pay for it (4 ms of every start)
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=TEMPORARY_SUFFIX, dir=directory

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import platform
 import re
 import socket
 import time
@@ -53,7 +52,8 @@ def host_info(target: Target) -> Dict[str, str]:
         if os_name:
             break
     if not os_name and target.live:
-        os_name = f"{platform.system()} {platform.release()}"
+        system = os.uname()
+        os_name = f"{system.sysname} {system.release}"
     info = {"hostname": hostname, "os": os_name}
     try:
         machine_id = target.read_text("/etc/machine-id", limit=256).strip().lower()
