@@ -6,7 +6,6 @@ import importlib.util
 import logging
 import os
 import re
-import socket
 import time
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Tuple
@@ -39,7 +38,7 @@ def host_info(target: Target) -> Dict[str, str]:
         except (OSError, IndexError):
             hostname = ""
     if not hostname:
-        hostname = socket.gethostname() if target.live else os.path.basename(target.root_text)
+        hostname = os.uname().nodename if target.live else os.path.basename(target.root_text)
     os_name = ""
     for path in ("/etc/os-release", "/usr/lib/os-release"):
         try:

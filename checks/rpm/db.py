@@ -11,10 +11,8 @@ not read, and carries on past damage.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import struct
-import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Iterator, List, Tuple, Union
@@ -126,6 +124,8 @@ class SqliteReader:
         if wal_size:
             # Transactions still in the log are invisible to an immutable open: read a private copy
             # of the database and its log instead (sqlite may write freely beside the copy).
+            import tempfile  # here: only a database with a log needs it (2 ms of every start)
+
             self.private_copy = tempfile.mkdtemp(prefix="fsaudit-rpmdb-")
             copy = os.path.join(self.private_copy, "rpmdb.sqlite")
             self._copy(self.path, copy)
@@ -135,6 +135,8 @@ class SqliteReader:
         return sqlite3.connect(uri, uri=True)
 
     def _copy(self, path: bytes, destination: str) -> None:
+        import shutil
+
         with self.target.open(path) as source, open(destination, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
 
@@ -149,6 +151,8 @@ class SqliteReader:
         finally:
             connection.close()
             if self.private_copy:
+                import shutil
+
                 shutil.rmtree(self.private_copy, ignore_errors=True)
 
     def _rows(self, connection: sqlite3.Connection) -> Iterator[Union[Record, Damage]]:
