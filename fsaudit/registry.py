@@ -159,7 +159,9 @@ def _distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
             points = _entry_points(text) if text else []
             if not points:
                 continue
-            headers = _text(os.path.join(base, "METADATA" if lowered.endswith(".dist-info") else "PKG-INFO"))
+            # Name and Version are in the headers, before the (often long) description.
+            meta = os.path.join(base, "METADATA" if lowered.endswith(".dist-info") else "PKG-INFO")
+            headers = _text(meta, limit=1 << 16).partition("\n\n")[0]
             yield points, _header(headers, "Name"), _header(headers, "Version")
 
 
@@ -179,10 +181,10 @@ def _described(distributions) -> Iterator[Tuple[List[EntryPoint], str, str]]:
             yield points, (meta["Name"] if meta else None) or "", (meta["Version"] if meta else None) or ""
 
 
-def _text(path: str) -> str:
+def _text(path: str, limit: int = -1) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+            return handle.read(limit)
     except OSError:
         return ""
 
