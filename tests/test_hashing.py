@@ -439,3 +439,59 @@ def test_a_worker_boots_from_the_reader_s_source_where_no_code_can_be_had(tmp_pa
     found = _python(code, tmp_path)
     assert found["forms"] == ["code", "source"] and "2 worker processes" in found["reading"]
     assert found["digests"] == [hashlib.md5(b"x" * 1000).hexdigest()] * 3
+
+
+def test_a_worker_reads_a_window_in_turn_and_spreads_it_over_more_readers_once_reads_wait(tmp_path):
+    # From the page cache a worker runs a message's hash jobs in turn on its one reader; when a read
+    # waits (a network disk: here every read sleeps 20 ms), the rest of the window goes back to the
+    # queue job by job and more readers take them. Every job is answered once, whichever way.
+    for number in range(64):
+        (tmp_path / f"f{number:02d}").write_bytes(b"%d" % number)
+    probe = tmp_path / "most-at-once"
+    code = textwrap.dedent(
+        f"""
+        import sys, threading, time
+        from fsaudit import reader
+        slow = sys.argv.pop() == "slow"
+        run, active, lock = reader.Jobs.run, [0, 0], threading.Lock()
+        def counted(self, *args):
+            with lock:
+                active[0] += 1
+                active[1] = max(active)
+                open({str(probe)!r}, "w").write(str(active[1]))
+            try:
+                if slow:
+                    time.sleep(0.02)
+                return run(self, *args)
+            finally:
+                with lock:
+                    active[0] -= 1
+        reader.Jobs.run = counted
+        reader.main()
+        """
+    )
+    for mode, concurrent in (("cached", False), ("slow", True)):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code, "16", mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        try:
+            assert reader.read_frame(worker.stdout)[0] == "ready"
+            jobs = [
+                (seq, os.fsencode(tmp_path / f"f{seq:02d}"), reader.HOST, "md5", -1, None)
+                for seq in range(64)
+            ]
+            reader.write_frame(worker.stdin.fileno(), ("hash", 1, (b"", False), jobs))
+            answered = []
+            while len(answered) < 64:
+                message = reader.read_frame(worker.stdout)
+                assert message[0] == "done" and message[1] == 1
+                answered += [(reply[0], reply[2]) for reply in message[2]]
+        finally:
+            worker.stdin.close()
+            worker.wait(timeout=30)
+        assert sorted(answered) == [(n, hashlib.md5(b"%d" % n).hexdigest()) for n in range(64)]
+        most = int(probe.read_text())
+        assert most > 1 if concurrent else most == 1, (mode, most)
