@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     FSAUDIT,
     Tool,
     compare,
-    compile_fsaudit,
+    install_fsaudit,
     network_disk,
     parallel_hash_floor,
     parallel_read_floor,
@@ -116,7 +116,7 @@ def main() -> int:
     run_options(parser, "baseline")
     args = parser.parse_args()
     require("sha256sum", "openssl")
-    compile_fsaudit()
+    install_fsaudit()
     work = args.workdir / f"{args.files}-{args.megabytes}"
     if not (work / "damage.json").exists():
         shutil.rmtree(work, ignore_errors=True)

@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The command that runs fsaudit: set by install_fsaudit() to the installed copy (this list is shared
+# by every benchmark module that imported it).
 FSAUDIT = [sys.executable, "-m", "fsaudit"]
 # fsaudit as it is installed: with its bytecode compiled (PYTHONDONTWRITEBYTECODE would make every
 # run compile every module again).
@@ -67,10 +69,36 @@ def run_options(parser: argparse.ArgumentParser, workdir: str) -> None:
     parser.add_argument("--delay-ms", type=float, default=1.0, help="delay of each read on the disk")
 
 
-def compile_fsaudit() -> None:
-    """Write fsaudit's bytecode once, as `pip install` does."""
-    for package in ("fsaudit", "checks"):
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / package)], check=True, env=ENV)
+def install_fsaudit() -> List[str]:
+    """Install this tree as an operator has fsaudit, and make FSAUDIT run that copy: a wheel built
+    from it (pip) in a throwaway virtual environment, its bytecode compiled, with the dependencies of
+    the environment running the benchmark on its path through a .pth file. A .pth line only adds a
+    directory: the development environment's editable install, whose import hook (setuptools'
+    finder, with pathlib) took 12 ms of every start, is not loaded, as it is not on an installed
+    system. The bare interpreter of the start-up figure is this environment's too."""
+    venv = Path(tempfile.mkdtemp(prefix="fsaudit-installed-", dir=os.environ.get("FSAUDIT_BENCH_DIR")))
+    atexit.register(shutil.rmtree, venv, True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    import site
+
+    (Path(purelib) / "fsaudit-benchmark-dependencies.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n"
+    )
+    print(f"installing fsaudit from {REPO} into {venv}", file=sys.stderr)
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", purelib, str(REPO)]
+    subprocess.run(install, check=True, env=ENV, stdout=subprocess.DEVNULL)
+    subprocess.run([python, "-m", "compileall", "-q", purelib], check=True, env=ENV)
+    # -P: the current directory (the repository, when a benchmark runs from there) is not put first
+    # on the path, as it is not for the installed program.
+    FSAUDIT[:] = [python, "-P", "-m", "fsaudit"]
+    return FSAUDIT
 
 
 def require(*programs: str) -> None:

@@ -33,7 +33,7 @@ from common import (  # noqa: E402
     FSAUDIT,
     Tool,
     compare,
-    compile_fsaudit,
+    install_fsaudit,
     network_disk,
     parallel_hash_floor,
     parallel_read_floor,
@@ -157,7 +157,7 @@ def main() -> int:
     run_options(parser, "debian")
     args = parser.parse_args()
     require("dpkg", "md5sum")
-    compile_fsaudit()
+    install_fsaudit()
 
     shape = f"{args.size_mb}-{args.files}-{args.packages}"
     work = args.workdir / shape

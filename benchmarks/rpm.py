@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     FSAUDIT,
     Tool,
     compare,
-    compile_fsaudit,
+    install_fsaudit,
     network_disk,
     parallel_hash_floor,
     parallel_read_floor,
@@ -151,7 +151,7 @@ def main() -> int:
     run_options(parser, "rpm")
     args = parser.parse_args()
     require("rpm", "rpmbuild", "openssl")
-    compile_fsaudit()
+    install_fsaudit()
     work = args.workdir / f"{args.packages}-{args.size_mb}"
     root = work / "root"
     if not (work / "damage.json").exists():

@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     FSAUDIT,
     Tool,
     compare,
-    compile_fsaudit,
+    install_fsaudit,
     network_disk,
     run_options,
     same_work,
@@ -99,7 +99,7 @@ def startup(repeat: int) -> None:
     with tempfile.TemporaryDirectory(prefix="fsaudit-empty-") as empty:
         command = [*FSAUDIT, "audit", "--root", empty, "--check", "window", "--window", f"{START}..{END}"]
         command += ["--format", "json"]
-        bare = min(timed([sys.executable, "-c", "pass"], env=ENV)[0].wall for _ in range(repeat * 5))
+        bare = min(timed([FSAUDIT[0], "-c", "pass"], env=ENV)[0].wall for _ in range(repeat * 5))
         ours = min(timed(command, env=ENV)[0].wall for _ in range(repeat * 5))
     print(
         f"\nstart-up: fsaudit on an empty root {ours * 1000:.0f} ms, the bare interpreter "
@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=300_000)
     run_options(parser, "window")
     args = parser.parse_args()
-    compile_fsaudit()
+    install_fsaudit()
     tree = args.workdir / str(args.entries) / "root"
     if not (tree.parent / "built").exists():
         shutil.rmtree(tree.parent, ignore_errors=True)
