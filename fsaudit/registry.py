@@ -150,9 +150,10 @@ def _distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
             continue
         except OSError:  # gone, or not ours to list: importlib.metadata finds nothing there either
             continue
+        egg = directory.lower().endswith(".egg")  # an egg on the path: its EGG-INFO describes it
         for name in names:
             lowered = name.lower()
-            if not lowered.endswith((".dist-info", ".egg-info")):
+            if not (lowered.endswith((".dist-info", ".egg-info")) or (egg and lowered == "egg-info")):
                 continue
             base = os.path.join(directory, name)
             text = _text(os.path.join(base, "entry_points.txt"))

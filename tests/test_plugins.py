@@ -102,8 +102,9 @@ def _as_fsaudit_reads_them(path, monkeypatch):
 
 def test_the_plug_ins_are_found_as_importlib_metadata_finds_them(tmp_path, monkeypatch):
     # fsaudit reads the dist-info directories itself (importlib.metadata took 20 ms of every start):
-    # on this interpreter's path, an add-on's site, and a zip on the path (the fleet's zipapp, left
-    # to importlib.metadata), it finds the same plug-ins in the same order, with their distribution.
+    # on this interpreter's path, an add-on's site, an egg, and a zip on the path (the fleet's
+    # zipapp, left to importlib.metadata), it finds the same plug-ins in the same order, with their
+    # distribution.
     site = make_addon(tmp_path / "site")
     archive = tmp_path / "plugins.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
@@ -113,12 +114,17 @@ def test_the_plug_ins_are_found_as_importlib_metadata_finds_them(tmp_path, monke
         zipped.writestr(
             "zipped_addon-3.0.dist-info/entry_points.txt", "[fsaudit.checks]\nzipped = zipped_addon:Checker\n"
         )
-    path = [str(site), str(archive), *sys.path]
+    egg = tmp_path / "eggs" / "egged_addon-0.5-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: egged-addon\nVersion: 0.5\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[fsaudit.renderers]\negged = egged_addon:render\n")
+    path = [str(site), str(archive), str(egg), *sys.path]
     fsaudit_reads = _as_fsaudit_reads_them(path, monkeypatch)
     assert fsaudit_reads == _as_importlib_reads_them(path)
     checks = {name: (value, dist) for name, value, dist, _ in fsaudit_reads["fsaudit.checks"]}
     assert checks["example"][1] == NAME and checks["zipped"] == ("zipped_addon:Checker", "zipped-addon")
     assert checks["debian"] == ("fsaudit_checks.debian:DebianChecker", "fsaudit")
+    assert ("egged", "egged_addon:render", "egged-addon", "0.5") in fsaudit_reads["fsaudit.renderers"]
 
 
 def test_an_entry_points_file_is_read_line_by_line_and_loads_as_importlib_loads_it():
