@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,13 @@ def assert_valid_report(data) -> None:
         return
     problems = report_problems(data)
     assert not problems, "the report does not follow its JSON Schema:\n" + "\n".join(problems[:20])
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a child the test sends SIGINT: Ctrl-C's default meaning. A shell that starts
+    the test run in the background (`.ci/run &`) leaves SIGINT ignored, and Python then keeps it
+    ignored in every child, as a background job should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fsaudit(*args, env=None, timeout=600, user=None, cwd=None) -> Run:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, fsaudit
+from tests.conftest import REPO, fsaudit, interruptible
 
 PLUGIN = textwrap.dedent(
     '''
@@ -254,6 +254,7 @@ def test_ctrl_c_and_sigterm_end_with_a_report_of_what_was_done(plugin_env, tmp_p
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fixtures.corrupt import kept_times
-from tests.conftest import REPO, fsaudit
+from tests.conftest import REPO, fsaudit, interruptible
 
 GIB = 1 << 30
 
@@ -89,6 +89,7 @@ def test_ctrl_c_during_a_large_file_stops_at_once(tmp_path, jobs):
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 60
