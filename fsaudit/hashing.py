@@ -70,6 +70,9 @@ class HashRequest:
     prefix: Optional[Union[bytes, Callable[[int], bytes]]] = None
     # The host path when the caller already resolved it (Target.resolve with the same `follow`).
     host: Optional[bytes] = None
+    # The digest the caller expects (lowercase hex), when it only needs to know that the file has it:
+    # a file that matches comes back `matched`, with its size and mtime but without its stat.
+    expected_digest: Optional[str] = None
 
 
 @dataclass
@@ -92,6 +95,8 @@ class HashResult:
     stat_fields: tuple | None = field(default=None, repr=False)
     holes: int = 0
     anomaly: str | None = None
+    # The digest is the request's `expected_digest` (then `stat_fields` is None and `holes` 0).
+    matched: bool = False
 
     @property
     def st(self) -> reader.Stat | None:
@@ -359,7 +364,15 @@ def _run_here(target: Target, request: HashRequest, stopped) -> tuple:
         host = request.host if request.host is not None else target.resolve(request.path, request.follow)
     except OSError as error:
         return (0, error.errno or errno.EIO, error.strerror or str(error))
-    job = (0, host, reader.HOST, request.algorithm, _expected(request), request.prefix)
+    job = (
+        0,
+        host,
+        reader.HOST,
+        request.algorithm,
+        _expected(request),
+        request.prefix,
+        request.expected_digest,
+    )
     return _local_jobs().run("hash", (target.root, target.drop_cache), job, stopped)
 
 
@@ -370,7 +383,7 @@ def _job(seq: int, request: HashRequest) -> tuple:
     else:
         path = request.path if isinstance(request.path, bytes) else os.fsencode(request.path)
         how = reader.FOLLOW if request.follow else reader.RESOLVE
-    return (seq, path, how, request.algorithm, _expected(request), request.prefix)
+    return (seq, path, how, request.algorithm, _expected(request), request.prefix, request.expected_digest)
 
 
 def _expected(request: HashRequest) -> int:
@@ -379,6 +392,10 @@ def _expected(request: HashRequest) -> int:
 
 def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
     status = reply[1]
+    if status == reader.MATCHED:
+        if reply[4]:
+            target.cache_drop_failures += 1
+        return HashResult(request, request.expected_digest, reply[2], reply[3], matched=True)
     if status == reader.OK:
         digest, fields, holes, anomaly, drop_failed = reply[2:]
         if drop_failed:

@@ -224,7 +224,10 @@ class _Audit:
                         result.holes,
                         result.anomaly,
                     )
-                    yield from self._judged(self.judge.file(item, result))
+                    if result.matched:
+                        self.judge.matched(item, result)
+                    else:
+                        yield from self._judged(self.judge.file(item, result))
                     break
                 yield from self._process(item)
         while order:

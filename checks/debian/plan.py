@@ -91,7 +91,12 @@ class Planner:
                     if item.host not in requested:
                         requested.add(item.host)
                         item.request = HashRequest(
-                            item.location, "md5", key=item.host, follow=False, host=item.host
+                            item.location,
+                            "md5",
+                            key=item.host,
+                            follow=False,
+                            host=item.host,
+                            expected_digest=item.expected.lower(),
                         )
                         order.append(item)
                         yield item.request
