@@ -113,14 +113,14 @@ def _registered() -> Dict[str, Tuple[Registered, ...]]:
     """Every plug-in per group, for every installed distribution: read once per process, and per
     distribution because Python 3.9's entry points do not know their distribution."""
     found: Dict[str, List[Registered]] = {group: [] for group in GROUPS}
-    for points, name, version in _all_distributions():
+    for points, name, version in _find_distributions():
         for point in points:
             if point.group in found:
                 found[point.group].append(Registered(point, name, version))
     return {group: tuple(items) for group, items in found.items()}
 
 
-def _all_distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
+def _find_distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
     """What every finder on sys.meta_path knows, in its order, as importlib.metadata asks them: the
     standard path finder's (read here), and any other's that serves distributions (the fleet's
     in-memory zip) through importlib.metadata."""
@@ -128,14 +128,14 @@ def _all_distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
 
     for finder in sys.meta_path:
         if finder is PathFinder:
-            yield from _distributions()
+            yield from _scan_path()
         elif hasattr(finder, "find_distributions"):
             from importlib import metadata
 
-            yield from _described(finder.find_distributions(metadata.DistributionFinder.Context()))
+            yield from _describe(finder.find_distributions(metadata.DistributionFinder.Context()))
 
 
-def _distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
+def _scan_path() -> Iterator[Tuple[List[EntryPoint], str, str]]:
     """(entry points, name, version) of every distribution on sys.path that registers any, in path
     order as importlib.metadata finds them. A directory's *.dist-info and *.egg-info are read here:
     importing importlib.metadata (email, zipfile, csv, ...) and its scan took 20 ms of every
@@ -146,7 +146,7 @@ def _distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
         try:
             names = sorted(os.listdir(directory))
         except NotADirectoryError:
-            yield from _through_importlib(entry)
+            yield from _scan_with_importlib(entry)
             continue
         except OSError:  # gone, or not ours to list: importlib.metadata finds nothing there either
             continue
@@ -156,25 +156,25 @@ def _distributions() -> Iterator[Tuple[List[EntryPoint], str, str]]:
             if not (lowered.endswith((".dist-info", ".egg-info")) or (egg and lowered == "egg-info")):
                 continue
             base = os.path.join(directory, name)
-            text = _text(os.path.join(base, "entry_points.txt"))
+            text = _read_text(os.path.join(base, "entry_points.txt"))
             points = _entry_points(text) if text else []
             if not points:
                 continue
             # Name and Version are in the headers, before the (often long) description.
             meta = os.path.join(base, "METADATA" if lowered.endswith(".dist-info") else "PKG-INFO")
-            headers = _text(meta, limit=1 << 16).partition("\n\n")[0]
-            yield points, _header(headers, "Name"), _header(headers, "Version")
+            headers = _read_text(meta, limit=1 << 16).partition("\n\n")[0]
+            yield points, _header_value(headers, "Name"), _header_value(headers, "Version")
 
 
-def _through_importlib(entry: str) -> Iterator[Tuple[List[EntryPoint], str, str]]:
+def _scan_with_importlib(entry: str) -> Iterator[Tuple[List[EntryPoint], str, str]]:
     from importlib import metadata
 
-    yield from _described(
+    yield from _describe(
         metadata.MetadataPathFinder.find_distributions(metadata.DistributionFinder.Context(path=[entry]))
     )
 
 
-def _described(distributions) -> Iterator[Tuple[List[EntryPoint], str, str]]:
+def _describe(distributions) -> Iterator[Tuple[List[EntryPoint], str, str]]:
     for dist in distributions:
         points = [EntryPoint(p.name, p.value, p.group) for p in dist.entry_points if p.group in GROUPS]
         if points:
@@ -182,7 +182,7 @@ def _described(distributions) -> Iterator[Tuple[List[EntryPoint], str, str]]:
             yield points, (meta["Name"] if meta else None) or "", (meta["Version"] if meta else None) or ""
 
 
-def _text(path: str, limit: int = -1) -> str:
+def _read_text(path: str, limit: int = -1) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read(limit)
@@ -208,7 +208,7 @@ def _entry_points(text: str) -> List[EntryPoint]:
     return points
 
 
-def _header(text: str, key: str) -> str:
+def _header_value(text: str, key: str) -> str:
     """The value of a metadata header (`Name`, `Version`) in the header block, "" without one."""
     prefix = key.lower() + ":"
     for line in text.splitlines():

@@ -128,7 +128,7 @@ def test_the_plug_ins_are_found_as_importlib_metadata_finds_them(tmp_path, monke
 
 
 def test_an_entry_points_file_is_read_line_by_line_and_loads_as_importlib_loads_it():
-    from fsaudit.registry import EntryPoint, _entry_points, _header
+    from fsaudit.registry import EntryPoint, _entry_points, _header_value
 
     text = (
         "# a comment\n[console_scripts]\nfsaudit = fsaudit.cli:run\n\n[fsaudit.checks]\n"
@@ -144,7 +144,11 @@ def test_an_entry_points_file_is_read_line_by_line_and_loads_as_importlib_loads_
     with pytest.raises(ValueError):
         EntryPoint("bad", "not a value!", "fsaudit.checks").load()
     headers = "Metadata-Version: 2.1\nname: Some-Thing\nVersion: 1.0\n\nName: in the body\n"
-    assert (_header(headers, "Name"), _header(headers, "Version"), _header(headers, "Summary")) == (
+    assert (
+        _header_value(headers, "Name"),
+        _header_value(headers, "Version"),
+        _header_value(headers, "Summary"),
+    ) == (
         "Some-Thing",
         "1.0",
         "",
