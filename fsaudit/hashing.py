@@ -364,22 +364,14 @@ def _run_here(target: Target, request: HashRequest, stopped) -> tuple:
         host = request.host if request.host is not None else target.resolve(request.path, request.follow)
     except OSError as error:
         return (0, error.errno or errno.EIO, error.strerror or str(error))
-    job = (
-        0,
-        host,
-        reader.HOST,
-        request.algorithm,
-        _expected(request),
-        request.prefix,
-        request.expected_digest,
-    )
-    return _local_jobs().run("hash", (target.root, target.drop_cache), job, stopped)
+    return _local_jobs().run("hash", (target.root, target.drop_cache), _job(0, request, host), stopped)
 
 
-def _job(seq: int, request: HashRequest) -> tuple:
-    """The tuple a worker process gets for a request."""
-    if request.host is not None:
-        path, how = request.host, reader.HOST
+def _job(seq: int, request: HashRequest, host: Optional[bytes] = None) -> tuple:
+    """The tuple a worker process gets for a request (`host`: its path here, resolved already)."""
+    host = request.host if host is None else host
+    if host is not None:
+        path, how = host, reader.HOST
     else:
         path = request.path if isinstance(request.path, bytes) else os.fsencode(request.path)
         how = reader.FOLLOW if request.follow else reader.RESOLVE

@@ -363,8 +363,8 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 #
 # Messages both ways are frames: 4 bytes of little-endian length, then a marshal'ed tuple (the peer is
 # our own process: nothing from the audited system is ever unmarshal'ed). To the worker:
-#   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix[,
-#       expected digest]), ...])
+#   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix,
+#       expected digest or None), ...])
 #       how: 0 = resolve `path` inside `root` without following its last component, 1 = following
 #       it, 2 = `path` is already a host path
 #   ("scan", epoch, (start, end), [(seq, host directory, full, position in the walk), ...]): the
@@ -373,7 +373,7 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 # From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
 #   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
 #       for a file that is not regular, (seq, -3, size, mtime, cache drop failed) for a file whose
-#       digest is the one the job expected (a 7th field of the job; no holes, no anomaly),
+#       digest is the one the job expected (no holes, no anomaly),
 #   for "scan": (seq, 0, entries, records),
 #   for both: (seq, errno, strerror) for an OSError, (seq, -2, text) for a bug.
 
@@ -497,8 +497,7 @@ class Jobs:
             return (job[0], BUG, f"{type(error).__name__}: {error}")
 
     def hash(self, job: tuple, root: bytes, drop_cache: bool, stopped) -> tuple:
-        seq, path, how, algorithm, expected_size, prefix = job[:6]
-        expected_digest = job[6] if len(job) > 6 else None
+        seq, path, how, algorithm, expected_size, prefix, expected_digest = job
         if how == HOST:
             host = path
         else:

@@ -114,9 +114,8 @@ def _registered() -> Dict[str, Tuple[Registered, ...]]:
     distribution because Python 3.9's entry points do not know their distribution."""
     found: Dict[str, List[Registered]] = {group: [] for group in GROUPS}
     for points, name, version in _find_distributions():
-        for point in points:
-            if point.group in found:
-                found[point.group].append(Registered(point, name, version))
+        for point in points:  # fsaudit's groups only
+            found[point.group].append(Registered(point, name, version))
     return {group: tuple(items) for group, items in found.items()}
 
 
@@ -160,10 +159,10 @@ def _scan_path() -> Iterator[Tuple[List[EntryPoint], str, str]]:
             points = _entry_points(text) if text else []
             if not points:
                 continue
-            # Name and Version are in the headers, before the (often long) description.
-            meta = os.path.join(base, "METADATA" if lowered.endswith(".dist-info") else "PKG-INFO")
-            headers = _read_text(meta, limit=1 << 16).partition("\n\n")[0]
-            yield points, _header_value(headers, "Name"), _header_value(headers, "Version")
+            meta = _read_text(
+                os.path.join(base, "METADATA" if lowered.endswith(".dist-info") else "PKG-INFO"), 1 << 16
+            )
+            yield points, _header_value(meta, "Name"), _header_value(meta, "Version")
 
 
 def _scan_with_importlib(entry: str) -> Iterator[Tuple[List[EntryPoint], str, str]]:
@@ -209,9 +208,10 @@ def _entry_points(text: str) -> List[EntryPoint]:
 
 
 def _header_value(text: str, key: str) -> str:
-    """The value of a metadata header (`Name`, `Version`) in the header block, "" without one."""
+    """The value of a metadata header (`Name`, `Version`) in the header block, "" without one. The
+    headers come before the description, which can be long: only they are split into lines."""
     prefix = key.lower() + ":"
-    for line in text.splitlines():
+    for line in text.partition("\n\n")[0].splitlines():
         if not line.strip():
             break
         if line.lower().startswith(prefix):

@@ -480,7 +480,7 @@ def test_a_worker_reads_a_window_in_turn_and_spreads_it_over_more_readers_once_r
         try:
             assert reader.read_frame(worker.stdout)[0] == "ready"
             jobs = [
-                (seq, os.fsencode(tmp_path / f"f{seq:02d}"), reader.HOST, "md5", -1, None)
+                (seq, os.fsencode(tmp_path / f"f{seq:02d}"), reader.HOST, "md5", -1, None, None)
                 for seq in range(64)
             ]
             reader.write_frame(worker.stdin.fileno(), ("hash", 1, (b"", False), jobs))

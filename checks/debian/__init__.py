@@ -102,7 +102,7 @@ class _Audit:
         self.checker = checker
         self.target = target
         self.cache = AptCache(target)
-        # Host path -> (digest, size, mtime, error): a file listed twice is read once.
+        # Host path -> (digest, size, mtime, error, holes, anomaly): a file listed twice is read once.
         self.hashed: Dict[bytes, tuple] = {}
         # The checker's own counter, not a method around it: it runs three times per packaged file.
         self.count = checker.count
