@@ -35,7 +35,8 @@ DEFAULT_IO_DEPTH = 32
 BLOCK_SIZE = reader.BLOCK_SIZE
 # Requests sorted by path and handed out together (one message per worker).
 _WINDOW = 64
-# Requests a call reads on threads of this process before it starts the worker processes.
+# Files a call reads on threads of this process before it starts the worker processes (a window
+# that would read more than these starts them).
 START_AFTER = 2 * _WINDOW
 # Requests not yet yielded (in flight, or done and waiting for an earlier one): results come back in
 # request order, so one large file holds back every result after it. With room for only a few
@@ -46,6 +47,8 @@ _CAPACITY = 128 * _WINDOW
 __all__ = [
     "ABSURD_SIZE",
     "SPARSE",
+    "BatchResult",
+    "DigestBatch",
     "HashRequest",
     "HashResult",
     "hash_files",
@@ -109,6 +112,57 @@ class HashResult:
         return self.error is None and expected is not None and self.size != expected
 
 
+@dataclass
+class DigestBatch:
+    """Files expected to have known digests, hashed as one request (`hash_files` yields a
+    BatchResult for it): a worker reads them in turn and sends back only a size and an mtime for
+    each file that matches. For the many files of a package database that are as packaged, the audit
+    process then does nothing per file (the debian audit of 25,000 files spent 20 µs per file
+    there, beside the workers hashing).
+
+    `paths` are the files' paths inside the target (for the results of those that do not match),
+    `hosts` their host paths (Target.resolve, last component not followed), `digests` the expected
+    digests (lowercase hex), all in the same order."""
+
+    paths: List[bytes]
+    hosts: List[bytes]
+    digests: List[str]
+    algorithm: str = "md5"
+    key: Any = None
+    prefix = None  # a batch hashes content only
+
+    @property
+    def host(self) -> bytes:
+        """Where the batch is read first (windows are read in this order)."""
+        return self.hosts[0] if self.hosts else b""
+
+    def request(self, index: int) -> HashRequest:
+        """The request of one of its files, as its own result carries it."""
+        return HashRequest(
+            self.paths[index],
+            self.algorithm,
+            follow=False,
+            host=self.hosts[index],
+            expected_digest=self.digests[index],
+        )
+
+
+@dataclass
+class BatchResult:
+    """The outcome of a DigestBatch: for each file its size and mtime (-1 and 0.0 for a file that
+    did not match), and a full HashResult for each file that did not match, by its index."""
+
+    request: DigestBatch
+    sizes: List[int]
+    mtimes: List[float]
+    others: Dict[int, HashResult]
+
+    @property
+    def matched_bytes(self) -> int:
+        """The bytes of the files that matched (the others' sizes are -1 each)."""
+        return sum(self.sizes) + len(self.others)
+
+
 def hash_one(target: Target, request: HashRequest) -> HashResult:
     """Hash one file of the target in this thread; never raises for problems of the file itself."""
     return _result(target, request, _run_here(target, request, lambda: False))
@@ -120,7 +174,8 @@ def hash_files(
     settings: Union[int, Any] = 1,
     stats: Dict[str, Any] | None = None,
 ) -> Iterator[HashResult]:
-    """Hash files, yielding one HashResult per request, in request order.
+    """Hash files, yielding one HashResult per request (a BatchResult per DigestBatch), in request
+    order.
 
     `settings` is the checkers' Context (its `jobs`, `io_depth` and `progress`), or a number of jobs.
     `stats`, when given, gets a `reading` entry saying how the files were read (worker processes,
@@ -228,6 +283,9 @@ class _Call:
         # seq -> (request, True while a worker process holds it)
         self.in_flight: Dict[int, tuple] = {}
         self.done: Dict[int, HashResult] = {}
+        # Files of the requests not yet yielded (a batch counts each of its files): what `capacity`
+        # bounds.
+        self.held = 0
 
     def _use(self, pool) -> None:
         if pool is not None:
@@ -259,7 +317,7 @@ class _Call:
                 # A whole window at a time, when there is room for one (one message per worker, and
                 # files sorted together): everything not yet yielded counts, also the results that
                 # wait for the one before them.
-                while not exhausted and len(self.in_flight) + len(self.done) + _WINDOW <= self.capacity:
+                while not exhausted and self.held + _WINDOW <= self.capacity:
                     while len(window) < _WINDOW:
                         try:
                             request = next(requests)
@@ -267,6 +325,7 @@ class _Call:
                             exhausted = True
                             break
                         window.append((next_seq, request))
+                        self.held += _weight(request)
                         next_seq += 1
                     if window:
                         self._dispatch(window)
@@ -275,6 +334,7 @@ class _Call:
                     self._receive(block=False)
                 if next_out in self.done:
                     result = self.done.pop(next_out)
+                    self.held -= _weight(result.request)
                     next_out += 1
                     yield result
                     continue
@@ -289,10 +349,11 @@ class _Call:
 
     def _dispatch(self, window: List[tuple]) -> None:
         """Hand a window of requests out, in path order (the files of a directory together)."""
-        if self.jobs > 1 and self.pool is None and self.dispatched >= START_AFTER:
+        files = sum(_weight(request) for _, request in window)
+        if self.jobs > 1 and self.pool is None and self.dispatched + files > START_AFTER:
             self._use(workers.workers(self.jobs, self.depth))
             self.threads = workers.threads(1 if self.remote else self.depth)
-        self.dispatched += len(window)
+        self.dispatched += files
         window.sort(key=lambda item: item[1].host or item[1].path)
         remote: List[tuple] = []
         for seq, request in window:
@@ -343,8 +404,8 @@ class _Call:
             return
         result = _result(self.target, entry[0], reply)
         self.done[reply[0]] = result
-        if self.progress is not None and result.digest is not None:
-            self.progress.add_bytes(result.size or 0)
+        if self.progress is not None:
+            self.progress.add_bytes(_bytes_read(result))
 
     def _rescue(self) -> None:
         """The worker processes are gone: what they held, and the rest of the call, runs on threads."""
@@ -358,6 +419,17 @@ class _Call:
             self._on_thread(seq, request)
 
 
+def _weight(request) -> int:
+    """Files a request stands for (a batch, each of its files)."""
+    return len(request.hosts) if isinstance(request, DigestBatch) else 1
+
+
+def _bytes_read(result) -> int:
+    if isinstance(result, BatchResult):
+        return result.matched_bytes + sum(_bytes_read(other) for other in result.others.values())
+    return result.size or 0 if result.digest is not None else 0
+
+
 def _run_here(target: Target, request: HashRequest, stopped) -> tuple:
     """A reply tuple (as a worker sends it) for one request read in this process."""
     try:
@@ -369,6 +441,8 @@ def _run_here(target: Target, request: HashRequest, stopped) -> tuple:
 
 def _job(seq: int, request: HashRequest, host: Optional[bytes] = None) -> tuple:
     """The tuple a worker process gets for a request (`host`: its path here, resolved already)."""
+    if isinstance(request, DigestBatch):
+        return (seq, request.hosts, reader.HOSTS, request.algorithm, -1, None, request.digests)
     host = request.host if host is None else host
     if host is not None:
         path, how = host, reader.HOST
@@ -384,6 +458,11 @@ def _expected(request: HashRequest) -> int:
 
 def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
     status = reply[1]
+    if status == reader.BATCH:
+        _, _, sizes, mtimes, others, dropped = reply
+        target.cache_drop_failures += dropped
+        results = {other[0]: _result(target, request.request(other[0]), other) for other in others}
+        return BatchResult(request, sizes, mtimes, results)
     if status == reader.MATCHED:
         if reply[4]:
             target.cache_drop_failures += 1
@@ -397,7 +476,8 @@ def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
     if status == reader.NOT_REGULAR:
         return HashResult(request, error=NotRegularFile(request.path, reply[2]))
     if status == reader.BUG:
-        raise RuntimeError(f"reading {target.display(request.path)} failed: {reply[2]}")
+        what = request.paths[0] if isinstance(request, DigestBatch) else request.path
+        raise RuntimeError(f"reading {target.display(what)} failed: {reply[2]}")
     return HashResult(request, error=OSError(status, reply[2], request.path))
 
 

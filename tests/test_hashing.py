@@ -18,7 +18,16 @@ import pytest
 from fixtures.corrupt import replace_with_fifo
 from fsaudit import reader, workers
 from fsaudit.checker import Context
-from fsaudit.hashing import ABSURD_SIZE, SPARSE, HashRequest, hash_files, hash_one, read_files, start_workers
+from fsaudit.hashing import (
+    ABSURD_SIZE,
+    SPARSE,
+    DigestBatch,
+    HashRequest,
+    hash_files,
+    hash_one,
+    read_files,
+    start_workers,
+)
 from fsaudit.reader import SPARSE_LIMIT, STAT_FIELDS, NotRegularFile
 from fsaudit.scan import scan_tree
 from fsaudit.target import Target
@@ -527,3 +536,81 @@ def test_a_file_that_has_the_expected_digest_comes_back_matched_without_its_stat
     assert not holes.matched and holes.holes > 0  # holes are reported, matched or not
     assert not gone.matched and isinstance(gone.error, FileNotFoundError)
     workers.shutdown()
+
+
+def _batches(root):
+    """Every file of the tree in batches of 7, each with its right digest except a few."""
+    names = [f"f{n:03d}" for n in range(300)] + ["empty", "big", "holes", "link", "pipe", "sub", "gone"]
+    paths, hosts, digests = [], [], []
+    for name in names:
+        host = os.fsencode(root / "d" / name)
+        digest = "0" * 32
+        if os.path.isfile(host):
+            with open(host, "rb") as handle:
+                digest = hashlib.md5(handle.read()).hexdigest()
+        paths.append(b"/d/" + name.encode())
+        hosts.append(host)
+        digests.append("f" * 32 if name in ("f007", "f123") else digest)
+    return [
+        DigestBatch(paths[start : start + 7], hosts[start : start + 7], digests[start : start + 7], key=start)
+        for start in range(0, len(names), 7)
+    ]
+
+
+@pytest.mark.parametrize("jobs,depth", SETTINGS)
+def test_a_batch_sends_back_only_what_does_not_match(tree, jobs, depth):
+    # Files that have their expected digests come back as a size and an mtime; every other file
+    # comes back as its own request would, at any setting.
+    target = Target(tree)
+    batches = _batches(tree)
+    stats = {}
+    results = list(hash_files(target, iter(batches), Context(jobs=jobs, io_depth=depth), stats))
+    assert [r.request for r in results] == batches
+    others = {}
+    for batch, result in zip(batches, results):
+        assert len(result.sizes) == len(result.mtimes) == len(batch.hosts)
+        for index, host in enumerate(batch.hosts):
+            if index in result.others:
+                others[batch.paths[index]] = result.others[index]
+                assert result.sizes[index] == -1
+                continue
+            here = os.lstat(host)
+            assert (result.sizes[index], result.mtimes[index]) == (here.st_size, here.st_mtime)
+        single = [batch.request(index) for index in sorted(result.others)]
+        alone = list(hash_files(target, single, Context(jobs=1)))
+        assert [_outcome(r) for r in result.others.values()] == [_outcome(r) for r in alone]
+        assert result.matched_bytes == sum(
+            os.lstat(batch.hosts[i]).st_size for i in range(len(batch.hosts)) if i not in result.others
+        )
+    assert sorted(others) == [
+        b"/d/" + name for name in (b"f007", b"f123", b"gone", b"holes", b"link", b"pipe", b"sub")
+    ]
+    assert others[b"/d/f007"].digest == hashlib.md5((tree / "d" / "f007").read_bytes()).hexdigest()
+    assert others[b"/d/holes"].holes > 0  # holes are reported, matched or not
+    assert isinstance(others[b"/d/gone"].error, FileNotFoundError)
+    assert isinstance(others[b"/d/pipe"].error, NotRegularFile)
+    assert others[b"/d/link"].error.errno == 40  # ELOOP: a batch never follows a final symlink
+    expected = "worker processes" if jobs > 1 else "threads of one process (--jobs 1)"
+    assert expected in stats["reading"]
+
+
+def test_a_worker_that_dies_hands_its_batches_to_threads(tree):
+    target = Target(tree)
+    batches = _batches(tree)
+    reference = [_batch_outcome(r) for r in hash_files(target, batches, Context(jobs=1))]
+    workers.shutdown()
+    workers.Workers.failure = ""
+    start_workers(Context(jobs=2, io_depth=2))
+    stats = {}
+    results = hash_files(target, iter(batches), Context(jobs=2, io_depth=2), stats)
+    outcomes = [_batch_outcome(next(results))]
+    for pid in _worker_pids(os.getpid()):
+        os.kill(pid, signal.SIGKILL)
+    outcomes.extend(_batch_outcome(r) for r in results)
+    assert outcomes == reference
+    assert "a worker process ended unexpectedly" in stats["reading"]
+    workers.Workers.failure = ""  # the next tests may start workers again
+
+
+def _batch_outcome(result):
+    return result.sizes, result.mtimes, {index: _outcome(other) for index, other in result.others.items()}

@@ -8,11 +8,12 @@ into Findings.
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
 from typing import Dict, Iterator, List, Tuple
 
 from fsaudit import outcomes
 from fsaudit.checker import Checker, Option, Skip
-from fsaudit.hashing import hash_files, start_workers
+from fsaudit.hashing import BatchResult, hash_files, start_workers
 from fsaudit.model import Finding
 from fsaudit.target import Target
 from fsaudit_checks.debian import dpkg_db, placement
@@ -104,7 +105,7 @@ class _Audit:
         self.cache = AptCache(target)
         # Host path -> (digest, size, mtime, error, holes, anomaly): a file listed twice is read once.
         self.hashed: Dict[bytes, tuple] = {}
-        # The checker's own counter, not a method around it: it runs three times per packaged file.
+        # The checker's own counter, not a method around it (the planner and the judge count with it).
         self.count = checker.count
 
     def finding(self, problem: Problem) -> Finding:
@@ -216,23 +217,28 @@ class _Audit:
             while True:
                 item = order.popleft()
                 if item.request is result.request:
-                    self.hashed[item.host] = (
-                        result.digest,
-                        result.size,
-                        result.mtime,
-                        result.error,
-                        result.holes,
-                        result.anomaly,
-                    )
-                    if result.matched:
-                        self.judge.matched(item, result)
-                    else:
-                        yield from self._judged(self.judge.file(item, result))
+                    self._keep(result)
+                    yield from self._judged(self.judge.batch(item, result))
                     break
                 yield from self._process(item)
         while order:
             yield from self._process(order.popleft())
         yield from self._judged(self.judge.finish())
+
+    def _keep(self, result: BatchResult) -> None:
+        """What a batch found of each file, for later items that share one of them."""
+        batch = result.request
+        matched = zip(batch.digests, result.sizes, result.mtimes, repeat(None), repeat(0), repeat(None))
+        self.hashed.update(zip(batch.hosts, matched))
+        for index, other in result.others.items():
+            self.hashed[batch.hosts[index]] = (
+                other.digest,
+                other.size,
+                other.mtime,
+                other.error,
+                other.holes,
+                other.anomaly,
+            )
 
     def _process(self, item: Item) -> Iterator[Finding]:
         if item.kind == "problem":

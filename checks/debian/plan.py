@@ -1,5 +1,6 @@
 """Planning what the debian checker verifies: every path each package lists, in database order, with
-what it is compared with, and the hash requests for the regular files among them.
+what it is compared with, and the hash requests for the regular files among them: batches of a
+package's files (`DigestBatch`), so that the audit process does nothing per file that matches.
 
 Nothing here decides whether something is damaged: what the database itself says is wrong (a
 damaged `.list`, a package without checksums) is handed on as a problem built by the verdicts, and
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from fsaudit.hashing import HashRequest
+from fsaudit.hashing import DigestBatch
 from fsaudit.target import Target
 from fsaudit_checks.debian import debfile, dpkg_db, placement
 from fsaudit_checks.debian.classify import AptCache
@@ -33,21 +34,61 @@ class Owner:
     damaged: List[Tuple[bytes, bytes, dict]] = field(default_factory=list)
 
 
+# Files of a package hashed as one request: few enough that a window of them keeps every reader busy
+# on network storage, and that the last of them are shared out evenly (with 128 the debian audit of
+# a cached 1 GB tree took 15 % longer than with 32).
+BATCH = 32
+
+
 @dataclass
 class Item:
-    """One thing to verify, in database order. `request` is set when this item hashes the file;
-    items that share a file with an earlier one (same host path) reuse that result."""
+    """One thing to verify, in database order. A "batch" item hashes files of its package (`request`,
+    a DigestBatch; `entries`: the (kind, path, expected digest) of each, its location being the
+    batch's path); a "file" or "conffile" item is one that shares its file with an earlier one (same
+    host path) and reuses that result, or one whose path could not be resolved (`error`)."""
 
     owner: Owner
-    kind: str  # "file", "conffile", "other", "end", "problem"
+    kind: str  # "batch", "file", "conffile", "other", "end", "problem"
     path: bytes = b""
     location: bytes = b""
     expected: str = ""
     host: bytes = b""
     parent: bool = False
-    request: HashRequest | None = None
+    request: DigestBatch | None = None
     error: OSError | None = None
     problem: object = None
+    entries: List[Tuple[str, bytes, str]] = field(default_factory=list)
+
+
+class _Batch:
+    """A package's files on their way into DigestBatches of BATCH files."""
+
+    def __init__(self, owner: Owner):
+        self.owner = owner
+        self._start()
+
+    def _start(self) -> None:
+        self.entries: List[Tuple[str, bytes, str]] = []
+        self.locations: List[bytes] = []
+        self.hosts: List[bytes] = []
+        self.digests: List[str] = []
+
+    def add(self, kind: str, path: bytes, location: bytes, host: bytes, expected: str) -> Optional[Item]:
+        """A file into the batch; the batch's item when it is full."""
+        self.entries.append((kind, path, expected))
+        self.locations.append(location)
+        self.hosts.append(host)
+        self.digests.append(expected.lower())
+        return self.take() if len(self.hosts) >= BATCH else None
+
+    def take(self) -> Optional[Item]:
+        """The item of the files added since the last one, if any."""
+        if not self.hosts:
+            return None
+        request = DigestBatch(self.locations, self.hosts, self.digests, "md5")
+        item = Item(self.owner, "batch", request=request, entries=self.entries)
+        self._start()
+        return item
 
 
 @dataclass
@@ -81,31 +122,20 @@ class Planner:
         self.hashes_from_cache = hashes_from_cache
         self.cache = cache
 
-    def requests(self, packages: List[Package], order: deque) -> Iterator[HashRequest]:
-        """Hash requests for every regular file of `packages`; every item goes to `order` as well,
+    def requests(self, packages: List[Package], order: deque) -> Iterator[DigestBatch]:
+        """The batches that hash every regular file of `packages`; every item goes to `order` as well,
         so results can be matched with their items in database order."""
         requested: Set[bytes] = set()
         for package in packages:
-            for item in self.items(package):
-                if item.kind in ("file", "conffile") and item.error is None:
-                    if item.host not in requested:
-                        requested.add(item.host)
-                        item.request = HashRequest(
-                            item.location,
-                            "md5",
-                            key=item.host,
-                            follow=False,
-                            host=item.host,
-                            expected_digest=item.expected.lower(),
-                        )
-                        order.append(item)
-                        yield item.request
-                        continue
-                    self.count("shared_files", 1)
+            for item in self.items(package, requested):
                 order.append(item)
+                if item.request is not None:
+                    yield item.request
 
-    def items(self, package: Package) -> Iterator[Item]:
-        """Everything to verify for one package, ending with an "end" item."""
+    def items(self, package: Package, requested: Set[bytes]) -> Iterator[Item]:
+        """Everything to verify for one package, ending with an "end" item. A file goes into a batch
+        unless an earlier one hashes its host path (in `requested`, which it joins): then it is an
+        item of its own, after the batch that hashes it."""
         target = self.target
         judge = self.judge
         owner = Owner(package)
@@ -147,19 +177,29 @@ class Planner:
         self.count("excluded", len(extra) - len(unlisted))
         if unlisted and not from_cache:
             yield Item(owner, "problem", problem=judge.unlisted(owner, unlisted))
+        batch = _Batch(owner)
         for path in listed + unlisted:
-            if path in conffiles:
-                yield self._file_item(owner, "conffile", path, conffiles[path].md5)
-            elif path in sums:
-                yield self._file_item(owner, "file", path, sums[path])
+            # Once per packaged path (25,000 in the benchmark's audit): a file costs a few lookups
+            # and appends here, nothing more until its batch comes back.
+            expected = sums.get(path)
+            conffile = conffiles.get(path) if conffiles else None
+            if conffile is not None:
+                extra = self._file(batch, requested, "conffile", path, conffile.md5)
+            elif expected is not None:
+                extra = self._file(batch, requested, "file", path, expected)
             elif path in unchecked_conffiles:
                 continue
             else:
                 location = placement.diverted_location(path, package.name, self.database.diversions)
-                yield Item(owner, "other", path, location, parent=path in parents)
+                extra = (Item(owner, "other", path, location, parent=path in parents),)
+            if extra:
+                yield from extra
         for path, conffile in conffiles.items():
             if path not in listed_set:
-                yield self._file_item(owner, "conffile", path, conffile.md5)
+                yield from self._file(batch, requested, "conffile", path, conffile.md5)
+        last = batch.take()
+        if last is not None:
+            yield last
         yield Item(owner, "end")
 
     def _not_checked(self, owner: Owner) -> Iterator[Item]:
@@ -204,11 +244,24 @@ class Planner:
             return None, f"its .deb in the apt cache cannot be read: {error}"
         return {path: md5 for path, (kind, md5) in members.items() if kind == "file" and md5}, None
 
-    def _file_item(self, owner: Owner, kind: str, path: bytes, expected: str) -> Item:
-        location = placement.diverted_location(path, owner.package.name, self.database.diversions)
-        item = Item(owner, kind, path, location, expected=expected)
+    def _file(
+        self, batch: _Batch, requested: Set[bytes], kind: str, path: bytes, expected: str
+    ) -> Sequence[Item]:
+        """A packaged file into the batch; the items to yield now (a full batch, or an item of its own)."""
+        owner = batch.owner
+        diversions = self.database.diversions
+        location = placement.diverted_location(path, owner.package.name, diversions) if diversions else path
         try:
-            item.host = self.target.resolve(location, follow=False)
+            host = self.target.resolve(location, follow=False)
         except OSError as error:
-            item.error = error
-        return item
+            return (Item(owner, kind, path, location, expected=expected, error=error),)
+        if host in requested:
+            # Listed twice (by two packages, or through a symlinked directory): read once. The
+            # batch that reads it may be this one: it goes first.
+            self.count("shared_files", 1)
+            shared = Item(owner, kind, path, location, expected=expected, host=host)
+            first = batch.take()
+            return (shared,) if first is None else (first, shared)
+        requested.add(host)
+        full = batch.add(kind, path, location, host, expected)
+        return () if full is None else (full,)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from fsaudit import outcomes
 from fsaudit.target import Target
@@ -37,14 +37,23 @@ class Removals:
     def note(self, location: bytes, install_time: Optional[float]) -> None:
         """A packaged path, installed at `install_time` (its package's `.list` time)."""
         if install_time is not None:
-            # Called for every packaged file: the common case (the same directory and package as
-            # the one before) costs os.path.dirname's own steps and a comparison.
-            directory = location[: location.rfind(b"/") + 1]
-            if directory and directory != b"/" * len(directory):
-                directory = directory.rstrip(b"/")
-            if (directory, install_time) != self._last:
-                self._last = (directory, install_time)
-                self.installed.setdefault(directory, set()).add(install_time)
+            self._note_directory(location[: location.rfind(b"/") + 1], install_time)
+
+    def note_all(self, locations: Iterable[bytes], install_time: Optional[float]) -> None:
+        """Packaged paths of one package (a batch of its files): each of their directories once."""
+        if install_time is not None:
+            for head in {location[: location.rfind(b"/") + 1] for location in locations}:
+                self._note_directory(head, install_time)
+
+    def _note_directory(self, head: bytes, install_time: float) -> None:
+        # `head`: a path up to its last slash. The common case (the same directory and package as
+        # the one before) costs os.path.dirname's own steps and a comparison.
+        directory = head
+        if directory and directory != b"/" * len(directory):
+            directory = directory.rstrip(b"/")
+        if (directory, install_time) != self._last:
+            self._last = (directory, install_time)
+            self.installed.setdefault(directory, set()).add(install_time)
 
     def hold(self, problem, location: bytes, install_time: Optional[float]) -> None:
         """A problem saying the packaged path `location` is gone, to be judged at the end."""

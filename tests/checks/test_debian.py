@@ -366,6 +366,50 @@ def test_merged_usr_alias_is_followed_and_hashed_once(tmp_path):
     }
 
 
+def test_a_package_of_many_files_is_verified_in_batches_and_every_damage_is_found(tmp_path):
+    # Files are hashed a batch at a time, and only those that do not match come back one by one:
+    # damage in the first and the last batch, a missing file between them, and a changed conffile
+    # are each reported, and every other file is counted as verified.
+    root = make_root(tmp_path / "root")
+    files = {f"/usr/share/many/f{n:03d}": b"file %d\n" % n for n in range(100)}
+    files["/etc/many.conf"] = b"setting = 1\n"
+    install(root, make_deb(tmp_path, "many", files=files, conffiles=["/etc/many.conf"]))
+    run = audit(root)
+    assert run.code == 0, run.stdout
+    stats = run.check("debian")["stats"]
+    assert (stats["files_verified"], stats["conffiles_verified"], stats["files_hashed"]) == (100, 1, 101)
+    assert stats["bytes_hashed"] == sum(len(content) for content in files.values())
+    for number in (3, 97):
+        flip_byte(root / f"usr/share/many/f{number:03d}")
+    os.unlink(root / "usr/share/many/f050")
+    (root / "etc/many.conf").write_bytes(b"setting = 2\n")
+    run = audit(root)
+    assert run.code == 2
+    assert paths(run, "content-differs") == {"/usr/share/many/f003", "/usr/share/many/f097"}
+    assert paths(run, "missing") == {"/usr/share/many/f050"}
+    assert paths(run, "conffile-changed") == {"/etc/many.conf"}
+    stats = run.check("debian")["stats"]
+    assert (stats["files_verified"], stats["conffiles_verified"], stats["files_hashed"]) == (99, 1, 100)
+
+
+def test_a_path_listed_twice_in_one_file_list_is_read_once(tmp_path):
+    # A damaged (or forged) info/*.list names a file twice: the second entry shares the first one's
+    # result, although both are in the same batch of the package's files, and its damage is one
+    # finding (one path of one package).
+    root = make_root(tmp_path / "root")
+    files = {f"/usr/share/twice/f{n:02d}": b"file %d\n" % n for n in range(10)}
+    install(root, make_deb(tmp_path, "twice", files=files))
+    listing = root / "var/lib/dpkg/info/twice.list"
+    listing.write_bytes(listing.read_bytes() + b"/usr/share/twice/f04\n")
+    run = audit(root)
+    assert run.code == 0, run.stdout
+    stats = run.check("debian")["stats"]
+    assert (stats["shared_files"], stats["files_hashed"], stats["files_verified"]) == (1, 10, 11)
+    flip_byte(root / "usr/share/twice/f04")
+    run = audit(root)
+    assert [f["path"] for f in run.findings("debian", "content-differs")] == ["/usr/share/twice/f04"]
+
+
 def test_diverted_file_is_checked_where_it_lives(tmp_path):
     root = make_root(tmp_path / "root")
     original = make_deb(tmp_path, "original", files={"/usr/bin/prog": b"the real program\n"})
