@@ -194,6 +194,11 @@ class Workers:
         """Give jobs of one kind ("hash", "scan") to the least busy worker; False when none is left."""
         with self.lock:
             index = min(range(len(self.processes)), key=self.outstanding.__getitem__)
+        return self.send_to(index, kind, epoch, header, jobs)
+
+    def send_to(self, index: int, kind: str, epoch: int, header: tuple, jobs: List[tuple]) -> bool:
+        """Give jobs to the worker `index`; False when none is left."""
+        with self.lock:
             self.outstanding[index] += len(jobs)
         return self._write(index, (kind, epoch, header, jobs))
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -614,3 +615,30 @@ def test_a_worker_that_dies_hands_its_batches_to_threads(tree):
 
 def _batch_outcome(result):
     return result.sizes, result.mtimes, {index: _outcome(other) for index, other in result.others.items()}
+
+
+def test_a_worker_that_runs_out_takes_over_half_of_what_another_still_holds(tree, monkeypatch):
+    # Once every request is handed out, an idle worker is given copies of the last requests a busy
+    # one holds; whichever reads a file first answers, and the results are those of one reader.
+    target = Target(tree)
+    batches = _batches(tree)
+    reference = [_batch_outcome(r) for r in hash_files(target, batches, Context(jobs=1))]
+    workers.shutdown()
+    workers.Workers.failure = ""
+    start_workers(Context(jobs=2, io_depth=2))
+    pool = workers.Workers.current
+    sent = {0: [], 1: []}
+    send_to = pool.send_to
+
+    def slow_first_worker(index, kind, epoch, header, jobs):
+        sent[index] += [job[0] for job in jobs]
+        if index == 0:  # its first message arrives late: the other worker runs out meanwhile
+            threading.Timer(0.5, send_to, (index, kind, epoch, header, jobs)).start()
+            return True
+        return send_to(index, kind, epoch, header, jobs)
+
+    monkeypatch.setattr(pool, "send_to", slow_first_worker)
+    results = [_batch_outcome(r) for r in hash_files(target, iter(batches), Context(jobs=2, io_depth=2))]
+    assert results == reference
+    assert set(sent[0]) & set(sent[1]), sent  # copies went to the idle worker
+    workers.shutdown()

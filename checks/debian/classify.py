@@ -7,12 +7,10 @@ never reached the disk). Naming the trace helps the owner judge the incident.
 
 from __future__ import annotations
 
-import hashlib
 import stat
 from typing import IO, Dict, List, Optional, Tuple
 
 from fsaudit.target import Target
-from fsaudit_checks.debian import debfile
 from fsaudit_checks.debian.dpkg_db import Package
 
 BLOCK = 4096
@@ -112,6 +110,8 @@ class _Hashing:
     """A reader that hashes what passes through it."""
 
     def __init__(self, raw: IO[bytes]):
+        import hashlib
+
         self.raw = raw
         self.digest = hashlib.md5()
 
@@ -130,6 +130,8 @@ class AptCache:
 
     def deb(self, package: Package) -> Optional[bytes]:
         """The cached .deb of the installed version of `package`, if any."""
+        from fsaudit_checks.debian import debfile  # reading .deb files: only for damage
+
         path = (
             debfile.ARCHIVES + b"/" + debfile.cache_name(package.name, package.version, package.architecture)
         )
@@ -143,6 +145,8 @@ class AptCache:
     def older(self, package: Package) -> List[Tuple[str, bytes]]:
         """(version, path) of cached .deb files of older versions of `package`, newest first."""
         from debian.debian_support import Version
+
+        from fsaudit_checks.debian import debfile  # reading .deb files: only for damage
 
         if self._names is None:
             try:
@@ -180,6 +184,8 @@ class AptCache:
             return {"classification": "unknown"}
 
     def _match_older(self, package: Package, wanted: dict) -> None:
+        from fsaudit_checks.debian import debfile  # reading .deb files: only for damage
+
         for version, deb in self.older(package):
             open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
             if not open_paths:
@@ -194,6 +200,8 @@ class AptCache:
                     details.update(classification="older-version", matches_version=version)
 
     def _compare(self, deb: bytes, wanted: dict) -> None:
+        from fsaudit_checks.debian import debfile  # reading .deb files: only for damage
+
         open_paths = {p for p, (_, d) in wanted.items() if "classification" not in d}
         if not open_paths:
             return
