@@ -583,11 +583,11 @@ def _die_with_the_parent() -> None:
     """Ask the kernel to kill this worker when the process that started it dies (belt and braces:
     end-of-file on stdin ends it too, once its current read returns)."""
     try:
+        import _signal
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, int(_signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
 
@@ -596,13 +596,15 @@ def main() -> None:
     """A worker process: `threads` reader threads run the jobs that arrive on stdin, and the replies
     leave on stdout in batches. End-of-file on stdin (the engine is done, or its process died) ends
     the worker at once, whatever its threads are reading."""
+    # The interpreter's own modules under threading, queue and signal: importing those took each
+    # worker 6 ms of its start (functools, collections, enum), while the check waited for it.
+    import _queue
+    import _signal
+    import _thread
     import heapq
     import itertools
-    import queue
-    import signal
-    import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # Ctrl-C is the engine's to handle
     parent = os.getppid()
     _die_with_the_parent()
     if os.getppid() != parent:
@@ -616,12 +618,12 @@ def main() -> None:
     # of its later siblings, and the walk waited for them. A token per entry wakes a reader; while
     # one reader is enough, a message's hash jobs wait as one entry (`hashes`).
     pending: list = []
-    tokens: queue.SimpleQueue = queue.SimpleQueue()
+    tokens = _queue.SimpleQueue()
     arrival = itertools.count()
-    queued = threading.Lock()
+    queued = _thread.allocate_lock()
     cancelled: set = set()
     replies: list = []
-    lock = threading.Lock()
+    lock = _thread.allocate_lock()
     flushing = [False]
     held = [0.0]
 
@@ -658,7 +660,7 @@ def main() -> None:
 
     def start_reader() -> None:
         running[0] += 1
-        threading.Thread(target=reader, daemon=True).start()
+        _thread.start_new_thread(reader, ())
 
     def reader() -> None:
         jobs, waits = Jobs(), DiskWaits()
