@@ -103,8 +103,8 @@ class _Audit:
         self.checker = checker
         self.target = target
         self.cache = AptCache(target)
-        # Host path -> (digest, size, mtime, error, holes, anomaly): a file listed twice is read once.
-        self.hashed: Dict[bytes, tuple] = {}
+        # Host path -> the result of the batch that read it: a file listed twice is read once.
+        self.hashed: Dict[bytes, BatchResult] = {}
         # The checker's own counter, not a method around it (the planner and the judge count with it).
         self.count = checker.count
 
@@ -226,19 +226,8 @@ class _Audit:
         yield from self._judged(self.judge.finish())
 
     def _keep(self, result: BatchResult) -> None:
-        """What a batch found of each file, for later items that share one of them."""
-        batch = result.request
-        matched = zip(batch.digests, result.sizes, result.mtimes, repeat(None), repeat(0), repeat(None))
-        self.hashed.update(zip(batch.hosts, matched))
-        for index, other in result.others.items():
-            self.hashed[batch.hosts[index]] = (
-                other.digest,
-                other.size,
-                other.mtime,
-                other.error,
-                other.holes,
-                other.anomaly,
-            )
+        """The batch that read each file, for later items that share one of them."""
+        self.hashed.update(zip(result.request.hosts, repeat(result)))
 
     def _process(self, item: Item) -> Iterator[Finding]:
         if item.kind == "problem":

@@ -113,19 +113,18 @@ class Judge:
             else locations
         )
         self.verified.update(matched)
-        conffiles = sum(
-            1 for index, entry in enumerate(item.entries) if entry[0] == "conffile" and index not in others
-        )
+        kinds, paths, expected = item.entries
+        conffiles = kinds.count("conffile") - sum(1 for index in others if kinds[index] == "conffile")
         self.count("files_verified", len(matched) - conffiles)
         if conffiles:
             self.count("conffiles_verified", conffiles)
         self.count("files_hashed", len(matched))
         self.count("bytes_hashed", result.matched_bytes)
         for index in sorted(others):
-            kind, path, expected = item.entries[index]
             single = Item(
-                owner, kind, path, locations[index], expected, request.hosts[index], request=request
+                owner, kinds[index], paths[index], locations[index], expected[index], request.hosts[index]
             )
+            single.request = request
             yield from self.file(single, others[index])
 
     def _verified(self, item: Item, result: HashResult) -> None:
@@ -513,9 +512,16 @@ class Judge:
         )
 
 
-def result_of(item: Item, hashed: tuple) -> HashResult:
-    """The hash result of an item that shares its file with an earlier one (or failed to resolve)."""
+def result_of(item: Item, hashed: BatchResult | None) -> HashResult:
+    """The hash result of an item that shares its file with an earlier one (`hashed`: the result of
+    the batch that read it), or that failed to resolve."""
+    request = HashRequest(item.location)
     if item.error is not None:
-        return HashResult(HashRequest(item.location), error=item.error)
-    digest, size, mtime, error, holes, anomaly = hashed
-    return HashResult(HashRequest(item.location), digest, size, mtime, error, holes=holes, anomaly=anomaly)
+        return HashResult(request, error=item.error)
+    index = hashed.request.hosts.index(item.host)
+    other = hashed.others.get(index)
+    if other is None:  # it has the digest that batch expected
+        return HashResult(request, hashed.request.digests[index], hashed.sizes[index], hashed.mtimes[index])
+    return HashResult(
+        request, other.digest, other.size, other.mtime, other.error, holes=other.holes, anomaly=other.anomaly
+    )
