@@ -96,7 +96,7 @@ class Resolver:
     def __init__(self, root: bytes):
         self.root = root
         # directory components -> (its path on this machine, symlinks followed to get there, whether
-        # a component on the way is missing)
+        # a component on the way is missing, its mode as the walk found it or 0)
         self._dirs: dict = {}
         # the text before a path's last slash -> the directory it resolves to ("" for the live root)
         self._parents: dict = {}
@@ -128,19 +128,26 @@ class Resolver:
     def directory(self, parts: tuple) -> bytes:
         return self._directory(parts)[0]
 
+    def directory_mode(self, path: bytes) -> tuple:
+        """(host path, mode) of `path` resolved as a directory, every symlink followed, from the
+        walk that resolves the paths inside it (no system call when one did); the mode is 0 where
+        the walk did not see it (the root, a component missing, a `..` at the end)."""
+        found = self._directory(tuple(components(path)))
+        return found[0], found[3]
+
     def _directory(self, parts: tuple) -> tuple:
-        """(path, symlinks followed, whether a component is missing) of the directory of `parts`,
-        walked from its parent's, which is cached too: each directory costs one lstat, not one per
-        component of its path. Below a missing component the rest stays literal, as the kernel
-        would not go on either."""
+        """(path, symlinks followed, whether a component is missing, mode or 0) of the directory of
+        `parts`, walked from its parent's, which is cached too: each directory costs one lstat, not
+        one per component of its path. Below a missing component the rest stays literal, as the
+        kernel would not go on either."""
         cached = self._dirs.get(parts)
         if cached is None:
             if not parts:
-                cached = (self.root or b"/", 0, False)
+                cached = (self.root or b"/", 0, False, 0)
             else:
-                start, hops, missing = self._directory(parts[:-1])
+                start, hops, missing, _ = self._directory(parts[:-1])
                 if missing:
-                    cached = (start + b"/" + parts[-1], hops, True)
+                    cached = (start + b"/" + parts[-1], hops, True, 0)
                 else:
                     cached = self._walk(b"" if start == b"/" else start, [parts[-1]], hops)
             if len(self._dirs) >= _DIR_CACHE_LIMIT:
@@ -149,15 +156,17 @@ class Resolver:
         return cached
 
     def _walk(self, start: bytes, parts: list, hops: int) -> tuple:
-        """(path, symlinks followed so far, whether a component is missing) after walking `parts`
-        from `start`."""
+        """(path, symlinks followed so far, whether a component is missing, the mode of the path
+        reached or 0 where the walk did not lstat it) after walking `parts` from `start`."""
         current = start
+        mode = 0
         pending = list(reversed(parts))
         while pending:
             name = pending.pop()
             if name in (b"", b"."):
                 continue
             if name == b"..":
+                mode = 0
                 if len(current) > len(self.root):
                     current = current.rsplit(b"/", 1)[0]
                     if len(current) < len(self.root):
@@ -168,9 +177,10 @@ class Resolver:
                 st = os.lstat(candidate)
             except OSError:
                 # Missing or unreadable: the rest cannot be resolved; keep it literal.
-                return candidate + b"".join(b"/" + part for part in reversed(pending)), hops, True
+                return candidate + b"".join(b"/" + part for part in reversed(pending)), hops, True, 0
             if not stat.S_ISLNK(st.st_mode):
                 current = candidate
+                mode = st.st_mode
                 continue
             hops += 1
             if hops > MAX_SYMLINKS:
@@ -179,8 +189,9 @@ class Resolver:
             link = os.readlink(candidate)
             if link.startswith(b"/"):
                 current = self.root
+                mode = 0
             pending.extend(reversed(components(link)))
-        return current or b"/", hops, False
+        return current or b"/", hops, False, mode
 
 
 def holes(fd: int, st: os.stat_result) -> int:

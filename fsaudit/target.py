@@ -138,6 +138,13 @@ class Target:
         """
         return self._resolver.resolve(_fsencode(path), follow)
 
+    def directory_mode(self, path: PathLike) -> Tuple[bytes, int]:
+        """(host path, mode) of `path` resolved as a directory (every symlink followed inside the
+        root), the mode from the walk that resolved it: without a system call when the files inside
+        it were resolved before. The mode is 0 where the walk did not see it: lstat the host path
+        then. A symlink loop raises OSError(ELOOP)."""
+        return self._resolver.directory_mode(_fsencode(path))
+
     # -- metadata ------------------------------------------------------------------------------
 
     def lstat(self, path: PathLike) -> os.stat_result:

@@ -597,7 +597,8 @@ def test_a_batch_sends_back_only_what_does_not_match(tree, jobs, depth):
 
 def test_a_worker_that_dies_hands_its_batches_to_threads(tree):
     target = Target(tree)
-    batches = _batches(tree)
+    # More files than a call holds at once: some are handed out only after the workers are killed.
+    batches = _batches(tree) * 30
     reference = [_batch_outcome(r) for r in hash_files(target, batches, Context(jobs=1))]
     workers.shutdown()
     workers.Workers.failure = ""

@@ -138,3 +138,19 @@ def test_top_level_paths_of_the_live_root_have_one_slash():
     assert target.resolve("/etc") == b"/etc"
     assert target.resolve("/etc", follow=False) == b"/etc"
     assert target.inner_path(target.resolve("/tmp")) == b"/tmp"
+
+
+def test_a_directory_s_mode_comes_from_the_walk_that_resolved_it(image):
+    # directory_mode resolves a path as a directory, symlinks followed inside the root, with the
+    # mode its walk saw; 0 where the walk did not see one, so that the caller looks itself.
+    target = Target(image)
+    usr_bin = os.fsencode(image / "usr" / "bin")
+    assert target.directory_mode("/bin") == (usr_bin, os.lstat(usr_bin).st_mode)  # through the alias
+    assert target.directory_mode("/usr/bin/ls")[1] == os.lstat(image / "usr" / "bin" / "ls").st_mode
+    assert target.directory_mode("/etc/gone")[1] == 0
+    assert target.directory_mode("/")[1] == 0
+    (image / "usr" / "up").symlink_to("bin/..")
+    assert target.directory_mode("/usr/up") == (os.fsencode(image / "usr"), 0)  # `..` last: not seen
+    with pytest.raises(OSError) as caught:
+        target.directory_mode("/etc/loop-a")
+    assert caught.value.errno == errno.ELOOP

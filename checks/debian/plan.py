@@ -40,7 +40,7 @@ class Owner:
 BATCH = 32
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One thing to verify, in database order. A "batch" item hashes files of its package (`request`,
     a DigestBatch; `entries`: the kinds, paths and expected digests of its files, three lists in the

@@ -294,9 +294,17 @@ class Judge:
         owner = item.owner
         self.removals.note(item.location, owner.install_time)
         try:
-            host = self.target.resolve(item.location, follow=item.parent)
-            if item.parent and host in self.directories_ok:
-                return
+            if item.parent:
+                # A package's directories were walked to resolve its files: their mode is known.
+                host, mode = self.target.directory_mode(item.location)
+                if host in self.directories_ok:
+                    return
+                if stat.S_ISDIR(mode):
+                    self.directories_ok.add(host)
+                    self.count("directories_verified", 1)
+                    return
+            else:
+                host = self.target.resolve(item.location, follow=False)
             st = os.lstat(host)
         except OSError as error:
             yield from self._other_error(item, error)

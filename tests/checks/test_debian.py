@@ -161,6 +161,19 @@ def test_deleted_file_directory_and_symlink_are_missing(tmp_path):
     assert {p for p, flags in said.items() if flags == "missing"} >= paths(run, "missing")
 
 
+def test_a_file_where_a_directory_was_installed_is_the_wrong_type(tmp_path):
+    # A package's directories are judged from the walk that resolved its files; anything but a
+    # directory there is still looked at and reported.
+    root = sample_root(tmp_path)
+    lose(root / "usr/share/doc/sample")
+    (root / "usr/share/doc/sample").write_bytes(b"not a directory\n")
+    run = audit(root)
+    wrong = {f["path"]: f["details"] for f in run.findings("debian", "wrong-type")}
+    found = wrong["/usr/share/doc/sample"]
+    assert (found["found"], found["expected"]) == ("regular file", "directory")
+    assert run.check("debian")["stats"]["directories_verified"] > 0
+
+
 def test_fifo_in_place_of_a_file_does_not_hang(tmp_path):
     root = sample_root(tmp_path)
     replace_with_fifo(root / "usr/bin/sample")
