@@ -68,6 +68,28 @@ def test_truncated_md5sums_drops_the_cut_line(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("limit", [25, 10])
+def test_file_lists_and_md5sums_stop_at_the_most_paths_a_package_holds(tmp_path, monkeypatch, limit):
+    # Within the bound, every line is taken (the common case, without a step per line); past it,
+    # the rest is not read and the damage names the first line left out.
+    monkeypatch.setattr(dpkg_db, "MAX_PATHS", limit)
+    info = tmp_path / "var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    names = [b"/usr/share/p/f%02d" % n for n in range(20)]
+    (info / "p.list").write_bytes(b"/.\n/usr/share/p/\n" + b"".join(name + b"\n" for name in names))
+    (info / "p.md5sums").write_bytes(b"".join(b"%032X  %s\n" % (n, name[1:]) for n, name in enumerate(names)))
+    listed, list_damage = dpkg_db.read_list(Target(tmp_path), b"/var/lib/dpkg/info/p.list")
+    sums, sums_damage = dpkg_db.read_md5sums(Target(tmp_path), b"/var/lib/dpkg/info/p.md5sums")
+    if limit == 25:
+        assert listed == [b"/usr/share/p"] + names and not list_damage
+        assert sums == {name: f"{n:032x}" for n, name in enumerate(names)} and not sums_damage
+    else:
+        assert listed == [b"/usr/share/p"] + names[:9]
+        assert [(d.line, "more than" in d.problem) for d in list_damage] == [(12, True)]
+        assert list(sums) == names[:10]
+        assert [(d.line, "more than" in d.problem) for d in sums_damage] == [(11, True)]
+
+
 def test_diversions_and_their_owner(tmp_path):
     root = make_root(tmp_path / "root")
     (root / "var/lib/dpkg/diversions").write_bytes(b"/a\n/a.real\nwrap\n/b\n/b.local\n:\n/c\n")
