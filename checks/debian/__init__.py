@@ -134,13 +134,13 @@ class _Audit:
             window=context.window,
             classify=self.checker.settings["classify"],
         )
+        start_workers(context)  # the worker processes boot while the database is read
         try:
             packages, damage, applied = dpkg_db.read_status(target)
         except OSError as error:
             yield self.finding(self.judge.status_unreadable(error))
             self.checker.incomplete("the dpkg status file could not be read: no package was verified")
             return
-        start_workers(context)  # the worker processes start while the package lists are read
         # Every counter is shown, zeros too: "0 unreadable" is a statement, a missing key is not.
         for key in _COUNTERS:
             self.count(key, 0)

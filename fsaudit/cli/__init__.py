@@ -7,6 +7,7 @@ create`), loaded like checkers; every command is imported only when it is used."
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import logging
 import os
@@ -107,7 +108,13 @@ def run() -> None:
     ends without tearing the interpreter down. Freeing every module and object one by one took
     10-25 ms after the report was out, a tenth of an audit of an empty root. The exit handlers still
     run (worker processes end, temporary files go) and the output is flushed first; a library
-    caller, a test, and the fleet's bootstrap call `main()` and exit the ordinary way."""
+    caller, a test, and the fleet's bootstrap call `main()` and exit the ordinary way.
+
+    What was imported to get here (click, logging, fsaudit's core) lives as long as the process:
+    it is moved out of the garbage collector's way (gc.freeze), which otherwise walked it again
+    and again while an audit made its objects (the debian audit of 25,000 files: 23 -> 13 ms of
+    collections)."""
+    gc.freeze()
     try:
         main()
     except SystemExit as stop:
