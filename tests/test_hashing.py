@@ -82,13 +82,19 @@ def _outcome(result):
     )
 
 
+def _hashed_in_order(target, requests, jobs, depth):
+    """(results, stats) of hash_files at a setting, the results checked to be in request order."""
+    stats = {}
+    results = list(hash_files(target, iter(requests), Context(jobs=jobs, io_depth=depth), stats))
+    assert [r.request for r in results] == requests
+    return results, stats
+
+
 @pytest.mark.parametrize("jobs,depth", SETTINGS)
 def test_every_setting_gives_the_same_results_in_request_order(tree, jobs, depth):
     target = Target(tree)
     requests = _requests(tree)
-    stats = {}
-    results = list(hash_files(target, iter(requests), Context(jobs=jobs, io_depth=depth), stats))
-    assert [r.request for r in results] == requests
+    results, stats = _hashed_in_order(target, requests, jobs, depth)
     reference = [_outcome(r) for r in hash_files(target, requests, Context(jobs=1, io_depth=1))]
     assert [_outcome(r) for r in results] == reference
     by_name = {r.request.key: r for r in results if r.request.key}
@@ -333,19 +339,22 @@ def test_workers_die_with_a_parent_that_is_killed(tree):
         child.kill()
 
 
-def test_a_worker_that_dies_hands_its_files_to_threads(tree):
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_worker_that_dies_hands_its_work_to_threads(tree, batched):
     target = Target(tree)
-    requests = _requests(tree)
-    reference = [_outcome(r) for r in hash_files(target, requests, Context(jobs=1))]
+    # More files than a call holds at once: some are handed out only after the workers are killed.
+    requests = (_batches(tree) if batched else _requests(tree)) * 30
+    outcome = _batch_outcome if batched else _outcome
+    reference = [outcome(r) for r in hash_files(target, requests, Context(jobs=1))]
     workers.shutdown()
     workers.Workers.failure = ""
-    list(hash_files(target, requests, Context(jobs=2, io_depth=2)))  # starts the workers
+    start_workers(Context(jobs=2, io_depth=2))
     stats = {}
     results = hash_files(target, iter(requests), Context(jobs=2, io_depth=2), stats)
-    outcomes = [_outcome(next(results))]
+    outcomes = [outcome(next(results))]
     for pid in _worker_pids(os.getpid()):
         os.kill(pid, signal.SIGKILL)
-    outcomes.extend(_outcome(r) for r in results)
+    outcomes.extend(outcome(r) for r in results)
     assert outcomes == reference
     assert "a worker process ended unexpectedly" in stats["reading"]
     workers.Workers.failure = ""  # the next tests may start workers again
@@ -564,9 +573,7 @@ def test_a_batch_sends_back_only_what_does_not_match(tree, jobs, depth):
     # comes back as its own request would, at any setting.
     target = Target(tree)
     batches = _batches(tree)
-    stats = {}
-    results = list(hash_files(target, iter(batches), Context(jobs=jobs, io_depth=depth), stats))
-    assert [r.request for r in results] == batches
+    results, stats = _hashed_in_order(target, batches, jobs, depth)
     others = {}
     for batch, result in zip(batches, results):
         assert len(result.sizes) == len(result.mtimes) == len(batch.hosts)
@@ -593,25 +600,6 @@ def test_a_batch_sends_back_only_what_does_not_match(tree, jobs, depth):
     assert others[b"/d/link"].error.errno == 40  # ELOOP: a batch never follows a final symlink
     expected = "worker processes" if jobs > 1 else "threads of one process (--jobs 1)"
     assert expected in stats["reading"]
-
-
-def test_a_worker_that_dies_hands_its_batches_to_threads(tree):
-    target = Target(tree)
-    # More files than a call holds at once: some are handed out only after the workers are killed.
-    batches = _batches(tree) * 30
-    reference = [_batch_outcome(r) for r in hash_files(target, batches, Context(jobs=1))]
-    workers.shutdown()
-    workers.Workers.failure = ""
-    start_workers(Context(jobs=2, io_depth=2))
-    stats = {}
-    results = hash_files(target, iter(batches), Context(jobs=2, io_depth=2), stats)
-    outcomes = [_batch_outcome(next(results))]
-    for pid in _worker_pids(os.getpid()):
-        os.kill(pid, signal.SIGKILL)
-    outcomes.extend(_batch_outcome(r) for r in results)
-    assert outcomes == reference
-    assert "a worker process ended unexpectedly" in stats["reading"]
-    workers.Workers.failure = ""  # the next tests may start workers again
 
 
 def _batch_outcome(result):
