@@ -73,9 +73,6 @@ class HashRequest:
     prefix: Optional[Union[bytes, Callable[[int], bytes]]] = None
     # The host path when the caller already resolved it (Target.resolve with the same `follow`).
     host: Optional[bytes] = None
-    # The digest the caller expects (lowercase hex), when it only needs to know that the file has it:
-    # a file that matches comes back `matched`, with its size and mtime but without its stat.
-    expected_digest: Optional[str] = None
 
 
 @dataclass
@@ -98,8 +95,6 @@ class HashResult:
     stat_fields: tuple | None = field(default=None, repr=False)
     holes: int = 0
     anomaly: str | None = None
-    # The digest is the request's `expected_digest` (then `stat_fields` is None and `holes` 0).
-    matched: bool = False
 
     @property
     def st(self) -> reader.Stat | None:
@@ -138,13 +133,7 @@ class DigestBatch:
 
     def request(self, index: int) -> HashRequest:
         """The request of one of its files, as its own result carries it."""
-        return HashRequest(
-            self.paths[index],
-            self.algorithm,
-            follow=False,
-            host=self.hosts[index],
-            expected_digest=self.digests[index],
-        )
+        return HashRequest(self.paths[index], self.algorithm, follow=False, host=self.hosts[index])
 
 
 @dataclass
@@ -489,7 +478,7 @@ def _job(seq: int, request: HashRequest, host: Optional[bytes] = None) -> tuple:
     else:
         path = request.path if isinstance(request.path, bytes) else os.fsencode(request.path)
         how = reader.FOLLOW if request.follow else reader.RESOLVE
-    return (seq, path, how, request.algorithm, _expected(request), request.prefix, request.expected_digest)
+    return (seq, path, how, request.algorithm, _expected(request), request.prefix, None)
 
 
 def _expected(request: HashRequest) -> int:
@@ -503,10 +492,6 @@ def _result(target: Target, request: HashRequest, reply: tuple) -> HashResult:
         target.cache_drop_failures += dropped
         results = {other[0]: _result(target, request.request(other[0]), other) for other in others}
         return BatchResult(request, sizes, mtimes, results)
-    if status == reader.MATCHED:
-        if reply[4]:
-            target.cache_drop_failures += 1
-        return HashResult(request, request.expected_digest, reply[2], reply[3], matched=True)
     if status == reader.OK:
         digest, fields, holes, anomaly, drop_failed = reply[2:]
         if drop_failed:

@@ -375,7 +375,7 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 # Messages both ways are frames: 4 bytes of little-endian length, then a marshal'ed tuple (the peer is
 # our own process: nothing from the audited system is ever unmarshal'ed). To the worker:
 #   ("hash", epoch, (root, drop_cache), [(seq, path, how, algorithm, expected_size, prefix,
-#       expected digest or None), ...])
+#       a batch's expected digests or None), ...])
 #       how: 0 = resolve `path` inside `root` without following its last component, 1 = following
 #       it, 2 = `path` is already a host path, 3 = `path` is a list of host paths and the expected
 #       digest a list of their digests (a batch: one job, one reply)
@@ -384,10 +384,9 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 #   ("cancel", epoch)
 # From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
 #   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
-#       for a file that is not regular, (seq, -3, size, mtime, cache drop failed) for a file whose
-#       digest is the one the job expected (no holes, no anomaly), (seq, -4, sizes, mtimes, replies,
-#       cache drop failures) for a batch: the size and mtime of each file (-1 and 0.0 where it did
-#       not match), and a reply for each file that did not, with the file's index in the batch as seq,
+#       for a file that is not regular, (seq, -4, sizes, mtimes, replies, cache drop failures) for a
+#       batch: the size and mtime of each file (-1 and 0.0 where it did not match), and a reply for
+#       each file that did not, with the file's index in the batch as seq,
 #   for "scan": (seq, 0, entries, records),
 #   for both: (seq, errno, strerror) for an OSError, (seq, -2, text) for a bug.
 
@@ -409,7 +408,7 @@ STAT_FIELDS = (
     "st_mtime",
     "st_ctime",
 )
-OK, NOT_REGULAR, BUG, MATCHED, BATCH = 0, -1, -2, -3, -4
+OK, NOT_REGULAR, BUG, BATCH = 0, -1, -2, -4
 RESOLVE, FOLLOW, HOST, HOSTS = 0, 1, 2, 3
 
 
@@ -507,9 +506,9 @@ class Jobs:
             return failure(job[0], error)
 
     def hash(self, job: tuple, root: bytes, drop_cache: bool, stopped) -> tuple:
-        seq, path, how, algorithm, expected_size, prefix, expected_digest = job
+        seq, path, how, algorithm, expected_size, prefix, digests = job
         if how == HOSTS:
-            return self.batch(seq, path, algorithm, expected_digest, (root, drop_cache), stopped)
+            return self.batch(seq, path, algorithm, digests, (root, drop_cache), stopped)
         if how == HOST:
             host = path
         else:
@@ -523,10 +522,6 @@ class Jobs:
         digest, st, empty, anomaly, drop_failed = hash_file(
             host, algorithm, expected, prefix, drop_cache, stopped, self.buffer
         )
-        if digest is not None and digest == expected_digest and not empty:
-            # What the caller needs of a file that matches: no stat, no digest back (the reply of
-            # each of 25,000 matching packaged files crossed the pipe with 16 stat fields).
-            return (seq, MATCHED, st.st_size, st.st_mtime, drop_failed)
         return (seq, OK, digest, stat_fields(st), empty, anomaly, drop_failed)
 
     def batch(self, seq: int, hosts: list, algorithm: str, digests: list, header: tuple, stopped) -> tuple:

@@ -516,38 +516,6 @@ def test_a_worker_reads_a_window_in_turn_and_spreads_it_over_more_readers_once_r
         assert most > 1 if concurrent else most == 1, (mode, most)
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_a_file_that_has_the_expected_digest_comes_back_matched_without_its_stat(tree, jobs):
-    # A caller that only needs to know a file has its expected digest says so (expected_digest): a
-    # match comes back `matched` with size and mtime, anything else as it always does.
-    target = Target(tree)
-    data = (tree / "d" / "f100").read_bytes()
-    right = hashlib.md5(data).hexdigest()
-    requests = [
-        HashRequest(b"/d/f100", "md5", follow=False, expected_digest=right),
-        HashRequest(b"/d/f100", "md5", follow=False, expected_digest="0" * 32),
-        HashRequest(
-            b"/d/holes",
-            "md5",
-            follow=False,
-            expected_digest=hashlib.md5((tree / "d" / "holes").read_bytes()).hexdigest(),
-        ),
-        HashRequest(b"/d/gone", "md5", follow=False, expected_digest=right),
-    ]
-    workers.shutdown()
-    start_workers(Context(jobs=jobs))  # with two jobs, worker processes read them all
-    stats = {}
-    matched, differs, holes, gone = hash_files(target, requests, Context(jobs=jobs), stats)
-    assert ("worker processes" in stats["reading"]) == (jobs > 1)
-    here = os.lstat(tree / "d" / "f100")
-    assert matched.matched and matched.digest == right and matched.st is None
-    assert (matched.size, matched.mtime, matched.error) == (len(data), here.st_mtime, None)
-    assert not differs.matched and differs.digest == right and differs.st.st_size == len(data)
-    assert not holes.matched and holes.holes > 0  # holes are reported, matched or not
-    assert not gone.matched and isinstance(gone.error, FileNotFoundError)
-    workers.shutdown()
-
-
 def _batches(root):
     """Every file of the tree in batches of 7, each with its right digest except a few."""
     names = [f"f{n:03d}" for n in range(300)] + ["empty", "big", "holes", "link", "pipe", "sub", "gone"]
