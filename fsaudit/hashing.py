@@ -253,6 +253,8 @@ class _Call:
 
     def __init__(self, target: Target, jobs: int, depth: int, progress, stats):
         self.target = target
+        # What every message to a worker says of the target.
+        self.header = (target.root, bool(target.drop_cache))
         self.jobs = jobs
         self.depth = depth
         self.progress = progress
@@ -321,10 +323,11 @@ class _Call:
                             exhausted = True
                             break
                         window.append((next_seq, request))
-                        self.held += _weight(request)
                         next_seq += 1
                     if window:
-                        self._dispatch(window)
+                        files = sum(_weight(request) for _, request in window)
+                        self.held += files
+                        self._dispatch(window, files)
                         window = []
                 if next_out not in self.done:
                     self._receive(block=False)
@@ -345,9 +348,9 @@ class _Call:
                 self.pool.unregister(self.epoch, cancel=bool(self.in_flight or self.copied))
             self._say_how()
 
-    def _dispatch(self, window: List[tuple]) -> None:
-        """Hand a window of requests out, in path order (the files of a directory together)."""
-        files = sum(_weight(request) for _, request in window)
+    def _dispatch(self, window: List[tuple], files: int) -> None:
+        """Hand a window of requests (of `files` files) out, in path order (the files of a directory
+        together)."""
         if self.jobs > 1 and self.pool is None and self.dispatched + files > START_AFTER:
             self._use(workers.workers(self.jobs, self.depth))
             self.threads = workers.threads(1 if self.remote else self.depth)
@@ -359,7 +362,6 @@ class _Call:
                 remote.append((seq, request))
             else:
                 self._on_thread(seq, request)
-        header = (self.target.root, bool(self.target.drop_cache))
         # One message per worker, the window dealt out in turn: each worker still reads in path
         # order, and a directory's few large files (a package's 4 MB files before its small ones)
         # do not all go to one worker while the others wait.
@@ -370,7 +372,7 @@ class _Call:
                 continue
             index = min(range(count), key=self.load.__getitem__)
             if self.remote and self.pool.send_to(
-                index, "hash", self.epoch, header, [_job(s, r) for s, r in batch]
+                index, "hash", self.epoch, self.header, [_job(s, r) for s, r in batch]
             ):
                 self.load[index] += len(batch)
                 for seq, request in batch:
@@ -395,9 +397,8 @@ class _Call:
         moved = held[len(held) // 2 :] if len(held) > 1 else []
         if not moved:
             return
-        header = (self.target.root, bool(self.target.drop_cache))
         jobs = [_job(seq, self.in_flight[seq][0]) for seq in moved]
-        if self.pool.send_to(idle, "hash", self.epoch, header, jobs):
+        if self.pool.send_to(idle, "hash", self.epoch, self.header, jobs):
             for seq in moved:
                 self.in_flight[seq] = (self.in_flight[seq][0], idle)
             self.copied.update(moved)
