@@ -384,7 +384,7 @@ def scan_directory(host: bytes, start: float, end: float, full: bool) -> tuple:
 #   ("cancel", epoch)
 # From the worker: ("ready", pid) once, then ("done", epoch, [reply, ...]) where a reply is
 #   for "hash": (seq, 0, digest, stat fields, holes, anomaly, cache drop failed), (seq, -1, mode)
-#       for a file that is not regular, (seq, -4, sizes, mtimes, replies, cache drop failures) for a
+#       for a file that is not regular, (seq, -3, sizes, mtimes, replies, cache drop failures) for a
 #       batch: the size and mtime of each file (-1 and 0.0 where it did not match), and a reply for
 #       each file that did not, with the file's index in the batch as seq,
 #   for "scan": (seq, 0, entries, records),
@@ -408,7 +408,7 @@ STAT_FIELDS = (
     "st_mtime",
     "st_ctime",
 )
-OK, NOT_REGULAR, BUG, BATCH = 0, -1, -2, -4
+OK, NOT_REGULAR, BUG, BATCH = 0, -1, -2, -3
 RESOLVE, FOLLOW, HOST, HOSTS = 0, 1, 2, 3
 
 
@@ -508,7 +508,7 @@ class Jobs:
     def hash(self, job: tuple, root: bytes, drop_cache: bool, stopped) -> tuple:
         seq, path, how, algorithm, expected_size, prefix, digests = job
         if how == HOSTS:
-            return self.batch(seq, path, algorithm, digests, (root, drop_cache), stopped)
+            return self.batch(seq, path, algorithm, digests, drop_cache, stopped)
         if how == HOST:
             host = path
         else:
@@ -524,13 +524,12 @@ class Jobs:
         )
         return (seq, OK, digest, stat_fields(st), empty, anomaly, drop_failed)
 
-    def batch(self, seq: int, hosts: list, algorithm: str, digests: list, header: tuple, stopped) -> tuple:
+    def batch(self, seq: int, hosts: list, algorithm: str, digests: list, drop_cache: bool, stopped) -> tuple:
         """A batch of files at host paths, each expected to have its digest: (seq, BATCH, sizes,
         mtimes, the reply of each file that does not match with its index in place of a seq, cache
         drop failures). A file that matches is a size and an mtime; its reply is not made at all.
         The loop runs once per packaged file (25,000 in the benchmark's debian audit): it calls
         hash_file itself, without the steps of a job of its own."""
-        drop_cache = header[1]
         if not self.buffer:
             self.buffer = bytearray(BLOCK_SIZE)
         buffer = self.buffer
